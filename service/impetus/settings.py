@@ -1,0 +1,82 @@
+"""The one settings object, read from IMPETUS_* environment variables and an
+optional TOML file, then passed down explicitly to whatever needs it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+import platformdirs
+from pydantic import Field
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+
+def default_data_dir() -> Path:
+    # macOS: ~/Library/Application Support/Impetus, Linux: ~/.local/share/Impetus
+    return Path(platformdirs.user_data_dir("Impetus", appauthor=False))
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="IMPETUS_", extra="ignore")
+
+    # Where models (and later keys, logs, redis) live.
+    data_dir: Path = Field(default_factory=default_data_dir)
+
+    # Serving
+    host: str = "127.0.0.1"
+    port: int = 8081
+    workers: int = 1
+    # A stream can run for minutes; gunicorn's worker timeout must not kill it.
+    worker_timeout: int = 600
+    graceful_timeout: int = 60
+
+    # The model served: a name under data_dir/models or a path to an MLX folder.
+    model: str = DEFAULT_MODEL
+    # "auto": float32 on a CPU device (MLX's quantized CPU kernels are slow and
+    # do not gain from batching), the stored weights on a GPU.
+    weights_dtype: Literal["auto", "stored", "float32", "float16", "bfloat16"] = "auto"
+    # Fuse the decode step with mx.compile (fewer kernel launches per token).
+    compile: bool = True
+
+    # Engine
+    max_batch_size: int = 16
+    prefill_batch_size: int = 8
+    prefill_step_size: int = 512
+    # Requests allowed to wait for a batch slot; beyond that the API answers 503.
+    max_queue: int = 64
+    default_max_tokens: int = 2048
+    prompt_cache_entries: int = 16
+    prompt_cache_bytes: int = 512 * 1024 * 1024
+
+    # HTTP
+    max_body_bytes: int = 4 * 1024 * 1024
+
+    # Linux: preload Debian's OpenBLAS into MLX's CPU backend (~15x faster prefill).
+    use_openblas: bool = True
+
+    @property
+    def models_dir(self) -> Path:
+        return self.data_dir / "models"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        toml_file = os.environ.get("IMPETUS_CONFIG")
+        if toml_file:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
+        return tuple(sources)

@@ -1,0 +1,353 @@
+"""The engine: one native thread per loaded model, continuous batching.
+
+A request's life:
+
+1. A greenlet calls `Engine.submit(prompt_tokens, params, waiter)`. The request
+   goes into `_inbox` (a C-level SimpleQueue: never blocks the caller, and
+   gevent's monkey-patching does not touch it) and the caller gets a handle.
+2. The engine thread moves it to `_waiting`, and when the batch has a free
+   slot inserts it into mlx-lm's `BatchGenerator`, starting from the longest
+   cached prefix of its prompt (`LRUPromptCache`), so a follow-up turn of a
+   conversation only prefills what is new.
+3. Each `BatchGenerator.next()` prefills newcomers and decodes one token for
+   everyone running. Every token is detokenized, checked against the
+   request's stop strings and pushed to its handle, which wakes the caller.
+4. A finished request leaves the batch; its KV cache goes into the prefix
+   cache. A cancelled one (client gone) is removed at the next step.
+
+MLX releases the GIL while it computes, so the greenlets serving HTTP keep
+running while the model works.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from _queue import Empty, SimpleQueue
+from collections import deque
+from dataclasses import dataclass, field
+
+import mlx.core as mx
+from mlx_lm.generate import BatchGenerator
+from mlx_lm.models.cache import LRUPromptCache, trim_prompt_cache
+
+from impetus.engine.request import FinishEvent, RequestHandle, SamplingParams, TokenEvent
+from impetus.engine.sampling import make_processors, make_sampler
+from impetus.models.loader import LoadedModel
+
+
+class QueueFull(Exception):
+    """Too many requests are already waiting; retry later."""
+
+
+def _start_native_thread(target) -> None:
+    # In a gevent worker `threading` is monkey-patched into greenlets; the
+    # engine must be a real OS thread so MLX can compute beside the hub.
+    try:
+        from gevent.monkey import get_original
+
+        start = get_original("_thread", "start_new_thread")
+    except ImportError:  # pragma: no cover - gevent is a dependency
+        import _thread
+
+        start = _thread.start_new_thread
+    start(target, ())
+
+
+@dataclass
+class EngineStats:
+    running: int = 0
+    waiting: int = 0
+    submitted: int = 0
+    finished: int = 0
+    cancelled: int = 0
+    errors: int = 0
+    prompt_tokens: int = 0
+    cached_prompt_tokens: int = 0
+    generated_tokens: int = 0
+    steps: int = 0
+    started_at: float = field(default_factory=time.time)
+
+
+@dataclass
+class _Running:
+    """Engine-thread state of one request inside the batch."""
+
+    handle: RequestHandle
+    detokenizer: object
+    stops: list[str]
+    holdback: int  # characters kept back: the longest stop string minus one
+    prompt_tokens: int
+    cached_tokens: int
+    pending_text: str = ""
+    generated: int = 0
+
+
+class Engine:
+    def __init__(self, loaded: LoadedModel, settings):
+        self.loaded = loaded
+        self.model = loaded.model
+        self.tokenizer = loaded.tokenizer
+        self.max_batch_size = settings.max_batch_size
+        self.max_queue = settings.max_queue
+        self._settings = settings
+        self._inbox: SimpleQueue = SimpleQueue()
+        self._waiting: deque[RequestHandle] = deque()
+        self._running: dict[int, _Running] = {}
+        self._prefix_cache = LRUPromptCache(
+            max_size=settings.prompt_cache_entries, max_bytes=settings.prompt_cache_bytes
+        )
+        self._generator = None
+        self.stats = EngineStats()
+        # Written by the submitting thread only / the engine thread only, so
+        # their difference is a race-free count of requests not yet admitted.
+        self._submitted = 0
+        self._left_queue = 0
+        self._alive = False
+        self._stopping = False
+
+    # -- caller side (any thread / greenlet) ---------------------------------
+
+    def start(self) -> None:
+        self._alive = True
+        _start_native_thread(self._run)
+
+    def is_alive(self) -> bool:
+        return self._alive
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._inbox.put(("stop", None))
+
+    @property
+    def queued(self) -> int:
+        return self._submitted - self._left_queue
+
+    def submit(self, prompt_tokens: list[int], params: SamplingParams, waiter) -> RequestHandle:
+        if not self._alive:
+            raise RuntimeError("the engine is not running")
+        if self.queued - self.max_batch_size >= self.max_queue:
+            raise QueueFull(f"{self.max_queue} requests are already waiting for {self.loaded.name}")
+        handle = RequestHandle(prompt_tokens, params, waiter)
+        handle._cancel = lambda h: self._inbox.put(("cancel", h))
+        self._submitted += 1
+        self._inbox.put(("submit", handle))
+        return handle
+
+    def snapshot(self) -> dict:
+        s = self.stats
+        return {
+            "model": self.loaded.name,
+            "alive": self._alive,
+            "running": s.running,
+            "waiting": s.waiting,
+            "max_batch_size": self.max_batch_size,
+            "max_queue": self.max_queue,
+            "submitted": s.submitted,
+            "finished": s.finished,
+            "cancelled": s.cancelled,
+            "errors": s.errors,
+            "prompt_tokens": s.prompt_tokens,
+            "cached_prompt_tokens": s.cached_prompt_tokens,
+            "generated_tokens": s.generated_tokens,
+            "prefix_cache_entries": len(self._prefix_cache),
+            "prefix_cache_bytes": self._prefix_cache.nbytes,
+        }
+
+    # -- engine thread --------------------------------------------------------
+
+    def _new_generator(self) -> BatchGenerator:
+        eos = [[t] for t in sorted(self.tokenizer.eos_token_ids)]
+        return BatchGenerator(
+            self.model,
+            stop_tokens=eos,
+            completion_batch_size=self.max_batch_size,
+            prefill_batch_size=self._settings.prefill_batch_size,
+            prefill_step_size=self._settings.prefill_step_size,
+        )
+
+    def _run(self) -> None:
+        try:
+            self._generator = self._new_generator()
+            while not self._stopping:
+                busy = bool(self._running or self._waiting)
+                self._take_commands(block=not busy)
+                self._admit()
+                if self._running:
+                    self._step()
+                self.stats.running = len(self._running)
+                self.stats.waiting = len(self._waiting)
+        finally:
+            self._alive = False
+            for state in list(self._running.values()):
+                self._finish(state, "error", error="the engine stopped")
+            while self._waiting:
+                self._fail_waiting(self._waiting.popleft(), "the engine stopped")
+
+    def _take_commands(self, block: bool) -> None:
+        try:
+            command = self._inbox.get(timeout=0.5) if block else self._inbox.get_nowait()
+        except Empty:
+            return
+        while True:
+            kind, handle = command
+            if kind == "submit":
+                self._waiting.append(handle)
+                self.stats.submitted += 1
+            elif kind == "cancel":
+                self._cancel(handle)
+            elif kind == "stop":
+                self._stopping = True
+            try:
+                command = self._inbox.get_nowait()
+            except Empty:
+                return
+
+    def _cancel(self, handle: RequestHandle) -> None:
+        if handle in self._waiting:
+            self._waiting.remove(handle)
+            self._left_queue += 1
+            self.stats.cancelled += 1
+            handle.push(FinishEvent("cancelled", prompt_tokens=len(handle.prompt_tokens)))
+            return
+        for uid, state in list(self._running.items()):
+            if state.handle is handle:
+                self._generator.remove([uid])
+                self.stats.cancelled += 1
+                self._finish(state, "cancelled", uid=uid)
+                return
+
+    def _admit(self) -> None:
+        """Move waiting requests into the batch while it has free slots."""
+        while self._waiting and len(self._running) < self.max_batch_size:
+            handle = self._waiting.popleft()
+            self._left_queue += 1
+            try:
+                self._insert(handle)
+            except Exception as error:  # a bad request must not stop the engine
+                self._fail_waiting(handle, f"could not start generation: {error}")
+
+    def _insert(self, handle: RequestHandle) -> None:
+        prompt = handle.prompt_tokens
+        params = handle.params
+        cache, rest = self._prefix_cache.fetch_nearest_cache(self.loaded.name, prompt)
+        if cache is not None and not rest:
+            # Whole prompt cached: recompute its last token to get logits.
+            trim_prompt_cache(cache, 1)
+            rest = prompt[-1:]
+        cached = len(prompt) - len(rest)
+        (uid,) = self._generator.insert(
+            [rest],
+            max_tokens=[params.max_tokens],
+            caches=[cache],
+            all_tokens=[prompt[:cached]],
+            samplers=[make_sampler(params)],
+            logits_processors=[make_processors(params)],
+        )
+        stops = [s for s in params.stop if s]
+        self._running[uid] = _Running(
+            handle=handle,
+            detokenizer=self.tokenizer.detokenizer,
+            stops=stops,
+            holdback=max((len(s) for s in stops), default=1) - 1,
+            prompt_tokens=len(prompt),
+            cached_tokens=cached,
+        )
+        self.stats.prompt_tokens += len(prompt)
+        self.stats.cached_prompt_tokens += cached
+
+    def _step(self) -> None:
+        try:
+            _, responses = self._generator.next()
+        except Exception:
+            # Fail the batch, not the process: start over with a fresh generator.
+            message = traceback.format_exc(limit=3)
+            self.stats.errors += 1
+            for uid, state in list(self._running.items()):
+                self._finish(state, "error", uid=uid, error=message)
+            self._generator = self._new_generator()
+            return
+        self.stats.steps += 1
+        for response in responses:
+            state = self._running.get(response.uid)
+            if state is None:  # removed (cancelled) while this step ran
+                continue
+            self._on_token(response, state)
+
+    def _on_token(self, response, state: _Running) -> None:
+        state.generated += 1
+        self.stats.generated_tokens += 1
+        finish = response.finish_reason
+        # An end-of-sequence token ends the text; it is not part of it.
+        is_eos = finish == "stop"
+        if not is_eos:
+            state.detokenizer.add_token(response.token)
+        if finish is not None:
+            state.detokenizer.finalize()
+        state.pending_text += state.detokenizer.last_segment
+
+        stop_hit = False
+        for stop in state.stops:
+            index = state.pending_text.find(stop)
+            if index >= 0:
+                state.pending_text = state.pending_text[:index]
+                stop_hit = True
+        if stop_hit:
+            finish = "stop"
+
+        if finish is not None:
+            visible, state.pending_text = state.pending_text, ""
+        elif state.holdback:
+            cut = max(0, len(state.pending_text) - state.holdback)
+            visible, state.pending_text = state.pending_text[:cut], state.pending_text[cut:]
+        else:
+            visible, state.pending_text = state.pending_text, ""
+
+        logprob = top = None
+        if state.handle.params.logprobs:
+            logprob, top = self._logprobs(response, state.handle.params.top_logprobs)
+        state.handle.push(TokenEvent(response.token, visible, logprob, top))
+
+        if finish is not None:
+            if response.finish_reason is None:  # a stop string: still in the batch
+                caches = self._generator.remove([response.uid], return_prompt_caches=True)
+                cache, tokens = caches.get(response.uid, (None, None))
+            else:
+                cache, tokens = response.prompt_cache, response.all_tokens
+            if cache is not None:
+                self._prefix_cache.insert_cache(self.loaded.name, list(tokens), cache)
+            self._finish(state, finish, uid=response.uid)
+
+    @staticmethod
+    def _logprobs(response, k: int):
+        logprobs = response.logprobs
+        chosen = logprobs[response.token].item()
+        top = None
+        if k > 0:
+            ids = mx.argpartition(-logprobs, kth=k - 1)[:k]
+            values = logprobs[ids]
+            order = mx.argsort(-values)
+            top = list(zip(ids[order].tolist(), values[order].tolist()))
+        return chosen, top
+
+    def _finish(self, state: _Running, reason: str, uid: int | None = None, error: str | None = None):
+        if uid is not None:
+            self._running.pop(uid, None)
+        if reason in ("stop", "length"):
+            self.stats.finished += 1
+        state.handle.push(
+            FinishEvent(
+                reason,
+                text=state.pending_text if reason in ("stop", "length") else "",
+                prompt_tokens=state.prompt_tokens,
+                completion_tokens=state.generated,
+                cached_tokens=state.cached_tokens,
+                error=error,
+            )
+        )
+
+    def _fail_waiting(self, handle: RequestHandle, message: str) -> None:
+        self.stats.errors += 1
+        handle.push(
+            FinishEvent("error", prompt_tokens=len(handle.prompt_tokens), error=message)
+        )

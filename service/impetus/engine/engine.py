@@ -21,6 +21,7 @@ running while the model works.
 
 from __future__ import annotations
 
+import copy
 import time
 import traceback
 from _queue import Empty, SimpleQueue
@@ -30,10 +31,32 @@ from dataclasses import dataclass, field
 import mlx.core as mx
 from mlx_lm.generate import BatchGenerator
 from mlx_lm.models.cache import LRUPromptCache, trim_prompt_cache
+from mlx_lm.tokenizer_utils import BPEStreamingDetokenizer
 
 from impetus.engine.request import FinishEvent, RequestHandle, SamplingParams, TokenEvent
 from impetus.engine.sampling import make_processors, make_sampler
 from impetus.models.loader import LoadedModel
+
+
+class ExactBPEDetokenizer(BPEStreamingDetokenizer):
+    """mlx-lm's byte-level BPE detokenizer drops the first leading space (an
+    SPM habit); a completion of "The capital of France is" must keep " Paris"."""
+
+    def _maybe_trim_space(self, current_text):
+        return current_text
+
+
+def make_detokenizer_factory(tokenizer):
+    template = tokenizer.detokenizer
+    if type(template) is BPEStreamingDetokenizer:
+        template = ExactBPEDetokenizer(tokenizer._tokenizer)
+
+    def new_detokenizer():
+        detokenizer = copy.copy(template)
+        detokenizer.reset()
+        return detokenizer
+
+    return new_detokenizer
 
 
 class QueueFull(Exception):
@@ -88,6 +111,7 @@ class Engine:
         self.loaded = loaded
         self.model = loaded.model
         self.tokenizer = loaded.tokenizer
+        self._new_detokenizer = make_detokenizer_factory(loaded.tokenizer)
         self.max_batch_size = settings.max_batch_size
         self.max_queue = settings.max_queue
         self._settings = settings
@@ -100,11 +124,12 @@ class Engine:
         self._generator = None
         self.stats = EngineStats()
         # Written by the submitting thread only / the engine thread only, so
-        # their difference is a race-free count of requests not yet admitted.
+        # their difference is a race-free count of requests in flight.
         self._submitted = 0
-        self._left_queue = 0
+        self._done = 0
         self._alive = False
         self._stopping = False
+        self._exited: SimpleQueue = SimpleQueue()
 
     # -- caller side (any thread / greenlet) ---------------------------------
 
@@ -115,18 +140,25 @@ class Engine:
     def is_alive(self) -> bool:
         return self._alive
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 10.0) -> None:
+        """Ask the engine thread to finish its current step and exit; wait for it."""
+        if not self._alive:
+            return
         self._stopping = True
         self._inbox.put(("stop", None))
+        try:
+            self._exited.get(timeout=timeout)
+        except Empty:
+            pass
 
     @property
-    def queued(self) -> int:
-        return self._submitted - self._left_queue
+    def in_flight(self) -> int:
+        return self._submitted - self._done
 
     def submit(self, prompt_tokens: list[int], params: SamplingParams, waiter) -> RequestHandle:
         if not self._alive:
             raise RuntimeError("the engine is not running")
-        if self.queued - self.max_batch_size >= self.max_queue:
+        if self.in_flight >= self.max_batch_size + self.max_queue:
             raise QueueFull(f"{self.max_queue} requests are already waiting for {self.loaded.name}")
         handle = RequestHandle(prompt_tokens, params, waiter)
         handle._cancel = lambda h: self._inbox.put(("cancel", h))
@@ -183,6 +215,7 @@ class Engine:
                 self._finish(state, "error", error="the engine stopped")
             while self._waiting:
                 self._fail_waiting(self._waiting.popleft(), "the engine stopped")
+            self._exited.put(True)
 
     def _take_commands(self, block: bool) -> None:
         try:
@@ -206,9 +239,8 @@ class Engine:
     def _cancel(self, handle: RequestHandle) -> None:
         if handle in self._waiting:
             self._waiting.remove(handle)
-            self._left_queue += 1
             self.stats.cancelled += 1
-            handle.push(FinishEvent("cancelled", prompt_tokens=len(handle.prompt_tokens)))
+            self._push_finish(handle, FinishEvent("cancelled", prompt_tokens=len(handle.prompt_tokens)))
             return
         for uid, state in list(self._running.items()):
             if state.handle is handle:
@@ -221,7 +253,6 @@ class Engine:
         """Move waiting requests into the batch while it has free slots."""
         while self._waiting and len(self._running) < self.max_batch_size:
             handle = self._waiting.popleft()
-            self._left_queue += 1
             try:
                 self._insert(handle)
             except Exception as error:  # a bad request must not stop the engine
@@ -247,7 +278,7 @@ class Engine:
         stops = [s for s in params.stop if s]
         self._running[uid] = _Running(
             handle=handle,
-            detokenizer=self.tokenizer.detokenizer,
+            detokenizer=self._new_detokenizer(),
             stops=stops,
             holdback=max((len(s) for s in stops), default=1) - 1,
             prompt_tokens=len(prompt),
@@ -335,7 +366,8 @@ class Engine:
             self._running.pop(uid, None)
         if reason in ("stop", "length"):
             self.stats.finished += 1
-        state.handle.push(
+        self._push_finish(
+            state.handle,
             FinishEvent(
                 reason,
                 text=state.pending_text if reason in ("stop", "length") else "",
@@ -343,11 +375,14 @@ class Engine:
                 completion_tokens=state.generated,
                 cached_tokens=state.cached_tokens,
                 error=error,
-            )
+            ),
         )
 
     def _fail_waiting(self, handle: RequestHandle, message: str) -> None:
         self.stats.errors += 1
-        handle.push(
-            FinishEvent("error", prompt_tokens=len(handle.prompt_tokens), error=message)
-        )
+        self._push_finish(handle, FinishEvent("error", prompt_tokens=len(handle.prompt_tokens), error=message))
+
+    def _push_finish(self, handle: RequestHandle, event: FinishEvent) -> None:
+        """Every request ends here exactly once."""
+        self._done += 1
+        handle.push(event)

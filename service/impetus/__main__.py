@@ -1,0 +1,3 @@
+from impetus.cli.main import main
+
+main()

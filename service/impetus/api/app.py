@@ -1,0 +1,32 @@
+"""The app factory: wires settings, engines and resources explicitly."""
+
+from __future__ import annotations
+
+import falcon
+
+from impetus.api.chat import ChatCompletionsResource
+from impetus.api.completions import CompletionsResource
+from impetus.api.errors import handle_http_error, handle_unexpected
+from impetus.api.health import LivenessResource, ReadinessResource
+from impetus.api.middleware import JSONBodyMiddleware, RequestIdMiddleware
+from impetus.api.models import ModelResource, ModelsResource
+from impetus.api.openapi import OpenAPIResource
+
+
+def create_app(settings, host, waker) -> falcon.App:
+    """`host` holds this process's engines; `waker` wakes greenlets from them."""
+    app = falcon.App(
+        middleware=[RequestIdMiddleware(), JSONBodyMiddleware(settings.max_body_bytes)],
+    )
+    app.req_options.strip_url_path_trailing_slash = True
+    app.add_error_handler(Exception, handle_unexpected)
+    app.add_error_handler(falcon.HTTPError, handle_http_error)
+
+    app.add_route("/v1/chat/completions", ChatCompletionsResource(host, waker, settings))
+    app.add_route("/v1/completions", CompletionsResource(host, waker, settings))
+    app.add_route("/v1/models", ModelsResource(host))
+    app.add_route("/v1/models/{model_id:path}", ModelResource(host))
+    app.add_route("/healthz", LivenessResource())
+    app.add_route("/readyz", ReadinessResource(host))
+    app.add_route("/openapi.json", OpenAPIResource())
+    return app

@@ -1,0 +1,120 @@
+"""POST /v1/chat/completions"""
+
+from __future__ import annotations
+
+import falcon
+
+from impetus.api import generation
+from impetus.api.errors import bad_request
+from impetus.api.generation import Generation, raise_if_failed, sampling_params, sse, usage
+from impetus.api.schemas import ChatCompletionRequest
+from impetus.api.validation import parse
+from impetus.engine.request import TokenEvent
+
+
+def render_chat(tokenizer, messages) -> list[int]:
+    if getattr(tokenizer, "chat_template", None) is None:
+        raise bad_request("This model has no chat template; use /v1/completions.", param="model")
+    conversation = [
+        # Few templates know OpenAI's "developer" role; it means "system".
+        {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
+        for m in messages
+    ]
+    try:
+        tokens = tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=True)
+    except Exception as error:  # the template itself rejects the conversation
+        raise bad_request(f"The model's chat template rejected the messages: {error}", param="messages")
+    if isinstance(tokens, dict):  # some transformers versions return a BatchEncoding
+        tokens = tokens["input_ids"]
+    return list(tokens)
+
+
+def token_logprobs(tokenizer, tokens, logprobs, tops) -> list[dict]:
+    def entry(token, logprob):
+        text = tokenizer.decode([token])
+        return {"token": text, "logprob": logprob, "bytes": list(text.encode())}
+
+    return [
+        {**entry(t, lp), "top_logprobs": [entry(tt, tlp) for tt, tlp in top]}
+        for t, lp, top in zip(tokens, logprobs, tops)
+    ]
+
+
+class ChatCompletionsResource:
+    def __init__(self, host, waker, settings):
+        self.host = host
+        self.waker = waker
+        self.settings = settings
+
+    def on_post(self, req, resp):
+        body = parse(ChatCompletionRequest, req.context.json)
+        engine = generation.engine_for(self.host, body.model)
+        tokenizer = engine.tokenizer
+        prompt = render_chat(tokenizer, body.messages)
+        top = body.top_logprobs or 0
+        params = sampling_params(
+            body, engine, len(prompt), body.max_completion_tokens or body.max_tokens,
+            self.settings.default_max_tokens, logprobs=body.logprobs, top_logprobs=top,
+        )
+        gen = Generation(engine, self.waker.waiter(), [prompt] * body.n,
+                         [params] * body.n, req.env)
+        meta = {
+            "id": f"chatcmpl-{gen.id_suffix}",
+            "created": gen.created,
+            "model": engine.loaded.name,
+            "system_fingerprint": generation.fingerprint(engine),
+        }
+        if body.stream:
+            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            generation.start_stream(resp, sse(self._chunks(gen, meta, tokenizer, len(prompt), include_usage, body.logprobs)))
+            return
+
+        choices = gen.collect()
+        resp.media = {
+            **meta,
+            "object": "chat.completion",
+            "choices": [
+                {
+                    "index": c.index,
+                    "message": {"role": "assistant", "content": c.text},
+                    "finish_reason": c.finish.reason,
+                    "logprobs": {"content": token_logprobs(tokenizer, c.tokens, c.logprobs, c.top_logprobs)}
+                    if body.logprobs else None,
+                }
+                for c in choices
+            ],
+            "usage": usage(len(prompt), [c.finish for c in choices]),
+        }
+
+    def _chunks(self, gen, meta, tokenizer, prompt_tokens, include_usage, logprobs):
+        base = {**meta, "object": "chat.completion.chunk"}
+        finishes = []
+        try:
+            for index in range(len(gen.handles)):
+                yield {**base, "choices": [{"index": index, "delta": {"role": "assistant", "content": ""},
+                                            "finish_reason": None, "logprobs": None}]}
+            for index, event in gen.events():
+                if isinstance(event, TokenEvent):
+                    if not event.text and not logprobs:
+                        continue
+                    choice = {"index": index, "delta": {"content": event.text}, "finish_reason": None,
+                              "logprobs": None}
+                    if logprobs:
+                        choice["logprobs"] = {"content": token_logprobs(
+                            tokenizer, [event.token], [event.logprob], [event.top_logprobs or []])}
+                    yield {**base, "choices": [choice]}
+                    continue
+                try:
+                    raise_if_failed(event)
+                except falcon.HTTPError as error:
+                    yield error.body
+                    return
+                finishes.append(event)
+                delta = {"content": event.text} if event.text else {}
+                yield {**base, "choices": [{"index": index, "delta": delta, "finish_reason": event.reason,
+                                            "logprobs": None}]}
+            if include_usage:
+                yield {**base, "choices": [], "usage": usage(prompt_tokens, finishes)}
+        finally:
+            gen.cancel()
+            gen.close()

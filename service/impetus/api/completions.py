@@ -1,0 +1,133 @@
+"""POST /v1/completions (legacy text completions)"""
+
+from __future__ import annotations
+
+import falcon
+
+from impetus.api import generation
+from impetus.api.errors import bad_request
+from impetus.api.generation import Generation, raise_if_failed, sampling_params, sse, usage
+from impetus.api.schemas import CompletionRequest
+from impetus.api.validation import parse
+from impetus.engine.request import TokenEvent
+
+
+def prompt_tokens(tokenizer, prompt, vocab_size: int) -> list[list[int]]:
+    """str | [str] | [int] | [[int]] -> one token list per prompt."""
+    if isinstance(prompt, str):
+        prompts = [prompt]
+    elif isinstance(prompt[0], int):
+        prompts = [prompt]
+    else:
+        prompts = prompt
+    result = []
+    for p in prompts:
+        if isinstance(p, str):
+            tokens = tokenizer.encode(p)
+            if not tokens:
+                raise bad_request("prompt must not be empty.", param="prompt")
+        else:
+            bad = [t for t in p if not 0 <= t < vocab_size]
+            if bad:
+                raise bad_request(f"prompt token {bad[0]} is outside the vocabulary.", param="prompt")
+            tokens = list(p)
+        result.append(tokens)
+    return result
+
+
+def text_logprobs(tokenizer, tokens, logprobs, tops, offset: int) -> dict:
+    strings = [tokenizer.decode([t]) for t in tokens]
+    offsets = []
+    for s in strings:
+        offsets.append(offset)
+        offset += len(s)
+    return {
+        "tokens": strings,
+        "token_logprobs": logprobs,
+        "top_logprobs": [{tokenizer.decode([t]): lp for t, lp in top} for top in tops],
+        "text_offset": offsets,
+    }
+
+
+class CompletionsResource:
+    def __init__(self, host, waker, settings):
+        self.host = host
+        self.waker = waker
+        self.settings = settings
+
+    def on_post(self, req, resp):
+        body = parse(CompletionRequest, req.context.json)
+        engine = generation.engine_for(self.host, body.model)
+        tokenizer = engine.tokenizer
+        prompts = prompt_tokens(tokenizer, body.prompt, engine.loaded.config.get("vocab_size", 0))
+        want_logprobs = body.logprobs is not None
+        all_prompts, all_params = [], []
+        for p in prompts:
+            params = sampling_params(body, engine, len(p), body.max_tokens, self.settings.default_max_tokens,
+                                     logprobs=want_logprobs, top_logprobs=body.logprobs or 0)
+            all_prompts += [p] * body.n
+            all_params += [params] * body.n
+        gen = Generation(engine, self.waker.waiter(), all_prompts, all_params, req.env)
+        meta = {
+            "id": f"cmpl-{gen.id_suffix}",
+            "object": "text_completion",
+            "created": gen.created,
+            "model": engine.loaded.name,
+            "system_fingerprint": generation.fingerprint(engine),
+        }
+        echoes = [tokenizer.decode(p) if body.echo else "" for p in prompts]
+        n_prompt_tokens = sum(len(p) for p in prompts)
+        if body.stream:
+            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            generation.start_stream(
+                resp, sse(self._chunks(gen, meta, tokenizer, body.n, echoes, n_prompt_tokens,
+                                       include_usage, want_logprobs)))
+            return
+
+        choices = gen.collect()
+        resp.media = {
+            **meta,
+            "choices": [
+                {
+                    "index": c.index,
+                    "text": echoes[c.index // body.n] + c.text,
+                    "finish_reason": c.finish.reason,
+                    "logprobs": text_logprobs(tokenizer, c.tokens, c.logprobs, c.top_logprobs,
+                                              len(echoes[c.index // body.n])) if want_logprobs else None,
+                }
+                for c in choices
+            ],
+            "usage": usage(n_prompt_tokens, [c.finish for c in choices]),
+        }
+
+    def _chunks(self, gen, meta, tokenizer, n, echoes, n_prompt_tokens, include_usage, want_logprobs):
+        finishes = []
+        try:
+            for index in range(len(gen.handles)):
+                if echoes[index // n]:
+                    yield {**meta, "choices": [{"index": index, "text": echoes[index // n],
+                                                "finish_reason": None, "logprobs": None}]}
+            for index, event in gen.events():
+                if isinstance(event, TokenEvent):
+                    if not event.text and not want_logprobs:
+                        continue
+                    logprobs = None
+                    if want_logprobs:
+                        logprobs = text_logprobs(tokenizer, [event.token], [event.logprob],
+                                                 [event.top_logprobs or []], 0)
+                    yield {**meta, "choices": [{"index": index, "text": event.text, "finish_reason": None,
+                                                "logprobs": logprobs}]}
+                    continue
+                try:
+                    raise_if_failed(event)
+                except falcon.HTTPError as error:
+                    yield error.body
+                    return
+                finishes.append(event)
+                yield {**meta, "choices": [{"index": index, "text": event.text,
+                                            "finish_reason": event.reason, "logprobs": None}]}
+            if include_usage:
+                yield {**meta, "choices": [], "usage": usage(n_prompt_tokens, finishes)}
+        finally:
+            gen.cancel()
+            gen.close()

@@ -1,0 +1,97 @@
+"""OpenAI-style errors: every failure is `{"error": {message, type, param, code}}`.
+
+Falcon's own errors (404 route, 405 method, ...) and anything unexpected are
+rendered the same way; an unexpected exception is logged with its traceback
+and answered with a plain 500 that reveals nothing internal.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import falcon
+from pydantic import ValidationError
+
+log = logging.getLogger("impetus.api")
+
+
+class APIError(falcon.HTTPError):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict | None = None,
+    ):
+        super().__init__(falcon.code_to_http_status(status), headers=headers)
+        self.body = {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
+def bad_request(message: str, param: str | None = None, code: str | None = None) -> APIError:
+    return APIError(400, message, param=param, code=code)
+
+
+def from_validation_error(error: ValidationError) -> APIError:
+    first = error.errors()[0]
+    location = [str(part) for part in first["loc"]]
+    # Unions report each alternative as a path element; keep the field path.
+    param = ".".join(p for p in location if not p.startswith(("list[", "str", "int", "function-")))
+    kind = first["type"]
+    if kind == "extra_forbidden":
+        message = f"Unrecognized request argument supplied: {param}"
+        code = "unknown_parameter"
+    elif kind == "missing":
+        message = f"Missing required parameter: '{param}'."
+        code = "missing_required_parameter"
+    else:
+        message = f"Invalid value for '{param}': {first['msg']}."
+        code = "invalid_value"
+    return APIError(400, message, param=param or None, code=code)
+
+
+_TYPES = {
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    429: "rate_limit_error",
+    503: "server_overloaded",
+}
+
+
+def _falcon_error_body(error: falcon.HTTPError) -> dict:
+    body = getattr(error, "body", None)
+    if isinstance(body, dict) and "error" in body:
+        return body
+    status = error.status_code
+    message = error.description or error.title or falcon.code_to_http_status(status)
+    return {
+        "error": {
+            "message": message,
+            "type": _TYPES.get(status, "invalid_request_error" if status < 500 else "server_error"),
+            "param": None,
+            "code": None,
+        }
+    }
+
+
+def handle_http_error(req, resp, error: falcon.HTTPError, params) -> None:
+    resp.status = error.status
+    resp.content_type = falcon.MEDIA_JSON
+    if error.headers:
+        resp.set_headers(error.headers)
+    resp.text = json.dumps(_falcon_error_body(error))
+
+
+def handle_unexpected(req, resp, error: Exception, params) -> None:
+    if isinstance(error, falcon.HTTPError):
+        return handle_http_error(req, resp, error, params)
+    log.exception("unhandled error on %s %s", req.method, req.path)
+    resp.status = falcon.HTTP_500
+    resp.content_type = falcon.MEDIA_JSON
+    resp.text = json.dumps(
+        {"error": {"message": "The server had an error while processing your request.",
+                   "type": "server_error", "param": None, "code": None}}
+    )

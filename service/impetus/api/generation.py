@@ -1,0 +1,223 @@
+"""What chat and text completions share: turning a validated request into
+engine work, watching the client, and gathering the results."""
+
+from __future__ import annotations
+
+import socket
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import gevent
+import gevent.socket
+
+from impetus import __version__
+from impetus.api.errors import APIError, bad_request
+from impetus.engine.engine import Engine, QueueFull
+from impetus.engine.request import FinishEvent, SamplingParams, TokenEvent
+
+# How long a request may see no output at all before we give up on it.
+STALL_TIMEOUT_S = 600
+
+
+def engine_for(host, model: str) -> Engine:
+    try:
+        return host.get(model)
+    except LookupError:
+        names = ", ".join(host.engines) or "none"
+        raise APIError(404, f"The model '{model}' does not exist or is not loaded (loaded: {names}).",
+                       type="invalid_request_error", param="model", code="model_not_found")
+
+
+def fingerprint(engine: Engine) -> str:
+    return f"impetus-{__version__}-{engine.loaded.weights_dtype}"
+
+
+def start_stream(resp, chunks) -> None:
+    resp.content_type = "text/event-stream"
+    resp.set_header("Cache-Control", "no-cache")
+    # nginx must pass each event on as it comes rather than buffer the stream.
+    resp.set_header("X-Accel-Buffering", "no")
+    resp.stream = chunks
+
+
+def sampling_params(body, engine: Engine, prompt_length: int, max_tokens: int | None,
+                    default_max_tokens: int, logprobs: bool, top_logprobs: int) -> SamplingParams:
+    context = engine.loaded.context_length
+    if prompt_length >= context:
+        raise APIError(
+            400,
+            f"This model's maximum context length is {context} tokens. However, your prompt "
+            f"has {prompt_length} tokens.",
+            param="messages" if hasattr(body, "messages") else "prompt",
+            code="context_length_exceeded",
+        )
+    room = context - prompt_length
+    if max_tokens is None:
+        max_tokens = min(default_max_tokens, room)
+    elif max_tokens > room:
+        raise APIError(
+            400,
+            f"This model's maximum context length is {context} tokens. However, you requested "
+            f"{prompt_length + max_tokens} tokens ({prompt_length} in the prompt, {max_tokens} "
+            f"in the completion). Please reduce the prompt or max_tokens.",
+            param="max_tokens",
+            code="context_length_exceeded",
+        )
+    vocab = engine.loaded.config.get("vocab_size") or 0
+    logit_bias = {}
+    for key, value in (body.logit_bias or {}).items():
+        token = int(key)
+        if not 0 <= token < vocab:
+            raise bad_request(f"logit_bias token {token} is outside the vocabulary (0..{vocab - 1}).",
+                              param="logit_bias")
+        logit_bias[token] = value
+    return SamplingParams(
+        max_tokens=max_tokens,
+        temperature=body.temperature,
+        top_p=body.top_p,
+        top_k=body.top_k,
+        min_p=body.min_p,
+        seed=body.seed,
+        stop=list(body.stop),
+        repetition_penalty=body.repetition_penalty,
+        presence_penalty=body.presence_penalty,
+        frequency_penalty=body.frequency_penalty,
+        logit_bias=logit_bias,
+        logprobs=logprobs,
+        top_logprobs=top_logprobs,
+    )
+
+
+@dataclass
+class Choice:
+    """The accumulated result of one choice."""
+
+    index: int
+    text: str = ""
+    tokens: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    top_logprobs: list[list[tuple[int, float]]] = field(default_factory=list)
+    finish: FinishEvent | None = None
+
+
+class Generation:
+    """One API request's choices running in an engine.
+
+    Every choice's handle shares one waiter, so the greenlet serving the
+    request sleeps until any of them has output.
+    """
+
+    def __init__(self, engine: Engine, waiter, prompts: list[list[int]], params: list[SamplingParams], env):
+        self.engine = engine
+        self.waiter = waiter
+        self.id_suffix = uuid.uuid4().hex[:24]
+        self.created = int(time.time())
+        self.handles = []
+        try:
+            for prompt, p in zip(prompts, params):
+                self.handles.append(engine.submit(prompt, p, waiter))
+        except QueueFull as error:
+            self.cancel()
+            raise APIError(503, f"The server is overloaded: {error}. Please retry shortly.",
+                           type="server_overloaded", code="queue_full", headers={"Retry-After": "1"})
+        except RuntimeError as error:
+            self.cancel()
+            raise APIError(503, str(error), type="server_error", code="engine_unavailable",
+                           headers={"Retry-After": "5"})
+        self._watcher = _watch_disconnect(env, self.cancel)
+
+    def cancel(self) -> None:
+        for handle in self.handles:
+            handle.cancel()
+
+    def close(self) -> None:
+        if self._watcher is not None:
+            self._watcher.kill(block=False)
+            self._watcher = None
+
+    def events(self):
+        """Yield (choice index, event) until every choice has finished."""
+        open_ = set(range(len(self.handles)))
+        while open_:
+            for index in list(open_):
+                outbox = self.handles[index].outbox
+                while outbox:
+                    event = outbox.popleft()
+                    yield index, event
+                    if isinstance(event, FinishEvent):
+                        open_.discard(index)
+                        break
+            if open_ and not any(self.handles[i].outbox for i in open_):
+                if not self.waiter.wait(STALL_TIMEOUT_S):
+                    self.cancel()
+                    raise APIError(504, "The model produced no output in time.", type="server_error")
+
+    def collect(self) -> list[Choice]:
+        choices = [Choice(i) for i in range(len(self.handles))]
+        try:
+            for index, event in self.events():
+                choice = choices[index]
+                if isinstance(event, TokenEvent):
+                    choice.text += event.text
+                    choice.tokens.append(event.token)
+                    if event.logprob is not None:
+                        choice.logprobs.append(event.logprob)
+                        choice.top_logprobs.append(event.top_logprobs or [])
+                else:
+                    choice.text += event.text
+                    choice.finish = event
+                    raise_if_failed(event)
+        finally:
+            self.cancel()
+            self.close()
+        return choices
+
+
+def raise_if_failed(event: FinishEvent) -> None:
+    if event.reason == "error":
+        raise APIError(500, "Generation failed inside the engine.", type="server_error",
+                       code="engine_error")
+
+
+def usage(prompt_tokens: int, finishes: list[FinishEvent]) -> dict:
+    """Exact token counts; `prompt_tokens` counts each distinct prompt once,
+    however many choices (n) were sampled from it."""
+    completion = sum(f.completion_tokens for f in finishes)
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion,
+        "total_tokens": prompt_tokens + completion,
+        "prompt_tokens_details": {"cached_tokens": max((f.cached_tokens for f in finishes), default=0)},
+    }
+
+
+def _watch_disconnect(env, on_disconnect):
+    """Cancel generation when the client closes its connection.
+
+    Streaming responses notice a dead client when a write fails, but a request
+    still queued, or a non-streaming one, writes nothing until it is done. The
+    watcher peeks at the socket: readable with zero bytes means EOF.
+    """
+    sock = env.get("gunicorn.socket")
+    if sock is None:
+        return None
+
+    def watch():
+        try:
+            gevent.socket.wait_read(sock.fileno())
+            if not sock.recv(1, socket.MSG_PEEK):
+                on_disconnect()
+        except (OSError, ValueError):
+            on_disconnect()
+
+    return gevent.spawn(watch)
+
+
+def sse(events):
+    """Server-sent events framing for an iterator of JSON-able dicts."""
+    import json
+
+    for event in events:
+        yield b"data: " + json.dumps(event, separators=(",", ":")).encode() + b"\n\n"
+    yield b"data: [DONE]\n\n"

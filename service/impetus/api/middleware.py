@@ -1,0 +1,72 @@
+"""Cross-cutting concerns as Falcon middleware."""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+import falcon
+
+from impetus.api.errors import APIError
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+
+
+class RequestIdMiddleware:
+    """Echo the caller's X-Request-ID (nginx sets one), or make one up."""
+
+    def process_request(self, req, resp):
+        incoming = req.get_header("X-Request-ID")
+        req.context.request_id = incoming if incoming and _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        resp.set_header("X-Request-ID", req.context.request_id)
+
+
+class JSONBodyMiddleware:
+    """Refuse bodies that are not JSON (415) or are too large (413) before any
+    resource reads them, then parse into `req.context.json`."""
+
+    def __init__(self, max_body_bytes: int):
+        self.max_body_bytes = max_body_bytes
+
+    def process_resource(self, req, resp, resource, params):
+        if req.method not in ("POST", "PUT", "PATCH"):
+            return
+        media_type = (req.content_type or "").split(";")[0].strip().lower()
+        if media_type != "application/json":
+            raise APIError(
+                415, f"Content-Type must be application/json, got {req.content_type or 'none'}.",
+                code="unsupported_media_type",
+            )
+        length = req.content_length
+        if length is not None and length > self.max_body_bytes:
+            raise self._too_large()
+        raw = req.bounded_stream.read(self.max_body_bytes + 1)
+        if len(raw) > self.max_body_bytes:
+            raise self._too_large()
+        req.context.json = self._parse(raw)
+
+    def _too_large(self) -> APIError:
+        return APIError(
+            413, f"Request body is larger than {self.max_body_bytes} bytes.", code="request_too_large"
+        )
+
+    @staticmethod
+    def _parse(raw: bytes):
+        import json
+
+        if not raw:
+            raise APIError(400, "Request body is empty; expected a JSON object.", code="invalid_json")
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise APIError(400, f"Request body is not valid UTF-8 (byte {error.start}).", code="invalid_json")
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise APIError(400, f"Request body is not valid JSON: {error.msg} at line {error.lineno} "
+                           f"column {error.colno}.", code="invalid_json")
+        except RecursionError:
+            raise APIError(400, "Request body is nested too deeply.", code="invalid_json")
+        if not isinstance(value, dict):
+            raise APIError(400, "Request body must be a JSON object.", code="invalid_json")
+        return value

@@ -1,0 +1,76 @@
+"""GET /openapi.json: an OpenAPI 3.1 document generated from the schemas."""
+
+from __future__ import annotations
+
+from pydantic.json_schema import models_json_schema
+
+from impetus import __version__
+from impetus.api import schemas
+
+# (path, method, summary, request schema, response schema, streams)
+ROUTES = [
+    ("/v1/chat/completions", "post", "Create a chat completion", schemas.ChatCompletionRequest,
+     schemas.ChatCompletion, schemas.ChatCompletionChunk),
+    ("/v1/completions", "post", "Create a text completion", schemas.CompletionRequest,
+     schemas.Completion, schemas.Completion),
+    ("/v1/models", "get", "List models", None, schemas.ModelList, None),
+    ("/v1/models/{model_id}", "get", "Retrieve a model", None, schemas.Model, None),
+    ("/healthz", "get", "Liveness", None, schemas.Health, None),
+    ("/readyz", "get", "Readiness", None, schemas.Health, None),
+]
+
+ERROR_STATUSES = {
+    "400": "Invalid request", "404": "Not found", "413": "Body too large",
+    "415": "Not JSON", "503": "Overloaded or not ready",
+}
+
+
+def build_openapi() -> dict:
+    models = {schemas.ErrorResponse}
+    for _, _, _, request, response, chunk in ROUTES:
+        models.update(m for m in (request, response, chunk) if m is not None)
+    _, top = models_json_schema(
+        [(m, "validation" if m.__name__.endswith("Request") else "serialization") for m in
+         sorted(models, key=lambda m: m.__name__)],
+        ref_template="#/components/schemas/{model}",
+    )
+
+    def ref(model):
+        return {"$ref": f"#/components/schemas/{model.__name__}"}
+
+    paths: dict = {}
+    for path, method, summary, request, response, chunk in ROUTES:
+        ok = {"application/json": {"schema": ref(response)}}
+        if chunk is not None:
+            ok["text/event-stream"] = {"schema": ref(chunk),
+                                       "description": "with stream=true: one event per chunk, then [DONE]"}
+        operation = {
+            "summary": summary,
+            "responses": {
+                "200": {"description": "OK", "content": ok},
+                **{code: {"description": text, "content": {"application/json": {"schema": ref(schemas.ErrorResponse)}}}
+                   for code, text in ERROR_STATUSES.items()},
+            },
+        }
+        if request is not None:
+            operation["requestBody"] = {"required": True,
+                                        "content": {"application/json": {"schema": ref(request)}}}
+        if "{model_id}" in path:
+            operation["parameters"] = [{"name": "model_id", "in": "path", "required": True,
+                                        "schema": {"type": "string"}}]
+        paths.setdefault(path, {})[method] = operation
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Impetus", "version": __version__,
+                 "description": "OpenAI-compatible LLM server on MLX"},
+        "paths": paths,
+        "components": {"schemas": top.get("$defs", {})},
+    }
+
+
+class OpenAPIResource:
+    def __init__(self):
+        self.document = build_openapi()
+
+    def on_get(self, req, resp):
+        resp.media = self.document

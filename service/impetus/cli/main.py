@@ -1,0 +1,86 @@
+"""`impetus` command line: serve, models, doctor, bench."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _settings(args, **extra):
+    from impetus.settings import Settings
+
+    overrides = {k: v for k, v in extra.items() if v is not None}
+    for field in ("data_dir", "model", "host", "port", "workers"):
+        value = getattr(args, field, None)
+        if value is not None:
+            overrides[field] = value
+    return Settings(**overrides)
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", help="where models live (default: the platform's data dir)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="impetus", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the OpenAI-compatible server (Gunicorn + gevent)")
+    _add_common(serve)
+    serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default 8081)")
+    serve.add_argument("--workers", type=int, help="worker processes, each with its own model copy")
+    serve.add_argument("--model", help="model name or MLX folder path")
+
+    models = commands.add_parser("models", help="list and import models")
+    model_commands = models.add_subparsers(dest="models_command", required=True)
+    listing = model_commands.add_parser("list", help="models in the data dir")
+    _add_common(listing)
+    importing = model_commands.add_parser("import-gguf", help="convert a llama GGUF into an MLX model folder")
+    _add_common(importing)
+    importing.add_argument("path")
+    importing.add_argument("--name", help="model name (default: from the file name)")
+    importing.add_argument("--force", action="store_true", help="replace an existing model of that name")
+    ensure = model_commands.add_parser("ensure", help="make sure a model is available locally")
+    _add_common(ensure)
+    ensure.add_argument("model", nargs="?", help="model name or path (default: the configured model)")
+
+    doctor = commands.add_parser("doctor", help="check this machine and say what is missing")
+    _add_common(doctor)
+
+    bench = commands.add_parser("bench", help="raw mlx-lm vs the server at several concurrencies")
+    _add_common(bench)
+    bench.add_argument("--model", help="model name or MLX folder path")
+    bench.add_argument("--json", action="store_true", help="print one JSON line on stdout")
+    bench.add_argument("--max-tokens", type=int, default=128)
+    bench.add_argument("--levels", default="1,4,16", help="concurrency levels")
+    bench.add_argument("--port", type=int, help="port for the server under test (default: a free one)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    # Before anything imports mlx: bind MLX's CPU backend to OpenBLAS.
+    from impetus.system.blas import preload_openblas
+
+    preload_openblas()
+    if args.command == "serve":
+        from impetus.cli.serve import run
+
+        run(_settings(args))
+    elif args.command == "models":
+        from impetus.cli import models
+
+        models.run(args, _settings(args))
+    elif args.command == "doctor":
+        from impetus.cli.doctor import run
+
+        sys.exit(run(_settings(args)))
+    elif args.command == "bench":
+        from impetus.bench.runner import run
+
+        run(args, _settings(args))
+
+
+if __name__ == "__main__":
+    main()

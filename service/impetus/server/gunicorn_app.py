@@ -1,0 +1,59 @@
+"""Gunicorn with gevent workers, configured from Settings.
+
+Each worker process loads the model itself after the fork (no preload_app):
+MLX state must not cross a fork, and each worker is its own inference process
+with its own engine thread.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from gunicorn.app.base import BaseApplication
+
+log = logging.getLogger("impetus.server")
+
+
+class ImpetusApplication(BaseApplication):
+    def __init__(self, settings):
+        self.settings = settings
+        self.host = None
+        super().__init__()
+
+    def load_config(self):
+        s = self.settings
+        config = {
+            "bind": [f"{s.host}:{s.port}"],
+            "workers": s.workers,
+            "worker_class": "gevent",
+            "worker_connections": 1000,
+            "timeout": s.worker_timeout,
+            "graceful_timeout": s.graceful_timeout,
+            "keepalive": 75,
+            "accesslog": "-",
+            "errorlog": "-",
+            "loglevel": "info",
+            "proc_name": "impetus",
+            "worker_exit": self._worker_exit,
+        }
+        for key, value in config.items():
+            self.cfg.set(key, value)
+
+    def load(self):
+        # Runs in the worker, after gevent has monkey-patched it.
+        from impetus.api.app import create_app
+        from impetus.engine.host import EngineHost
+        from impetus.engine.waiters import GeventWaker
+
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s [%(process)d] %(name)s: %(message)s")
+        self.host = EngineHost(self.settings)
+        self.host.load(self.settings.model)
+        return create_app(self.settings, self.host, GeventWaker())
+
+    def _worker_exit(self, server, worker):
+        if self.host is not None:
+            self.host.stop()
+
+
+def serve(settings) -> None:
+    ImpetusApplication(settings).run()

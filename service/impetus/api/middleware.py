@@ -40,7 +40,10 @@ class JSONBodyMiddleware:
         length = req.content_length
         if length is not None and length > self.max_body_bytes:
             raise self._too_large()
-        raw = req.bounded_stream.read(self.max_body_bytes + 1)
+        # A chunked body has no Content-Length: read the raw (de-chunked by
+        # Gunicorn) stream, never more than one byte past the limit.
+        stream = req.bounded_stream if length is not None else req.stream
+        raw = stream.read(self.max_body_bytes + 1)
         if len(raw) > self.max_body_bytes:
             raise self._too_large()
         req.context.json = self._parse(raw)

@@ -43,8 +43,6 @@ class Settings(BaseSettings):
     # "auto": float32 on a CPU device (MLX's quantized CPU kernels are slow and
     # do not gain from batching), the stored weights on a GPU.
     weights_dtype: Literal["auto", "stored", "float32", "float16", "bfloat16"] = "auto"
-    # Fuse the decode step with mx.compile (fewer kernel launches per token).
-    compile: bool = True
 
     # Engine
     max_batch_size: int = 16

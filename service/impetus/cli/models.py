@@ -18,7 +18,7 @@ def _size(path) -> str:
 
 
 def run(args, settings) -> None:
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)
     progress = lambda message: console.print(f"[cyan]•[/] {message}")  # noqa: E731
     if args.models_command == "list":
         table = Table("name", "size", "quantization", "context", "path")

@@ -19,7 +19,7 @@ def _model_ready(settings) -> bool:
 
 
 def run(settings) -> None:
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)
     if not _model_ready(settings):
         # Import in a child process: the Gunicorn master must not initialise
         # MLX before it forks the workers.

@@ -1,0 +1,52 @@
+"""The `impetus` command as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+def impetus(*args, data_dir=None, timeout=600) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "impetus", *args]
+    if data_dir is not None:
+        command += ["--data-dir", str(data_dir)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+
+
+def test_doctor_reports_blas_and_model(data_dir):
+    result = impetus("doctor", data_dir=data_dir)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "OpenBLAS" in result.stdout or sys.platform == "darwin"
+    assert "smollm2-135m-instruct" in result.stdout
+    assert "everything needed is here" in result.stdout
+
+
+def test_import_gguf_and_list(tmp_path, default_gguf):
+    result = impetus("models", "import-gguf", str(default_gguf), "--name", "smol-copy", data_dir=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith("smol-copy")
+    assert "rebuilding tokenizer" in result.stderr  # progress is shown
+    listing = impetus("models", "list", data_dir=tmp_path)
+    assert "smol-copy" in listing.stdout and "4-bit" in listing.stdout
+    again = impetus("models", "import-gguf", str(default_gguf), "--name", "smol-copy", data_dir=tmp_path)
+    assert again.returncode == 2 and "already exists" in again.stderr
+
+
+def test_ensure_unknown_model_fails_clearly(tmp_path):
+    result = impetus("models", "ensure", "mlx-community/SomeModel-4bit", data_dir=tmp_path)
+    assert result.returncode == 2
+    assert "not downloaded at run time" in result.stderr
+
+
+@pytest.mark.slow
+def test_bench_json_has_the_promised_fields(data_dir):
+    result = impetus("bench", "--json", "--max-tokens", "8", "--levels", "1,2", data_dir=data_dir)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    for field in ("raw_tokens_per_s", "server_tokens_per_s", "ratio_single_stream"):
+        assert summary[field] > 0
+    assert [level["concurrency"] for level in summary["levels"]] == [1, 2]
+    assert all(level["errors"] == 0 for level in summary["levels"])

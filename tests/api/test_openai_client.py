@@ -129,6 +129,17 @@ def _engine(server) -> dict:
     return httpx.get(f"{server.base_url}/readyz", timeout=10).json()["engines"][0]
 
 
+def _wait_for_cancellation(server, before: dict) -> dict:
+    """Engine counters once one more request was cancelled and none runs (or after 30 s)."""
+    deadline = time.monotonic() + 30
+    while True:
+        state = _engine(server)
+        done = state["cancelled"] > before["cancelled"] and state["running"] == 0
+        if done or time.monotonic() > deadline:
+            return state
+        time.sleep(0.2)
+
+
 def test_client_disconnect_mid_stream_frees_its_slot(server):
     before = _engine(server)
     with httpx.stream("POST", f"{server.base_url}/v1/chat/completions", timeout=60, json={
@@ -139,12 +150,7 @@ def test_client_disconnect_mid_stream_frees_its_slot(server):
             received += bool(line)
             if received >= 5:
                 break  # leaving the block closes the connection mid-stream
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        state = _engine(server)
-        if state["cancelled"] > before["cancelled"] and state["running"] == 0:
-            break
-        time.sleep(0.2)
+    state = _wait_for_cancellation(server, before)
     assert state["cancelled"] == before["cancelled"] + 1
     assert state["running"] == 0
     assert state["generated_tokens"] - before["generated_tokens"] < 1000
@@ -156,12 +162,7 @@ def test_client_disconnect_while_waiting_non_streaming_frees_its_slot(server):
         httpx.post(f"{server.base_url}/v1/chat/completions", timeout=1.5, json={
             "model": DEFAULT_MODEL, "max_tokens": 1000, "temperature": 0,
             "messages": [{"role": "user", "content": "Write a very long story about a lighthouse."}]})
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        state = _engine(server)
-        if state["cancelled"] > before["cancelled"] and state["running"] == 0:
-            break
-        time.sleep(0.2)
+    state = _wait_for_cancellation(server, before)
     assert state["cancelled"] == before["cancelled"] + 1
     assert state["running"] == 0
 

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import falcon
-
 from impetus.api import generation
 from impetus.api.errors import bad_request
-from impetus.api.generation import Generation, raise_if_failed, sampling_params, sse, usage
+from impetus.api.generation import Generation, GenerationResource, sampling_params, sse, stream_error, usage
 from impetus.api.schemas import ChatCompletionRequest
 from impetus.api.validation import parse
 from impetus.engine.request import TokenEvent
@@ -40,12 +38,7 @@ def token_logprobs(tokenizer, tokens, logprobs, tops) -> list[dict]:
     ]
 
 
-class ChatCompletionsResource:
-    def __init__(self, host, waker, settings):
-        self.host = host
-        self.waker = waker
-        self.settings = settings
-
+class ChatCompletionsResource(GenerationResource):
     def on_post(self, req, resp):
         body = parse(ChatCompletionRequest, req.context.json)
         engine = generation.engine_for(self.host, body.model)
@@ -104,10 +97,8 @@ class ChatCompletionsResource:
                             tokenizer, [event.token], [event.logprob], [event.top_logprobs or []])}
                     yield {**base, "choices": [choice]}
                     continue
-                try:
-                    raise_if_failed(event)
-                except falcon.HTTPError as error:
-                    yield error.body
+                if (error := stream_error(event)) is not None:
+                    yield error
                     return
                 finishes.append(event)
                 delta = {"content": event.text} if event.text else {}

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import falcon
-
 from impetus.api import generation
 from impetus.api.errors import bad_request
-from impetus.api.generation import Generation, raise_if_failed, sampling_params, sse, usage
+from impetus.api.generation import Generation, GenerationResource, sampling_params, sse, stream_error, usage
 from impetus.api.schemas import CompletionRequest
 from impetus.api.validation import parse
 from impetus.engine.request import TokenEvent
@@ -49,12 +47,7 @@ def text_logprobs(tokenizer, tokens, logprobs, tops, offset: int) -> dict:
     }
 
 
-class CompletionsResource:
-    def __init__(self, host, waker, settings):
-        self.host = host
-        self.waker = waker
-        self.settings = settings
-
+class CompletionsResource(GenerationResource):
     def on_post(self, req, resp):
         body = parse(CompletionRequest, req.context.json)
         engine = generation.engine_for(self.host, body.model)
@@ -118,10 +111,8 @@ class CompletionsResource:
                     yield {**meta, "choices": [{"index": index, "text": event.text, "finish_reason": None,
                                                 "logprobs": logprobs}]}
                     continue
-                try:
-                    raise_if_failed(event)
-                except falcon.HTTPError as error:
-                    yield error.body
+                if (error := stream_error(event)) is not None:
+                    yield error
                     return
                 finishes.append(event)
                 yield {**meta, "choices": [{"index": index, "text": event.text,

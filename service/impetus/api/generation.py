@@ -174,10 +174,27 @@ class Generation:
         return choices
 
 
+class GenerationResource:
+    """Base of the resources that run the model."""
+
+    def __init__(self, host, waker, settings):
+        self.host = host
+        self.waker = waker
+        self.settings = settings
+
+
+def _engine_failure() -> APIError:
+    return APIError(500, "Generation failed inside the engine.", type="server_error", code="engine_error")
+
+
 def raise_if_failed(event: FinishEvent) -> None:
     if event.reason == "error":
-        raise APIError(500, "Generation failed inside the engine.", type="server_error",
-                       code="engine_error")
+        raise _engine_failure()
+
+
+def stream_error(event: FinishEvent) -> dict | None:
+    """The error event a stream ends with when its generation failed."""
+    return _engine_failure().body if event.reason == "error" else None
 
 
 def usage(prompt_tokens: int, finishes: list[FinishEvent]) -> dict:

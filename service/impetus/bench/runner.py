@@ -14,10 +14,6 @@ Machines here are noisy: read the ratios, not the absolute figures.
 from __future__ import annotations
 
 import json
-import os
-import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -124,36 +120,8 @@ def measure_level(base_url: str, model: str, concurrency: int, max_tokens: int) 
     return result
 
 
-def _start_server(settings, port: int, log: Path) -> subprocess.Popen:
-    import httpx
-
-    env = {**os.environ, "IMPETUS_DATA_DIR": str(settings.data_dir), "IMPETUS_MODEL": settings.model}
-    process = subprocess.Popen([sys.executable, "-m", "impetus", "serve", "--port", str(port)],
-                               stdout=log.open("w"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited: see {log}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
-                return process
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    process.kill()
-    raise RuntimeError(f"server not ready: see {log}")
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run(args, settings) -> None:
-    import signal
+    from impetus.server.process import free_port, start_server, stop_server
 
     console = Console(stderr=True, soft_wrap=True)
     levels = [int(x) for x in args.levels.split(",")]
@@ -161,10 +129,10 @@ def run(args, settings) -> None:
     raw = measure_raw(settings, args.max_tokens, console)
     console.print(f"  {raw['decode_tokens_per_s']:.1f} tok/s decode, TTFT {raw['ttft_s'] * 1000:.0f} ms")
 
-    port = args.port or _free_port()
+    port = args.port or free_port()
     log = Path(tempfile.mkdtemp(prefix="impetus-bench-")) / "server.log"
     console.print(f"[bold]server[/] on port {port} (log: {log})")
-    process = _start_server(settings, port, log)
+    process = start_server(port, log, {"IMPETUS_DATA_DIR": str(settings.data_dir), "IMPETUS_MODEL": settings.model})
     base_url = f"http://127.0.0.1:{port}"
     try:
         measure_level(base_url, settings.model, 1, 8)  # warm-up
@@ -175,8 +143,7 @@ def run(args, settings) -> None:
             console.print(f"  c={level}: {result['aggregate_tokens_per_s']:.1f} tok/s aggregate, "
                           f"TTFT p50 {result['ttft_p50_s'] * 1000:.0f} ms, errors {result['errors']}")
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(30)
+        stop_server(process)
 
     by_level = {r["concurrency"]: r for r in results}
     single = by_level.get(1, {})

@@ -36,6 +36,10 @@ class ImpetusApplication(BaseApplication):
             "proc_name": "impetus",
             "worker_exit": self._worker_exit,
         }
+        # Gunicorn 24+ opens a control socket at one fixed path per user; two
+        # servers (a test beside a running one) would fight over it.
+        if "control_socket_disable" in self.cfg.settings:
+            config["control_socket_disable"] = True
         for key, value in config.items():
             self.cfg.set(key, value)
 

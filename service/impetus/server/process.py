@@ -1,0 +1,54 @@
+"""Start `impetus serve` as a child process and wait until it is ready
+(used by the benchmark and by the tests' fixtures)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(port: int, log: Path, env: dict[str, str], timeout: float = 180) -> subprocess.Popen:
+    """Run `impetus serve --port PORT` with `env` added to the environment,
+    output to `log`, in its own process group; return once /readyz says 200."""
+    import httpx
+
+    environment = {**os.environ, "PYTHONUNBUFFERED": "1", **env}
+    with log.open("w") as out:
+        process = subprocess.Popen([sys.executable, "-m", "impetus", "serve", "--port", str(port)],
+                                   stdout=out, stderr=subprocess.STDOUT, env=environment, start_new_session=True)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited early:\n{log.read_text(errors='replace')}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
+                return process
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    stop_server(process)
+    raise RuntimeError(f"server not ready after {timeout}s:\n{log.read_text(errors='replace')}")
+
+
+def stop_server(process: subprocess.Popen, timeout: float = 30) -> None:
+    """SIGTERM the whole process group (master and workers), then SIGKILL."""
+    if process.poll() is not None:
+        return
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()

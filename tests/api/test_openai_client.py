@@ -186,3 +186,23 @@ def test_full_queue_answers_503_with_retry_after(server):
     assert refused.status_code == 503
     assert refused.headers["retry-after"] == "1"
     assert refused.json()["error"]["code"] == "queue_full"
+
+
+def test_streaming_several_choices(client):
+    stream = client.chat.completions.create(model=DEFAULT_MODEL, messages=QUESTION, temperature=0.9, seed=3, n=2,
+                                            max_tokens=6, stream=True, stream_options={"include_usage": True})
+    texts, finishes = {0: "", 1: ""}, {}
+    usage = None
+    for chunk in stream:
+        if chunk.usage:
+            usage = chunk.usage
+        for choice in chunk.choices:
+            texts[choice.index] += choice.delta.content or ""
+            if choice.finish_reason:
+                finishes[choice.index] = choice.finish_reason
+    assert set(finishes) == {0, 1}
+    assert all(texts.values())
+    if all(reason == "length" for reason in finishes.values()):
+        assert usage.completion_tokens == 12
+    else:
+        assert 2 <= usage.completion_tokens < 12

@@ -93,14 +93,43 @@ class _Stream:
             self.error = repr(error)
 
 
+class _HubProbe:
+    """Times GET /healthz every 100 ms while a level runs: if the engine
+    thread starved the gevent hub, these would stretch to a token's time."""
+
+    def __init__(self, base_url: str):
+        self.url = f"{base_url}/healthz"
+        self.latencies: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run)
+
+    def _run(self) -> None:
+        import httpx
+
+        with httpx.Client(timeout=30) as http:
+            while not self._stop.wait(0.1):
+                start = time.perf_counter()
+                http.get(self.url)
+                self.latencies.append(time.perf_counter() - start)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
 def measure_level(base_url: str, model: str, concurrency: int, max_tokens: int) -> dict:
     streams = [_Stream(base_url, model, i, max_tokens) for i in range(concurrency)]
     threads = [threading.Thread(target=s.run) for s in streams]
     started = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    with _HubProbe(base_url) as probe:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
     wall = time.perf_counter() - started
     ok = [s for s in streams if s.error is None and s.first is not None]
     tokens = sum(s.tokens for s in ok)
@@ -113,6 +142,8 @@ def measure_level(base_url: str, model: str, concurrency: int, max_tokens: int) 
         "aggregate_tokens_per_s": tokens / wall if wall else float("nan"),
         "ttft_p50_s": _percentile(ttfts, 50),
         "ttft_p95_s": _percentile(ttfts, 95),
+        "healthz_p50_s": _percentile(probe.latencies, 50),
+        "healthz_p95_s": _percentile(probe.latencies, 95),
     }
     if concurrency == 1 and ok and ok[0].last > ok[0].first:
         s = ok[0]
@@ -141,7 +172,8 @@ def run(args, settings) -> None:
             result = measure_level(base_url, settings.model, level, args.max_tokens)
             results.append(result)
             console.print(f"  c={level}: {result['aggregate_tokens_per_s']:.1f} tok/s aggregate, "
-                          f"TTFT p50 {result['ttft_p50_s'] * 1000:.0f} ms, errors {result['errors']}")
+                          f"TTFT p50 {result['ttft_p50_s'] * 1000:.0f} ms, /healthz p50 "
+                          f"{result['healthz_p50_s'] * 1000:.1f} ms, errors {result['errors']}")
     finally:
         stop_server(process)
 
@@ -165,11 +197,13 @@ def run(args, settings) -> None:
     if args.json:
         print(json.dumps(summary))
         return
-    table = Table("concurrency", "tok/s (aggregate)", "TTFT p50 ms", "TTFT p95 ms", "errors", "x single")
+    table = Table("concurrency", "tok/s (aggregate)", "TTFT p50 ms", "TTFT p95 ms", "/healthz p95 ms", "errors",
+                  "x single")
     base = by_level.get(1, results[0])["aggregate_tokens_per_s"]
     for r in results:
         table.add_row(str(r["concurrency"]), f"{r['aggregate_tokens_per_s']:.1f}", f"{r['ttft_p50_s'] * 1000:.0f}",
-                      f"{r['ttft_p95_s'] * 1000:.0f}", str(r["errors"]), f"{r['aggregate_tokens_per_s'] / base:.2f}")
+                      f"{r['ttft_p95_s'] * 1000:.0f}", f"{r['healthz_p95_s'] * 1000:.1f}", str(r["errors"]),
+                      f"{r['aggregate_tokens_per_s'] / base:.2f}")
     Console().print(table)
     Console().print(f"single stream: server {server_tps:.1f} tok/s vs raw mlx-lm {raw['decode_tokens_per_s']:.1f} "
                     f"tok/s = [bold]{summary['ratio_single_stream']:.2f}x[/]")

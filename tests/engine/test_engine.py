@@ -117,3 +117,27 @@ def test_full_queue_refuses_new_work(engine):
         handle.cancel()
     for handle in handles:
         collect(handle)
+
+
+def test_logit_bias_bans_and_forces_tokens(engine):
+    _, greedy_tokens, _ = collect(chat(engine, "What is the capital of France?", max_tokens=6))
+    _, banned, _ = collect(chat(engine, "What is the capital of France?", max_tokens=6,
+                                logit_bias={greedy_tokens[0]: -100.0}))
+    assert banned[0] != greedy_tokens[0]
+    forced_token = engine.tokenizer.encode(" banana")[0]
+    _, forced, _ = collect(chat(engine, "What is the capital of France?", max_tokens=4,
+                                logit_bias={forced_token: 100.0}))
+    assert forced == [forced_token] * 4
+
+
+def test_top_k_one_is_greedy_even_when_sampling(engine):
+    _, greedy_tokens, _ = collect(chat(engine, "Name three colors.", max_tokens=12))
+    _, top1, _ = collect(chat(engine, "Name three colors.", max_tokens=12, temperature=1.5, top_k=1, seed=9))
+    assert top1 == greedy_tokens
+
+
+def test_repetition_penalty_reduces_repeats(engine):
+    prompt = "Repeat the word hello twenty times."
+    _, plain, _ = collect(chat(engine, prompt, max_tokens=30))
+    _, penalised, _ = collect(chat(engine, prompt, max_tokens=30, repetition_penalty=2.0))
+    assert len(set(penalised)) > len(set(plain))

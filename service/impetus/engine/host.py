@@ -51,5 +51,6 @@ class EngineHost:
         return bool(self.engines) and all(e.is_alive() for e in self.engines.values())
 
     def stop(self) -> None:
-        for engine in self.engines.values():
+        for name, engine in self.engines.items():
             engine.stop()
+            log.info("engine for %s stopped (thread alive: %s)", name, engine.is_alive())

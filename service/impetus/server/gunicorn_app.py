@@ -8,8 +8,11 @@ with its own engine thread.
 from __future__ import annotations
 
 import logging
+import os
+import sys
 
 from gunicorn.app.base import BaseApplication
+from gunicorn.errors import AppImportError
 
 log = logging.getLogger("impetus.server")
 
@@ -51,12 +54,28 @@ class ImpetusApplication(BaseApplication):
 
         logging.basicConfig(level=logging.INFO, format="%(asctime)s [%(process)d] %(name)s: %(message)s")
         self.host = EngineHost(self.settings)
-        self.host.load(self.settings.model)
+        try:
+            self.host.load(self.settings.model)
+        except Exception as error:
+            # Gunicorn prints this one line (no traceback) and stops the master
+            # instead of respawning a worker that cannot boot.
+            raise AppImportError(f"impetus: cannot load model {self.settings.model!r}: {error}") from error
         return create_app(self.settings, self.host, GeventWaker())
 
     def _worker_exit(self, server, worker):
-        if self.host is not None:
-            self.host.stop()
+        if self.host is None or not worker.booted:
+            # Failed to boot: let Gunicorn's exit code tell the master to stop.
+            return
+        self.host.stop()
+        # The engine thread has drained and returned, but its OS thread may
+        # still be running MLX's thread-local destructors; if the main thread
+        # runs MLX's static destructors at the same moment the process aborts
+        # ("terminate called without an active exception", seen in ~1 of 3
+        # worker exits). Nothing is left to flush but logs: leave now.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 def serve(settings) -> None:

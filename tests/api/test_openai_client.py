@@ -129,15 +129,18 @@ def _engine(server) -> dict:
     return httpx.get(f"{server.base_url}/readyz", timeout=10).json()["engines"][0]
 
 
-def _wait_for_cancellation(server, before: dict) -> dict:
-    """Engine counters once one more request was cancelled and none runs (or after 30 s)."""
-    deadline = time.monotonic() + 30
+def _wait_for(server, condition, timeout: float = 30) -> dict:
+    """Engine counters once `condition(counters)` holds (or after `timeout`)."""
+    deadline = time.monotonic() + timeout
     while True:
         state = _engine(server)
-        done = state["cancelled"] > before["cancelled"] and state["running"] == 0
-        if done or time.monotonic() > deadline:
+        if condition(state) or time.monotonic() > deadline:
             return state
         time.sleep(0.2)
+
+
+def _wait_for_cancellation(server, before: dict) -> dict:
+    return _wait_for(server, lambda s: s["cancelled"] > before["cancelled"] and s["running"] == 0)
 
 
 def test_client_disconnect_mid_stream_frees_its_slot(server):
@@ -186,6 +189,9 @@ def test_full_queue_answers_503_with_retry_after(server):
     assert refused.status_code == 503
     assert refused.headers["retry-after"] == "1"
     assert refused.json()["error"]["code"] == "queue_full"
+    # The closed streams are cancelled and their slots freed.
+    state = _wait_for(server, lambda s: s["in_flight"] == 0, timeout=60)
+    assert (state["in_flight"], state["running"], state["waiting"]) == (0, 0, 0)
 
 
 def test_streaming_several_choices(client):

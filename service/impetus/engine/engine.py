@@ -175,6 +175,7 @@ class Engine:
             "waiting": s.waiting,
             "max_batch_size": self.max_batch_size,
             "max_queue": self.max_queue,
+            "in_flight": self.in_flight,
             "submitted": s.submitted,
             "finished": s.finished,
             "cancelled": s.cancelled,

@@ -134,3 +134,10 @@ def test_server_still_serves_after_bad_input(client):
     response = client.chat.completions.create(model=DEFAULT_MODEL, temperature=0, max_tokens=8,
                                               messages=[{"role": "user", "content": "What is the capital of France?"}])
     assert "Paris" in response.choices[0].message.content
+
+
+def test_more_sequences_than_the_server_can_hold_is_400(server):
+    # The fixture's server holds 16 running + 8 waiting; 5 prompts x n=5 = 25.
+    body = {"model": DEFAULT_MODEL, "prompt": ["a", "b", "c", "d", "e"], "n": 5, "max_tokens": 1}
+    error = assert_openai_error(post_raw(server, "/v1/completions", json.dumps(body).encode()), 400, "n")
+    assert error["code"] == "too_many_sequences"

@@ -114,6 +114,11 @@ class Generation:
         self.id_suffix = uuid.uuid4().hex[:24]
         self.created = int(time.time())
         self.handles = []
+        capacity = engine.max_batch_size + engine.max_queue
+        if len(prompts) > capacity:
+            # A 503 would invite a retry that can never succeed.
+            raise bad_request(f"This request asks for {len(prompts)} sequences (prompts x n); this server "
+                              f"holds at most {capacity} at once.", param="n", code="too_many_sequences")
         try:
             for prompt, p in zip(prompts, params):
                 self.handles.append(engine.submit(prompt, p, waiter))

@@ -160,8 +160,7 @@ class Engine:
             raise RuntimeError("the engine is not running")
         if self.in_flight >= self.max_batch_size + self.max_queue:
             raise QueueFull(f"{self.max_queue} requests are already waiting for {self.loaded.name}")
-        handle = RequestHandle(prompt_tokens, params, waiter)
-        handle._cancel = lambda h: self._inbox.put(("cancel", h))
+        handle = RequestHandle(prompt_tokens, params, waiter, on_cancel=lambda h: self._inbox.put(("cancel", h)))
         self._submitted += 1
         self._inbox.put(("submit", handle))
         return handle

@@ -53,13 +53,13 @@ class RequestHandle:
     greenlet. `waiter` must offer notify() (safe from any thread) and wait(timeout).
     """
 
-    def __init__(self, prompt_tokens: list[int], params: SamplingParams, waiter):
+    def __init__(self, prompt_tokens: list[int], params: SamplingParams, waiter, on_cancel):
         self.prompt_tokens = prompt_tokens
         self.params = params
         self.waiter = waiter
         self.outbox: deque = deque()
         self.cancelled = False
-        self._cancel = None  # set by the engine on submit
+        self._on_cancel = on_cancel
 
     def push(self, event) -> None:
         self.outbox.append(event)
@@ -67,9 +67,9 @@ class RequestHandle:
 
     def cancel(self) -> None:
         """Stop generating (client went away). Safe to call more than once."""
-        if not self.cancelled and self._cancel is not None:
+        if not self.cancelled:
             self.cancelled = True
-            self._cancel(self)
+            self._on_cancel(self)
 
     def events(self, timeout: float | None = None):
         """Yield events until the FinishEvent (inclusive)."""

@@ -107,5 +107,4 @@ class ChatCompletionsResource(GenerationResource):
             if include_usage:
                 yield {**base, "choices": [], "usage": usage(prompt_tokens, finishes)}
         finally:
-            gen.cancel()
             gen.close()

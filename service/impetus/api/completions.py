@@ -120,5 +120,4 @@ class CompletionsResource(GenerationResource):
             if include_usage:
                 yield {**meta, "choices": [], "usage": usage(n_prompt_tokens, finishes)}
         finally:
-            gen.cancel()
             gen.close()

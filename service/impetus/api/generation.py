@@ -137,6 +137,9 @@ class Generation:
             handle.cancel()
 
     def close(self) -> None:
+        """The response is over (sent, or the client left): stop whatever still
+        runs and the disconnect watcher. Cancelling a finished choice is a no-op."""
+        self.cancel()
         if self._watcher is not None:
             self._watcher.kill(block=False)
             self._watcher = None
@@ -174,7 +177,6 @@ class Generation:
                     choice.finish = event
                     raise_if_failed(event)
         finally:
-            self.cancel()
             self.close()
         return choices
 

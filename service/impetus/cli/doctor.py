@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import platform
 import sys
 
@@ -34,7 +35,7 @@ def run(settings) -> int:
 
     row("platform", True, f"{platform.system()} {platform.release()} {platform.machine()}, "
         f"Python {sys.version.split()[0]}")
-    row("cpu", True, f"{info.cpu_name()}, {__import__('os').cpu_count()} cores")
+    row("cpu", True, f"{info.cpu_name()}, {os.cpu_count()} cores")
     memory = info.total_memory_bytes()
     row("memory", True, f"{memory / 2**30:.1f} GiB" if memory else "unknown")
 

@@ -6,10 +6,11 @@ import argparse
 import sys
 
 
-def _settings(args, **extra):
+def _settings(args):
+    """Settings from the environment/TOML, with the command line's flags on top."""
     from impetus.settings import Settings
 
-    overrides = {k: v for k, v in extra.items() if v is not None}
+    overrides = {}
     for field in ("data_dir", "model", "host", "port", "workers"):
         value = getattr(args, field, None)
         if value is not None:

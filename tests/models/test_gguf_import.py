@@ -28,38 +28,22 @@ def greedy(model, tokens: list[int], steps: int) -> list[int]:
     return out
 
 
-@pytest.fixture(scope="module")
-def reference_model(default_gguf):
-    """The same GGUF read with ggml's own Python reader (gguf-py), dequantized
-    in NumPy, in mlx-lm's llama: shares no code with the importer."""
+def reference_model(path):
+    """The GGUF at `path` read with ggml's own Python reader (gguf-py),
+    dequantized in NumPy, in mlx-lm's llama: shares no code with the importer."""
     gguf = pytest.importorskip("gguf")
     from mlx_lm.models import llama
 
-    reader = gguf.GGUFReader(str(default_gguf))
+    reader = gguf.GGUFReader(str(path))
 
     def field(name):
         f = reader.fields[name]
         return f.parts[f.data[0]].tolist()[0]
 
-    hidden = field("llama.embedding_length")
-    heads = field("llama.attention.head_count")
-    args = llama.ModelArgs(
-        model_type="llama",
-        hidden_size=hidden,
-        num_hidden_layers=field("llama.block_count"),
-        intermediate_size=field("llama.feed_forward_length"),
-        num_attention_heads=heads,
-        num_key_value_heads=field("llama.attention.head_count_kv"),
-        rms_norm_eps=field("llama.attention.layer_norm_rms_epsilon"),
-        vocab_size=len(reader.fields["tokenizer.ggml.tokens"].data),
-        rope_theta=field("llama.rope.freq_base"),
-        rope_traditional=True,
-        tie_word_embeddings=True,
-    )
-    names = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "attn_q": "self_attn.q_proj",
-             "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj", "attn_output": "self_attn.o_proj",
-             "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj",
-             "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm"}
+    names = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head",
+             "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
+             "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
+             "ffn_down": "mlp.down_proj", "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm"}
     weights = []
     for tensor in reader.tensors:
         parts = tensor.name.split(".")
@@ -69,10 +53,28 @@ def reference_model(default_gguf):
             name = f"{names[parts[0]]}.weight"
         array = gguf.quants.dequantize(tensor.data, tensor.tensor_type).astype(np.float32)
         weights.append((name, mx.array(array)))
+    args = llama.ModelArgs(
+        model_type="llama",
+        hidden_size=field("llama.embedding_length"),
+        num_hidden_layers=field("llama.block_count"),
+        intermediate_size=field("llama.feed_forward_length"),
+        num_attention_heads=field("llama.attention.head_count"),
+        num_key_value_heads=field("llama.attention.head_count_kv"),
+        rms_norm_eps=field("llama.attention.layer_norm_rms_epsilon"),
+        vocab_size=len(reader.fields["tokenizer.ggml.tokens"].data),
+        rope_theta=field("llama.rope.freq_base"),
+        rope_traditional=True,
+        tie_word_embeddings=not any(name == "lm_head.weight" for name, _ in weights),
+    )
     model = llama.Model(args)
     model.load_weights(weights)
     mx.eval(model.parameters())
     return model
+
+
+@pytest.fixture(scope="module")
+def default_reference(default_gguf):
+    return reference_model(default_gguf)
 
 
 def test_import_writes_an_mlx_model_folder(data_dir):
@@ -93,10 +95,10 @@ def test_import_writes_an_mlx_model_folder(data_dir):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("weights_dtype", ["stored", "float32"])
-def test_converted_model_matches_the_gguf_read_directly(data_dir, reference_model, weights_dtype):
+def test_converted_model_matches_the_gguf_read_directly(data_dir, default_reference, weights_dtype):
     converted = load(data_dir / "models" / DEFAULT_MODEL, weights_dtype=weights_dtype)
     prompt = converted.tokenizer.encode(PROMPT)
-    expected = greedy(reference_model, prompt, 12)
+    expected = greedy(default_reference, prompt, 12)
     assert greedy(converted.model, prompt, 12) == expected
     assert converted.tokenizer.decode(expected).startswith(" Paris")
 
@@ -142,3 +144,36 @@ def test_existing_model_is_not_overwritten_without_force(default_gguf, data_dir)
 def test_non_llama_architecture_is_refused():
     with pytest.raises(GGUFImportError, match="only llama-architecture"):
         build_config({"general.architecture": "qwen2"}, {}, {})
+
+
+@pytest.mark.parametrize(
+    "weight_type, tied",
+    [("F32", True), ("F16", True), ("Q4_0", True), ("Q4_1", False), ("Q8_0", False)],
+)
+def test_every_supported_tensor_type_imports_faithfully(tmp_path, weight_type, tied):
+    """Tiny random llamas written by gguf-py in each tensor type, tied and untied output."""
+    from tiny_gguf import write_tiny_llama
+
+    path = write_tiny_llama(tmp_path / f"tiny-{weight_type}.gguf", weight_type, tied=tied)
+    folder = import_gguf(path, tmp_path / "models", name="tiny")
+    config = json.loads((folder / "config.json").read_text())
+    assert config["tie_word_embeddings"] is tied
+    quantized = weight_type.startswith("Q")
+    assert ("quantization" in config) is quantized
+    if quantized:
+        assert config["quantization"]["bits"] == {"Q4_0": 4, "Q4_1": 4, "Q8_0": 8}[weight_type]
+
+    reference = reference_model(path)
+    prompt = [5, 17, 42, 7, 99]
+    expected_logits = reference(mx.array([prompt]))
+    # Dequantized to float32, the import computes what the GGUF holds.
+    exact = load(folder, weights_dtype="float32")
+    assert mx.abs(exact.model(mx.array([prompt])) - expected_logits).max().item() < 1e-4
+    assert greedy(exact.model, prompt, 10) == greedy(reference, prompt, 10)
+    # Kept quantized, MLX's quantized kernels accumulate differently: close, not
+    # identical (random tiny models have near-ties, so no token comparison).
+    stored = load(folder, weights_dtype="stored")
+    assert mx.abs(stored.model(mx.array([prompt])) - expected_logits).max().item() < 0.1
+    tokenizer = exact.tokenizer
+    assert tokenizer.decode(tokenizer.encode("hello there, the bell")) == "hello there, the bell"
+    assert tokenizer.encode(" the") == [tokenizer.convert_tokens_to_ids("Ġthe")]  # merges applied

@@ -64,6 +64,7 @@ def server(data_dir, tmp_path_factory):
     srv = Server(data_dir, log, max_queue=8)
     yield srv
     srv.stop()
+    assert srv.process.returncode == 0, "the server did not shut down cleanly on SIGTERM"
     logs = srv.logs()
     for bad in ("Traceback", "terminate called", "SIGABRT"):
         assert bad not in logs, logs

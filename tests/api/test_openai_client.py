@@ -212,3 +212,15 @@ def test_streaming_several_choices(client):
         assert usage.completion_tokens == 12
     else:
         assert 2 <= usage.completion_tokens < 12
+
+
+def test_follow_up_turn_reports_cached_prompt_tokens(client):
+    first = [{"role": "user", "content": "Describe a sunrise over the sea in two sentences."}]
+    reply = client.chat.completions.create(model=DEFAULT_MODEL, messages=first, temperature=0, max_tokens=40)
+    follow_up = first + [{"role": "assistant", "content": reply.choices[0].message.content},
+                         {"role": "user", "content": "Now a sunset."}]
+    second = client.chat.completions.create(model=DEFAULT_MODEL, messages=follow_up, temperature=0, max_tokens=5)
+    cached = second.usage.prompt_tokens_details.cached_tokens
+    # The whole first exchange was prefilled already; only the new turn is new work.
+    assert cached >= reply.usage.prompt_tokens
+    assert cached < second.usage.prompt_tokens

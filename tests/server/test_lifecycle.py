@@ -48,3 +48,43 @@ def test_a_model_that_cannot_load_stops_the_server_with_a_clear_error(data_dir, 
     assert "impetus: cannot load model" in output and "broken-model" in output
     assert "Traceback" not in output
     assert output.count("Booting worker") <= 2  # gave up, did not respawn in a loop
+
+
+def test_sigterm_drains_a_running_stream_but_not_idle_connections(data_dir, tmp_path):
+    import signal
+    import os
+    import threading
+
+    port = free_port()
+    log = tmp_path / "server.log"
+    process = start_server(port, log, {"IMPETUS_DATA_DIR": str(data_dir)})
+    base = f"http://127.0.0.1:{port}"
+    # An idle keep-alive connection, as pooled clients and proxies keep them.
+    idle = httpx.Client(base_url=base, timeout=60)
+    assert idle.get("/healthz").status_code == 200
+    lines: list[str] = []
+    started = threading.Event()
+
+    def stream():
+        with httpx.stream("POST", f"{base}/v1/chat/completions", timeout=120, json={
+            "model": DEFAULT_MODEL, "max_tokens": 40, "temperature": 0, "stream": True,
+            "messages": [{"role": "user", "content": "Write a story about a lighthouse."}]}) as response:
+            for line in response.iter_lines():
+                if line:
+                    lines.append(line)
+                    started.set()
+
+    reader = threading.Thread(target=stream)
+    reader.start()
+    try:
+        assert started.wait(60)
+        os.killpg(process.pid, signal.SIGTERM)
+        reader.join(120)
+        process.wait(30)  # raises if the idle connection held the worker
+    finally:
+        idle.close()
+        stop_server(process)
+    assert lines[-1] == "data: [DONE]"  # the running stream was finished, not cut
+    finishes = [json.loads(line[6:])["choices"][0]["finish_reason"] for line in lines[1:-1]]
+    assert finishes[-1] in ("stop", "length")
+    assert process.returncode == 0, log.read_text()

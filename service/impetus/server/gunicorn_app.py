@@ -28,7 +28,7 @@ class ImpetusApplication(BaseApplication):
         config = {
             "bind": [f"{s.host}:{s.port}"],
             "workers": s.workers,
-            "worker_class": "gevent",
+            "worker_class": "impetus.server.worker.ImpetusGeventWorker",
             "worker_connections": 1000,
             "timeout": s.worker_timeout,
             "graceful_timeout": s.graceful_timeout,

@@ -7,8 +7,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 UNAME := $(shell uname -s)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || command -v sudo >/dev/null && [ "$$(id -u)" != 0 ] && echo sudo)
-# Debian/Ubuntu packages: OpenBLAS makes MLX's CPU backend ~15x faster at prefill.
-APT_PACKAGES := libopenblas0-pthread
+# Debian/Ubuntu packages: OpenBLAS makes MLX's CPU backend ~15x faster at prefill;
+# redis-server keeps API keys, limits and usage.
+APT_PACKAGES := libopenblas0-pthread redis-server
+BREW_PACKAGES := redis
 # Debian's own python3 needs python3-venv for `python -m venv`; others ship it.
 VENV_OK := $(shell $(PYTHON) -c "import ensurepip, venv" 2>/dev/null && echo yes)
 ifneq ($(VENV_OK),yes)
@@ -43,6 +45,7 @@ ifeq ($(UNAME),Linux)
 	fi
 else ifeq ($(UNAME),Darwin)
 	@command -v $(PYTHON) >/dev/null || { command -v brew >/dev/null && brew install python@3.12; }
+	@for p in $(BREW_PACKAGES); do brew list $$p >/dev/null 2>&1 || brew install $$p; done
 endif
 
 $(STAMP): pyproject.toml

@@ -57,12 +57,23 @@ class Settings(BaseSettings):
     # HTTP
     max_body_bytes: int = 4 * 1024 * 1024
 
+    # Gateway: personal API keys and per-key limits, kept in Redis.
+    require_api_keys: bool = False
+    # Unset: the stack's private instance, a unix socket under data_dir.
+    redis_url: str | None = None
+    default_rpm: int = 120
+    default_tpm: int = 200_000
+
     # Linux: preload Debian's OpenBLAS into MLX's CPU backend (~15x faster prefill).
     use_openblas: bool = True
 
     @property
     def models_dir(self) -> Path:
         return self.data_dir / "models"
+
+    @property
+    def effective_redis_url(self) -> str:
+        return self.redis_url or f"unix://{self.data_dir / 'redis' / 'redis.sock'}"
 
     @classmethod
     def settings_customise_sources(

@@ -50,3 +50,32 @@ def test_bench_json_has_the_promised_fields(data_dir):
         assert summary[field] > 0
     assert [level["concurrency"] for level in summary["levels"]] == [1, 2]
     assert all(level["errors"] == 0 for level in summary["levels"])
+
+
+def test_keys_create_list_revoke(redis_server, redis_client, tmp_path):
+    import os
+
+    env = {**os.environ, "IMPETUS_REDIS_URL": redis_server.url}
+
+    def keys(*args):
+        return subprocess.run([sys.executable, "-m", "impetus", "keys", *args], capture_output=True, text=True,
+                              env=env, timeout=60)
+
+    created = keys("create", "--name", "laptop", "--rpm", "30", "--admin")
+    assert created.returncode == 0, created.stderr
+    key = created.stdout.strip().splitlines()[-1]
+    assert key.startswith("imp_")
+    assert "shown once" in created.stderr
+    listing = keys("list")
+    assert "laptop" in listing.stdout and key[:10] in listing.stdout and key not in listing.stdout
+    assert "admin" in listing.stdout and "30" in listing.stdout
+    assert keys("create", "--name", "laptop").returncode == 2
+    assert keys("revoke", "laptop").returncode == 0
+    assert "laptop" not in keys("list").stdout
+    assert keys("revoke", "laptop").returncode == 2
+
+
+def test_keys_without_redis_is_a_clear_error(tmp_path):
+    result = impetus("keys", "list", data_dir=tmp_path)
+    assert result.returncode == 2
+    assert "cannot reach Redis" in result.stderr and "impetus up" in result.stderr

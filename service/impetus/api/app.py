@@ -13,11 +13,14 @@ from impetus.api.models import ModelResource, ModelsResource
 from impetus.api.openapi import OpenAPIResource
 
 
-def create_app(settings, host, waker) -> falcon.App:
-    """`host` holds this process's engines; `waker` wakes greenlets from them."""
-    app = falcon.App(
-        middleware=[RequestIdMiddleware(), JSONBodyMiddleware(settings.max_body_bytes)],
-    )
+def create_app(settings, host, waker, gateway=None) -> falcon.App:
+    """`host` holds this process's engines; `waker` wakes greenlets from them;
+    `gateway` (keys and limits on Redis) is None when keys are not required."""
+    middleware = [RequestIdMiddleware()]
+    if gateway is not None:
+        middleware += gateway.middleware()
+    middleware.append(JSONBodyMiddleware(settings.max_body_bytes))
+    app = falcon.App(middleware=middleware)
     app.req_options.strip_url_path_trailing_slash = True
     app.add_error_handler(Exception, handle_unexpected)
     app.add_error_handler(falcon.HTTPError, handle_http_error)

@@ -60,7 +60,9 @@ class CompletionsResource(GenerationResource):
                                      logprobs=want_logprobs, top_logprobs=body.logprobs or 0)
             all_prompts += [p] * body.n
             all_params += [params] * body.n
-        gen = Generation(engine, self.waker.waiter(), all_prompts, all_params, req.env)
+        n_prompt_tokens = sum(len(p) for p in prompts)
+        gen = Generation(engine, self.waker.waiter(), all_prompts, all_params, req.env,
+                         prompt_tokens=n_prompt_tokens, on_usage=getattr(req.context, "on_usage", None))
         meta = {
             "id": f"cmpl-{gen.id_suffix}",
             "object": "text_completion",
@@ -69,7 +71,6 @@ class CompletionsResource(GenerationResource):
             "system_fingerprint": generation.fingerprint(engine),
         }
         echoes = [tokenizer.decode(p) if body.echo else "" for p in prompts]
-        n_prompt_tokens = sum(len(p) for p in prompts)
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             generation.start_stream(

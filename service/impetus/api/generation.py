@@ -108,9 +108,16 @@ class Generation:
     request sleeps until any of them has output.
     """
 
-    def __init__(self, engine: Engine, waiter, prompts: list[list[int]], params: list[SamplingParams], env):
+    def __init__(self, engine: Engine, waiter, prompts: list[list[int]], params: list[SamplingParams], env,
+                 prompt_tokens: int, on_usage=None):
+        """`prompt_tokens` counts each distinct prompt once; `on_usage(prompt,
+        completion)` is called once when the response is over (the gateway
+        charges the key's token budget with it)."""
         self.engine = engine
         self.waiter = waiter
+        self.prompt_tokens = prompt_tokens
+        self.completion_tokens = 0
+        self._on_usage = on_usage
         self.id_suffix = uuid.uuid4().hex[:24]
         self.created = int(time.time())
         self.handles = []
@@ -143,6 +150,9 @@ class Generation:
         if self._watcher is not None:
             self._watcher.kill(block=False)
             self._watcher = None
+        if self._on_usage is not None:
+            on_usage, self._on_usage = self._on_usage, None
+            on_usage(self.prompt_tokens, self.completion_tokens)
 
     def events(self):
         """Yield (choice index, event) until every choice has finished."""
@@ -152,6 +162,8 @@ class Generation:
                 outbox = self.handles[index].outbox
                 while outbox:
                     event = outbox.popleft()
+                    if isinstance(event, TokenEvent):
+                        self.completion_tokens += 1
                     yield index, event
                     if isinstance(event, FinishEvent):
                         open_.discard(index)

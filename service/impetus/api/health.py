@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import falcon
 
 
@@ -19,5 +21,6 @@ class ReadinessResource:
         resp.status = falcon.HTTP_200 if ready else falcon.HTTP_503
         resp.media = {
             "status": "ready" if ready else "not ready",
+            "pid": os.getpid(),
             "engines": [engine.snapshot() for engine in self.host.engines.values()],
         }

@@ -46,6 +46,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(ensure)
     ensure.add_argument("model", nargs="?", help="model name or path (default: the configured model)")
 
+    keys = commands.add_parser("keys", help="personal API keys (stored hashed in Redis)")
+    key_commands = keys.add_subparsers(dest="keys_command", required=True)
+    create = key_commands.add_parser("create", help="make a key; it is printed once, as the last line")
+    _add_common(create)
+    create.add_argument("--name", required=True, help="who or what the key is for (unique)")
+    create.add_argument("--admin", action="store_true", help="may use admin endpoints")
+    create.add_argument("--rpm", type=int, help="requests per minute (default: the server's)")
+    create.add_argument("--tpm", type=int, help="tokens per minute (default: the server's)")
+    create.add_argument("--expires", type=float, metavar="DAYS", help="expire after DAYS days")
+    _add_common(key_commands.add_parser("list", help="keys with their limits and usage"))
+    revoke = key_commands.add_parser("revoke", help="revoke a key at once")
+    _add_common(revoke)
+    revoke.add_argument("name")
+
     doctor = commands.add_parser("doctor", help="check this machine and say what is missing")
     _add_common(doctor)
 
@@ -73,6 +87,10 @@ def main(argv: list[str] | None = None) -> None:
         from impetus.cli import models
 
         models.run(args, _settings(args))
+    elif args.command == "keys":
+        from impetus.cli import keys
+
+        keys.run(args, _settings(args))
     elif args.command == "doctor":
         from impetus.cli.doctor import run
 

@@ -8,6 +8,7 @@ import sys
 from rich.console import Console
 from rich.table import Table
 
+from impetus.cli.output import table_console
 from impetus.models import store
 from impetus.models.gguf import GGUFImportError, import_gguf
 
@@ -27,7 +28,7 @@ def run(args, settings) -> None:
             quant = config.get("quantization")
             table.add_row(info.name, _size(info.path), f"{quant['bits']}-bit" if quant else "none",
                           str(config.get("max_position_embeddings", "?")), str(info.path))
-        Console().print(table)
+        table_console().print(table)
     elif args.models_command == "import-gguf":
         try:
             path = import_gguf(args.path, settings.models_dir, name=args.name, progress=progress,

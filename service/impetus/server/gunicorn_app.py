@@ -60,7 +60,12 @@ class ImpetusApplication(BaseApplication):
             # Gunicorn prints this one line (no traceback) and stops the master
             # instead of respawning a worker that cannot boot.
             raise AppImportError(f"impetus: cannot load model {self.settings.model!r}: {error}") from error
-        return create_app(self.settings, self.host, GeventWaker())
+        gateway = None
+        if self.settings.require_api_keys:
+            from impetus.gateway import Gateway
+
+            gateway = Gateway(self.settings)
+        return create_app(self.settings, self.host, GeventWaker(), gateway)
 
     def _worker_exit(self, server, worker):
         if self.host is None or not worker.booted:

@@ -1,0 +1,54 @@
+"""`impetus keys create|list|revoke` against the stack's Redis."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from redis.exceptions import RedisError
+from rich.console import Console
+from rich.table import Table
+
+from impetus.cli.output import table_console
+from impetus.gateway import connect
+from impetus.gateway.keys import KeyExists, KeyNotFound, KeyStore
+
+
+def _when(timestamp) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(float(timestamp))) if timestamp else "-"
+
+
+def run(args, settings) -> None:
+    console = Console(stderr=True, soft_wrap=True)
+    url = settings.effective_redis_url
+    store = KeyStore(connect(url))
+    try:
+        if args.keys_command == "create":
+            key, record = store.create(args.name, admin=args.admin, rpm=args.rpm, tpm=args.tpm,
+                                       expires_days=args.expires)
+            console.print(f"created key [bold]{record.name}[/] ({', '.join(record.scopes)}); "
+                          "it is shown once, now: store it safely")
+            print(key)  # the last line of stdout, for scripts
+        elif args.keys_command == "list":
+            table = Table("name", "prefix", "scopes", "rpm", "tpm", "created", "expires", "last used",
+                          "requests", "tokens in/out")
+            for record, usage in store.list():
+                table.add_row(
+                    record.name, record.prefix + "…", ",".join(record.scopes),
+                    str(record.rpm or f"default ({settings.default_rpm})"),
+                    str(record.tpm or f"default ({settings.default_tpm})"),
+                    _when(record.created), _when(record.expires), _when(usage.get("last_used")),
+                    usage.get("requests", "0"),
+                    f"{usage.get('prompt_tokens', '0')}/{usage.get('completion_tokens', '0')}",
+                )
+            table_console().print(table)
+        elif args.keys_command == "revoke":
+            record = store.revoke(args.name)
+            console.print(f"revoked key [bold]{record.name}[/] ({record.prefix}…)")
+    except (KeyExists, KeyNotFound) as error:
+        console.print(f"[red]error:[/] {error}")
+        sys.exit(2)
+    except RedisError as error:
+        console.print(f"[red]error:[/] cannot reach Redis at {url} ({error}). Is the stack running "
+                      "(`impetus up`), or is IMPETUS_REDIS_URL set to the right server?")
+        sys.exit(2)

@@ -1,0 +1,29 @@
+"""The gateway: API keys, rate limits (and the response cache) on Redis."""
+
+from __future__ import annotations
+
+from impetus.gateway.keys import KeyStore
+from impetus.gateway.middleware import AuthMiddleware, RateLimitMiddleware
+from impetus.gateway.ratelimit import RateLimiter
+
+
+def connect(url: str):
+    """A Redis client that fails fast: a request must never hang on Redis."""
+    import redis
+
+    return redis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=0.5, socket_timeout=1.0,
+                                health_check_interval=10)
+
+
+class Gateway:
+    def __init__(self, settings, redis=None):
+        self.redis = redis if redis is not None else connect(settings.effective_redis_url)
+        self.keys = KeyStore(self.redis)
+        self.limiter = RateLimiter(self.redis)
+        self.settings = settings
+
+    def middleware(self) -> list:
+        return [
+            AuthMiddleware(self.keys),
+            RateLimitMiddleware(self.limiter, self.keys, self.settings.default_rpm, self.settings.default_tpm),
+        ]

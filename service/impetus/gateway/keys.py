@@ -1,0 +1,158 @@
+"""Personal API keys, stored in Redis as hashes only.
+
+A key is `imp_` + 32 random bytes (base64url). Redis holds sha256(key) and the
+key's metadata; the key itself is shown once, at creation, and never stored or
+logged. Lookups are by hash, and the stored hash is compared to the computed
+one with `hmac.compare_digest`.
+
+Layout (all under one prefix, so one Redis can serve several stacks):
+  {prefix}key:{sha256}      hash: name, prefix, admin, rpm, tpm, created, expires
+  {prefix}keyname:{name}    string: sha256 (names are unique)
+  {prefix}keys              set of sha256
+  {prefix}usage:{sha256}    hash: requests, prompt_tokens, completion_tokens, last_used
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+import time
+from dataclasses import dataclass
+
+KEY_PREFIX = "imp_"
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def new_key() -> str:
+    return KEY_PREFIX + base64.urlsafe_b64encode(secrets.token_bytes(32)).decode().rstrip("=")
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    hash: str
+    name: str
+    prefix: str  # the first characters, to recognise a key in listings
+    admin: bool
+    rpm: int | None  # None: the server's default
+    tpm: int | None
+    created: float
+    expires: float | None
+
+    def expired(self, now: float | None = None) -> bool:
+        return self.expires is not None and (now or time.time()) >= self.expires
+
+    @property
+    def scopes(self) -> list[str]:
+        return ["inference", "admin"] if self.admin else ["inference"]
+
+    @classmethod
+    def from_redis(cls, key_hash: str, fields: dict) -> "ApiKey":
+        def number(name):
+            value = fields.get(name, "")
+            return int(value) if value not in ("", "0") else None
+
+        return cls(
+            hash=key_hash,
+            name=fields["name"],
+            prefix=fields["prefix"],
+            admin=fields.get("admin") == "1",
+            rpm=number("rpm"),
+            tpm=number("tpm"),
+            created=float(fields["created"]),
+            expires=float(fields["expires"]) if fields.get("expires") else None,
+        )
+
+
+class KeyExists(ValueError):
+    pass
+
+
+class KeyNotFound(LookupError):
+    pass
+
+
+class KeyStore:
+    def __init__(self, redis, prefix: str = "impetus:"):
+        self.redis = redis
+        self.prefix = prefix
+
+    def _key(self, key_hash: str) -> str:
+        return f"{self.prefix}key:{key_hash}"
+
+    def _name(self, name: str) -> str:
+        return f"{self.prefix}keyname:{name}"
+
+    def create(self, name: str, admin: bool = False, rpm: int | None = None, tpm: int | None = None,
+               expires_days: float | None = None) -> tuple[str, ApiKey]:
+        """Make a key; returns (the key itself, its record). The key is not kept."""
+        key = new_key()
+        key_hash = hash_key(key)
+        now = time.time()
+        fields = {
+            "name": name,
+            "prefix": key[: len(KEY_PREFIX) + 6],
+            "admin": "1" if admin else "0",
+            "rpm": str(rpm or 0),
+            "tpm": str(tpm or 0),
+            "created": repr(now),
+            "expires": repr(now + expires_days * 86400) if expires_days else "",
+            "hash": key_hash,
+        }
+        # Claim the name first: SET NX makes two concurrent creates of one name safe.
+        if not self.redis.set(self._name(name), key_hash, nx=True):
+            raise KeyExists(f"a key named {name!r} already exists")
+        pipe = self.redis.pipeline()
+        pipe.hset(self._key(key_hash), mapping=fields)
+        pipe.sadd(f"{self.prefix}keys", key_hash)
+        pipe.execute()
+        return key, ApiKey.from_redis(key_hash, fields)
+
+    def verify(self, key: str) -> ApiKey | None:
+        """The key's record if it exists and has not expired; None otherwise.
+        Raises redis errors: the caller decides what Redis being down means."""
+        if not key.startswith(KEY_PREFIX):
+            return None
+        key_hash = hash_key(key)
+        fields = self.redis.hgetall(self._key(key_hash))
+        if not fields or not hmac.compare_digest(fields.get("hash", ""), key_hash):
+            return None
+        record = ApiKey.from_redis(key_hash, fields)
+        return None if record.expired() else record
+
+    def list(self) -> list[tuple[ApiKey, dict]]:
+        hashes = sorted(self.redis.smembers(f"{self.prefix}keys"))
+        pipe = self.redis.pipeline()
+        for key_hash in hashes:
+            pipe.hgetall(self._key(key_hash))
+            pipe.hgetall(f"{self.prefix}usage:{key_hash}")
+        results = pipe.execute()
+        keys = []
+        for key_hash, fields, usage in zip(hashes, results[::2], results[1::2]):
+            if fields:
+                keys.append((ApiKey.from_redis(key_hash, fields), usage))
+        return sorted(keys, key=lambda item: item[0].created)
+
+    def revoke(self, name: str) -> ApiKey:
+        key_hash = self.redis.get(self._name(name))
+        if key_hash is None:
+            raise KeyNotFound(f"no key named {name!r}")
+        fields = self.redis.hgetall(self._key(key_hash))
+        pipe = self.redis.pipeline()
+        pipe.delete(self._key(key_hash), self._name(name))
+        pipe.srem(f"{self.prefix}keys", key_hash)
+        pipe.execute()
+        return ApiKey.from_redis(key_hash, fields)
+
+    def record_usage(self, key_hash: str, prompt_tokens: int, completion_tokens: int) -> None:
+        usage = f"{self.prefix}usage:{key_hash}"
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hincrby(usage, "requests", 1)
+        pipe.hincrby(usage, "prompt_tokens", prompt_tokens)
+        pipe.hincrby(usage, "completion_tokens", completion_tokens)
+        pipe.hset(usage, "last_used", repr(time.time()))
+        pipe.execute()

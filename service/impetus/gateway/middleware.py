@@ -1,0 +1,124 @@
+"""Authentication and rate limits as Falcon middleware.
+
+While Redis answers, every request is checked against it, so a revoked key
+stops working at once in every worker. When Redis does not answer, a key this
+worker has verified recently still works (degraded mode, logged), unknown keys
+get 503, and rate limits are not enforced; all of it recovers by itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from redis.exceptions import RedisError
+
+from impetus.api.errors import APIError
+from impetus.gateway.keys import ApiKey, KeyStore, hash_key
+from impetus.gateway.ratelimit import LimitState, RateLimiter, format_reset
+
+log = logging.getLogger("impetus.gateway")
+
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json"})
+# How long a verified key may be trusted without Redis.
+DEGRADED_TRUST_S = 24 * 3600
+
+
+def _presented_key(req) -> str | None:
+    auth = req.get_header("Authorization") or ""
+    scheme, _, token = auth.partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    return (req.get_header("X-API-Key") or "").strip() or None
+
+
+def _unauthorized(message: str) -> APIError:
+    return APIError(401, message, type="invalid_request_error", code="invalid_api_key",
+                    headers={"WWW-Authenticate": 'Bearer realm="impetus"'})
+
+
+class AuthMiddleware:
+    def __init__(self, keys: KeyStore):
+        self.keys = keys
+        self._verified: dict[str, tuple[ApiKey, float]] = {}  # hash -> (record, when)
+
+    def process_resource(self, req, resp, resource, params):
+        req.context.api_key = None
+        if req.path in PUBLIC_PATHS or req.method == "OPTIONS":
+            return
+        presented = _presented_key(req)
+        if presented is None:
+            raise _unauthorized("You didn't provide an API key. Send it as 'Authorization: Bearer <key>'.")
+        try:
+            record = self.keys.verify(presented)
+        except RedisError as error:
+            req.context.api_key = self._degraded(presented, error)
+            return
+        if record is None:
+            raise _unauthorized("Incorrect, revoked or expired API key.")
+        # Only a verification by Redis renews the trust used while it is down.
+        self._verified[record.hash] = (record, time.time())
+        req.context.api_key = record
+
+    def _degraded(self, presented: str, error: Exception) -> ApiKey:
+        known = self._verified.get(hash_key(presented))
+        if known is not None and time.time() - known[1] < DEGRADED_TRUST_S and not known[0].expired():
+            log.warning("redis unavailable (%s): accepting key %r verified earlier", error, known[0].name)
+            return known[0]
+        log.warning("redis unavailable (%s): cannot verify an unknown key", error)
+        raise APIError(503, "The key service is unavailable; this key cannot be verified right now. "
+                            "Please retry shortly.", type="server_error", code="auth_unavailable",
+                       headers={"Retry-After": "5"})
+
+
+def _limit_headers(kind: str, state: LimitState) -> dict[str, str]:
+    return {
+        f"x-ratelimit-limit-{kind}": str(state.limit),
+        f"x-ratelimit-remaining-{kind}": str(state.remaining),
+        f"x-ratelimit-reset-{kind}": format_reset(state.reset_ms),
+    }
+
+
+class RateLimitMiddleware:
+    """Requests per minute are taken on arrival; tokens per minute are checked on
+    arrival and charged when the response is done (`req.context.on_usage`)."""
+
+    def __init__(self, limiter: RateLimiter, keys: KeyStore, default_rpm: int, default_tpm: int):
+        self.limiter = limiter
+        self.keys = keys
+        self.default_rpm = default_rpm
+        self.default_tpm = default_tpm
+
+    def process_resource(self, req, resp, resource, params):
+        key: ApiKey | None = getattr(req.context, "api_key", None)
+        if key is None:
+            return
+        rpm = key.rpm or self.default_rpm
+        tpm = key.tpm or self.default_tpm
+        try:
+            requests = self.limiter.take_request(key.hash, rpm)
+            tokens = self.limiter.check_tokens(key.hash, tpm)
+        except RedisError as error:
+            log.warning("redis unavailable (%s): rate limits not enforced", error)
+            req.context.on_usage = None
+            return
+        headers = {**_limit_headers("requests", requests), **_limit_headers("tokens", tokens)}
+        resp.set_headers(headers)
+        for kind, state in (("requests", requests), ("tokens", tokens)):
+            if not state.allowed:
+                retry = max(1, -(-state.retry_after_ms // 1000))
+                raise APIError(
+                    429, f"Rate limit reached for {kind} per minute on key '{key.name}' "
+                         f"(limit {state.limit}). Please retry in {format_reset(state.retry_after_ms)}.",
+                    type="rate_limit_error", code=f"rate_limit_{kind}",
+                    headers={**headers, "Retry-After": str(retry)},
+                )
+
+        def on_usage(prompt_tokens: int, completion_tokens: int) -> None:
+            try:
+                self.limiter.charge_tokens(key.hash, tpm, prompt_tokens + completion_tokens)
+                self.keys.record_usage(key.hash, prompt_tokens, completion_tokens)
+            except RedisError as error:
+                log.warning("redis unavailable (%s): usage of %r not recorded", error, key.name)
+
+        req.context.on_usage = on_usage

@@ -11,23 +11,26 @@ requests (close it now).
 
 from __future__ import annotations
 
+import os
+import socket
+
 import gevent
 from gunicorn.workers.ggevent import GeventWorker
 
 
 class ImpetusGeventWorker(GeventWorker):
     def init_process(self):
-        self._handlers: set = set()
+        self._connections: dict = {}  # handler greenlet -> its client socket
         self._in_request: set = set()
         super().init_process()
 
     def handle(self, listener, client, addr):
         current = gevent.getcurrent()
-        self._handlers.add(current)
+        self._connections[current] = client
         try:
             super().handle(listener, client, addr)
         finally:
-            self._handlers.discard(current)
+            self._connections.pop(current, None)
 
     def handle_request(self, listener_name, req, sock, addr):
         current = gevent.getcurrent()
@@ -45,7 +48,29 @@ class ImpetusGeventWorker(GeventWorker):
     def _close_idle_connections(self):
         # A handler not inside a request is blocked reading the next one; no
         # request can be lost by ending it (the client sees a closed idle
-        # connection, as with any keep-alive timeout). Requests that finish
-        # from now on close their connection, since the worker is not alive.
-        idle = [g for g in self._handlers if g not in self._in_request]
-        gevent.killall(idle, block=False)
+        # connection, as with any keep-alive timeout). Shutting the socket
+        # down makes that read see EOF, which Gunicorn treats as the client
+        # leaving. Requests that finish from now on close their connection,
+        # since the worker is no longer alive.
+        for handler, client in list(self._connections.items()):
+            if handler not in self._in_request:
+                _shutdown_quietly(client)
+
+
+def _shutdown_quietly(client) -> None:
+    """Shut the connection down so a blocked read returns EOF.
+
+    Through a duplicate descriptor: gevent's own `shutdown()` would also fail
+    the pending read with EBADF, which Gunicorn logs as a socket error.
+    Shutdown acts on the socket, not the descriptor, so the original sees it.
+    """
+    try:
+        duplicate = socket.socket(fileno=os.dup(client.fileno()))
+    except OSError:
+        return  # already closed
+    try:
+        duplicate.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    finally:
+        duplicate.close()

@@ -63,6 +63,8 @@ class Settings(BaseSettings):
     redis_url: str | None = None
     default_rpm: int = 120
     default_tpm: int = 200_000
+    # Deterministic responses (temperature 0 or a seed) are kept this long.
+    cache_ttl_s: int = 3600
 
     # Linux: preload Debian's OpenBLAS into MLX's CPU backend (~15x faster prefill).
     use_openblas: bool = True

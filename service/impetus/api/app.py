@@ -25,8 +25,9 @@ def create_app(settings, host, waker, gateway=None) -> falcon.App:
     app.add_error_handler(Exception, handle_unexpected)
     app.add_error_handler(falcon.HTTPError, handle_http_error)
 
-    app.add_route("/v1/chat/completions", ChatCompletionsResource(host, waker, settings))
-    app.add_route("/v1/completions", CompletionsResource(host, waker, settings))
+    cache = gateway.cache if gateway is not None else None
+    app.add_route("/v1/chat/completions", ChatCompletionsResource(host, waker, settings, cache))
+    app.add_route("/v1/completions", CompletionsResource(host, waker, settings, cache))
     app.add_route("/v1/models", ModelsResource(host))
     app.add_route("/v1/models/{model_id:path}", ModelResource(host))
     app.add_route("/healthz", LivenessResource())

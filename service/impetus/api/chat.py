@@ -38,16 +38,61 @@ def token_logprobs(tokenizer, tokens, logprobs, tops) -> list[dict]:
     ]
 
 
+def chat_response(meta: dict, gen: Generation, tokenizer, logprobs: bool) -> dict:
+    return {
+        **meta,
+        "object": "chat.completion",
+        "choices": [
+            {
+                "index": c.index,
+                "message": {"role": "assistant", "content": c.text},
+                "finish_reason": c.finish.reason,
+                "logprobs": {"content": token_logprobs(tokenizer, c.tokens, c.logprobs, c.top_logprobs)}
+                if logprobs else None,
+            }
+            for c in gen.choices
+        ],
+        "usage": usage(gen.prompt_tokens, [c.finish for c in gen.choices]),
+    }
+
+
+def replay_chat(response: dict, include_usage: bool):
+    """A complete (cached) chat.completion as the chunks a stream would have sent."""
+    base = {k: response[k] for k in ("id", "created", "model", "system_fingerprint")}
+    base["object"] = "chat.completion.chunk"
+    for choice in response["choices"]:
+        index = choice["index"]
+        yield {**base, "choices": [{"index": index, "delta": {"role": "assistant", "content": ""},
+                                    "finish_reason": None, "logprobs": None}]}
+        yield {**base, "choices": [{"index": index, "delta": {"content": choice["message"]["content"]},
+                                    "finish_reason": None, "logprobs": choice.get("logprobs")}]}
+        yield {**base, "choices": [{"index": index, "delta": {}, "finish_reason": choice["finish_reason"],
+                                    "logprobs": None}]}
+    if include_usage:
+        yield {**base, "choices": [], "usage": response["usage"]}
+
+
 class ChatCompletionsResource(GenerationResource):
+    route = "chat"
+
     def on_post(self, req, resp):
         body = parse(ChatCompletionRequest, req.context.json)
         engine = generation.engine_for(self.host, body.model)
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        lookup = self.admit(req, resp, body, engine)
+        if lookup is not None and lookup.status == "hit":
+            response = generation.fresh_copy(lookup.response, "chatcmpl")
+            if body.stream:
+                generation.start_stream(resp, sse(replay_chat(response, include_usage)))
+            else:
+                resp.media = response
+            return
+
         tokenizer = engine.tokenizer
         prompt = render_chat(tokenizer, body.messages)
-        top = body.top_logprobs or 0
         params = sampling_params(
             body, engine, len(prompt), body.max_completion_tokens or body.max_tokens,
-            self.settings.default_max_tokens, logprobs=body.logprobs, top_logprobs=top,
+            self.settings.default_max_tokens, logprobs=body.logprobs, top_logprobs=body.top_logprobs or 0,
         )
         gen = Generation(engine, self.waker.waiter(), [prompt] * body.n, [params] * body.n, req.env,
                          prompt_tokens=len(prompt), on_usage=getattr(req.context, "on_usage", None))
@@ -57,31 +102,21 @@ class ChatCompletionsResource(GenerationResource):
             "model": engine.loaded.name,
             "system_fingerprint": generation.fingerprint(engine),
         }
+
+        def complete() -> dict:
+            response = chat_response(meta, gen, tokenizer, body.logprobs)
+            self.cache_store(lookup, gen, response)
+            return response
+
         if body.stream:
-            include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            generation.start_stream(resp, sse(self._chunks(gen, meta, tokenizer, len(prompt), include_usage, body.logprobs)))
+            generation.start_stream(resp, sse(self._chunks(gen, meta, tokenizer, include_usage, body.logprobs,
+                                                           complete)))
             return
+        gen.collect()
+        resp.media = complete()
 
-        choices = gen.collect()
-        resp.media = {
-            **meta,
-            "object": "chat.completion",
-            "choices": [
-                {
-                    "index": c.index,
-                    "message": {"role": "assistant", "content": c.text},
-                    "finish_reason": c.finish.reason,
-                    "logprobs": {"content": token_logprobs(tokenizer, c.tokens, c.logprobs, c.top_logprobs)}
-                    if body.logprobs else None,
-                }
-                for c in choices
-            ],
-            "usage": usage(len(prompt), [c.finish for c in choices]),
-        }
-
-    def _chunks(self, gen, meta, tokenizer, prompt_tokens, include_usage, logprobs):
+    def _chunks(self, gen, meta, tokenizer, include_usage, logprobs, complete):
         base = {**meta, "object": "chat.completion.chunk"}
-        finishes = []
         try:
             for index in range(len(gen.handles)):
                 yield {**base, "choices": [{"index": index, "delta": {"role": "assistant", "content": ""},
@@ -100,11 +135,11 @@ class ChatCompletionsResource(GenerationResource):
                 if (error := stream_error(event)) is not None:
                     yield error
                     return
-                finishes.append(event)
                 delta = {"content": event.text} if event.text else {}
                 yield {**base, "choices": [{"index": index, "delta": delta, "finish_reason": event.reason,
                                             "logprobs": None}]}
+            response = complete()
             if include_usage:
-                yield {**base, "choices": [], "usage": usage(prompt_tokens, finishes)}
+                yield {**base, "choices": [], "usage": response["usage"]}
         finally:
             gen.close()

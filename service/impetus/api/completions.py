@@ -47,10 +47,52 @@ def text_logprobs(tokenizer, tokens, logprobs, tops, offset: int) -> dict:
     }
 
 
+def completion_response(meta: dict, gen: Generation, tokenizer, n: int, echoes: list[str],
+                        want_logprobs: bool) -> dict:
+    return {
+        **meta,
+        "choices": [
+            {
+                "index": c.index,
+                "text": echoes[c.index // n] + c.text,
+                "finish_reason": c.finish.reason,
+                "logprobs": text_logprobs(tokenizer, c.tokens, c.logprobs, c.top_logprobs,
+                                          len(echoes[c.index // n])) if want_logprobs else None,
+            }
+            for c in gen.choices
+        ],
+        "usage": usage(gen.prompt_tokens, [c.finish for c in gen.choices]),
+    }
+
+
+def replay_completion(response: dict, include_usage: bool):
+    """A complete (cached) text_completion as the chunks a stream would have sent."""
+    base = {k: response[k] for k in ("id", "object", "created", "model", "system_fingerprint")}
+    for choice in response["choices"]:
+        yield {**base, "choices": [{"index": choice["index"], "text": choice["text"], "finish_reason": None,
+                                    "logprobs": choice.get("logprobs")}]}
+        yield {**base, "choices": [{"index": choice["index"], "text": "",
+                                    "finish_reason": choice["finish_reason"], "logprobs": None}]}
+    if include_usage:
+        yield {**base, "choices": [], "usage": response["usage"]}
+
+
 class CompletionsResource(GenerationResource):
+    route = "completions"
+
     def on_post(self, req, resp):
         body = parse(CompletionRequest, req.context.json)
         engine = generation.engine_for(self.host, body.model)
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        lookup = self.admit(req, resp, body, engine)
+        if lookup is not None and lookup.status == "hit":
+            response = generation.fresh_copy(lookup.response, "cmpl")
+            if body.stream:
+                generation.start_stream(resp, sse(replay_completion(response, include_usage)))
+            else:
+                resp.media = response
+            return
+
         tokenizer = engine.tokenizer
         prompts = prompt_tokens(tokenizer, body.prompt, engine.loaded.config.get("vocab_size", 0))
         want_logprobs = body.logprobs is not None
@@ -60,9 +102,9 @@ class CompletionsResource(GenerationResource):
                                      logprobs=want_logprobs, top_logprobs=body.logprobs or 0)
             all_prompts += [p] * body.n
             all_params += [params] * body.n
-        n_prompt_tokens = sum(len(p) for p in prompts)
         gen = Generation(engine, self.waker.waiter(), all_prompts, all_params, req.env,
-                         prompt_tokens=n_prompt_tokens, on_usage=getattr(req.context, "on_usage", None))
+                         prompt_tokens=sum(len(p) for p in prompts),
+                         on_usage=getattr(req.context, "on_usage", None))
         meta = {
             "id": f"cmpl-{gen.id_suffix}",
             "object": "text_completion",
@@ -71,31 +113,20 @@ class CompletionsResource(GenerationResource):
             "system_fingerprint": generation.fingerprint(engine),
         }
         echoes = [tokenizer.decode(p) if body.echo else "" for p in prompts]
+
+        def complete() -> dict:
+            response = completion_response(meta, gen, tokenizer, body.n, echoes, want_logprobs)
+            self.cache_store(lookup, gen, response)
+            return response
+
         if body.stream:
-            include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            generation.start_stream(
-                resp, sse(self._chunks(gen, meta, tokenizer, body.n, echoes, n_prompt_tokens,
-                                       include_usage, want_logprobs)))
+            generation.start_stream(resp, sse(self._chunks(gen, meta, tokenizer, body.n, echoes, include_usage,
+                                                           want_logprobs, complete)))
             return
+        gen.collect()
+        resp.media = complete()
 
-        choices = gen.collect()
-        resp.media = {
-            **meta,
-            "choices": [
-                {
-                    "index": c.index,
-                    "text": echoes[c.index // body.n] + c.text,
-                    "finish_reason": c.finish.reason,
-                    "logprobs": text_logprobs(tokenizer, c.tokens, c.logprobs, c.top_logprobs,
-                                              len(echoes[c.index // body.n])) if want_logprobs else None,
-                }
-                for c in choices
-            ],
-            "usage": usage(n_prompt_tokens, [c.finish for c in choices]),
-        }
-
-    def _chunks(self, gen, meta, tokenizer, n, echoes, n_prompt_tokens, include_usage, want_logprobs):
-        finishes = []
+    def _chunks(self, gen, meta, tokenizer, n, echoes, include_usage, want_logprobs, complete):
         try:
             for index in range(len(gen.handles)):
                 if echoes[index // n]:
@@ -115,10 +146,10 @@ class CompletionsResource(GenerationResource):
                 if (error := stream_error(event)) is not None:
                     yield error
                     return
-                finishes.append(event)
                 yield {**meta, "choices": [{"index": index, "text": event.text,
                                             "finish_reason": event.reason, "logprobs": None}]}
+            response = complete()
             if include_usage:
-                yield {**meta, "choices": [], "usage": usage(n_prompt_tokens, finishes)}
+                yield {**meta, "choices": [], "usage": response["usage"]}
         finally:
             gen.close()

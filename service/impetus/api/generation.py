@@ -115,6 +115,8 @@ class Generation:
         charges the key's token budget with it)."""
         self.engine = engine
         self.waiter = waiter
+        # Filled in as events flow, whether they are streamed or collected.
+        self.choices = [Choice(i) for i in range(len(prompts))]
         self.prompt_tokens = prompt_tokens
         self.completion_tokens = 0
         self._on_usage = on_usage
@@ -162,8 +164,7 @@ class Generation:
                 outbox = self.handles[index].outbox
                 while outbox:
                     event = outbox.popleft()
-                    if isinstance(event, TokenEvent):
-                        self.completion_tokens += 1
+                    self._accumulate(self.choices[index], event)
                     yield index, event
                     if isinstance(event, FinishEvent):
                         open_.discard(index)
@@ -173,33 +174,69 @@ class Generation:
                     self.cancel()
                     raise APIError(504, "The model produced no output in time.", type="server_error")
 
+    def _accumulate(self, choice: Choice, event) -> None:
+        if isinstance(event, TokenEvent):
+            self.completion_tokens += 1
+            choice.text += event.text
+            choice.tokens.append(event.token)
+            if event.logprob is not None:
+                choice.logprobs.append(event.logprob)
+                choice.top_logprobs.append(event.top_logprobs or [])
+        else:
+            choice.text += event.text
+            choice.finish = event
+
+    @property
+    def completed(self) -> bool:
+        """Every choice ended with stop or length (nothing cut short or failed)."""
+        return all(c.finish is not None and c.finish.reason in ("stop", "length") for c in self.choices)
+
     def collect(self) -> list[Choice]:
-        choices = [Choice(i) for i in range(len(self.handles))]
         try:
-            for index, event in self.events():
-                choice = choices[index]
-                if isinstance(event, TokenEvent):
-                    choice.text += event.text
-                    choice.tokens.append(event.token)
-                    if event.logprob is not None:
-                        choice.logprobs.append(event.logprob)
-                        choice.top_logprobs.append(event.top_logprobs or [])
-                else:
-                    choice.text += event.text
-                    choice.finish = event
+            for _, event in self.events():
+                if isinstance(event, FinishEvent):
                     raise_if_failed(event)
         finally:
             self.close()
-        return choices
+        return self.choices
 
 
 class GenerationResource:
-    """Base of the resources that run the model."""
+    """Base of the resources that run the model. `cache` is the gateway's
+    response cache, or None when the server runs without Redis."""
 
-    def __init__(self, host, waker, settings):
+    route = ""
+
+    def __init__(self, host, waker, settings, cache=None):
         self.host = host
         self.waker = waker
         self.settings = settings
+        self.cache = cache
+
+    def admit(self, req, resp, body, engine: Engine):
+        """Before any generation: the cached answer if there is one (a hit counts
+        as a request of the key, but costs no tokens, so a key whose token
+        budget is spent still gets it), else the key's token gate."""
+        lookup = None
+        if self.cache is not None:
+            lookup = self.cache.lookup(req, self.route, body, engine.loaded.name, engine.loaded.revision)
+            resp.set_header("x-impetus-cache", lookup.status)
+        hit = lookup is not None and lookup.status == "hit"
+        admit_tokens = getattr(req.context, "admit_tokens", None)
+        if admit_tokens is not None:
+            admit_tokens(enforce=not hit)
+        if hit and getattr(req.context, "on_usage", None) is not None:
+            req.context.on_usage(0, 0)
+        return lookup
+
+    def cache_store(self, lookup, gen: "Generation", response: dict) -> None:
+        if lookup is not None and gen.completed:
+            self.cache.store(lookup, response)
+
+
+def fresh_copy(response: dict, id_prefix: str) -> dict:
+    """A cached response under a new id and time, as any new response has."""
+    return {**response, "id": f"{id_prefix}-{uuid.uuid4().hex[:24]}", "created": int(time.time())}
 
 
 def _engine_failure() -> APIError:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from impetus.gateway.cache import ResponseCache
 from impetus.gateway.keys import KeyStore
 from impetus.gateway.middleware import AuthMiddleware, RateLimitMiddleware
 from impetus.gateway.ratelimit import RateLimiter
@@ -20,6 +21,7 @@ class Gateway:
         self.redis = redis if redis is not None else connect(settings.effective_redis_url)
         self.keys = KeyStore(self.redis)
         self.limiter = RateLimiter(self.redis)
+        self.cache = ResponseCache(self.redis, ttl_s=settings.cache_ttl_s)
         self.settings = settings
 
     def middleware(self) -> list:

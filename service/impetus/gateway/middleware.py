@@ -80,8 +80,11 @@ def _limit_headers(kind: str, state: LimitState) -> dict[str, str]:
 
 
 class RateLimitMiddleware:
-    """Requests per minute are taken on arrival; tokens per minute are checked on
-    arrival and charged when the response is done (`req.context.on_usage`)."""
+    """Requests per minute are taken on arrival. Tokens are only known at the
+    end, and a cached answer costs none, so the resource decides: it calls
+    `req.context.admit_tokens(enforce)` (refuses with 429 when the key's token
+    budget is spent and the model must run) and `req.context.on_usage` when
+    the response is over (charges the tokens, records usage)."""
 
     def __init__(self, limiter: RateLimiter, keys: KeyStore, default_rpm: int, default_tpm: int):
         self.limiter = limiter
@@ -90,6 +93,8 @@ class RateLimitMiddleware:
         self.default_tpm = default_tpm
 
     def process_resource(self, req, resp, resource, params):
+        req.context.admit_tokens = None
+        req.context.on_usage = None
         key: ApiKey | None = getattr(req.context, "api_key", None)
         if key is None:
             return
@@ -97,28 +102,41 @@ class RateLimitMiddleware:
         tpm = key.tpm or self.default_tpm
         try:
             requests = self.limiter.take_request(key.hash, rpm)
-            tokens = self.limiter.check_tokens(key.hash, tpm)
         except RedisError as error:
             log.warning("redis unavailable (%s): rate limits not enforced", error)
-            req.context.on_usage = None
             return
-        headers = {**_limit_headers("requests", requests), **_limit_headers("tokens", tokens)}
+        headers = _limit_headers("requests", requests)
         resp.set_headers(headers)
-        for kind, state in (("requests", requests), ("tokens", tokens)):
-            if not state.allowed:
-                retry = max(1, -(-state.retry_after_ms // 1000))
-                raise APIError(
-                    429, f"Rate limit reached for {kind} per minute on key '{key.name}' "
-                         f"(limit {state.limit}). Please retry in {format_reset(state.retry_after_ms)}.",
-                    type="rate_limit_error", code=f"rate_limit_{kind}",
-                    headers={**headers, "Retry-After": str(retry)},
-                )
+        if not requests.allowed:
+            raise self._refuse(key, "requests", requests, headers)
+
+        def admit_tokens(enforce: bool = True) -> None:
+            try:
+                tokens = self.limiter.check_tokens(key.hash, tpm)
+            except RedisError as error:
+                log.warning("redis unavailable (%s): token limit not enforced", error)
+                return
+            token_headers = _limit_headers("tokens", tokens)
+            resp.set_headers(token_headers)
+            if enforce and not tokens.allowed:
+                raise self._refuse(key, "tokens", tokens, {**headers, **token_headers})
 
         def on_usage(prompt_tokens: int, completion_tokens: int) -> None:
             try:
-                self.limiter.charge_tokens(key.hash, tpm, prompt_tokens + completion_tokens)
+                if prompt_tokens or completion_tokens:
+                    self.limiter.charge_tokens(key.hash, tpm, prompt_tokens + completion_tokens)
                 self.keys.record_usage(key.hash, prompt_tokens, completion_tokens)
             except RedisError as error:
                 log.warning("redis unavailable (%s): usage of %r not recorded", error, key.name)
 
+        req.context.admit_tokens = admit_tokens
         req.context.on_usage = on_usage
+
+    @staticmethod
+    def _refuse(key: ApiKey, kind: str, state: LimitState, headers: dict) -> APIError:
+        retry = max(1, -(-state.retry_after_ms // 1000))
+        return APIError(
+            429, f"Rate limit reached for {kind} per minute on key '{key.name}' (limit {state.limit}). "
+                 f"Please retry in {format_reset(state.retry_after_ms)}.",
+            type="rate_limit_error", code=f"rate_limit_{kind}", headers={**headers, "Retry-After": str(retry)},
+        )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ class LoadedModel:
     context_length: int
     weights_dtype: str
     load_seconds: float
+    revision: str  # changes whenever the folder's config or weights change
 
     @property
     def nbytes(self) -> int:
@@ -61,6 +63,16 @@ def cast_model(model: nn.Module, dtype_name: str) -> nn.Module:
     return model
 
 
+def folder_revision(path: Path) -> str:
+    """A digest of config.json and the weight files' names, sizes and times:
+    cheap (no hashing of gigabytes), and different after any re-import."""
+    digest = hashlib.sha256((path / "config.json").read_bytes())
+    for weights in sorted(path.glob("*.safetensors")):
+        stat = weights.stat()
+        digest.update(f"{weights.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()[:16]
+
+
 def load(path: Path, name: str | None = None, weights_dtype: str = "auto") -> LoadedModel:
     started = time.perf_counter()
     model, config = load_model(path)
@@ -83,4 +95,5 @@ def load(path: Path, name: str | None = None, weights_dtype: str = "auto") -> Lo
         context_length=context,
         weights_dtype=dtype,
         load_seconds=time.perf_counter() - started,
+        revision=folder_revision(path),
     )

@@ -8,9 +8,9 @@ STAMP := $(VENV)/.installed
 UNAME := $(shell uname -s)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || command -v sudo >/dev/null && [ "$$(id -u)" != 0 ] && echo sudo)
 # Debian/Ubuntu packages: OpenBLAS makes MLX's CPU backend ~15x faster at prefill;
-# redis-server keeps API keys, limits and usage.
-APT_PACKAGES := libopenblas0-pthread redis-server
-BREW_PACKAGES := redis
+# redis-server keeps API keys, limits and usage; nginx is the public face.
+APT_PACKAGES := libopenblas0-pthread redis-server nginx
+BREW_PACKAGES := redis nginx
 # Debian's own python3 needs python3-venv for `python -m venv`; others ship it.
 VENV_OK := $(shell $(PYTHON) -c "import ensurepip, venv" 2>/dev/null && echo yes)
 ifneq ($(VENV_OK),yes)

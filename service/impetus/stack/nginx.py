@@ -1,0 +1,85 @@
+"""Render nginx/*.conf for this stack and run nginx in the foreground."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from string import Template
+
+TEMPLATES = Path(__file__).resolve().parents[3] / "nginx"
+
+
+@dataclass
+class NginxConfig:
+    listen_host: str
+    listen_port: int
+    upstream: str  # "127.0.0.1:8081"
+    run_dir: Path
+    log_dir: Path
+    max_body: str = "4m"
+    conn_per_client: int = 256
+    admin_allow: tuple[str, ...] = ()  # addresses besides loopback allowed /metrics and admin
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+
+
+def render(config: NginxConfig, templates: Path = TEMPLATES) -> Path:
+    """Write nginx.conf and its include into run_dir/nginx; return nginx.conf."""
+    conf_dir = config.run_dir / "nginx"
+    conf_dir.mkdir(parents=True, exist_ok=True)
+    config.log_dir.mkdir(parents=True, exist_ok=True)
+    listen = f"listen {config.listen_host}:{config.listen_port}"
+    if ":" in config.listen_host:  # IPv6
+        listen = f"listen [{config.listen_host}]:{config.listen_port}"
+    if config.tls_cert and config.tls_key:
+        listen += (f" ssl;\n    ssl_certificate {config.tls_cert};\n    ssl_certificate_key {config.tls_key};\n"
+                   "    ssl_protocols TLSv1.2 TLSv1.3;")
+    else:
+        listen += ";"
+    allowed = ["127.0.0.1", "::1", *config.admin_allow]
+    values = {
+        "RUN_DIR": str(conf_dir),
+        "LOG_DIR": str(config.log_dir),
+        "CONF_DIR": str(conf_dir),
+        "UPSTREAM": config.upstream,
+        "LISTEN": listen,
+        "MAX_BODY": config.max_body,
+        "CONN_PER_CLIENT": str(config.conn_per_client),
+        "ADMIN_ALLOW": " ".join(f"allow {a};" for a in allowed),
+        "ADMIN_ALLOW_NOTE": f" and {', '.join(config.admin_allow)}" if config.admin_allow else "",
+    }
+    for name in ("nginx.conf", "impetus-server.conf"):
+        text = Template((templates / name).read_text()).safe_substitute(values)
+        if "${" in text:
+            raise ValueError(f"{name}: a placeholder was not filled: {text[text.index('${'):][:40]}")
+        if name == "nginx.conf" and os.geteuid() == 0:
+            # Started as root (CI, containers): nginx would run its workers as
+            # "nobody", which cannot reach a data dir under /root. As a normal
+            # user (production) nginx switches no users at all.
+            text = "user root;\n" + text
+        (conf_dir / name).write_text(text)
+    return conf_dir / "nginx.conf"
+
+
+def nginx_binary() -> str:
+    for candidate in (shutil.which("nginx"), "/usr/sbin/nginx", "/opt/homebrew/bin/nginx", "/usr/local/bin/nginx"):
+        if candidate and Path(candidate).exists():
+            return candidate
+    raise FileNotFoundError("nginx is not installed (apt-get install nginx, or brew install nginx)")
+
+
+def check(conf: Path) -> None:
+    result = subprocess.run([nginx_binary(), "-t", "-q", "-c", str(conf), "-p", str(conf.parent)],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"nginx rejected {conf}:\n{result.stderr}")
+
+
+def start(conf: Path, **popen) -> subprocess.Popen:
+    """nginx in the foreground (daemon off), so its parent owns its lifetime."""
+    check(conf)
+    return subprocess.Popen([nginx_binary(), "-c", str(conf), "-p", str(conf.parent), "-g", "daemon off;"],
+                            **popen)

@@ -1,0 +1,135 @@
+"""A real nginx, rendered from nginx/*.conf, in front of the real gateway server."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+
+import httpx
+import openai
+import pytest
+
+from impetus.gateway.keys import KeyStore
+from impetus.models.store import DEFAULT_MODEL
+from impetus.server.process import free_port
+from impetus.stack import nginx
+
+from test_gateway_server import gateway_server  # noqa: F401  (the shared module-scoped server)
+
+pytestmark = pytest.mark.slow
+
+CHAT = {"model": DEFAULT_MODEL, "max_tokens": 3, "messages": [{"role": "user", "content": "Hi"}]}
+
+
+def start_nginx(tmp_path, upstream: str, **options) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    conf = nginx.render(nginx.NginxConfig("127.0.0.1", port, upstream, tmp_path / "run", tmp_path / "logs",
+                                          **options))
+    process = nginx.start(conf)
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+            return process, f"http://127.0.0.1:{port}"
+        except httpx.TransportError:
+            if time.monotonic() > deadline or process.poll() is not None:
+                raise RuntimeError((tmp_path / "logs" / "nginx-error.log").read_text())
+            time.sleep(0.1)
+
+
+def stop_nginx(process: subprocess.Popen) -> None:
+    process.terminate()
+    process.wait(10)
+
+
+@pytest.fixture(scope="module")
+def proxy(gateway_server, tmp_path_factory):  # noqa: F811
+    upstream = gateway_server.removeprefix("http://")
+    process, url = start_nginx(tmp_path_factory.mktemp("nginx"), upstream, max_body="1m")
+    yield url
+    stop_nginx(process)
+
+
+@pytest.fixture
+def key(redis_client):
+    return KeyStore(redis_client).create("through-nginx")[0]
+
+
+def test_openai_client_with_a_key_through_nginx(proxy, key):
+    client = openai.OpenAI(base_url=f"{proxy}/v1", api_key=key, max_retries=0)
+    raw = client.chat.completions.with_raw_response.create(**CHAT)
+    assert raw.parse().choices[0].message.content
+    assert raw.headers["x-request-id"]
+    assert raw.headers["server"] == "nginx"  # no version
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=f"{proxy}/v1", api_key="imp_wrong", max_retries=0).chat.completions.create(**CHAT)
+
+
+def test_request_id_is_passed_through_once(proxy, key):
+    response = httpx.get(f"{proxy}/v1/models", headers={"Authorization": f"Bearer {key}",
+                                                        "X-Request-ID": "trace-42"}, timeout=10)
+    assert response.headers.get_list("x-request-id") == ["trace-42"]
+
+
+def test_stream_arrives_through_nginx_while_still_generating(server, tmp_path):
+    """First content chunk through nginx while the (single) worker still runs the request."""
+    process, url = start_nginx(tmp_path, f"127.0.0.1:{server.port}")
+    body = {**CHAT, "max_tokens": 60, "temperature": 0, "stream": True,
+            "messages": [{"role": "user", "content": "Write a long story about a lighthouse keeper."}]}
+    try:
+        with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=120) as response:
+            lines = response.iter_lines()
+            first = next(line for line in lines
+                         if line.startswith("data: {") and json.loads(line[6:])["choices"][0]["delta"].get("content"))
+            engine = httpx.get(f"{server.base_url}/readyz", timeout=10).json()["engines"][0]
+            rest = [line for line in lines if line]
+    finally:
+        stop_nginx(process)
+    assert first
+    assert engine["running"] == 1  # not buffered until the end: the model is still generating
+    assert rest[-1] == "data: [DONE]" and len(rest) > 10
+
+
+def test_body_over_the_limit_is_413_in_openai_form(proxy, key):
+    huge = {**CHAT, "messages": [{"role": "user", "content": "x" * (2 * 1024 * 1024)}]}
+    response = httpx.post(f"{proxy}/v1/chat/completions", json=huge, headers={"Authorization": f"Bearer {key}"},
+                          timeout=30)
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "request_too_large"
+
+
+def test_operator_paths_only_from_this_machine(proxy, key):
+    outside = httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.2"), timeout=10)
+    for path in ("/metrics", "/v1/admin/models"):
+        refused = outside.get(f"{proxy}{path}", headers={"Authorization": f"Bearer {key}"})
+        assert refused.status_code == 403 and refused.json()["error"]["code"] == "forbidden"
+        inside = httpx.get(f"{proxy}{path}", headers={"Authorization": f"Bearer {key}"}, timeout=10)
+        assert inside.status_code != 403
+    # The API itself is open to other addresses.
+    assert outside.get(f"{proxy}/v1/models", headers={"Authorization": f"Bearer {key}"}).status_code == 200
+
+
+def test_upstream_down_is_503_in_openai_form(tmp_path):
+    process, url = start_nginx(tmp_path, f"127.0.0.1:{free_port()}")
+    try:
+        response = httpx.get(f"{url}/v1/models", timeout=10)
+    finally:
+        stop_nginx(process)
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "upstream_unavailable" and response.headers["retry-after"]
+
+
+def test_connections_per_client_are_limited(gateway_server, tmp_path, key):  # noqa: F811
+    process, url = start_nginx(tmp_path, gateway_server.removeprefix("http://"), conn_per_client=1)
+    body = {**CHAT, "max_tokens": 40, "stream": True, "messages": [{"role": "user", "content": "Tell a story."}]}
+    headers = {"Authorization": f"Bearer {key}", "Cache-Control": "no-cache"}
+    try:
+        with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, headers=headers, timeout=60) as held:
+            lines = held.iter_lines()  # kept: a dropped iterator would close the stream
+            next(lines)
+            second = httpx.get(f"{url}/v1/models", headers=headers, timeout=10)
+    finally:
+        stop_nginx(process)
+    assert second.status_code == 429
+    assert second.json()["error"]["code"] == "too_many_connections"

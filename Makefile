@@ -20,7 +20,7 @@ endif
 .PHONY: run test setup system-deps model bench doctor clean
 
 run: setup
-	$(BIN)/impetus serve
+	$(BIN)/impetus up
 
 test: setup
 	$(BIN)/python -m pytest -v --durations=15

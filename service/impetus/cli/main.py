@@ -33,6 +33,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, help="worker processes, each with its own model copy")
     serve.add_argument("--model", help="model name or MLX folder path")
 
+    up = commands.add_parser("up", help="the whole stack in the foreground: redis, workers, nginx")
+    _add_common(up)
+    up.add_argument("--host", dest="public_host", default="127.0.0.1",
+                    help="address nginx listens on (0.0.0.0 for the LAN; default 127.0.0.1)")
+    up.add_argument("--port", dest="public_port", type=int, default=8080, help="nginx's port (default 8080)")
+    up.add_argument("--workers", type=int, help="worker processes, each with its own model copy")
+    up.add_argument("--model", help="model name or MLX folder path")
+
     models = commands.add_parser("models", help="list and import models")
     model_commands = models.add_subparsers(dest="models_command", required=True)
     listing = model_commands.add_parser("list", help="models in the data dir")
@@ -83,6 +91,10 @@ def main(argv: list[str] | None = None) -> None:
         from impetus.cli.serve import run
 
         run(_settings(args))
+    elif args.command == "up":
+        from impetus.stack.up import main as up
+
+        up(_settings(args), args.public_host, args.public_port)
     elif args.command == "models":
         from impetus.cli import models
 

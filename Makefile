@@ -9,7 +9,7 @@ UNAME := $(shell uname -s)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || command -v sudo >/dev/null && [ "$$(id -u)" != 0 ] && echo sudo)
 # Debian/Ubuntu packages: OpenBLAS makes MLX's CPU backend ~15x faster at prefill;
 # redis-server keeps API keys, limits and usage; nginx is the public face.
-APT_PACKAGES := libopenblas0-pthread redis-server nginx
+APT_PACKAGES := libopenblas0-pthread redis-server nginx openssl
 BREW_PACKAGES := redis nginx
 # Debian's own python3 needs python3-venv for `python -m venv`; others ship it.
 VENV_OK := $(shell $(PYTHON) -c "import ensurepip, venv" 2>/dev/null && echo yes)
@@ -17,7 +17,7 @@ ifneq ($(VENV_OK),yes)
 APT_PACKAGES += python3-venv
 endif
 
-.PHONY: run test setup system-deps model bench doctor clean
+.PHONY: run test setup system-deps model bench doctor cert clean
 
 run: setup
 	$(BIN)/impetus up
@@ -30,6 +30,10 @@ bench: setup
 
 doctor: setup
 	$(BIN)/impetus doctor
+
+# A self-signed certificate for `impetus up --tls` on the LAN.
+cert: setup
+	$(BIN)/impetus tls
 
 setup: system-deps $(STAMP) model
 

@@ -65,6 +65,9 @@ class Settings(BaseSettings):
     default_tpm: int = 200_000
     # Deterministic responses (temperature 0 or a seed) are kept this long.
     cache_ttl_s: int = 3600
+    # Addresses (besides loopback) nginx lets reach /metrics and /v1/admin/,
+    # e.g. the Prometheus host: IMPETUS_ADMIN_ALLOW='["10.0.0.5", "10.0.1.0/24"]'.
+    admin_allow: list[str] = Field(default_factory=list)
 
     # Linux: preload Debian's OpenBLAS into MLX's CPU backend (~15x faster prefill).
     use_openblas: bool = True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import ssl
 import subprocess
 import time
 
@@ -133,3 +134,57 @@ def test_connections_per_client_are_limited(gateway_server, tmp_path, key):  # n
         stop_nginx(process)
     assert second.status_code == 429
     assert second.json()["error"]["code"] == "too_many_connections"
+
+
+def test_tls_with_the_self_signed_certificate(gateway_server, tmp_path, key):  # noqa: F811
+    from impetus.stack.tls import make_certificate
+
+    cert, private = make_certificate(tmp_path, ["localhost", "127.0.0.1"])
+    assert oct(private.stat().st_mode & 0o777) == "0o600"
+    port = free_port()
+    conf = nginx.render(nginx.NginxConfig("127.0.0.1", port, gateway_server.removeprefix("http://"),
+                                          tmp_path / "run", tmp_path / "logs", tls_cert=cert, tls_key=private))
+    process = nginx.start(conf)
+    try:
+        client = openai.OpenAI(base_url=f"https://127.0.0.1:{port}/v1", api_key=key, max_retries=0,
+                               http_client=httpx.Client(verify=ssl.create_default_context(cafile=cert), timeout=60))
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                reply = client.chat.completions.create(**CHAT)
+                break
+            except openai.APIConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        assert reply.choices[0].message.content
+        with pytest.raises(httpx.HTTPError):  # plain HTTP on the TLS port is not served
+            httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).raise_for_status()
+    finally:
+        stop_nginx(process)
+
+
+def test_operator_paths_can_be_opened_to_a_named_address(gateway_server, tmp_path, key):  # noqa: F811
+    process, url = start_nginx(tmp_path, gateway_server.removeprefix("http://"), admin_allow=("127.0.0.2",))
+    try:
+        prometheus_host = httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.2"), timeout=10)
+        other_host = httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.3"), timeout=10)
+        headers = {"Authorization": f"Bearer {key}"}
+        assert prometheus_host.get(f"{url}/metrics", headers=headers).status_code != 403
+        assert other_host.get(f"{url}/metrics", headers=headers).status_code == 403
+    finally:
+        stop_nginx(process)
+
+
+def test_cache_hit_is_replayed_as_a_stream_through_nginx(proxy, key):
+    body = {**CHAT, "temperature": 0, "max_tokens": 6,
+            "messages": [{"role": "user", "content": "Name a planet."}]}
+    headers = {"Authorization": f"Bearer {key}"}
+    first = httpx.post(f"{proxy}/v1/chat/completions", json=body, headers=headers, timeout=60)
+    assert first.headers["x-impetus-cache"] == "miss"
+    with httpx.stream("POST", f"{proxy}/v1/chat/completions", json={**body, "stream": True}, headers=headers,
+                      timeout=60) as replay:
+        assert replay.headers["x-impetus-cache"] == "hit"
+        events = [json.loads(line[6:]) for line in replay.iter_lines() if line.startswith("data: {")]
+    text = "".join(e["choices"][0]["delta"].get("content") or "" for e in events if e["choices"])
+    assert text == first.json()["choices"][0]["message"]["content"]

@@ -40,6 +40,13 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--port", dest="public_port", type=int, default=8080, help="nginx's port (default 8080)")
     up.add_argument("--workers", type=int, help="worker processes, each with its own model copy")
     up.add_argument("--model", help="model name or MLX folder path")
+    up.add_argument("--tls", action="store_true",
+                    help="serve HTTPS with the data dir's certificate (made by `impetus tls` if missing)")
+
+    tls = commands.add_parser("tls", help="make a self-signed certificate for serving the LAN over HTTPS")
+    _add_common(tls)
+    tls.add_argument("--name", action="append", dest="names",
+                     help="a host name or IP clients use (repeatable; default: this host's names and addresses)")
 
     models = commands.add_parser("models", help="list and import models")
     model_commands = models.add_subparsers(dest="models_command", required=True)
@@ -94,7 +101,12 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "up":
         from impetus.stack.up import main as up
 
-        up(_settings(args), args.public_host, args.public_port)
+        up(_settings(args), args.public_host, args.public_port, args.tls)
+    elif args.command == "tls":
+        from impetus.stack.tls import make_certificate
+
+        cert, _ = make_certificate(_settings(args).data_dir, args.names)
+        print(cert)
     elif args.command == "models":
         from impetus.cli import models
 

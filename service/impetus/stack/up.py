@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -21,6 +22,7 @@ from rich.console import Console
 
 from impetus.server.process import start_server, stop_server
 from impetus.stack import nginx
+from impetus.stack.tls import make_certificate, tls_paths
 
 
 class StackError(RuntimeError):
@@ -74,7 +76,7 @@ def _stop(process: subprocess.Popen | None, sig: int, timeout: float) -> None:
         process.wait()
 
 
-def run(settings, public_host: str, public_port: int) -> int:
+def run(settings, public_host: str, public_port: int, tls: bool = False) -> int:
     console = Console(stderr=True, soft_wrap=True)
     run_dir = settings.data_dir / "run"
     log_dir = settings.data_dir / "logs"
@@ -113,13 +115,21 @@ def run(settings, public_host: str, public_port: int) -> int:
         console.print(f"[green]✓[/] workers  ready  {settings.workers} × {settings.model} on {upstream} "
                       f"(log: {log_dir / 'impetus.log'})")
 
+        cert = key = None
+        if tls:
+            cert, key = tls_paths(settings.data_dir)
+            if not cert.exists():
+                make_certificate(settings.data_dir)
+                console.print(f"made a self-signed certificate: {cert} (clients must trust it)")
         conf = nginx.render(nginx.NginxConfig(
             public_host, public_port, upstream, run_dir, log_dir,
             max_body=f"{max(1, settings.max_body_bytes // (1024 * 1024))}m",
+            admin_allow=tuple(settings.admin_allow), tls_cert=cert, tls_key=key,
         ))
         proxy = nginx.start(conf, start_new_session=True)
-        endpoint = f"http://{public_host}:{public_port}"
-        _wait(lambda: _answers(f"{endpoint}/healthz"), "nginx", proxy)
+        endpoint = f"{'https' if tls else 'http'}://{public_host}:{public_port}"
+        verify = ssl.create_default_context(cafile=cert) if cert else True
+        _wait(lambda: _answers(f"{endpoint}/healthz", verify=verify), "nginx", proxy)
         console.print(f"[green]✓[/] nginx    ready  {endpoint} (logs in {log_dir})")
 
         admin_key = _first_admin_key(redis_url)
@@ -145,11 +155,11 @@ def run(settings, public_host: str, public_port: int) -> int:
     return code
 
 
-def _answers(url: str) -> bool:
+def _answers(url: str, verify=True) -> bool:
     import httpx
 
     try:
-        return httpx.get(url, timeout=1).status_code == 200
+        return httpx.get(url, timeout=1, verify=verify).status_code == 200
     except httpx.HTTPError:
         return False
 
@@ -170,5 +180,5 @@ def _first_admin_key(redis_url: str) -> str | None:
     return key
 
 
-def main(settings, host: str, port: int) -> None:
-    sys.exit(run(settings, host, port))
+def main(settings, host: str, port: int, tls: bool = False) -> None:
+    sys.exit(run(settings, host, port, tls))

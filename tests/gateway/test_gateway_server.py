@@ -129,3 +129,16 @@ def test_redis_down_degrades_open_for_known_keys_and_recovers(gateway_server, ke
         new_key, _ = KeyStore(redis_server.client()).create("grace")
         assert http.post("/v1/chat/completions", json=CHAT,
                          headers={"Authorization": f"Bearer {new_key}"}).status_code == 200
+
+
+def test_admin_paths_need_the_admin_scope(gateway_server, keys):
+    user, _ = keys.create("plain-user")
+    admin, _ = keys.create("operator", admin=True)
+    for path in ("/v1/admin/models", "/metrics"):
+        refused = httpx.get(f"{gateway_server}{path}", headers={"Authorization": f"Bearer {user}"}, timeout=10)
+        assert refused.status_code == 403 and error_of(refused)["code"] == "admin_scope_required"
+        # The admin key gets through the gateway (these endpoints come with later issues: 404 for now).
+        allowed = httpx.get(f"{gateway_server}{path}", headers={"Authorization": f"Bearer {admin}"}, timeout=10)
+        assert allowed.status_code == 404
+    anonymous = httpx.get(f"{gateway_server}/v1/no-such-route", timeout=10)
+    assert anonymous.status_code == 401  # unknown paths reveal nothing without a key

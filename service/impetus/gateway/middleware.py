@@ -20,6 +20,7 @@ from impetus.gateway.ratelimit import LimitState, RateLimiter, format_reset
 log = logging.getLogger("impetus.gateway")
 
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json"})
+ADMIN_PREFIXES = ("/v1/admin/", "/metrics")
 # How long a verified key may be trusted without Redis.
 DEGRADED_TRUST_S = 24 * 3600
 
@@ -38,11 +39,14 @@ def _unauthorized(message: str) -> APIError:
 
 
 class AuthMiddleware:
+    """Before routing, so every path but the public ones needs a key (and an
+    unknown path reveals nothing to a caller without one)."""
+
     def __init__(self, keys: KeyStore):
         self.keys = keys
         self._verified: dict[str, tuple[ApiKey, float]] = {}  # hash -> (record, when)
 
-    def process_resource(self, req, resp, resource, params):
+    def process_request(self, req, resp):
         req.context.api_key = None
         if req.path in PUBLIC_PATHS or req.method == "OPTIONS":
             return
@@ -52,12 +56,15 @@ class AuthMiddleware:
         try:
             record = self.keys.verify(presented)
         except RedisError as error:
-            req.context.api_key = self._degraded(presented, error)
-            return
-        if record is None:
-            raise _unauthorized("Incorrect, revoked or expired API key.")
-        # Only a verification by Redis renews the trust used while it is down.
-        self._verified[record.hash] = (record, time.time())
+            record = self._degraded(presented, error)
+        else:
+            if record is None:
+                raise _unauthorized("Incorrect, revoked or expired API key.")
+            # Only a verification by Redis renews the trust used while it is down.
+            self._verified[record.hash] = (record, time.time())
+        if req.path.startswith(ADMIN_PREFIXES) and not record.admin:
+            raise APIError(403, f"The key '{record.name}' does not have the admin scope this endpoint needs.",
+                           type="permission_error", code="admin_scope_required")
         req.context.api_key = record
 
     def _degraded(self, presented: str, error: Exception) -> ApiKey:

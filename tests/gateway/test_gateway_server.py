@@ -63,9 +63,11 @@ def test_revoked_key_stops_working_at_once_in_every_worker(gateway_server, keys)
     key, _ = keys.create("bob")
     headers = {"Authorization": f"Bearer {key}"}
     workers = set()
-    for _ in range(20):  # fresh connections spread over both workers
+    for attempt in range(300):  # fresh connections, until both workers have answered (bounded)
         assert httpx.get(f"{gateway_server}/v1/models", headers=headers, timeout=10).status_code == 200
         workers.add(httpx.get(f"{gateway_server}/readyz", timeout=10).json()["pid"])
+        if len(workers) == 2 and attempt >= 20:
+            break
     assert len(workers) == 2
     keys.revoke("bob")
     statuses = {httpx.get(f"{gateway_server}/v1/models", headers=headers, timeout=10).status_code

@@ -74,18 +74,15 @@ def replay_chat(response: dict, include_usage: bool):
 
 class ChatCompletionsResource(GenerationResource):
     route = "chat"
+    id_prefix = "chatcmpl"
+    replay = staticmethod(replay_chat)
 
     def on_post(self, req, resp):
         body = parse(ChatCompletionRequest, req.context.json)
         engine = generation.engine_for(self.host, body.model)
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         lookup = self.admit(req, resp, body, engine)
-        if lookup is not None and lookup.status == "hit":
-            response = generation.fresh_copy(lookup.response, "chatcmpl")
-            if body.stream:
-                generation.start_stream(resp, sse(replay_chat(response, include_usage)))
-            else:
-                resp.media = response
+        if self.served_from_cache(resp, lookup, body.stream, include_usage):
             return
 
         tokenizer = engine.tokenizer

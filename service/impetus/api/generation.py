@@ -205,7 +205,13 @@ class GenerationResource:
     """Base of the resources that run the model. `cache` is the gateway's
     response cache, or None when the server runs without Redis."""
 
-    route = ""
+    route = ""  # names the endpoint in cache keys
+    id_prefix = ""  # "chatcmpl", "cmpl"
+
+    @staticmethod
+    def replay(response: dict, include_usage: bool):
+        """A complete response as the chunks a stream would have sent."""
+        raise NotImplementedError
 
     def __init__(self, host, waker, settings, cache=None):
         self.host = host
@@ -228,6 +234,17 @@ class GenerationResource:
         if hit and getattr(req.context, "on_usage", None) is not None:
             req.context.on_usage(0, 0)
         return lookup
+
+    def served_from_cache(self, resp, lookup, stream: bool, include_usage: bool) -> bool:
+        """Send the cached answer (replayed as a stream if asked for); False on a miss."""
+        if lookup is None or lookup.status != "hit":
+            return False
+        response = fresh_copy(lookup.response, self.id_prefix)
+        if stream:
+            start_stream(resp, sse(self.replay(response, include_usage)))
+        else:
+            resp.media = response
+        return True
 
     def cache_store(self, lookup, gen: "Generation", response: dict) -> None:
         if lookup is not None and gen.completed:

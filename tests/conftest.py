@@ -134,3 +134,17 @@ def client(server):
     import openai
 
     return openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+@pytest.fixture(scope="session")
+def gateway_server(data_dir, redis_server, tmp_path_factory):
+    """A real two-worker server requiring API keys, on the real redis-server."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("gateway") / "server.log"
+    process = start_server(port, log, {
+        "IMPETUS_DATA_DIR": str(data_dir), "IMPETUS_WORKERS": "2", "IMPETUS_REQUIRE_API_KEYS": "true",
+        "IMPETUS_REDIS_URL": redis_server.url,
+    })
+    yield f"http://127.0.0.1:{port}"
+    stop_server(process)
+    assert process.returncode == 0, log.read_text()

@@ -11,7 +11,6 @@ import pytest
 from impetus.gateway.keys import KeyStore
 from impetus.models.store import DEFAULT_MODEL
 
-from test_gateway_server import gateway_server  # noqa: F401  (the shared module-scoped server)
 
 pytestmark = pytest.mark.slow
 
@@ -20,7 +19,7 @@ QUESTION = {"model": DEFAULT_MODEL, "max_tokens": 8, "temperature": 0,
 
 
 @pytest.fixture
-def http(gateway_server, redis_client):  # noqa: F811
+def http(gateway_server, redis_client):
     key, _ = KeyStore(redis_client).create("cache-user")
     with httpx.Client(base_url=gateway_server, timeout=60, headers={"Authorization": f"Bearer {key}"}) as client:
         client.key = key
@@ -86,7 +85,7 @@ def test_text_completions_are_cached_too(http):
     assert first.json()["choices"] == second.json()["choices"]
 
 
-def test_hits_count_as_requests_but_cost_no_tokens(gateway_server, redis_client):  # noqa: F811
+def test_hits_count_as_requests_but_cost_no_tokens(gateway_server, redis_client):
     keys = KeyStore(redis_client)
     key, _ = keys.create("thrifty", rpm=4, tpm=20)
     with httpx.Client(base_url=gateway_server, timeout=60, headers={"Authorization": f"Bearer {key}"}) as http:

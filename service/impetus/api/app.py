@@ -11,12 +11,17 @@ from impetus.api.health import LivenessResource, ReadinessResource
 from impetus.api.middleware import JSONBodyMiddleware, RequestIdMiddleware
 from impetus.api.models import ModelResource, ModelsResource
 from impetus.api.openapi import OpenAPIResource
+from impetus.metrics.middleware import MetricsMiddleware
+from impetus.metrics.resource import MetricsResource
 
 
-def create_app(settings, host, waker, gateway=None) -> falcon.App:
+def create_app(settings, host, waker, gateway=None, metrics=None) -> falcon.App:
     """`host` holds this process's engines; `waker` wakes greenlets from them;
-    `gateway` (keys and limits on Redis) is None when keys are not required."""
+    `gateway` (keys and limits on Redis) is None when keys are not required;
+    `metrics` is None when nothing is measured (tests of the app alone)."""
     middleware = [RequestIdMiddleware()]
+    if metrics is not None:
+        middleware.insert(0, MetricsMiddleware(metrics))
     if gateway is not None:
         middleware += gateway.middleware()
     middleware.append(JSONBodyMiddleware(settings.max_body_bytes))
@@ -26,8 +31,10 @@ def create_app(settings, host, waker, gateway=None) -> falcon.App:
     app.add_error_handler(falcon.HTTPError, handle_http_error)
 
     cache = gateway.cache if gateway is not None else None
-    app.add_route("/v1/chat/completions", ChatCompletionsResource(host, waker, settings, cache))
-    app.add_route("/v1/completions", CompletionsResource(host, waker, settings, cache))
+    app.add_route("/v1/chat/completions", ChatCompletionsResource(host, waker, settings, cache, metrics))
+    app.add_route("/v1/completions", CompletionsResource(host, waker, settings, cache, metrics))
+    if metrics is not None:
+        app.add_route("/metrics", MetricsResource())
     app.add_route("/v1/models", ModelsResource(host))
     app.add_route("/v1/models/{model_id:path}", ModelResource(host))
     app.add_route("/healthz", LivenessResource())

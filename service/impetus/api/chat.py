@@ -91,8 +91,7 @@ class ChatCompletionsResource(GenerationResource):
             body, engine, len(prompt), body.max_completion_tokens or body.max_tokens,
             self.settings.default_max_tokens, logprobs=body.logprobs, top_logprobs=body.top_logprobs or 0,
         )
-        gen = Generation(engine, self.waker.waiter(), [prompt] * body.n, [params] * body.n, req.env,
-                         prompt_tokens=len(prompt), on_usage=getattr(req.context, "on_usage", None))
+        gen = self.generation(req, engine, [prompt] * body.n, [params] * body.n, prompt_tokens=len(prompt))
         meta = {
             "id": f"chatcmpl-{gen.id_suffix}",
             "created": gen.created,

@@ -99,9 +99,7 @@ class CompletionsResource(GenerationResource):
                                      logprobs=want_logprobs, top_logprobs=body.logprobs or 0)
             all_prompts += [p] * body.n
             all_params += [params] * body.n
-        gen = Generation(engine, self.waker.waiter(), all_prompts, all_params, req.env,
-                         prompt_tokens=sum(len(p) for p in prompts),
-                         on_usage=getattr(req.context, "on_usage", None))
+        gen = self.generation(req, engine, all_prompts, all_params, prompt_tokens=sum(len(p) for p in prompts))
         meta = {
             "id": f"cmpl-{gen.id_suffix}",
             "object": "text_completion",

@@ -109,7 +109,8 @@ class Generation:
     """
 
     def __init__(self, engine: Engine, waiter, prompts: list[list[int]], params: list[SamplingParams], env,
-                 prompt_tokens: int, on_usage=None):
+                 prompt_tokens: int, on_usage=None, metrics=None, key_name: str = "-",
+                 started: float | None = None):
         """`prompt_tokens` counts each distinct prompt once; `on_usage(prompt,
         completion)` is called once when the response is over (the gateway
         charges the key's token budget with it)."""
@@ -120,6 +121,10 @@ class Generation:
         self.prompt_tokens = prompt_tokens
         self.completion_tokens = 0
         self._on_usage = on_usage
+        self._metrics = metrics
+        self._key_name = key_name
+        self._started = started if started is not None else time.perf_counter()
+        self._first_token_at = self._last_token_at = None
         self.id_suffix = uuid.uuid4().hex[:24]
         self.created = int(time.time())
         self.handles = []
@@ -133,6 +138,8 @@ class Generation:
                 self.handles.append(engine.submit(prompt, p, waiter))
         except QueueFull as error:
             self.cancel()
+            if metrics is not None:
+                metrics.queue_rejections.labels(engine.loaded.name).inc()
             raise APIError(503, f"The server is overloaded: {error}. Please retry shortly.",
                            type="server_overloaded", code="queue_full", headers={"Retry-After": "1"})
         except RuntimeError as error:
@@ -155,6 +162,16 @@ class Generation:
         if self._on_usage is not None:
             on_usage, self._on_usage = self._on_usage, None
             on_usage(self.prompt_tokens, self.completion_tokens)
+        if self._metrics is not None:
+            metrics, self._metrics = self._metrics, None
+            model = self.engine.loaded.name
+            metrics.prompt_tokens.labels(model, self._key_name).inc(self.prompt_tokens)
+            metrics.generation_tokens.labels(model, self._key_name).inc(self.completion_tokens)
+            if self._first_token_at is not None:
+                metrics.ttft_seconds.labels(model).observe(self._first_token_at - self._started)
+                if self.completion_tokens > 1:
+                    metrics.tpot_seconds.labels(model).observe(
+                        (self._last_token_at - self._first_token_at) / (self.completion_tokens - 1))
 
     def events(self):
         """Yield (choice index, event) until every choice has finished."""
@@ -176,6 +193,9 @@ class Generation:
 
     def _accumulate(self, choice: Choice, event) -> None:
         if isinstance(event, TokenEvent):
+            self._last_token_at = time.perf_counter()
+            if self._first_token_at is None:
+                self._first_token_at = self._last_token_at
             self.completion_tokens += 1
             choice.text += event.text
             choice.tokens.append(event.token)
@@ -213,20 +233,33 @@ class GenerationResource:
         """A complete response as the chunks a stream would have sent."""
         raise NotImplementedError
 
-    def __init__(self, host, waker, settings, cache=None):
+    def __init__(self, host, waker, settings, cache=None, metrics=None):
         self.host = host
         self.waker = waker
         self.settings = settings
         self.cache = cache
+        self.metrics = metrics
+
+    def generation(self, req, engine: Engine, prompts, params, prompt_tokens: int) -> "Generation":
+        """Start the request's choices in the engine, wired to the gateway's
+        usage accounting and to the metrics."""
+        key = getattr(req.context, "api_key", None)
+        return Generation(engine, self.waker.waiter(), prompts, params, req.env, prompt_tokens=prompt_tokens,
+                          on_usage=getattr(req.context, "on_usage", None), metrics=self.metrics,
+                          key_name=key.name if key is not None else "-",
+                          started=getattr(req.context, "started", None))
 
     def admit(self, req, resp, body, engine: Engine):
         """Before any generation: the cached answer if there is one (a hit counts
         as a request of the key, but costs no tokens, so a key whose token
         budget is spent still gets it), else the key's token gate."""
         lookup = None
+        req.context.model = engine.loaded.name
         if self.cache is not None:
             lookup = self.cache.lookup(req, self.route, body, engine.loaded.name, engine.loaded.revision)
             resp.set_header("x-impetus-cache", lookup.status)
+            if self.metrics is not None:
+                self.metrics.cache.labels(lookup.status).inc()
         hit = lookup is not None and lookup.status == "hit"
         admit_tokens = getattr(req.context, "admit_tokens", None)
         if admit_tokens is not None:

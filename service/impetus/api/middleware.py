@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 import uuid
 
-import falcon
 
 from impetus.api.errors import APIError
 

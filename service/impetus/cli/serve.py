@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
 
@@ -28,6 +30,13 @@ def run(settings) -> None:
                    "--data-dir", str(settings.data_dir)]
         if subprocess.run(command).returncode != 0:
             sys.exit(1)
+    # Every worker writes its metrics here; /metrics sums them (multiprocess
+    # mode). Set before Gunicorn (and prometheus-client) start; emptied so
+    # counters of a previous run are not added in.
+    metrics_dir = settings.data_dir / "run" / f"metrics-{settings.port}"
+    shutil.rmtree(metrics_dir, ignore_errors=True)
+    metrics_dir.mkdir(parents=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
     from impetus.server.gunicorn_app import serve
     from impetus.system.blas import blas_in_use
 

@@ -17,7 +17,8 @@ def connect(url: str):
 
 
 class Gateway:
-    def __init__(self, settings, redis=None):
+    def __init__(self, settings, redis=None, metrics=None):
+        self.metrics = metrics
         self.redis = redis if redis is not None else connect(settings.effective_redis_url)
         self.keys = KeyStore(self.redis)
         self.limiter = RateLimiter(self.redis)
@@ -26,6 +27,7 @@ class Gateway:
 
     def middleware(self) -> list:
         return [
-            AuthMiddleware(self.keys),
-            RateLimitMiddleware(self.limiter, self.keys, self.settings.default_rpm, self.settings.default_tpm),
+            AuthMiddleware(self.keys, self.metrics),
+            RateLimitMiddleware(self.limiter, self.keys, self.settings.default_rpm, self.settings.default_tpm,
+                                self.metrics),
         ]

@@ -42,8 +42,9 @@ class AuthMiddleware:
     """Before routing, so every path but the public ones needs a key (and an
     unknown path reveals nothing to a caller without one)."""
 
-    def __init__(self, keys: KeyStore):
+    def __init__(self, keys: KeyStore, metrics=None):
         self.keys = keys
+        self.metrics = metrics
         self._verified: dict[str, tuple[ApiKey, float]] = {}  # hash -> (record, when)
 
     def process_request(self, req, resp):
@@ -52,20 +53,28 @@ class AuthMiddleware:
             return
         presented = _presented_key(req)
         if presented is None:
+            self._count("missing")
             raise _unauthorized("You didn't provide an API key. Send it as 'Authorization: Bearer <key>'.")
         try:
             record = self.keys.verify(presented)
         except RedisError as error:
+            _count_redis_error(self.metrics, "auth")
             record = self._degraded(presented, error)
         else:
             if record is None:
+                self._count("invalid")
                 raise _unauthorized("Incorrect, revoked or expired API key.")
             # Only a verification by Redis renews the trust used while it is down.
             self._verified[record.hash] = (record, time.time())
         if req.path.startswith(ADMIN_PREFIXES) and not record.admin:
+            self._count("not_admin")
             raise APIError(403, f"The key '{record.name}' does not have the admin scope this endpoint needs.",
                            type="permission_error", code="admin_scope_required")
         req.context.api_key = record
+
+    def _count(self, reason: str) -> None:
+        if self.metrics is not None:
+            self.metrics.auth_failures.labels(reason).inc()
 
     def _degraded(self, presented: str, error: Exception) -> ApiKey:
         known = self._verified.get(hash_key(presented))
@@ -73,9 +82,15 @@ class AuthMiddleware:
             log.warning("redis unavailable (%s): accepting key %r verified earlier", error, known[0].name)
             return known[0]
         log.warning("redis unavailable (%s): cannot verify an unknown key", error)
+        self._count("unverifiable")
         raise APIError(503, "The key service is unavailable; this key cannot be verified right now. "
                             "Please retry shortly.", type="server_error", code="auth_unavailable",
                        headers={"Retry-After": "5"})
+
+
+def _count_redis_error(metrics, operation: str) -> None:
+    if metrics is not None:
+        metrics.redis_errors.labels(operation).inc()
 
 
 def _limit_headers(kind: str, state: LimitState) -> dict[str, str]:
@@ -93,7 +108,8 @@ class RateLimitMiddleware:
     budget is spent and the model must run) and `req.context.on_usage` when
     the response is over (charges the tokens, records usage)."""
 
-    def __init__(self, limiter: RateLimiter, keys: KeyStore, default_rpm: int, default_tpm: int):
+    def __init__(self, limiter: RateLimiter, keys: KeyStore, default_rpm: int, default_tpm: int, metrics=None):
+        self.metrics = metrics
         self.limiter = limiter
         self.keys = keys
         self.default_rpm = default_rpm
@@ -110,22 +126,26 @@ class RateLimitMiddleware:
         try:
             requests = self.limiter.take_request(key.hash, rpm)
         except RedisError as error:
+            _count_redis_error(self.metrics, "rate_limit")
             log.warning("redis unavailable (%s): rate limits not enforced", error)
             return
         headers = _limit_headers("requests", requests)
         resp.set_headers(headers)
         if not requests.allowed:
+            self._count_limited("requests")
             raise self._refuse(key, "requests", requests, headers)
 
         def admit_tokens(enforce: bool = True) -> None:
             try:
                 tokens = self.limiter.check_tokens(key.hash, tpm)
             except RedisError as error:
+                _count_redis_error(self.metrics, "rate_limit")
                 log.warning("redis unavailable (%s): token limit not enforced", error)
                 return
             token_headers = _limit_headers("tokens", tokens)
             resp.set_headers(token_headers)
             if enforce and not tokens.allowed:
+                self._count_limited("tokens")
                 raise self._refuse(key, "tokens", tokens, {**headers, **token_headers})
 
         def on_usage(prompt_tokens: int, completion_tokens: int) -> None:
@@ -134,10 +154,15 @@ class RateLimitMiddleware:
                     self.limiter.charge_tokens(key.hash, tpm, prompt_tokens + completion_tokens)
                 self.keys.record_usage(key.hash, prompt_tokens, completion_tokens)
             except RedisError as error:
+                _count_redis_error(self.metrics, "usage")
                 log.warning("redis unavailable (%s): usage of %r not recorded", error, key.name)
 
         req.context.admit_tokens = admit_tokens
         req.context.on_usage = on_usage
+
+    def _count_limited(self, kind: str) -> None:
+        if self.metrics is not None:
+            self.metrics.rate_limited.labels(kind).inc()
 
     @staticmethod
     def _refuse(key: ApiKey, kind: str, state: LimitState, headers: dict) -> APIError:

@@ -11,6 +11,7 @@ import logging
 import os
 import sys
 
+import gevent
 from gunicorn.app.base import BaseApplication
 from gunicorn.errors import AppImportError
 
@@ -38,6 +39,7 @@ class ImpetusApplication(BaseApplication):
             "loglevel": "info",
             "proc_name": "impetus",
             "worker_exit": self._worker_exit,
+            "child_exit": self._child_exit,
         }
         # Gunicorn 24+ opens a control socket at one fixed path per user; two
         # servers (a test beside a running one) would fight over it.
@@ -53,19 +55,36 @@ class ImpetusApplication(BaseApplication):
         from impetus.engine.waiters import GeventWaker
 
         logging.basicConfig(level=logging.INFO, format="%(asctime)s [%(process)d] %(name)s: %(message)s")
+        from impetus.metrics import Metrics
+
+        metrics = Metrics()
         self.host = EngineHost(self.settings)
         try:
-            self.host.load(self.settings.model)
+            engine = self.host.load(self.settings.model)
         except Exception as error:
             # Gunicorn prints this one line (no traceback) and stops the master
             # instead of respawning a worker that cannot boot.
             raise AppImportError(f"impetus: cannot load model {self.settings.model!r}: {error}") from error
+        metrics.model_load_seconds.labels(engine.loaded.name).set(engine.loaded.load_seconds)
+        metrics.model_bytes.labels(engine.loaded.name).set(engine.loaded.nbytes)
+        gevent.spawn(self._sample, metrics)
         gateway = None
         if self.settings.require_api_keys:
             from impetus.gateway import Gateway
 
-            gateway = Gateway(self.settings)
-        return create_app(self.settings, self.host, GeventWaker(), gateway)
+            gateway = Gateway(self.settings, metrics=metrics)
+        return create_app(self.settings, self.host, GeventWaker(), gateway, metrics)
+
+    def _sample(self, metrics):
+        # Engine gauges are written by each worker and summed at scrape time.
+        while True:
+            metrics.sample_engines(self.host)
+            gevent.sleep(1.0)
+
+    def _child_exit(self, server, worker):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)
 
     def _worker_exit(self, server, worker):
         if self.host is None or not worker.booted:

@@ -10,7 +10,6 @@ are stopped too and `up` exits non-zero.
 
 from __future__ import annotations
 
-import os
 import signal
 import ssl
 import subprocess

@@ -1,0 +1,92 @@
+"""Prometheus metrics, counted once across every Gunicorn worker.
+
+Gunicorn forks several workers, each its own process: prometheus-client's
+multiprocess mode keeps every worker's values in files under
+PROMETHEUS_MULTIPROC_DIR (set by `impetus serve` before the workers start) and
+sums them when /metrics is scraped. The master removes a dead worker's live
+gauges in `child_exit`. Names use base units and the `impetus_` prefix.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+TOKEN_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 1, 2)
+
+
+class Metrics:
+    """Every metric the service records, created once per process."""
+
+    def __init__(self, registry: CollectorRegistry | None = None):
+        registry = registry if registry is not None else CollectorRegistry()
+        self.registry = registry
+
+        def counter(name, doc, labels=()):
+            return Counter(name, doc, labels, registry=registry)
+
+        self.requests = counter("impetus_requests_total", "HTTP requests answered",
+                                ("route", "status", "model"))
+        self.request_seconds = Histogram("impetus_request_duration_seconds",
+                                         "End-to-end request time, to the last byte of a stream",
+                                         ("route",), buckets=LATENCY_BUCKETS, registry=registry)
+        self.ttft_seconds = Histogram("impetus_time_to_first_token_seconds", "Time to the first generated token",
+                                      ("model",), buckets=LATENCY_BUCKETS, registry=registry)
+        self.tpot_seconds = Histogram("impetus_time_per_output_token_seconds",
+                                      "Time per generated token after the first", ("model",),
+                                      buckets=TOKEN_BUCKETS, registry=registry)
+        self.prompt_tokens = counter("impetus_prompt_tokens_total", "Prompt tokens", ("model", "key"))
+        self.generation_tokens = counter("impetus_generation_tokens_total", "Generated tokens", ("model", "key"))
+        self.queue_rejections = counter("impetus_queue_rejections_total", "Requests refused: queue full",
+                                        ("model",))
+        self.cache = counter("impetus_cache_requests_total", "Response cache lookups", ("result",))
+        self.rate_limited = counter("impetus_rate_limited_total", "Requests refused by a rate limit", ("kind",))
+        self.auth_failures = counter("impetus_auth_failures_total", "Requests refused for their key", ("reason",))
+        self.redis_errors = counter("impetus_redis_errors_total", "Redis unavailable (degraded mode)",
+                                    ("operation",))
+
+        def gauge(name, doc, labels=(), mode="livesum"):
+            return Gauge(name, doc, labels, registry=registry, multiprocess_mode=mode)
+
+        self.running = gauge("impetus_requests_running", "Requests in the batch", ("model",))
+        self.waiting = gauge("impetus_requests_waiting", "Requests waiting for a batch slot", ("model",))
+        self.model_load_seconds = gauge("impetus_model_load_seconds", "Time to load the model", ("model",),
+                                        mode="liveall")
+        self.model_bytes = gauge("impetus_model_memory_bytes", "Memory of the loaded model's weights",
+                                 ("model",), mode="liveall")
+        self.mlx_active_bytes = gauge("impetus_mlx_active_memory_bytes", "MLX memory in use")
+        self.mlx_peak_bytes = gauge("impetus_mlx_peak_memory_bytes", "MLX peak memory", mode="livemax")
+        self.resident_bytes = gauge("impetus_process_resident_memory_bytes", "Resident memory of the workers")
+
+    def sample_engines(self, host) -> None:
+        """Gauges that follow the engines, refreshed by each worker."""
+        import mlx.core as mx
+
+        for name, engine in host.engines.items():
+            self.running.labels(name).set(engine.stats.running)
+            self.waiting.labels(name).set(engine.stats.waiting)
+        self.mlx_active_bytes.set(mx.get_active_memory())
+        self.mlx_peak_bytes.set(mx.get_peak_memory())
+        self.resident_bytes.set(resident_memory_bytes())
+
+
+def resident_memory_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:  # macOS: no /proc
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # bytes on macOS
+
+
+def exposition() -> tuple[bytes, str]:
+    """The text format of all workers' metrics (or this process's, outside Gunicorn)."""
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry)
+    return generate_latest(registry), CONTENT_TYPE_LATEST

@@ -1,0 +1,34 @@
+"""Count every request and its duration; a stream is timed to its last byte."""
+
+from __future__ import annotations
+
+import time
+
+
+class MetricsMiddleware:
+    def __init__(self, metrics):
+        self.metrics = metrics
+
+    def process_request(self, req, resp):
+        req.context.started = time.perf_counter()
+        req.context.model = ""
+
+    def process_response(self, req, resp, resource, req_succeeded):
+        route = req.uri_template or "unmatched"
+        started = getattr(req.context, "started", time.perf_counter())
+
+        def record():
+            self.metrics.requests.labels(route, str(resp.status_code), req.context.model).inc()
+            self.metrics.request_seconds.labels(route).observe(time.perf_counter() - started)
+
+        if resp.stream is not None and not isinstance(resp.stream, (bytes, bytearray)):
+            resp.stream = _recorded_at_end(resp.stream, record)
+        else:
+            record()
+
+
+def _recorded_at_end(stream, record):
+    try:
+        yield from stream
+    finally:
+        record()

@@ -103,8 +103,11 @@ def test_redis_down_degrades_open_for_known_keys_and_recovers(gateway_server, ke
     with httpx.Client(base_url=gateway_server, timeout=30, headers={"Authorization": f"Bearer {key}"}) as http:
         # One keep-alive connection: the same worker verifies the key, then loses Redis.
         assert http.post("/v1/chat/completions", json=CHAT).status_code == 200
+        assert http.get("/readyz").json()["redis"] == "ok"
         redis_server.stop()
         try:
+            readiness = http.get("/readyz")
+            assert readiness.status_code == 503 and readiness.json()["redis"] == "unreachable"
             degraded = http.post("/v1/chat/completions", json=CHAT)
             assert degraded.status_code == 200
             stranger = http.post("/v1/chat/completions", json=CHAT,
@@ -113,6 +116,7 @@ def test_redis_down_degrades_open_for_known_keys_and_recovers(gateway_server, ke
             assert stranger.headers["retry-after"]
         finally:
             redis_server.start()
+        assert http.get("/readyz").status_code == 200
         # Redis is back (empty: it keeps nothing on disk in this test): a new key works at once.
         new_key, _ = KeyStore(redis_server.client()).create("grace")
         assert http.post("/v1/chat/completions", json=CHAT,
@@ -130,3 +134,18 @@ def test_admin_paths_need_the_admin_scope(gateway_server, keys):
         assert allowed.status_code == {"/metrics": 200, "/v1/admin/models": 404}[path]
     anonymous = httpx.get(f"{gateway_server}/v1/no-such-route", timeout=10)
     assert anonymous.status_code == 401  # unknown paths reveal nothing without a key
+
+
+def test_status_needs_admin_and_describes_every_component(gateway_server, keys):
+    user, _ = keys.create("status-user")
+    admin, _ = keys.create("status-admin", admin=True)
+    refused = httpx.get(f"{gateway_server}/v1/status", headers={"Authorization": f"Bearer {user}"}, timeout=10)
+    assert refused.status_code == 403
+    status = httpx.get(f"{gateway_server}/v1/status", headers={"Authorization": f"Bearer {admin}"},
+                       timeout=10).json()
+    assert status["status"] == "ready" and status["redis"] == "ok" and status["uptime_s"] >= 0
+    assert status["versions"]["mlx"] and status["hardware"]["cores"] >= 1
+    assert status["hardware"]["blas"] in ("OpenBLAS", "Accelerate (macOS)")
+    (engine,) = status["engines"]
+    assert engine["model"] == DEFAULT_MODEL and engine["alive"] and engine["weights_bytes"] > 100e6
+    assert {"running", "waiting", "max_batch_size", "in_flight"} <= set(engine)

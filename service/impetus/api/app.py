@@ -7,7 +7,7 @@ import falcon
 from impetus.api.chat import ChatCompletionsResource
 from impetus.api.completions import CompletionsResource
 from impetus.api.errors import handle_http_error, handle_unexpected
-from impetus.api.health import LivenessResource, ReadinessResource
+from impetus.api.health import LivenessResource, ReadinessResource, StatusResource
 from impetus.api.middleware import JSONBodyMiddleware, RequestIdMiddleware
 from impetus.api.models import ModelResource, ModelsResource
 from impetus.api.openapi import OpenAPIResource
@@ -38,6 +38,7 @@ def create_app(settings, host, waker, gateway=None, metrics=None) -> falcon.App:
     app.add_route("/v1/models", ModelsResource(host))
     app.add_route("/v1/models/{model_id:path}", ModelResource(host))
     app.add_route("/healthz", LivenessResource())
-    app.add_route("/readyz", ReadinessResource(host))
+    app.add_route("/readyz", ReadinessResource(host, gateway))
+    app.add_route("/v1/status", StatusResource(host, gateway))
     app.add_route("/openapi.json", OpenAPIResource())
     return app

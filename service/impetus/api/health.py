@@ -1,10 +1,30 @@
-"""GET /healthz (the process answers) and GET /readyz (it can serve)."""
+"""GET /healthz (the process answers), GET /readyz (it can serve) and the
+admin GET /v1/status (what every component is doing)."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
+import platform
+import time
 
 import falcon
+
+from impetus import __version__
+from impetus.system import blas, info
+
+
+def redis_state(gateway) -> str:
+    """'ok', 'unreachable', or 'not used' (keys not required)."""
+    if gateway is None:
+        return "not used"
+    from redis.exceptions import RedisError
+
+    try:
+        gateway.redis.ping()
+        return "ok"
+    except RedisError:
+        return "unreachable"
 
 
 class LivenessResource:
@@ -13,14 +33,59 @@ class LivenessResource:
 
 
 class ReadinessResource:
-    def __init__(self, host):
+    """Ready: a model loaded, every engine thread alive, and Redis answering
+    when keys are required (without it only already-verified keys work)."""
+
+    def __init__(self, host, gateway=None):
         self.host = host
+        self.gateway = gateway
 
     def on_get(self, req, resp):
-        ready = self.host.ready()
+        redis = redis_state(self.gateway)
+        ready = self.host.ready() and redis != "unreachable"
         resp.status = falcon.HTTP_200 if ready else falcon.HTTP_503
         resp.media = {
             "status": "ready" if ready else "not ready",
             "pid": os.getpid(),
+            "redis": redis,
             "engines": [engine.snapshot() for engine in self.host.engines.values()],
+        }
+
+
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+class StatusResource:
+    """GET /v1/status (admin scope when keys are required): per-component detail."""
+
+    def __init__(self, host, gateway=None):
+        self.host = host
+        self.gateway = gateway
+        self.started = time.time()
+
+    def on_get(self, req, resp):
+        import mlx.core as mx
+
+        engines = []
+        for engine in self.host.engines.values():
+            loaded = engine.loaded
+            engines.append({**engine.snapshot(), "weights_dtype": loaded.weights_dtype,
+                            "weights_bytes": loaded.nbytes, "context_length": loaded.context_length,
+                            "load_seconds": round(loaded.load_seconds, 3), "revision": loaded.revision})
+        resp.media = {
+            "status": "ready" if self.host.ready() else "not ready",
+            "uptime_s": round(time.time() - self.started, 1),
+            "worker_pid": os.getpid(),
+            "versions": {"impetus": __version__, "mlx": _version("mlx"), "mlx_lm": _version("mlx-lm"),
+                         "python": platform.python_version()},
+            "hardware": {"cpu": info.cpu_name(), "cores": os.cpu_count(), "memory_bytes": info.total_memory_bytes(),
+                         "mlx_device": info.mlx_device(), "blas": blas.blas_in_use(),
+                         "mlx_active_memory_bytes": mx.get_active_memory(),
+                         "mlx_peak_memory_bytes": mx.get_peak_memory()},
+            "redis": redis_state(self.gateway),
+            "engines": engines,
         }

@@ -92,12 +92,7 @@ class ChatCompletionsResource(GenerationResource):
             self.settings.default_max_tokens, logprobs=body.logprobs, top_logprobs=body.top_logprobs or 0,
         )
         gen = self.generation(req, engine, [prompt] * body.n, [params] * body.n, prompt_tokens=len(prompt))
-        meta = {
-            "id": f"chatcmpl-{gen.id_suffix}",
-            "created": gen.created,
-            "model": engine.loaded.name,
-            "system_fingerprint": generation.fingerprint(engine),
-        }
+        meta = self.response_meta(gen)
 
         def complete() -> dict:
             response = chat_response(meta, gen, tokenizer, body.logprobs)

@@ -100,13 +100,7 @@ class CompletionsResource(GenerationResource):
             all_prompts += [p] * body.n
             all_params += [params] * body.n
         gen = self.generation(req, engine, all_prompts, all_params, prompt_tokens=sum(len(p) for p in prompts))
-        meta = {
-            "id": f"cmpl-{gen.id_suffix}",
-            "object": "text_completion",
-            "created": gen.created,
-            "model": engine.loaded.name,
-            "system_fingerprint": generation.fingerprint(engine),
-        }
+        meta = {**self.response_meta(gen), "object": "text_completion"}
         echoes = [tokenizer.decode(p) if body.echo else "" for p in prompts]
 
         def complete() -> dict:

@@ -33,6 +33,10 @@ def fingerprint(engine: Engine) -> str:
     return f"impetus-{__version__}-{engine.loaded.weights_dtype}"
 
 
+def new_id_suffix() -> str:
+    return uuid.uuid4().hex[:24]
+
+
 def start_stream(resp, chunks) -> None:
     resp.content_type = "text/event-stream"
     resp.set_header("Cache-Control", "no-cache")
@@ -125,7 +129,7 @@ class Generation:
         self._key_name = key_name
         self._started = started if started is not None else time.perf_counter()
         self._first_token_at = self._last_token_at = None
-        self.id_suffix = uuid.uuid4().hex[:24]
+        self.id_suffix = new_id_suffix()
         self.created = int(time.time())
         self.handles = []
         capacity = engine.max_batch_size + engine.max_queue
@@ -268,6 +272,15 @@ class GenerationResource:
             req.context.on_usage(0, 0)
         return lookup
 
+    def response_meta(self, gen: "Generation") -> dict:
+        """The fields every response and chunk of this request starts with."""
+        return {
+            "id": f"{self.id_prefix}-{gen.id_suffix}",
+            "created": gen.created,
+            "model": gen.engine.loaded.name,
+            "system_fingerprint": fingerprint(gen.engine),
+        }
+
     def served_from_cache(self, resp, lookup, stream: bool, include_usage: bool) -> bool:
         """Send the cached answer (replayed as a stream if asked for); False on a miss."""
         if lookup is None or lookup.status != "hit":
@@ -286,7 +299,7 @@ class GenerationResource:
 
 def fresh_copy(response: dict, id_prefix: str) -> dict:
     """A cached response under a new id and time, as any new response has."""
-    return {**response, "id": f"{id_prefix}-{uuid.uuid4().hex[:24]}", "created": int(time.time())}
+    return {**response, "id": f"{id_prefix}-{new_id_suffix()}", "created": int(time.time())}
 
 
 def _engine_failure() -> APIError:

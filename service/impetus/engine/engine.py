@@ -81,7 +81,6 @@ def _start_native_thread(target) -> None:
 class EngineStats:
     running: int = 0
     waiting: int = 0
-    submitted: int = 0
     finished: int = 0
     cancelled: int = 0
     errors: int = 0
@@ -175,7 +174,7 @@ class Engine:
             "max_batch_size": self.max_batch_size,
             "max_queue": self.max_queue,
             "in_flight": self.in_flight,
-            "submitted": s.submitted,
+            "submitted": self._submitted,
             "finished": s.finished,
             "cancelled": s.cancelled,
             "errors": s.errors,
@@ -226,7 +225,6 @@ class Engine:
             kind, handle = command
             if kind == "submit":
                 self._waiting.append(handle)
-                self.stats.submitted += 1
             elif kind == "cancel":
                 self._cancel(handle)
             elif kind == "stop":

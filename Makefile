@@ -9,8 +9,11 @@ UNAME := $(shell uname -s)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || command -v sudo >/dev/null && [ "$$(id -u)" != 0 ] && echo sudo)
 # Debian/Ubuntu packages: OpenBLAS makes MLX's CPU backend ~15x faster at prefill;
 # redis-server keeps API keys, limits and usage; nginx is the public face.
-APT_PACKAGES := libopenblas0-pthread redis-server nginx openssl
-BREW_PACKAGES := redis nginx
+# Prometheus and its Redis/nginx exporters: the tests scrape the real stack with them
+# and check every panel of the Grafana dashboard (in production they run in compose).
+APT_PACKAGES := libopenblas0-pthread redis-server nginx openssl \
+	prometheus prometheus-redis-exporter prometheus-nginx-exporter
+BREW_PACKAGES := redis nginx prometheus redis_exporter nginx-prometheus-exporter
 # Debian's own python3 needs python3-venv for `python -m venv`; others ship it.
 VENV_OK := $(shell $(PYTHON) -c "import ensurepip, venv" 2>/dev/null && echo yes)
 ifneq ($(VENV_OK),yes)
@@ -44,7 +47,7 @@ ifeq ($(UNAME),Linux)
 	if [ -n "$$missing" ]; then \
 		if command -v apt-get >/dev/null; then \
 			echo "installing system packages:$$missing"; \
-			$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+			$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
 		else echo "warning: install OpenBLAS and python3-venv with your package manager"; fi; \
 	fi
 else ifeq ($(UNAME),Darwin)

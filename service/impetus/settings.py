@@ -3,12 +3,13 @@ optional TOML file, then passed down explicitly to whatever needs it."""
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 from typing import Literal
 
 import platformdirs
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -65,12 +66,20 @@ class Settings(BaseSettings):
     default_tpm: int = 200_000
     # Deterministic responses (temperature 0 or a seed) are kept this long.
     cache_ttl_s: int = 3600
-    # Addresses (besides loopback) nginx lets reach /metrics and /v1/admin/,
-    # e.g. the Prometheus host: IMPETUS_ADMIN_ALLOW='["10.0.0.5", "10.0.1.0/24"]'.
+    # Addresses (besides loopback) nginx lets reach /metrics and /v1/admin/, and
+    # that may scrape /metrics without a key, e.g. the Prometheus host:
+    # IMPETUS_ADMIN_ALLOW='["10.0.0.5", "10.0.1.0/24"]'.
     admin_allow: list[str] = Field(default_factory=list)
 
     # Linux: preload Debian's OpenBLAS into MLX's CPU backend (~15x faster prefill).
     use_openblas: bool = True
+
+    @field_validator("admin_allow")
+    @classmethod
+    def _addresses(cls, value: list[str]) -> list[str]:
+        for address in value:
+            ipaddress.ip_network(address, strict=False)  # ValueError names the bad one
+        return value
 
     @property
     def models_dir(self) -> Path:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import httpx
 import openai
 import pytest
@@ -134,6 +136,9 @@ def test_admin_paths_need_the_admin_scope(gateway_server, keys):
         assert allowed.status_code == {"/metrics": 200, "/v1/admin/models": 404}[path]
     anonymous = httpx.get(f"{gateway_server}/v1/no-such-route", timeout=10)
     assert anonymous.status_code == 401  # unknown paths reveal nothing without a key
+    # Prometheus on this machine scrapes with no key; the admin API still wants one.
+    assert httpx.get(f"{gateway_server}/metrics", timeout=10).status_code == 200
+    assert httpx.get(f"{gateway_server}/v1/admin/models", timeout=10).status_code == 401
 
 
 def test_status_needs_admin_and_describes_every_component(gateway_server, keys):
@@ -146,6 +151,9 @@ def test_status_needs_admin_and_describes_every_component(gateway_server, keys):
     assert status["status"] == "ready" and status["redis"] == "ok" and status["uptime_s"] >= 0
     assert status["versions"]["mlx"] and status["hardware"]["cores"] >= 1
     assert status["hardware"]["blas"] in ("OpenBLAS", "Accelerate (macOS)")
+    expected_thermal = {"linux": "unknown"}.get(sys.platform, status["hardware"]["thermal_state"])
+    assert status["hardware"]["thermal_state"] == expected_thermal
+    assert expected_thermal in ("unknown", "nominal", "fair", "serious", "critical")
     (engine,) = status["engines"]
     assert engine["model"] == DEFAULT_MODEL and engine["alive"] and engine["weights_bytes"] > 100e6
     assert {"running", "waiting", "max_batch_size", "in_flight"} <= set(engine)

@@ -16,31 +16,12 @@ from impetus.models.store import DEFAULT_MODEL
 from impetus.server.process import free_port
 from impetus.stack import nginx
 
+from processes import start_nginx, stop as stop_nginx
+
 
 pytestmark = pytest.mark.slow
 
 CHAT = {"model": DEFAULT_MODEL, "max_tokens": 3, "messages": [{"role": "user", "content": "Hi"}]}
-
-
-def start_nginx(tmp_path, upstream: str, **options) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    conf = nginx.render(nginx.NginxConfig("127.0.0.1", port, upstream, tmp_path / "run", tmp_path / "logs",
-                                          **options))
-    process = nginx.start(conf)
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
-            return process, f"http://127.0.0.1:{port}"
-        except httpx.TransportError:
-            if time.monotonic() > deadline or process.poll() is not None:
-                raise RuntimeError((tmp_path / "logs" / "nginx-error.log").read_text())
-            time.sleep(0.1)
-
-
-def stop_nginx(process: subprocess.Popen) -> None:
-    process.terminate()
-    process.wait(10)
 
 
 @pytest.fixture(scope="module")
@@ -112,6 +93,10 @@ def test_operator_paths_only_from_this_machine(proxy, key, admin_key):
         assert refused.status_code == 403 and refused.json()["error"]["code"] == "forbidden"
         inside = httpx.get(f"{proxy}{path}", headers=admin, timeout=10)
         assert inside.status_code == {"/metrics": 200, "/v1/admin/models": 404}[path]  # reached the server
+    # nginx's counters (for its Prometheus exporter) likewise.
+    assert outside.get(f"{proxy}/nginx_status").status_code == 403
+    status = httpx.get(f"{proxy}/nginx_status", timeout=10)
+    assert status.status_code == 200 and status.text.startswith("Active connections:")
     # The API itself is open to other addresses.
     assert outside.get(f"{proxy}/v1/models", headers={"Authorization": f"Bearer {key}"}).status_code == 200
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import httpx
 import pytest
@@ -66,6 +67,13 @@ def test_requests_tokens_and_latencies_are_counted(server):
     for gauge in ("impetus_mlx_active_memory_bytes", "impetus_process_resident_memory_bytes"):
         assert value(after, gauge) > 0
     assert ("impetus_requests_running", (("model", model),)) in after
+    # Series a dashboard plots exist before their first event, at 0.
+    for name, labels in (("impetus_rate_limited_total", {"kind": "tokens"}),
+                         ("impetus_queue_rejections_total", {"model": model}),
+                         ("impetus_auth_failures_total", {"reason": "unverifiable"})):
+        assert (name, tuple(sorted(labels.items()))) in after, name
+    thermal = value(after, "impetus_thermal_state")
+    assert thermal == -1 if sys.platform == "linux" else thermal in (0, 1, 2, 3)
 
 
 def test_two_workers_give_one_consistent_total(gateway_server, redis_client):

@@ -84,6 +84,7 @@ class StatusResource:
                          "python": platform.python_version()},
             "hardware": {"cpu": info.cpu_name(), "cores": os.cpu_count(), "memory_bytes": info.total_memory_bytes(),
                          "mlx_device": info.mlx_device(), "blas": blas.blas_in_use(),
+                         "thermal_state": info.thermal_state_name(info.thermal_state()),
                          "mlx_active_memory_bytes": mx.get_active_memory(),
                          "mlx_peak_memory_bytes": mx.get_peak_memory()},
             "redis": redis_state(self.gateway),

@@ -27,7 +27,7 @@ class Gateway:
 
     def middleware(self) -> list:
         return [
-            AuthMiddleware(self.keys, self.metrics),
+            AuthMiddleware(self.keys, self.metrics, self.settings.admin_allow),
             RateLimitMiddleware(self.limiter, self.keys, self.settings.default_rpm, self.settings.default_tpm,
                                 self.metrics),
         ]

@@ -8,6 +8,7 @@ get 503, and rate limits are not enforced; all of it recovers by itself.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import time
 
@@ -38,13 +39,33 @@ def _unauthorized(message: str) -> APIError:
                     headers={"WWW-Authenticate": 'Bearer realm="impetus"'})
 
 
+def address_networks(addresses) -> tuple:
+    """Loopback plus the configured addresses or CIDR blocks."""
+    networks = [ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128")]
+    networks += [ipaddress.ip_network(a, strict=False) for a in addresses]
+    return tuple(networks)
+
+
+def _address_in(address: str | None, networks) -> bool:
+    try:
+        ip = ipaddress.ip_address((address or "").split("%")[0])
+    except ValueError:  # a unix socket peer has no address
+        return False
+    return any(ip.version == net.version and ip in net for net in networks)
+
+
 class AuthMiddleware:
     """Before routing, so every path but the public ones needs a key (and an
-    unknown path reveals nothing to a caller without one)."""
+    unknown path reveals nothing to a caller without one).
 
-    def __init__(self, keys: KeyStore, metrics=None):
+    Prometheus scrapes /metrics with no key from loopback or an address in
+    `metrics_allow` (the Prometheus host); from elsewhere it takes an admin key.
+    A request that does present a key is always judged by that key."""
+
+    def __init__(self, keys: KeyStore, metrics=None, metrics_allow=()):
         self.keys = keys
         self.metrics = metrics
+        self.metrics_networks = address_networks(metrics_allow)
         self._verified: dict[str, tuple[ApiKey, float]] = {}  # hash -> (record, when)
 
     def process_request(self, req, resp):
@@ -52,6 +73,8 @@ class AuthMiddleware:
         if req.path in PUBLIC_PATHS or req.method == "OPTIONS":
             return
         presented = _presented_key(req)
+        if presented is None and req.path == "/metrics" and _address_in(req.remote_addr, self.metrics_networks):
+            return
         if presented is None:
             self._count("missing")
             raise _unauthorized("You didn't provide an API key. Send it as 'Authorization: Bearer <key>'.")

@@ -13,6 +13,8 @@ import os
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from impetus.system.info import thermal_state
+
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 TOKEN_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 1, 2)
 
@@ -59,6 +61,29 @@ class Metrics:
         self.mlx_active_bytes = gauge("impetus_mlx_active_memory_bytes", "MLX memory in use")
         self.mlx_peak_bytes = gauge("impetus_mlx_peak_memory_bytes", "MLX peak memory", mode="livemax")
         self.resident_bytes = gauge("impetus_process_resident_memory_bytes", "Resident memory of the workers")
+        self.thermal_state = gauge("impetus_thermal_state",
+                                   "macOS thermal state: 0 nominal, 1 fair, 2 serious, 3 critical; -1 unknown",
+                                   mode="livemax")
+
+        # Series for every known label value exist from the start, at 0, so a
+        # dashboard shows a flat line rather than "no data" until the first event.
+        for result in ("hit", "miss", "bypass"):
+            self.cache.labels(result)
+        for kind in ("requests", "tokens"):
+            self.rate_limited.labels(kind)
+        for reason in ("missing", "invalid", "not_admin", "unverifiable"):
+            self.auth_failures.labels(reason)
+        for operation in ("auth", "rate_limit", "usage"):
+            self.redis_errors.labels(operation)
+        for route in ("/v1/chat/completions", "/v1/completions"):
+            self.request_seconds.labels(route)
+
+    def model_loaded(self, loaded) -> None:
+        self.model_load_seconds.labels(loaded.name).set(loaded.load_seconds)
+        self.model_bytes.labels(loaded.name).set(loaded.nbytes)
+        self.queue_rejections.labels(loaded.name)
+        self.ttft_seconds.labels(loaded.name)
+        self.tpot_seconds.labels(loaded.name)
 
     def sample_engines(self, host) -> None:
         """Gauges that follow the engines, refreshed by each worker."""
@@ -70,6 +95,8 @@ class Metrics:
         self.mlx_active_bytes.set(mx.get_active_memory())
         self.mlx_peak_bytes.set(mx.get_peak_memory())
         self.resident_bytes.set(resident_memory_bytes())
+        state = thermal_state()
+        self.thermal_state.set(-1 if state is None else state)
 
 
 def resident_memory_bytes() -> int:

@@ -65,8 +65,7 @@ class ImpetusApplication(BaseApplication):
             # Gunicorn prints this one line (no traceback) and stops the master
             # instead of respawning a worker that cannot boot.
             raise AppImportError(f"impetus: cannot load model {self.settings.model!r}: {error}") from error
-        metrics.model_load_seconds.labels(engine.loaded.name).set(engine.loaded.load_seconds)
-        metrics.model_bytes.labels(engine.loaded.name).set(engine.loaded.nbytes)
+        metrics.model_loaded(engine.loaded)
         gevent.spawn(self._sample, metrics)
         gateway = None
         if self.settings.require_api_keys:

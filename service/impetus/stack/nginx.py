@@ -51,7 +51,7 @@ def render(config: NginxConfig, templates: Path = TEMPLATES) -> Path:
         "ADMIN_ALLOW": " ".join(f"allow {a};" for a in allowed),
         "ADMIN_ALLOW_NOTE": f" and {', '.join(config.admin_allow)}" if config.admin_allow else "",
     }
-    for name in ("nginx.conf", "impetus-server.conf"):
+    for name in ("nginx.conf", "impetus-http.conf", "impetus-server.conf"):
         text = Template((templates / name).read_text()).safe_substitute(values)
         if "${" in text:
             raise ValueError(f"{name}: a placeholder was not filled: {text[text.index('${'):][:40]}")

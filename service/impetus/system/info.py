@@ -38,3 +38,33 @@ def mlx_device() -> str:
 
     device = mx.default_device()
     return "gpu (Metal)" if device == mx.gpu and sys.platform == "darwin" else str(device.type).split(".")[-1]
+
+
+# NSProcessInfoThermalState: what macOS reports while it throttles to keep cool.
+THERMAL_STATES = ("nominal", "fair", "serious", "critical")
+
+
+def thermal_state() -> int | None:
+    """0 (nominal) to 3 (critical) on macOS; None where the OS does not say."""
+    if sys.platform != "darwin":
+        return None
+    import ctypes
+
+    try:
+        objc = ctypes.cdll.LoadLibrary("/usr/lib/libobjc.A.dylib")
+        ctypes.cdll.LoadLibrary("/System/Library/Frameworks/Foundation.framework/Foundation")
+        objc.objc_getClass.restype = ctypes.c_void_p
+        objc.sel_registerName.restype = ctypes.c_void_p
+        send = objc.objc_msgSend
+        send.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+        send.restype = ctypes.c_void_p
+        info = send(objc.objc_getClass(b"NSProcessInfo"), objc.sel_registerName(b"processInfo"))
+        send.restype = ctypes.c_long
+        state = send(info, objc.sel_registerName(b"thermalState"))
+    except (OSError, AttributeError):
+        return None
+    return state if 0 <= state < len(THERMAL_STATES) else None
+
+
+def thermal_state_name(state: int | None) -> str:
+    return THERMAL_STATES[state] if state is not None else "unknown"

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
+import time
 
 import httpx
 import pytest
@@ -101,3 +104,40 @@ def test_two_workers_give_one_consistent_total(gateway_server, redis_client):
         assert delta("impetus_requests_total", route="/v1/models", status="429", model="") == 2
         assert delta("impetus_rate_limited_total", kind="requests") == 2
         assert delta("impetus_auth_failures_total", reason="invalid") == 4
+
+
+def test_a_dead_worker_leaves_its_counts_but_not_its_gauges(gateway_server, redis_client):
+    """kill -9 one worker: the master replaces it, `child_exit` drops the dead
+    worker's per-process gauges, and the counters it had written still count."""
+    admin, _ = KeyStore(redis_client).create("metrics-ops", admin=True)
+    headers = {"Authorization": f"Bearer {admin}"}
+
+    def worker_pids():
+        return {httpx.get(f"{gateway_server}/readyz", timeout=10).json()["pid"] for _ in range(30)}
+
+    def gauge_pids(samples):
+        return {dict(labels)["pid"] for (name, labels), _ in samples.items() if name == "impetus_model_memory_bytes"}
+
+    for _ in range(10):  # fresh connections: both workers count some
+        httpx.get(f"{gateway_server}/v1/models", headers={"Authorization": "Bearer imp_nope"}, timeout=10)
+    pids = worker_pids()
+    assert len(pids) == 2
+    before = scrape(gateway_server, headers)
+    assert gauge_pids(before) == {str(p) for p in pids}
+    victim = min(pids)
+    os.kill(victim, signal.SIGKILL)
+    deadline = time.monotonic() + 120
+    while True:  # the replacement has loaded the model and answers
+        try:
+            now = worker_pids()
+            if len(now) == 2 and victim not in now:
+                break
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, "the master did not replace the killed worker"
+        time.sleep(0.5)
+    after = scrape(gateway_server, headers)
+    assert gauge_pids(after) == {str(p) for p in now}
+    # Nothing but /readyz and /metrics came since: the failures counted before are all still there.
+    assert value(after, "impetus_auth_failures_total", reason="invalid") == \
+        value(before, "impetus_auth_failures_total", reason="invalid") >= 10

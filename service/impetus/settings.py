@@ -55,6 +55,17 @@ class Settings(BaseSettings):
     prompt_cache_entries: int = 16
     prompt_cache_bytes: int = 512 * 1024 * 1024
 
+    # Models load on demand. Each worker keeps its models within its share
+    # (budget / workers) of the memory budget: by default this fraction of the
+    # machine's memory, or IMPETUS_MEMORY_BUDGET_BYTES. To make room, the least
+    # recently used models that are neither pinned nor busy are unloaded.
+    memory_budget_fraction: float = Field(0.5, gt=0, le=1)
+    memory_budget_bytes: int | None = None
+    # Never unloaded to make room or for idleness (by name or alias).
+    pinned_models: list[str] = Field(default_factory=list)
+    # Unload a model idle this long (seconds); None: only when memory is needed.
+    keep_alive_s: float | None = None
+
     # HTTP
     max_body_bytes: int = 4 * 1024 * 1024
 
@@ -80,6 +91,15 @@ class Settings(BaseSettings):
         for address in value:
             ipaddress.ip_network(address, strict=False)  # ValueError names the bad one
         return value
+
+    def worker_memory_budget(self) -> int:
+        if self.memory_budget_bytes is not None:
+            total = self.memory_budget_bytes
+        else:
+            from impetus.system.info import total_memory_bytes
+
+            total = int((total_memory_bytes() or 8 * 2**30) * self.memory_budget_fraction)
+        return total // max(1, self.workers)
 
     @property
     def models_dir(self) -> Path:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import falcon
 
+from impetus.api.admin import AdminModelLoadResource, AdminModelsResource, AdminModelUnloadResource
 from impetus.api.chat import ChatCompletionsResource
 from impetus.api.completions import CompletionsResource
 from impetus.api.errors import handle_http_error, handle_unexpected
@@ -37,6 +38,9 @@ def create_app(settings, host, waker, gateway=None, metrics=None) -> falcon.App:
         app.add_route("/metrics", MetricsResource())
     app.add_route("/v1/models", ModelsResource(host))
     app.add_route("/v1/models/{model_id:path}", ModelResource(host))
+    app.add_route("/v1/admin/models", AdminModelsResource(host))
+    app.add_route("/v1/admin/models/{model_id}/load", AdminModelLoadResource(host))
+    app.add_route("/v1/admin/models/{model_id}/unload", AdminModelUnloadResource(host))
     app.add_route("/healthz", LivenessResource())
     app.add_route("/readyz", ReadinessResource(host, gateway))
     app.add_route("/v1/status", StatusResource(host, gateway))

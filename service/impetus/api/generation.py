@@ -13,6 +13,7 @@ import gevent.socket
 
 from impetus import __version__
 from impetus.api.errors import APIError, bad_request
+from impetus.api.models import model_error
 from impetus.engine.engine import Engine, QueueFull
 from impetus.engine.request import FinishEvent, SamplingParams, TokenEvent
 
@@ -21,12 +22,11 @@ STALL_TIMEOUT_S = 600
 
 
 def engine_for(host, model: str) -> Engine:
+    """The model's engine, loaded first if it is not (other requests go on meanwhile)."""
     try:
-        return host.get(model)
-    except LookupError:
-        names = ", ".join(host.engines) or "none"
-        raise APIError(404, f"The model '{model}' does not exist or is not loaded (loaded: {names}).",
-                       type="invalid_request_error", param="model", code="model_not_found")
+        return host.acquire(model)
+    except Exception as error:
+        raise model_error(error, model) from error
 
 
 def fingerprint(engine: Engine) -> str:

@@ -1,13 +1,55 @@
-"""GET /v1/models and GET /v1/models/{model_id}"""
+"""GET /v1/models and GET /v1/models/{model_id}: every model this server can
+serve, loaded or not (a request for one that is not loaded loads it)."""
 
 from __future__ import annotations
 
 from impetus.api.errors import APIError
+from impetus.engine import host as engine_host
+from impetus.models.store import ModelNotFound
 
 
-def _model_entry(info, loaded: bool) -> dict:
-    return {"id": info.name, "object": "model", "created": info.created, "owned_by": "impetus",
-            "loaded": loaded}
+def model_error(error: Exception, model: str) -> APIError:
+    """The API's answer when a model cannot be had."""
+    if isinstance(error, ModelNotFound):
+        hint = (" Models are not downloaded at request time: an operator pulls them with "
+                "`impetus models pull`." if "/" in model else "")
+        return APIError(404, f"The model '{model}' does not exist. GET /v1/models lists the models.{hint}",
+                        param="model", code="model_not_found")
+    if isinstance(error, engine_host.ModelNotLoaded):
+        return APIError(404, f"The model '{model}' is not loaded in this worker.", param="model",
+                        code="model_not_loaded")
+    if isinstance(error, engine_host.ModelTooLarge):
+        return APIError(507, str(error), type="server_error", param="model", code="model_too_large")
+    if isinstance(error, engine_host.NoRoom):
+        return APIError(503, str(error), type="server_error", param="model", code="model_capacity",
+                        headers={"Retry-After": "10"})
+    if isinstance(error, engine_host.ModelBusy):
+        return APIError(409, str(error), type="invalid_request_error", param="model", code="model_busy")
+    if isinstance(error, engine_host.ModelLoadFailed):
+        return APIError(500, str(error), type="server_error", param="model", code="model_load_failed")
+    raise error
+
+
+def model_entry(entry, slot=None) -> dict:
+    described = {
+        "id": entry.name, "object": "model", "created": entry.created, "owned_by": "impetus",
+        # Extensions, beside OpenAI's fields:
+        "loaded": slot is not None,
+        "pinned": bool(slot and slot.pinned),
+        "alias_of": entry.alias_of,
+    }
+    try:
+        meta = entry.metadata
+    except Exception:  # an unreadable folder is listed; loading it says what is wrong
+        described["readable"] = False
+    else:
+        described.update(parameters=meta.parameters, quantization=meta.quantization,
+                         context_length=meta.context_length, size_bytes=meta.size_bytes,
+                         chat_template=meta.chat_template, source=meta.source)
+    if slot is not None:
+        described["memory_bytes"] = slot.memory
+        described["weights_dtype"] = slot.engine.loaded.weights_dtype
+    return described
 
 
 class ModelsResource:
@@ -17,7 +59,7 @@ class ModelsResource:
     def on_get(self, req, resp):
         resp.media = {
             "object": "list",
-            "data": [_model_entry(m, m.name in self.host.engines) for m in self.host.available()],
+            "data": [model_entry(e, self.host.slots.get(e.name)) for e in self.host.available()],
         }
 
 
@@ -26,9 +68,8 @@ class ModelResource:
         self.host = host
 
     def on_get(self, req, resp, model_id):
-        for info in self.host.available():
-            if info.name == model_id:
-                resp.media = _model_entry(info, info.name in self.host.engines)
+        for entry in self.host.available():
+            if entry.name == model_id:
+                resp.media = model_entry(entry, self.host.slots.get(entry.name))
                 return
-        raise APIError(404, f"The model '{model_id}' does not exist.", param="model",
-                       code="model_not_found")
+        raise model_error(ModelNotFound(model_id), model_id)

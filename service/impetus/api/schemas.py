@@ -235,3 +235,11 @@ class ErrorResponse(_Response):
 class Health(_Response):
     status: str
     engines: list[dict] | None = None
+
+
+class AdminLoadRequest(_Request):
+    """POST /v1/admin/models/{model_id}/load"""
+
+    pin: bool | None = Field(None, description="Never unload it to make room or for idleness.")
+    keep_alive: float | None = Field(
+        None, ge=0, description="Seconds it may stay idle before it is unloaded; 0: until memory is needed.")

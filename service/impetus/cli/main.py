@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     tls.add_argument("--name", action="append", dest="names",
                      help="a host name or IP clients use (repeatable; default: this host's names and addresses)")
 
-    models = commands.add_parser("models", help="list and import models")
+    models = commands.add_parser("models", help="list, import, pull, alias, load and unload models")
     model_commands = models.add_subparsers(dest="models_command", required=True)
     listing = model_commands.add_parser("list", help="models in the data dir")
     _add_common(listing)
@@ -60,6 +60,32 @@ def build_parser() -> argparse.ArgumentParser:
     ensure = model_commands.add_parser("ensure", help="make sure a model is available locally")
     _add_common(ensure)
     ensure.add_argument("model", nargs="?", help="model name or path (default: the configured model)")
+    pulling = model_commands.add_parser("pull", help="download an MLX model folder from the Hugging Face hub")
+    _add_common(pulling)
+    pulling.add_argument("repo_id", help="owner/name, e.g. mlx-community/Qwen2.5-0.5B-Instruct-4bit")
+    pulling.add_argument("--name", help="model name (default: the repository's name)")
+    pulling.add_argument("--revision", help="branch, tag or commit")
+    pulling.add_argument("--force", action="store_true", help="replace an existing model of that name")
+    alias = model_commands.add_parser("alias", help="another name for a model, optionally with other weights")
+    _add_common(alias)
+    alias.add_argument("name")
+    alias.add_argument("target", nargs="?", help="a model name or folder path")
+    alias.add_argument("--weights", choices=("auto", "stored", "float32", "float16", "bfloat16"),
+                       help="serve the target's weights this way (stored: as quantized on disk)")
+    alias.add_argument("--remove", action="store_true", help="remove the alias NAME")
+    for verb, text in (("load", "load a model in a running server"), ("unload", "unload a model from a running server"),
+                       ("loaded", "what a running server has loaded")):
+        command = model_commands.add_parser(verb, help=text)
+        _add_common(command)
+        if verb != "loaded":
+            command.add_argument("model")
+        if verb == "load":
+            command.add_argument("--pin", action=argparse.BooleanOptionalAction, default=None,
+                                 help="never unload it to make room or for idleness")
+            command.add_argument("--keep-alive", type=float, metavar="SECONDS",
+                                 help="unload after this long idle (0: only when memory is needed)")
+        command.add_argument("--url", help="the server (default: http://127.0.0.1:<IMPETUS_PORT>)")
+        command.add_argument("--key", help="an admin key, when keys are required (or IMPETUS_ADMIN_KEY)")
 
     keys = commands.add_parser("keys", help="personal API keys (stored hashed in Redis)")
     key_commands = keys.add_subparsers(dest="keys_command", required=True)

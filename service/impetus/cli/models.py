@@ -1,8 +1,9 @@
-"""`impetus models list|import-gguf|ensure`"""
+"""`impetus models list|import-gguf|ensure|pull|alias|load|unload|loaded`"""
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 from rich.console import Console
@@ -11,36 +12,110 @@ from rich.table import Table
 from impetus.cli.output import table_console
 from impetus.models import store
 from impetus.models.gguf import GGUFImportError, import_gguf
+from impetus.models.registry import AliasError, Registry
 
 
-def _size(path) -> str:
-    total = sum(f.stat().st_size for f in path.iterdir() if f.is_file())
-    return f"{total / 1e6:.0f} MB"
+def _mb(n: int) -> str:
+    return f"{n / 1e6:,.0f} MB"
+
+
+def _params(n: int) -> str:
+    return f"{n / 1e9:.2f} B" if n >= 1e9 else f"{n / 1e6:.0f} M"
 
 
 def run(args, settings) -> None:
     console = Console(stderr=True, soft_wrap=True)
     progress = lambda message: console.print(f"[cyan]•[/] {message}")  # noqa: E731
-    if args.models_command == "list":
-        table = Table("name", "size", "quantization", "context", "path")
-        for info in store.list_models(settings.models_dir):
-            config = json.loads((info.path / "config.json").read_text())
-            quant = config.get("quantization")
-            table.add_row(info.name, _size(info.path), f"{quant['bits']}-bit" if quant else "none",
-                          str(config.get("max_position_embeddings", "?")), str(info.path))
+
+    def fail(message) -> None:
+        console.print(f"[red]error:[/] {message}")
+        sys.exit(2)
+
+    registry = Registry(settings.models_dir)
+    command = args.models_command
+    if command == "list":
+        table = Table("name", "parameters", "quantization", "context", "chat", "size", "source", "path")
+        for entry in registry.entries():
+            try:
+                meta = entry.metadata
+            except Exception as error:
+                table.add_row(entry.name, "?", "?", "?", "?", "?", f"[red]unreadable: {error}[/]", str(entry.path))
+                continue
+            source = f"alias of {entry.alias_of}" if entry.alias_of else meta.source
+            if entry.weights_dtype:
+                source += f" ({entry.weights_dtype} weights)"
+            table.add_row(entry.name, _params(meta.parameters), meta.quantization, str(meta.context_length or "?"),
+                          "yes" if meta.chat_template else "no", _mb(meta.size_bytes), source, str(entry.path))
         table_console().print(table)
-    elif args.models_command == "import-gguf":
+    elif command == "import-gguf":
         try:
             path = import_gguf(args.path, settings.models_dir, name=args.name, progress=progress,
                                overwrite=args.force)
         except GGUFImportError as error:
-            console.print(f"[red]error:[/] {error}")
-            sys.exit(2)
+            fail(error)
         print(path)
-    elif args.models_command == "ensure":
+    elif command == "ensure":
         try:
-            path = store.resolve_model(args.model or settings.model, settings.models_dir, progress=progress)
+            print(registry.find(args.model or settings.model, progress=progress).path)
         except (store.ModelNotFound, GGUFImportError) as error:
-            console.print(f"[red]error:[/] {error}")
-            sys.exit(2)
-        print(path)
+            fail(error)
+    elif command == "pull":
+        from impetus.models.pull import PullError, pull
+
+        try:
+            print(pull(args.repo_id, settings.models_dir, name=args.name, revision=args.revision, force=args.force,
+                       progress=progress))
+        except PullError as error:
+            fail(error)
+    elif command == "alias":
+        try:
+            if args.remove:
+                registry.remove_alias(args.name)
+                progress(f"removed the alias {args.name!r}")
+            elif not args.target:
+                fail("give the TARGET model (or --remove)")
+            else:
+                entry = registry.add_alias(args.name, args.target, args.weights)
+                progress(f"{entry.name} -> {entry.alias_of}" + (f" ({entry.weights_dtype} weights)"
+                                                                 if entry.weights_dtype else ""))
+        except (AliasError, store.ModelNotFound) as error:
+            fail(error)
+    else:
+        _server_command(args, settings, fail)
+
+
+def _server_command(args, settings, fail) -> None:
+    """load / unload / loaded: the admin API of a running server."""
+    import httpx
+
+    url = (args.url or f"http://127.0.0.1:{settings.port}").rstrip("/")
+    key = args.key or os.environ.get("IMPETUS_ADMIN_KEY")
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    try:
+        if args.models_command == "loaded":
+            response = httpx.get(f"{url}/v1/admin/models", headers=headers, timeout=30)
+        else:
+            body = {}
+            if args.models_command == "load":
+                body = {k: v for k, v in (("pin", args.pin), ("keep_alive", args.keep_alive)) if v is not None}
+            response = httpx.post(f"{url}/v1/admin/models/{args.model}/{args.models_command}", json=body,
+                                  headers=headers, timeout=600)
+    except httpx.HTTPError as error:
+        fail(f"cannot reach the server at {url} ({error}). Is it running? (--url)")
+    if response.status_code >= 400:
+        try:
+            message = response.json()["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            message = response.text[:200]
+        fail(f"{response.status_code}: {message}")
+    answer = response.json()
+    if args.models_command != "loaded":
+        print(json.dumps(answer, indent=2))
+        return
+    table = Table("model", "memory", "weights", "running", "waiting", "pinned", "keep alive", "idle",
+                  title=f"worker {answer['worker_pid']}: {_mb(answer['used_bytes'])} of {_mb(answer['budget_bytes'])}")
+    for m in answer["loaded"]:
+        table.add_row(m["id"], _mb(m["memory_bytes"]), m["weights_dtype"], str(m["running"]), str(m["waiting"]),
+                      "yes" if m["pinned"] else "no", f"{m['keep_alive_s']:.0f} s" if m["keep_alive_s"] else "-",
+                      f"{m['idle_s']:.0f} s")
+    table_console().print(table)

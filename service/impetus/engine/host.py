@@ -1,56 +1,238 @@
-"""The engines of one worker process, by model name."""
+"""The engines of one worker process, by model name, loaded on demand.
+
+A request for a model that is not loaded loads it; the weights are read and
+warmed up in a native thread, so the worker keeps serving the models it has.
+Each worker keeps its models within its share of the memory budget: to make
+room, the least recently used models that are neither pinned nor busy are
+unloaded. A model unused for longer than its keep-alive is unloaded too.
+"""
 
 from __future__ import annotations
 
 import logging
+import threading  # gevent's, inside a patched worker: waiting on an Event yields
+import time
+from dataclasses import dataclass, field
 
 from impetus.engine.engine import Engine
-from impetus.models import loader, store
+from impetus.models import loader
+from impetus.models.registry import ModelEntry, Registry
 
 log = logging.getLogger("impetus.engine")
+
+# A model that failed to load is not retried for this long (clients retry 500s).
+FAILURE_MEMORY_S = 30.0
 
 
 class ModelNotLoaded(LookupError):
     pass
 
 
-class EngineHost:
-    def __init__(self, settings):
-        self.settings = settings
-        self.engines: dict[str, Engine] = {}
+class ModelTooLarge(Exception):
+    """The model alone needs more than this worker's memory budget."""
 
-    def load(self, reference: str, progress=log.info) -> Engine:
-        path = store.resolve_model(reference, self.settings.models_dir, progress=progress)
-        name = reference if "/" not in reference else path.name
-        loaded = loader.load(path, name=name, weights_dtype=self.settings.weights_dtype)
-        log.info(
-            "loaded %s from %s in %.1fs (%s weights, %.0f MB)",
-            name, path, loaded.load_seconds, loaded.weights_dtype, loaded.nbytes / 1e6,
-        )
-        engine = Engine(loaded, self.settings)
-        engine.start()
-        self.engines[name] = engine
-        return engine
+
+class NoRoom(Exception):
+    """Pinned or busy models hold the memory the model needs; retry later."""
+
+
+class ModelBusy(Exception):
+    """An unload was asked while requests are running on the model."""
+
+
+class ModelLoadFailed(Exception):
+    pass
+
+
+@dataclass
+class Slot:
+    engine: Engine
+    entry: ModelEntry
+    pinned: bool
+    keep_alive_s: float | None  # None: until its memory is needed
+    loaded_at: float = field(default_factory=time.time)
+    last_used: float = field(default_factory=time.monotonic)
+
+    @property
+    def memory(self) -> int:
+        return self.engine.loaded.nbytes
+
+    def describe(self) -> dict:
+        idle = time.monotonic() - self.last_used
+        return {**self.engine.snapshot(), "pinned": self.pinned, "keep_alive_s": self.keep_alive_s,
+                "idle_s": round(idle, 1), "loaded_at": int(self.loaded_at), "memory_bytes": self.memory,
+                "weights_dtype": self.engine.loaded.weights_dtype,
+                "load_seconds": round(self.engine.loaded.load_seconds, 3)}
+
+
+def run_off_the_hub(fn):
+    """Run fn in a native thread; in a gevent worker only this greenlet waits."""
+    from gevent import monkey
+
+    if monkey.is_module_patched("threading"):
+        import gevent
+
+        return gevent.get_hub().threadpool.apply(fn)
+    return fn()
+
+
+class EngineHost:
+    def __init__(self, settings, budget_bytes: int | None = None, metrics=None):
+        self.settings = settings
+        self.registry = Registry(settings.models_dir)
+        self.budget_bytes = budget_bytes if budget_bytes is not None else settings.worker_memory_budget()
+        self.metrics = metrics
+        self.slots: dict[str, Slot] = {}
+        self._loading: dict[str, threading.Event] = {}
+        self._reserved: dict[str, int] = {}  # memory of loads in progress
+        self._failures: dict[str, tuple[str, float]] = {}
+
+    @property
+    def engines(self) -> dict[str, Engine]:
+        return {name: slot.engine for name, slot in self.slots.items()}
+
+    # -- serving -------------------------------------------------------------
+
+    def acquire(self, name: str) -> Engine:
+        """The engine for a model, loading it first if needed."""
+        slot = self.slots.get(name)
+        if slot is None:
+            return self.load(name)
+        slot.last_used = time.monotonic()
+        return slot.engine
 
     def get(self, name: str) -> Engine:
-        engine = self.engines.get(name)
-        if engine is None:
+        slot = self.slots.get(name)
+        if slot is None:
             raise ModelNotLoaded(name)
-        return engine
+        return slot.engine
 
-    def available(self) -> list[store.ModelInfo]:
-        """Every model this process can name: loaded ones and those on disk."""
-        models = {m.name: m for m in store.list_models(self.settings.models_dir)}
-        for name, engine in self.engines.items():
-            if name not in models:
-                path = engine.loaded.path
-                models[name] = store.ModelInfo(name, path, int((path / "config.json").stat().st_mtime))
-        return sorted(models.values(), key=lambda m: m.name)
+    def load(self, name: str, pin: bool | None = None, keep_alive_s: float | None = None,
+             progress=log.info) -> Engine:
+        """Load a model (a name, alias or folder path), or return it if loaded;
+        pin and keep_alive_s, when given, apply either way."""
+        while name in self._loading:  # another greenlet is loading it: wait for that
+            self._loading[name].wait()
+        slot = self.slots.get(name)
+        if slot is None:
+            slot = self._load_new(name, pin, keep_alive_s, progress)
+        if pin is not None:
+            slot.pinned = pin
+        if keep_alive_s is not None:
+            slot.keep_alive_s = keep_alive_s or None
+        slot.last_used = time.monotonic()
+        return slot.engine
+
+    def _load_new(self, name: str, pin: bool | None, keep_alive_s: float | None, progress) -> Slot:
+        entry = self.registry.find(name, progress=progress)  # ModelNotFound: 404
+        failure = self._failures.get(entry.name)
+        if failure and time.monotonic() - failure[1] < FAILURE_MEMORY_S:
+            raise ModelLoadFailed(failure[0])
+        dtype = loader.choose_weights_dtype(entry.weights_dtype or self.settings.weights_dtype)
+        try:
+            need = entry.metadata.memory_estimate(dtype)
+        except Exception as error:  # unreadable config.json or safetensors header
+            raise ModelLoadFailed(f"The model '{name}' could not be read from {entry.path}: {error}") from error
+        if need > self.budget_bytes:
+            raise ModelTooLarge(
+                f"The model '{name}' needs about {need / 2**20:.0f} MiB of weights; this worker's memory "
+                f"budget is {self.budget_bytes / 2**20:.0f} MiB (IMPETUS_MEMORY_BUDGET_FRACTION).")
+        done = self._loading[name] = threading.Event()
+        self._reserved[name] = need
+        try:
+            self._make_room(need, name)
+            try:
+                loaded = run_off_the_hub(lambda: _load_and_warm(entry, dtype))
+            except Exception as error:  # a corrupt or unsupported folder
+                message = f"The model '{name}' could not be loaded from {entry.path}: {error}"
+                log.error("%s", message)
+                self._failures[entry.name] = (message, time.monotonic())
+                raise ModelLoadFailed(message) from error
+            self._failures.pop(entry.name, None)
+            log.info("loaded %s from %s in %.1fs (%s weights, %.0f MB)", name, entry.path, loaded.load_seconds,
+                     loaded.weights_dtype, loaded.nbytes / 1e6)
+            engine = Engine(loaded, self.settings)
+            engine.start()
+            pinned = pin if pin is not None else name in self.settings.pinned_models
+            keep = self.settings.keep_alive_s if keep_alive_s is None else (keep_alive_s or None)
+            slot = self.slots[name] = Slot(engine, entry, pinned, keep)
+            if self.metrics is not None:
+                self.metrics.model_loaded(loaded)
+            return slot
+        finally:
+            del self._reserved[name]
+            del self._loading[name]
+            done.set()
+
+    def _make_room(self, need: int, for_name: str) -> None:
+        def used():
+            return sum(s.memory for s in self.slots.values()) + sum(self._reserved.values()) - need
+
+        while used() + need > self.budget_bytes:
+            idle = [(s.last_used, n) for n, s in self.slots.items() if not s.pinned and s.engine.in_flight == 0]
+            if not idle:
+                held = ", ".join(f"{n} ({s.memory / 2**20:.0f} MiB{', pinned' if s.pinned else ', busy'})"
+                                 for n, s in self.slots.items()) or "models being loaded"
+                raise NoRoom(f"No room to load '{for_name}' ({need / 2**20:.0f} MiB) within this worker's "
+                             f"{self.budget_bytes / 2**20:.0f} MiB budget: held by {held}.")
+            _, victim = min(idle)
+            log.info("unloading %s (least recently used) to make room for %s", victim, for_name)
+            self._unload(victim)
+
+    # -- unloading -------------------------------------------------------------
+
+    def unload(self, name: str) -> None:
+        slot = self.slots.get(name)
+        if slot is None:
+            raise ModelNotLoaded(name)
+        if slot.engine.in_flight:
+            raise ModelBusy(f"The model '{name}' is serving {slot.engine.in_flight} requests.")
+        self._unload(name)
+
+    def _unload(self, name: str) -> None:
+        import mlx.core as mx
+
+        slot = self.slots.pop(name)
+        slot.engine.stop()
+        if self.metrics is not None:
+            self.metrics.model_unloaded(name)
+        del slot
+        mx.clear_cache()
+
+    def unload_expired(self) -> list[str]:
+        """Unload the models idle for longer than their keep-alive."""
+        now = time.monotonic()
+        expired = [n for n, s in self.slots.items()
+                   if s.keep_alive_s is not None and not s.pinned and s.engine.in_flight == 0
+                   and now - s.last_used > s.keep_alive_s]
+        for name in expired:
+            log.info("unloading %s: idle for longer than its keep-alive", name)
+            self._unload(name)
+        return expired
+
+    # -- state -----------------------------------------------------------------
+
+    def available(self) -> list[ModelEntry]:
+        """Every model this process can name: the registry's and the loaded ones."""
+        models = {e.name: e for e in self.registry.entries()}
+        for name, slot in self.slots.items():
+            models.setdefault(name, slot.entry)
+        return sorted(models.values(), key=lambda e: e.name)
+
+    def memory_used(self) -> int:
+        return sum(s.memory for s in self.slots.values())
 
     def ready(self) -> bool:
-        return bool(self.engines) and all(e.is_alive() for e in self.engines.values())
+        # No model loaded is fine (they load on demand); a dead engine thread is not.
+        return all(s.engine.is_alive() for s in self.slots.values())
 
     def stop(self) -> None:
-        for name, engine in self.engines.items():
-            engine.stop()
-            log.info("engine for %s stopped (thread alive: %s)", name, engine.is_alive())
+        for name, slot in list(self.slots.items()):
+            slot.engine.stop()
+            log.info("engine for %s stopped (thread alive: %s)", name, slot.engine.is_alive())
+
+
+def _load_and_warm(entry: ModelEntry, dtype: str):
+    loaded = loader.load(entry.path, name=entry.name, weights_dtype=dtype)
+    loader.warm_up(loaded)
+    return loaded

@@ -85,6 +85,12 @@ class Metrics:
         self.ttft_seconds.labels(loaded.name)
         self.tpot_seconds.labels(loaded.name)
 
+    def model_unloaded(self, name: str) -> None:
+        # Multiprocess gauges live in files: a removed label would keep its last
+        # value there, so an unloaded model reads 0.
+        for gauge in (self.model_bytes, self.running, self.waiting):
+            gauge.labels(name).set(0)
+
     def sample_engines(self, host) -> None:
         """Gauges that follow the engines, refreshed by each worker."""
         import mlx.core as mx

@@ -97,3 +97,14 @@ def load(path: Path, name: str | None = None, weights_dtype: str = "auto") -> Lo
         load_seconds=time.perf_counter() - started,
         revision=folder_revision(path),
     )
+
+
+def warm_up(loaded: LoadedModel) -> None:
+    """A short prefill and one decode step, so that the first request does not
+    pay for first-touch page faults of the weights and lazy kernel setup."""
+    from mlx_lm.models.cache import make_prompt_cache
+
+    tokens = loaded.tokenizer.encode("Hello, how are you?")[:16] or [0]
+    cache = make_prompt_cache(loaded.model)
+    mx.eval(loaded.model(mx.array([tokens]), cache=cache))
+    mx.eval(loaded.model(mx.array([tokens[-1:]]), cache=cache))

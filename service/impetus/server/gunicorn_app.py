@@ -58,15 +58,14 @@ class ImpetusApplication(BaseApplication):
         from impetus.metrics import Metrics
 
         metrics = Metrics()
-        self.host = EngineHost(self.settings)
+        self.host = EngineHost(self.settings, metrics=metrics)
         try:
-            engine = self.host.load(self.settings.model)
+            self.host.load(self.settings.model)
         except Exception as error:
             # Gunicorn prints this one line (no traceback) and stops the master
             # instead of respawning a worker that cannot boot.
             raise AppImportError(f"impetus: cannot load model {self.settings.model!r}: {error}") from error
-        metrics.model_loaded(engine.loaded)
-        gevent.spawn(self._sample, metrics)
+        gevent.spawn(self._housekeeping, metrics)
         gateway = None
         if self.settings.require_api_keys:
             from impetus.gateway import Gateway
@@ -74,10 +73,14 @@ class ImpetusApplication(BaseApplication):
             gateway = Gateway(self.settings, metrics=metrics)
         return create_app(self.settings, self.host, GeventWaker(), gateway, metrics)
 
-    def _sample(self, metrics):
+    def _housekeeping(self, metrics):
         # Engine gauges are written by each worker and summed at scrape time.
         while True:
-            metrics.sample_engines(self.host)
+            try:
+                metrics.sample_engines(self.host)
+                self.host.unload_expired()
+            except Exception:  # keep the loop; say what went wrong
+                logging.getLogger("impetus.server").exception("housekeeping failed")
             gevent.sleep(1.0)
 
     def _child_exit(self, server, worker):

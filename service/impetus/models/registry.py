@@ -1,0 +1,108 @@
+"""The models this server can serve: the folders under <data dir>/models (MLX
+folders and imported GGUFs) and aliases, kept in <data dir>/models/aliases.json.
+
+An alias names another model, optionally served with other weights
+(`impetus models alias small-q4 smollm2-135m-instruct --weights stored` serves
+the stored 4-bit weights beside the float32 default): each alias is a model of
+its own to the API, loaded, listed and unloaded on its own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from impetus.models import store
+from impetus.models.metadata import ModelMetadata, read_metadata
+
+ALIASES_FILE = "aliases.json"
+WEIGHTS_CHOICES = ("auto", "stored", "float32", "float16", "bfloat16")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+
+
+class AliasError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    path: Path
+    created: int
+    alias_of: str | None = None
+    weights_dtype: str | None = None  # None: the server's setting
+
+    @property
+    def metadata(self) -> ModelMetadata:
+        return read_metadata(self.path)
+
+
+class Registry:
+    def __init__(self, models_dir: Path):
+        self.models_dir = models_dir
+
+    # -- aliases ---------------------------------------------------------------
+
+    def aliases(self) -> dict[str, dict]:
+        try:
+            return json.loads((self.models_dir / ALIASES_FILE).read_text())
+        except FileNotFoundError:
+            return {}
+
+    def add_alias(self, name: str, target: str, weights_dtype: str | None = None) -> ModelEntry:
+        if not _NAME.match(name):
+            raise AliasError(f"{name!r} is not a usable model name (letters, digits, . _ : -)")
+        if store.is_model_folder(self.models_dir / name):
+            raise AliasError(f"{name!r} is already a model folder in {self.models_dir}")
+        if target in self.aliases():
+            raise AliasError(f"{target!r} is itself an alias: point {name!r} at a model")
+        if weights_dtype is not None and weights_dtype not in WEIGHTS_CHOICES:
+            raise AliasError(f"weights must be one of {', '.join(WEIGHTS_CHOICES)}")
+        path = store.resolve_model(target, self.models_dir, progress=lambda m: None)
+        aliases = self.aliases()
+        aliases[name] = {"target": target if "/" not in target else str(path), "weights_dtype": weights_dtype}
+        self._write(aliases)
+        return self.find(name)
+
+    def remove_alias(self, name: str) -> None:
+        aliases = self.aliases()
+        if name not in aliases:
+            raise AliasError(f"{name!r} is not an alias")
+        del aliases[name]
+        self._write(aliases)
+
+    def _write(self, aliases: dict) -> None:
+        self.models_dir.mkdir(parents=True, exist_ok=True)
+        staging = self.models_dir / f".{ALIASES_FILE}.{os.getpid()}"
+        staging.write_text(json.dumps(aliases, indent=2, sort_keys=True))
+        staging.replace(self.models_dir / ALIASES_FILE)  # atomic: readers see old or new
+
+    # -- lookups ---------------------------------------------------------------
+
+    def entries(self) -> list[ModelEntry]:
+        """Every model by name: folders, then the aliases whose target exists."""
+        found = {m.name: ModelEntry(m.name, m.path, m.created) for m in store.list_models(self.models_dir)}
+        for name in self.aliases():
+            try:
+                found[name] = self.find(name)
+            except store.ModelNotFound:
+                continue  # its target was removed; `impetus models list` shows it as broken
+        return sorted(found.values(), key=lambda e: e.name)
+
+    def find(self, reference: str, progress=lambda m: None) -> ModelEntry:
+        """A name, an alias or a path to an MLX folder; ModelNotFound otherwise."""
+        alias = self.aliases().get(reference)
+        if alias is not None:
+            path = store.resolve_model(alias["target"], self.models_dir, progress=progress)
+            return ModelEntry(reference, path, _created(path), alias_of=alias["target"],
+                              weights_dtype=alias.get("weights_dtype"))
+        path = store.resolve_model(reference, self.models_dir, progress=progress)
+        name = reference if "/" not in reference else path.name
+        return ModelEntry(name, path, _created(path))
+
+
+def _created(path: Path) -> int:
+    return int((path / "config.json").stat().st_mtime)

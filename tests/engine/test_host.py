@@ -1,0 +1,124 @@
+"""EngineHost: models loaded on demand within a memory budget, least recently
+used first out, pinned ones never, keep-alive, and failures that leave the
+other models serving. Real models: the default one, and aliases of it served
+with other weights (float32, float16, the stored 4-bit), so each is a model of
+its own with its own memory."""
+
+from __future__ import annotations
+
+import shutil
+import time
+
+import mlx.core as mx
+import pytest
+
+from impetus.engine.engine import Engine
+from impetus.engine.host import EngineHost, ModelLoadFailed, ModelTooLarge, NoRoom
+from impetus.engine.request import FinishEvent, SamplingParams
+from impetus.engine.waiters import ThreadWaiter
+from impetus.models.registry import Registry
+from impetus.models.store import DEFAULT_MODEL, ModelNotFound
+from impetus.settings import Settings
+
+pytestmark = pytest.mark.slow
+
+MB = 10**6
+F32, F16, Q4 = DEFAULT_MODEL, "smol-f16", "smol-q4"  # ~538, ~269 and ~98 MB of weights
+
+
+@pytest.fixture(scope="module")
+def models_home(data_dir, tmp_path_factory):
+    """A data dir of its own (aliases must not leak into other tests), sharing the model folder."""
+    home = tmp_path_factory.mktemp("host-data")
+    (home / "models").mkdir()
+    (home / "models" / DEFAULT_MODEL).symlink_to(data_dir / "models" / DEFAULT_MODEL)
+    registry = Registry(home / "models")
+    registry.add_alias(F16, DEFAULT_MODEL, "float16")
+    registry.add_alias(Q4, DEFAULT_MODEL, "stored")
+    broken = home / "models" / "broken"
+    broken.mkdir()
+    shutil.copy(data_dir / "models" / DEFAULT_MODEL / "config.json", broken / "config.json")
+    (broken / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{}" + b"\x00" * 64)
+    return home
+
+
+def make_host(home, budget_mb: int, **settings) -> EngineHost:
+    return EngineHost(Settings(data_dir=home, weights_dtype="float32", **settings), budget_bytes=budget_mb * MB)
+
+
+def answer(engine: Engine) -> str:
+    tokens = engine.tokenizer.encode("The capital of France is")
+    handle = engine.submit(tokens, SamplingParams(max_tokens=4, temperature=0.0), ThreadWaiter())
+    text = ""
+    for event in handle.events(timeout=120):
+        text += event.text
+        if isinstance(event, FinishEvent):
+            assert event.reason in ("length", "stop"), event
+            return text
+    raise AssertionError("no finish event")
+
+
+def test_least_recently_used_is_unloaded_to_make_room(models_home):
+    host = make_host(models_home, 900)
+    try:
+        assert answer(host.acquire(F32)) and answer(host.acquire(Q4))  # 538 + 98 MB fit
+        assert set(host.slots) == {F32, Q4}
+        host.acquire(F32)  # Q4 is now the least recently used
+        host.acquire(F16)  # 636 + 269 > 900: one must go
+        assert set(host.slots) == {F32, F16}
+        assert host.memory_used() <= 900 * MB
+        # Each is its own model: the weights are what the alias asks for.
+        dtypes = {n: s.engine.loaded.weights_dtype for n, s in host.slots.items()}
+        assert dtypes == {F32: "float32", F16: "float16"}
+        assert answer(host.acquire(F16))
+    finally:
+        host.stop()
+
+
+def test_pinned_models_stay_and_a_model_that_cannot_fit_is_refused(models_home):
+    host = make_host(models_home, 850, pinned_models=[F32])
+    try:
+        host.acquire(F32)
+        host.acquire(Q4)
+        with pytest.raises(NoRoom, match="pinned"):  # 538 + 98 + 269 > 850, and both are pinned now
+            host.load(Q4, pin=True)
+            host.acquire(F16)
+        assert set(host.slots) == {F32, Q4}
+        host.load(Q4, pin=False)
+        host.acquire(F16)  # Q4 (unpinned) makes room; the pinned default stays
+        assert set(host.slots) == {F32, F16}
+        with pytest.raises(ModelTooLarge, match="budget"):
+            make_host(models_home, 300).acquire(F32)
+    finally:
+        host.stop()
+
+
+def test_a_broken_model_fails_clearly_and_the_others_keep_serving(models_home):
+    host = make_host(models_home, 2000)
+    try:
+        good = host.acquire(Q4)
+        with pytest.raises(ModelLoadFailed, match="broken"):
+            host.acquire("broken")
+        with pytest.raises(ModelLoadFailed):  # remembered: clients' retries do not reload it
+            host.acquire("broken")
+        with pytest.raises(ModelNotFound):
+            host.acquire("no-such-model")
+        assert "broken" not in host.slots and host.ready()
+        assert answer(good)
+    finally:
+        host.stop()
+
+
+def test_keep_alive_unloads_idle_models_and_frees_their_memory(models_home):
+    host = make_host(models_home, 2000)
+    try:
+        host.load(F32, keep_alive_s=0.2)
+        before = mx.get_active_memory()
+        host.load(Q4)  # no keep-alive: stays until memory is needed
+        time.sleep(0.4)
+        assert host.unload_expired() == [F32]
+        assert set(host.slots) == {Q4}
+        assert mx.get_active_memory() < before - 400 * MB  # the float32 weights are gone
+        assert answer(host.acquire(Q4))
+    finally:
+        host.stop()

@@ -22,7 +22,8 @@ def test_openapi_document_describes_the_api(server):
     document = httpx.get(f"{server.base_url}/openapi.json", timeout=10).json()
     assert document["openapi"] == "3.1.0"
     for path in ("/v1/chat/completions", "/v1/completions", "/v1/models", "/v1/models/{model_id}",
-                 "/healthz", "/readyz"):
+                 "/healthz", "/readyz", "/v1/admin/models", "/v1/admin/models/{model_id}/load",
+                 "/v1/admin/models/{model_id}/unload"):
         assert path in document["paths"]
     schemas = document["components"]["schemas"]
     # Every reference resolves.

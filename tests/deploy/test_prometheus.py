@@ -156,7 +156,7 @@ def test_every_dashboard_panel_returns_data(stack, redis_client):
         return float(query(prometheus, expr)[0]["value"][1])
 
     assert one('max(impetus_thermal_state)') == -1  # "unknown" off macOS
-    X
+    assert one(f'count(impetus_model_memory_bytes{{model="{DEFAULT_MODEL}"}} > 0)') == 2  # both workers
     assert one('sum(increase(impetus_cache_requests_total{result="hit"}[5m]))') > 0
     assert one('sum(impetus_rate_limited_total{kind="requests"})') >= 1
     keys = {s["metric"]["key"] for s in query(prometheus, "sum by (key) (impetus_generation_tokens_total)")}

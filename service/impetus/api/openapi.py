@@ -15,13 +15,21 @@ ROUTES = [
      schemas.Completion, schemas.Completion),
     ("/v1/models", "get", "List models", None, schemas.ModelList, None),
     ("/v1/models/{model_id}", "get", "Retrieve a model", None, schemas.Model, None),
+    ("/v1/admin/models", "get", "This worker's loaded models and memory budget (admin)", None,
+     schemas.AdminModels, None),
+    ("/v1/admin/models/{model_id}/load", "post", "Load a model, pin it, set its keep-alive (admin)",
+     schemas.AdminLoadRequest, schemas.LoadedModelState, None),
+    ("/v1/admin/models/{model_id}/unload", "post", "Unload a model (admin)", None, schemas.AdminUnloaded, None),
     ("/healthz", "get", "Liveness", None, schemas.Health, None),
     ("/readyz", "get", "Readiness", None, schemas.Health, None),
 ]
 
 ERROR_STATUSES = {
-    "400": "Invalid request", "404": "Not found", "413": "Body too large",
-    "415": "Not JSON", "503": "Overloaded or not ready",
+    "400": "Invalid request", "401": "No or wrong API key", "403": "The key lacks the admin scope",
+    "404": "Not found", "409": "The model is busy", "413": "Body too large", "415": "Not JSON",
+    "429": "Over a rate limit", "500": "The model could not be loaded",
+    "503": "Overloaded, not ready, or no room for the model",
+    "507": "The model exceeds the memory budget",
 }
 
 

@@ -214,6 +214,18 @@ class Model(_Response):
     object: Literal["model"] = "model"
     created: int
     owned_by: str = "impetus"
+    # Extensions: a request for a model that is not loaded loads it.
+    loaded: bool = False
+    pinned: bool = False
+    alias_of: str | None = None
+    parameters: int | None = None
+    quantization: str | None = None
+    context_length: int | None = None
+    size_bytes: int | None = None
+    chat_template: bool | None = None
+    source: str | None = None
+    memory_bytes: int | None = None
+    weights_dtype: str | None = None
 
 
 class ModelList(_Response):
@@ -243,3 +255,33 @@ class AdminLoadRequest(_Request):
     pin: bool | None = Field(None, description="Never unload it to make room or for idleness.")
     keep_alive: float | None = Field(
         None, ge=0, description="Seconds it may stay idle before it is unloaded; 0: until memory is needed.")
+
+
+class LoadedModelState(_Response):
+    id: str
+    pinned: bool
+    keep_alive_s: float | None = None
+    idle_s: float
+    memory_bytes: int
+    weights_dtype: str
+    load_seconds: float
+    running: int
+    waiting: int
+    max_batch_size: int
+    in_flight: int
+
+
+class AdminModels(_Response):
+    """GET /v1/admin/models: the answering worker's models."""
+
+    worker_pid: int
+    budget_bytes: int
+    used_bytes: int
+    loaded: list[LoadedModelState]
+    available: list[str]
+
+
+class AdminUnloaded(_Response):
+    id: str
+    unloaded: bool
+    worker_pid: int

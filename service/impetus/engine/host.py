@@ -110,12 +110,17 @@ class EngineHost:
     def load(self, name: str, pin: bool | None = None, keep_alive_s: float | None = None,
              progress=log.info) -> Engine:
         """Load a model (a name, alias or folder path), or return it if loaded;
-        pin and keep_alive_s, when given, apply either way."""
+        pin and keep_alive_s, when given, apply either way. A folder given by its
+        path is served under the folder's name."""
+        entry = None
+        if name not in self.slots and name not in self._loading:
+            entry = self.registry.find(name, progress=progress)  # ModelNotFound: 404
+            name = entry.name
         while name in self._loading:  # another greenlet is loading it: wait for that
             self._loading[name].wait()
         slot = self.slots.get(name)
         if slot is None:
-            slot = self._load_new(name, pin, keep_alive_s, progress)
+            slot = self._load_new(entry or self.registry.find(name, progress=progress), pin, keep_alive_s)
         if pin is not None:
             slot.pinned = pin
         if keep_alive_s is not None:
@@ -123,9 +128,9 @@ class EngineHost:
         slot.last_used = time.monotonic()
         return slot.engine
 
-    def _load_new(self, name: str, pin: bool | None, keep_alive_s: float | None, progress) -> Slot:
-        entry = self.registry.find(name, progress=progress)  # ModelNotFound: 404
-        failure = self._failures.get(entry.name)
+    def _load_new(self, entry: ModelEntry, pin: bool | None, keep_alive_s: float | None) -> Slot:
+        name = entry.name
+        failure = self._failures.get(name)
         if failure and time.monotonic() - failure[1] < FAILURE_MEMORY_S:
             raise ModelLoadFailed(failure[0])
         dtype = loader.choose_weights_dtype(entry.weights_dtype or self.settings.weights_dtype)

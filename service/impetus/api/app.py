@@ -16,10 +16,11 @@ from impetus.metrics.middleware import MetricsMiddleware
 from impetus.metrics.resource import MetricsResource
 
 
-def create_app(settings, host, waker, gateway=None, metrics=None) -> falcon.App:
+def create_app(settings, host, waker, gateway=None, metrics=None, broadcast=None) -> falcon.App:
     """`host` holds this process's engines; `waker` wakes greenlets from them;
     `gateway` (keys and limits on Redis) is None when keys are not required;
-    `metrics` is None when nothing is measured (tests of the app alone)."""
+    `metrics` is None when nothing is measured (tests of the app alone);
+    `broadcast` carries admin model actions to the other workers (with Redis)."""
     middleware = [RequestIdMiddleware()]
     if metrics is not None:
         middleware.insert(0, MetricsMiddleware(metrics))
@@ -39,8 +40,8 @@ def create_app(settings, host, waker, gateway=None, metrics=None) -> falcon.App:
     app.add_route("/v1/models", ModelsResource(host))
     app.add_route("/v1/models/{model_id:path}", ModelResource(host))
     app.add_route("/v1/admin/models", AdminModelsResource(host))
-    app.add_route("/v1/admin/models/{model_id}/load", AdminModelLoadResource(host))
-    app.add_route("/v1/admin/models/{model_id}/unload", AdminModelUnloadResource(host))
+    app.add_route("/v1/admin/models/{model_id}/load", AdminModelLoadResource(host, broadcast))
+    app.add_route("/v1/admin/models/{model_id}/unload", AdminModelUnloadResource(host, broadcast))
     app.add_route("/healthz", LivenessResource())
     app.add_route("/readyz", ReadinessResource(host, gateway))
     app.add_route("/v1/status", StatusResource(host, gateway))

@@ -259,6 +259,7 @@ class AdminLoadRequest(_Request):
 
 class LoadedModelState(_Response):
     id: str
+    other_workers_told: int | None = None  # in answers to load
     pinned: bool
     keep_alive_s: float | None = None
     idle_s: float
@@ -283,5 +284,6 @@ class AdminModels(_Response):
 
 class AdminUnloaded(_Response):
     id: str
-    unloaded: bool
+    unloaded: bool  # in the answering worker
     worker_pid: int
+    other_workers_told: int | None = None  # None: no Redis, this worker only

@@ -8,12 +8,13 @@ from impetus.gateway.middleware import AuthMiddleware, RateLimitMiddleware
 from impetus.gateway.ratelimit import RateLimiter
 
 
-def connect(url: str):
-    """A Redis client that fails fast: a request must never hang on Redis."""
+def connect(url: str, read_timeout: float | None = 1.0):
+    """A Redis client that fails fast: a request must never hang on Redis.
+    (read_timeout=None: for a subscriber, which waits for messages.)"""
     import redis
 
-    return redis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=0.5, socket_timeout=1.0,
-                                health_check_interval=10)
+    return redis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=0.5,
+                                socket_timeout=read_timeout, health_check_interval=10)
 
 
 class Gateway:
@@ -24,6 +25,11 @@ class Gateway:
         self.limiter = RateLimiter(self.redis)
         self.cache = ResponseCache(self.redis, ttl_s=settings.cache_ttl_s)
         self.settings = settings
+
+    def model_broadcast(self, host):
+        from impetus.gateway.broadcast import ModelBroadcast
+
+        return ModelBroadcast(self.redis, connect(self.settings.effective_redis_url, read_timeout=None), host)
 
     def middleware(self) -> list:
         return [

@@ -66,12 +66,14 @@ class ImpetusApplication(BaseApplication):
             # instead of respawning a worker that cannot boot.
             raise AppImportError(f"impetus: cannot load model {self.settings.model!r}: {error}") from error
         gevent.spawn(self._housekeeping, metrics)
-        gateway = None
+        gateway = broadcast = None
         if self.settings.require_api_keys:
             from impetus.gateway import Gateway
 
             gateway = Gateway(self.settings, metrics=metrics)
-        return create_app(self.settings, self.host, GeventWaker(), gateway, metrics)
+            broadcast = gateway.model_broadcast(self.host)
+            gevent.spawn(broadcast.listen_forever)
+        return create_app(self.settings, self.host, GeventWaker(), gateway, metrics, broadcast)
 
     def _housekeeping(self, metrics):
         # Engine gauges are written by each worker and summed at scrape time.

@@ -90,6 +90,31 @@ def default_gguf() -> Path:
 
 
 @pytest.fixture(scope="session")
+def models_home(data_dir, tmp_path_factory) -> Path:
+    """A data dir of its own (its aliases must not show in other tests' model
+    lists) sharing the default model's folder, with two aliases that serve it
+    with other weights, so each is a model of its own with its own memory
+    (float32 ~538 MB, smol-f16 ~269 MB, smol-q4 ~98 MB), and two broken models:
+    "broken" (its safetensors file is garbage) and "broken-weights" (a valid
+    file without the weights)."""
+    from impetus.models.registry import Registry
+
+    home = tmp_path_factory.mktemp("models-home")
+    (home / "models").mkdir()
+    (home / "models" / DEFAULT_MODEL).symlink_to(data_dir / "models" / DEFAULT_MODEL)
+    registry = Registry(home / "models")
+    registry.add_alias("smol-f16", DEFAULT_MODEL, "float16")
+    registry.add_alias("smol-q4", DEFAULT_MODEL, "stored")
+    for name, weights in (("broken", b"not a safetensors file at all"),
+                          ("broken-weights", b"\x02\x00\x00\x00\x00\x00\x00\x00{}")):
+        folder = home / "models" / name
+        folder.mkdir()
+        (folder / "config.json").write_bytes((data_dir / "models" / DEFAULT_MODEL / "config.json").read_bytes())
+        (folder / "model.safetensors").write_bytes(weights)
+    return home
+
+
+@pytest.fixture(scope="session")
 def settings(data_dir) -> Settings:
     return Settings(data_dir=data_dir, model=DEFAULT_MODEL)
 

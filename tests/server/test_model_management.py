@@ -4,7 +4,6 @@ refused while the others keep serving; the admin API and CLI that steer it."""
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 import threading
@@ -14,7 +13,6 @@ import httpx
 import pytest
 
 from impetus.api import schemas
-from impetus.models.registry import Registry
 from impetus.models.store import DEFAULT_MODEL
 
 from conftest import Server
@@ -26,18 +24,8 @@ BUDGET = 850 * 10**6  # F32 + Q4 fit, F32 + F16 fit, all three do not
 
 
 @pytest.fixture(scope="module")
-def server(data_dir, tmp_path_factory):
-    home = tmp_path_factory.mktemp("models-server")
-    (home / "models").mkdir()
-    (home / "models" / DEFAULT_MODEL).symlink_to(data_dir / "models" / DEFAULT_MODEL)
-    registry = Registry(home / "models")
-    registry.add_alias(F16, DEFAULT_MODEL, "float16")
-    registry.add_alias(Q4, DEFAULT_MODEL, "stored")
-    broken = home / "models" / "broken"
-    broken.mkdir()
-    shutil.copy(data_dir / "models" / DEFAULT_MODEL / "config.json", broken)
-    (broken / "model.safetensors").write_bytes(b"not a safetensors file at all")
-    srv = Server(home, home / "server.log", memory_budget_bytes=BUDGET)
+def server(models_home):
+    srv = Server(models_home, models_home / "server.log", memory_budget_bytes=BUDGET)
     yield srv
     srv.stop()
     assert "Traceback" not in srv.logs()
@@ -63,7 +51,7 @@ def test_every_model_is_listed_loaded_or_not(server):
     listing = httpx.get(f"{server.base_url}/v1/models", timeout=10).json()
     schemas.ModelList.model_validate(listing)
     models = {m["id"]: m for m in listing["data"]}
-    assert set(models) == {F32, F16, Q4, "broken"}
+    assert set(models) == {F32, F16, Q4, "broken", "broken-weights"}
     assert models[F32]["loaded"] and not models[Q4]["loaded"]
     assert models[Q4]["alias_of"] == DEFAULT_MODEL and models[Q4]["owned_by"] == "impetus"
     assert models[F32]["parameters"] > 100e6 and models[F32]["context_length"] == 8192

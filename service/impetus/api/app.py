@@ -5,6 +5,8 @@ from __future__ import annotations
 import falcon
 
 from impetus.api.admin import AdminModelLoadResource, AdminModelsResource, AdminModelUnloadResource
+from impetus.api.admin_events import AdminEventsResource
+from impetus.api.admin_keys import AdminKeyResource, AdminKeysResource
 from impetus.api.chat import ChatCompletionsResource
 from impetus.api.completions import CompletionsResource
 from impetus.api.errors import handle_http_error, handle_unexpected
@@ -42,6 +44,9 @@ def create_app(settings, host, waker, gateway=None, metrics=None, broadcast=None
     app.add_route("/v1/admin/models", AdminModelsResource(host))
     app.add_route("/v1/admin/models/{model_id}/load", AdminModelLoadResource(host, broadcast))
     app.add_route("/v1/admin/models/{model_id}/unload", AdminModelUnloadResource(host, broadcast))
+    app.add_route("/v1/admin/keys", AdminKeysResource(gateway, settings))
+    app.add_route("/v1/admin/keys/{name}", AdminKeyResource(gateway))
+    app.add_route("/v1/admin/events", AdminEventsResource(host, gateway))
     app.add_route("/healthz", LivenessResource())
     app.add_route("/readyz", ReadinessResource(host, gateway))
     app.add_route("/v1/status", StatusResource(host, gateway))

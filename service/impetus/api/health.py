@@ -68,25 +68,31 @@ class StatusResource:
         self.started = time.time()
 
     def on_get(self, req, resp):
-        import mlx.core as mx
+        resp.media = status_snapshot(self.host, self.gateway, self.started)
 
-        engines = []
-        for engine in self.host.engines.values():
-            loaded = engine.loaded
-            engines.append({**engine.snapshot(), "weights_dtype": loaded.weights_dtype,
-                            "weights_bytes": loaded.nbytes, "context_length": loaded.context_length,
-                            "load_seconds": round(loaded.load_seconds, 3), "revision": loaded.revision})
-        resp.media = {
-            "status": "ready" if self.host.ready() else "not ready",
-            "uptime_s": round(time.time() - self.started, 1),
-            "worker_pid": os.getpid(),
-            "versions": {"impetus": __version__, "mlx": _version("mlx"), "mlx_lm": _version("mlx-lm"),
-                         "python": platform.python_version()},
-            "hardware": {"cpu": info.cpu_name(), "cores": os.cpu_count(), "memory_bytes": info.total_memory_bytes(),
-                         "mlx_device": info.mlx_device(), "blas": blas.blas_in_use(),
-                         "thermal_state": info.thermal_state_name(info.thermal_state()),
-                         "mlx_active_memory_bytes": mx.get_active_memory(),
-                         "mlx_peak_memory_bytes": mx.get_peak_memory()},
-            "redis": redis_state(self.gateway),
-            "engines": engines,
-        }
+
+def status_snapshot(host, gateway, started: float) -> dict:
+    import mlx.core as mx
+
+    engines = []
+    for engine in host.engines.values():
+        loaded = engine.loaded
+        engines.append({**engine.snapshot(), "weights_dtype": loaded.weights_dtype,
+                        "weights_bytes": loaded.nbytes, "context_length": loaded.context_length,
+                        "load_seconds": round(loaded.load_seconds, 3), "revision": loaded.revision})
+    return {
+        "status": "ready" if host.ready() else "not ready",
+        "uptime_s": round(time.time() - started, 1),
+        "worker_pid": os.getpid(),
+        "versions": {"impetus": __version__, "mlx": _version("mlx"), "mlx_lm": _version("mlx-lm"),
+                     "python": platform.python_version()},
+        "hardware": {"cpu": info.cpu_name(), "cores": os.cpu_count(), "memory_bytes": info.total_memory_bytes(),
+                     "mlx_device": info.mlx_device(), "blas": blas.blas_in_use(),
+                     "thermal_state": info.thermal_state_name(info.thermal_state()),
+                     "mlx_active_memory_bytes": mx.get_active_memory(),
+                     "mlx_peak_memory_bytes": mx.get_peak_memory()},
+        "redis": redis_state(gateway),
+        "engines": engines,
+    }
+
+

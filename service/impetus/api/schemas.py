@@ -287,3 +287,13 @@ class AdminUnloaded(_Response):
     unloaded: bool  # in the answering worker
     worker_pid: int
     other_workers_told: int | None = None  # None: no Redis, this worker only
+
+
+class AdminKeyCreate(_Request):
+    """POST /v1/admin/keys"""
+
+    name: str = Field(..., min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._@-]*$")
+    admin: bool = False
+    rpm: int | None = Field(None, ge=1, description="Requests per minute; default: the server's.")
+    tpm: int | None = Field(None, ge=1, description="Tokens per minute; default: the server's.")
+    expires_days: float | None = Field(None, gt=0)

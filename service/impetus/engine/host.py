@@ -86,6 +86,7 @@ class EngineHost:
         self._loading: dict[str, threading.Event] = {}
         self._reserved: dict[str, int] = {}  # memory of loads in progress
         self._failures: dict[str, tuple[str, float]] = {}
+        self.stopping = False  # set when the worker begins to shut down: long streams end
 
     @property
     def engines(self) -> dict[str, Engine]:

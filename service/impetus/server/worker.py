@@ -36,12 +36,21 @@ class ImpetusGeventWorker(GeventWorker):
         current = gevent.getcurrent()
         self._in_request.add(current)
         try:
-            return super().handle_request(listener_name, req, sock, addr)
+            kept = super().handle_request(listener_name, req, sock, addr)
         finally:
             self._in_request.discard(current)
+        if not self.alive:
+            # Keep-alive was decided when the request began; a request that
+            # began before the shutdown (a stream) must not leave its
+            # connection waiting for a next request either.
+            raise StopIteration()
+        return kept
 
     def handle_exit(self, sig, frame):
         super().handle_exit(sig, frame)
+        host = getattr(self.app, "host", None)  # the ImpetusApplication's engines
+        if host is not None:
+            host.stopping = True  # endless streams (the dashboard's events) end now
         # Not in the signal handler itself: killing greenlets switches to them.
         gevent.spawn(self._close_idle_connections)
 
@@ -50,8 +59,8 @@ class ImpetusGeventWorker(GeventWorker):
         # request can be lost by ending it (the client sees a closed idle
         # connection, as with any keep-alive timeout). Shutting the socket
         # down makes that read see EOF, which Gunicorn treats as the client
-        # leaving. Requests that finish from now on close their connection,
-        # since the worker is no longer alive.
+        # leaving. Requests that finish from now on close their connection
+        # (handle_request above).
         for handler, client in list(self._connections.items()):
             if handler not in self._in_request:
                 _shutdown_quietly(client)

@@ -1,0 +1,81 @@
+"""The operator's key controls (admin scope), the API beside `impetus keys`:
+
+GET    /v1/admin/keys          every key: name, prefix, scopes, limits, usage
+POST   /v1/admin/keys          make one; the key is in this answer only
+DELETE /v1/admin/keys/{name}   revoke it, at once in every worker
+"""
+
+from __future__ import annotations
+
+from redis.exceptions import RedisError
+
+from impetus.api.errors import APIError
+from impetus.api.schemas import AdminKeyCreate
+from impetus.api.validation import parse
+from impetus.gateway.keys import KeyExists, KeyNotFound
+
+
+def describe(record, usage: dict | None = None) -> dict:
+    usage = usage or {}
+    return {"name": record.name, "prefix": record.prefix, "scopes": record.scopes, "rpm": record.rpm,
+            "tpm": record.tpm, "created": record.created, "expires": record.expires,
+            "usage": {"requests": int(usage.get("requests", 0)),
+                      "prompt_tokens": int(usage.get("prompt_tokens", 0)),
+                      "completion_tokens": int(usage.get("completion_tokens", 0)),
+                      "last_used": float(usage["last_used"]) if usage.get("last_used") else None}}
+
+
+def _keys(gateway):
+    if gateway is None:
+        raise APIError(404, "API keys are not enabled on this server (IMPETUS_REQUIRE_API_KEYS=true enables them).",
+                       code="keys_disabled")
+    return gateway.keys
+
+
+def _redis_down(error) -> APIError:
+    return APIError(503, f"The key store (Redis) is unavailable: {error}. Please retry shortly.",
+                    type="server_error", code="redis_unavailable", headers={"Retry-After": "5"})
+
+
+class AdminKeysResource:
+    def __init__(self, gateway, settings):
+        self.gateway = gateway
+        self.settings = settings
+
+    def on_get(self, req, resp):
+        keys = _keys(self.gateway)
+        try:
+            listed = keys.list()
+        except RedisError as error:
+            raise _redis_down(error) from error
+        resp.media = {"object": "list", "default_rpm": self.settings.default_rpm,
+                      "default_tpm": self.settings.default_tpm,
+                      "data": [describe(record, usage) for record, usage in listed]}
+
+    def on_post(self, req, resp):
+        keys = _keys(self.gateway)
+        body = parse(AdminKeyCreate, req.context.json)
+        try:
+            key, record = keys.create(body.name, admin=body.admin, rpm=body.rpm, tpm=body.tpm,
+                                      expires_days=body.expires_days)
+        except KeyExists as error:
+            raise APIError(409, str(error).capitalize() + ".", param="name", code="key_exists") from error
+        except RedisError as error:
+            raise _redis_down(error) from error
+        resp.status = 201
+        resp.media = {**describe(record), "key": key}
+
+
+class AdminKeyResource:
+    def __init__(self, gateway):
+        self.gateway = gateway
+
+    def on_delete(self, req, resp, name):
+        keys = _keys(self.gateway)
+        try:
+            record = keys.revoke(name)
+        except KeyNotFound as error:
+            raise APIError(404, str(error).capitalize() + ".", param="name", code="key_not_found") from error
+        except RedisError as error:
+            raise _redis_down(error) from error
+        resp.media = {"name": record.name, "revoked": True}

@@ -13,19 +13,24 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || command -v sudo >/dev/null && [ "$$(id -u
 # and check every panel of the Grafana dashboard (in production they run in compose).
 APT_PACKAGES := libopenblas0-pthread redis-server nginx openssl \
 	prometheus prometheus-redis-exporter prometheus-nginx-exporter
-BREW_PACKAGES := redis nginx prometheus redis_exporter nginx-prometheus-exporter
+# Node.js builds the dashboard (Debian's 18 is enough for Vite 6).
+NODE_OK := $(shell command -v npm >/dev/null 2>&1 && echo yes)
+ifneq ($(NODE_OK),yes)
+APT_PACKAGES += nodejs npm
+endif
+BREW_PACKAGES := redis nginx node prometheus redis_exporter nginx-prometheus-exporter
 # Debian's own python3 needs python3-venv for `python -m venv`; others ship it.
 VENV_OK := $(shell $(PYTHON) -c "import ensurepip, venv" 2>/dev/null && echo yes)
 ifneq ($(VENV_OK),yes)
 APT_PACKAGES += python3-venv
 endif
 
-.PHONY: run test setup system-deps model bench doctor cert clean
+.PHONY: run test setup system-deps test-deps model dashboard bench doctor cert clean
 
 run: setup
 	$(BIN)/impetus up
 
-test: setup
+test: setup test-deps
 	$(BIN)/python -m pytest -v --durations=15
 
 bench: setup
@@ -38,7 +43,23 @@ doctor: setup
 cert: setup
 	$(BIN)/impetus tls
 
-setup: system-deps $(STAMP) model
+setup: system-deps $(STAMP) model dashboard
+
+# The operator's dashboard: TypeScript + Vite, built into dashboard/dist, which nginx serves.
+DASHBOARD_SOURCES := $(wildcard dashboard/src/*.ts dashboard/src/*/*.ts dashboard/src/*.css) \
+	dashboard/index.html dashboard/package.json dashboard/package-lock.json dashboard/vite.config.js
+dashboard: dashboard/dist/index.html
+
+dashboard/dist/index.html: $(DASHBOARD_SOURCES)
+	cd dashboard && npm ci --no-audit --no-fund --loglevel=error && npm run build --silent
+
+# The dashboard's browser tests drive Debian's Chromium (Playwright's own browser
+# download does not work offline); on macOS, an installed Chrome or Chromium.
+test-deps:
+ifeq ($(UNAME),Linux)
+	@dpkg -s chromium >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends chromium; }
+endif
 
 system-deps:
 ifeq ($(UNAME),Linux)
@@ -67,4 +88,4 @@ model: $(STAMP)
 	@$(BIN)/impetus models ensure >/dev/null
 
 clean:
-	rm -rf $(VENV) test-artifacts .pytest_cache
+	rm -rf $(VENV) test-artifacts .pytest_cache dashboard/node_modules dashboard/dist

@@ -131,8 +131,17 @@ class Server:
         self.port = free_port()
         self.log = log
         self.base_url = f"http://127.0.0.1:{self.port}"
-        environment = {"IMPETUS_DATA_DIR": str(data_dir), **{f"IMPETUS_{k.upper()}": str(v) for k, v in env.items()}}
-        self.process = start_server(self.port, log, environment)
+        self.environment = {"IMPETUS_DATA_DIR": str(data_dir),
+                            **{f"IMPETUS_{k.upper()}": str(v) for k, v in env.items()}}
+        self.process = start_server(self.port, log, self.environment)
+
+    def restart(self, down_for: float = 0.0) -> None:
+        """Stop, stay down a while, and start again on the same port."""
+        import time
+
+        self.stop()
+        time.sleep(down_for)
+        self.process = start_server(self.port, self.log.with_suffix(".restarted.log"), self.environment)
 
     def logs(self) -> str:
         return self.log.read_text(errors="replace")

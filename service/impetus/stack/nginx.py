@@ -9,7 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from string import Template
 
-TEMPLATES = Path(__file__).resolve().parents[3] / "nginx"
+REPO = Path(__file__).resolve().parents[3]
+TEMPLATES = REPO / "nginx"
+DASHBOARD = REPO / "dashboard" / "dist"
 
 
 @dataclass
@@ -24,6 +26,7 @@ class NginxConfig:
     admin_allow: tuple[str, ...] = ()  # addresses besides loopback allowed /metrics and admin
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    dashboard_dir: Path = DASHBOARD  # the built dashboard (may be absent: nginx answers 404 there)
 
 
 def render(config: NginxConfig, templates: Path = TEMPLATES) -> Path:
@@ -50,6 +53,7 @@ def render(config: NginxConfig, templates: Path = TEMPLATES) -> Path:
         "CONN_PER_CLIENT": str(config.conn_per_client),
         "ADMIN_ALLOW": " ".join(f"allow {a};" for a in allowed),
         "ADMIN_ALLOW_NOTE": f" and {', '.join(config.admin_allow)}" if config.admin_allow else "",
+        "DASHBOARD_DIR": str(config.dashboard_dir),
     }
     for name in ("nginx.conf", "impetus-http.conf", "impetus-server.conf"):
         text = Template((templates / name).read_text()).safe_substitute(values)

@@ -133,6 +133,12 @@ def run(settings, public_host: str, public_port: int, tls: bool = False) -> int:
 
         admin_key = _first_admin_key(redis_url)
         print(f"impetus is up: {endpoint}/v1", flush=True)
+        from impetus.stack.nginx import DASHBOARD
+
+        if (DASHBOARD / "index.html").exists():
+            console.print(f"dashboard: {endpoint}/dashboard/ (sign in with an admin key)")
+        else:
+            console.print("dashboard: not built (make dashboard)")
         if admin_key:
             console.print("first start: an admin key was created; it is shown once, now:")
             print(f"admin key: {admin_key}", flush=True)

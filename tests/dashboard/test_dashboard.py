@@ -1,0 +1,175 @@
+"""The dashboard in a real browser (Debian's Chromium, driven by Playwright)
+against the real stack: a keyed server on Redis, nginx serving the built
+dashboard. Screenshots of each page go to test-artifacts/dashboard/."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from impetus.gateway.keys import KeyStore
+from impetus.models.store import DEFAULT_MODEL
+from impetus.stack.nginx import DASHBOARD
+
+from conftest import Server
+from processes import start_nginx, stop
+
+pytestmark = pytest.mark.slow
+
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "dashboard"
+BROWSERS = ["/usr/bin/chromium", "/usr/bin/chromium-browser",
+            "/Applications/Chromium.app/Contents/MacOS/Chromium",
+            "/Applications/Google Chrome.app/Contents/MacOS/Google Chrome"]
+# Chromium on a machine with a closed network: no background connections.
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
+                 "--disable-background-networking", "--disable-component-update"]
+
+
+def browser_path() -> str:
+    for path in BROWSERS:
+        if Path(path).exists():
+            return path
+    raise FileNotFoundError("no Chromium found: make test installs Debian's chromium")
+
+
+@pytest.fixture(scope="module")
+def stack(data_dir, redis_server, tmp_path_factory):
+    assert (DASHBOARD / "index.html").exists(), "the dashboard is not built (make dashboard)"
+    work = tmp_path_factory.mktemp("dashboard")
+    server = Server(data_dir, work / "server.log", require_api_keys="true", redis_url=redis_server.url)
+    nginx, url = start_nginx(work / "nginx", f"127.0.0.1:{server.port}")
+    yield {"server": server, "url": url}
+    stop(nginx)
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def page(stack):
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=browser_path(), args=CHROMIUM_ARGS)
+        context = browser.new_context(viewport={"width": 1280, "height": 860})
+        page = context.new_page()
+        page.set_default_timeout(30_000)
+        errors = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        yield page
+        context.close()
+        browser.close()
+    assert not errors, errors
+
+
+def shot(page, name: str) -> None:
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+@pytest.fixture(scope="module")
+def admin_key(redis_server):
+    return KeyStore(redis_server.client()).create("dashboard-admin", admin=True)[0]
+
+
+def test_sign_in_refuses_a_bad_key_and_shows_the_loaded_model(stack, page, admin_key, redis_server):
+    user_key, _ = KeyStore(redis_server.client()).create("dashboard-user")
+    page.goto(f"{stack['url']}/dashboard/")
+    page.fill("input[name=key]", "imp_not-a-real-key")
+    page.click("button[type=submit]")
+    page.get_by_text("That key is not valid.").wait_for()
+    page.fill("input[name=key]", user_key)
+    page.click("button[type=submit]")
+    page.get_by_text("That key has no admin scope.").wait_for()
+    shot(page, "1-sign-in-refused")
+    page.fill("input[name=key]", admin_key)
+    page.click("button[type=submit]")
+    page.locator("[data-test=connection]", has_text="live").wait_for()
+    card = page.locator("[data-test=models-card]")
+    card.get_by_text(DEFAULT_MODEL).wait_for()
+    assert "loaded" in card.inner_text()
+    assert page.locator("[data-test=thermal]").inner_text() == ("unknown" if sys.platform == "linux" else
+                                                               page.locator("[data-test=thermal]").inner_text())
+    # The key lives in this tab's session storage, never in the address.
+    assert admin_key not in page.url
+    assert page.evaluate("sessionStorage.getItem('impetus.adminKey')") == admin_key
+    shot(page, "2-overview")
+
+
+def test_playground_streams_an_answer(stack, page):
+    page.click("nav >> text=Playground")
+    page.locator("select[name=model] option", has_text=DEFAULT_MODEL).wait_for(state="attached")
+    page.fill("textarea[name=prompt]", "What is the capital of France?")
+    page.fill("input[name=temperature]", "0")  # greedy: the answer is known
+    # Record every length the answer takes while it streams in.
+    page.evaluate("""() => {
+        window.__lengths = [];
+        new MutationObserver(() => {
+            const answer = document.querySelector('[data-test=answer]');
+            if (answer) window.__lengths.push(answer.textContent.length);
+        }).observe(document.querySelector('[data-test=transcript]'), {subtree: true, childList: true, characterData: true});
+    }""")
+    page.click("button:has-text('Send')")
+    page.locator("[data-test=answer-figures]", has_text="tokens/s").wait_for()
+    answer = page.locator("[data-test=answer]").inner_text()
+    assert "Paris" in answer
+    lengths = [n for n in page.evaluate("window.__lengths") if n]
+    assert len(set(lengths)) >= 3, f"the answer arrived in one piece: {lengths}"
+    shot(page, "3-playground")
+
+
+def test_keys_are_created_shown_once_and_revoked(stack, page):
+    page.click("nav >> text=Keys")
+    page.locator("[data-test=keys-table]").wait_for()
+    page.fill("form[data-test=create-key] input[name=name]", "made-in-browser")
+    page.fill("form[data-test=create-key] input[name=rpm]", "42")
+    page.click("form[data-test=create-key] button[type=submit]")
+    new_key = page.locator("[data-test=new-key] code").inner_text()
+    assert new_key.startswith("imp_")
+    row = page.locator("tr[data-key=made-in-browser]")
+    assert "42 rpm" in row.inner_text()
+    shot(page, "4-keys-created")
+    assert httpx.get(f"{stack['url']}/v1/models", headers={"Authorization": f"Bearer {new_key}"}).status_code == 200
+    page.once("dialog", lambda dialog: dialog.accept())
+    row.get_by_role("button", name="Revoke").click()
+    row.wait_for(state="detached")
+    assert httpx.get(f"{stack['url']}/v1/models", headers={"Authorization": f"Bearer {new_key}"}).status_code == 401
+    shot(page, "5-keys-revoked")
+
+
+def test_live_charts_move_with_traffic(stack, page, admin_key):
+    page.click("nav >> text=Live")
+    chart = page.locator("[data-test='chart-tok/s']")
+    chart.locator("canvas").wait_for()
+    before = int(page.locator("[data-test=requests-total] .value").inner_text())
+    for _ in range(3):
+        httpx.post(f"{stack['url']}/v1/chat/completions", timeout=60, headers={"Authorization": f"Bearer {admin_key}"},
+                   json={"model": DEFAULT_MODEL, "max_tokens": 8, "messages": [{"role": "user", "content": "Hi!"}]})
+    page.wait_for_function(
+        f"() => Number(document.querySelector('[data-test=requests-total] .value').textContent) >= {before + 3}")
+    points = int(chart.get_attribute("data-points"))
+    page.wait_for_function(f"() => Number(document.querySelector(\"[data-test='chart-tok/s']\").dataset.points) > {points}")
+    shot(page, "6-live")
+
+
+def test_the_page_survives_a_server_restart(stack, page):
+    page.evaluate("window.__not_reloaded = true")
+    stack["server"].restart(down_for=3)
+    page.locator("[data-test=connection]", has_text="live").wait_for(timeout=60_000)
+    assert page.evaluate("window.__not_reloaded") is True
+    page.locator("[data-test=connection]", has_text="live").wait_for()
+    shot(page, "7-after-restart")
+
+
+def test_models_page_and_a_phone_screen(stack, page):
+    page.click("nav >> text=Models")
+    row = page.locator(f"tr[data-model='{DEFAULT_MODEL}']")
+    row.get_by_text("loaded").wait_for()
+    shot(page, "8-models")
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.click("nav >> text=Overview")
+    page.locator("[data-test=models-card]").wait_for()
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390 + 1  # nothing sideways
+    shot(page, "9-phone-overview")

@@ -135,12 +135,8 @@ class Server:
                             **{f"IMPETUS_{k.upper()}": str(v) for k, v in env.items()}}
         self.process = start_server(self.port, log, self.environment)
 
-    def restart(self, down_for: float = 0.0) -> None:
-        """Stop, stay down a while, and start again on the same port."""
-        import time
-
-        self.stop()
-        time.sleep(down_for)
+    def start_again(self) -> None:
+        """After stop(): the same server on the same port."""
         self.process = start_server(self.port, self.log.with_suffix(".restarted.log"), self.environment)
 
     def logs(self) -> str:

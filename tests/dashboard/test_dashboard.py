@@ -155,21 +155,47 @@ def test_live_charts_move_with_traffic(stack, page, admin_key):
 
 
 def test_the_page_survives_a_server_restart(stack, page):
+    page.click("nav >> text=Overview")
     page.evaluate("window.__not_reloaded = true")
-    stack["server"].restart(down_for=3)
+    stack["server"].stop()
+    page.locator("[data-test=connection]", has_text="reconnecting").wait_for()
+    page.get_by_text("The server cannot be reached. Reconnecting…").wait_for()
+    shot(page, "7-server-down")
+    stack["server"].start_again()
     page.locator("[data-test=connection]", has_text="live").wait_for(timeout=60_000)
-    assert page.evaluate("window.__not_reloaded") is True
-    page.locator("[data-test=connection]", has_text="live").wait_for()
-    shot(page, "7-after-restart")
+    page.get_by_text("The server cannot be reached").wait_for(state="detached")
+    assert page.evaluate("window.__not_reloaded") is True  # reconnected by itself, no reload
+    page.locator("[data-test=models-card]").get_by_text(DEFAULT_MODEL).wait_for()
+    shot(page, "8-after-restart")
 
 
-def test_models_page_and_a_phone_screen(stack, page):
+def test_models_can_be_pinned_and_unpinned(stack, page):
     page.click("nav >> text=Models")
     row = page.locator(f"tr[data-model='{DEFAULT_MODEL}']")
     row.get_by_text("loaded").wait_for()
-    shot(page, "8-models")
+    row.get_by_role("button", name="Pin").click()
+    row.locator(".tag", has_text="pinned").wait_for()
+    shot(page, "9-models-pinned")
+    row.get_by_role("button", name="Unpin").click()
+    row.locator(".tag", has_text="pinned").wait_for(state="detached")
+
+
+def test_a_phone_screen(stack, page):
     page.set_viewport_size({"width": 390, "height": 844})
     page.click("nav >> text=Overview")
     page.locator("[data-test=models-card]").wait_for()
     assert page.evaluate("document.documentElement.scrollWidth") <= 390 + 1  # nothing sideways
-    shot(page, "9-phone-overview")
+    shot(page, "10-phone-overview")
+    page.set_viewport_size({"width": 1280, "height": 860})
+
+
+def test_redis_down_is_shown_and_the_page_keeps_working(stack, page, redis_server):
+    """Last in this module: the test Redis keeps nothing, so its keys are gone after."""
+    page.click("nav >> text=Overview")
+    redis_server.stop()
+    try:
+        page.get_by_text("Redis is unreachable").first.wait_for()
+        assert page.locator("[data-test=connection]").inner_text() == "live"  # degraded, not down
+        shot(page, "11-redis-down")
+    finally:
+        redis_server.start()

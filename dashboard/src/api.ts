@@ -52,6 +52,30 @@ export async function api<T = any>(method: string, path: string, body?: unknown)
   return response.json();
 }
 
+// The events of a text/event-stream body, as they arrive.
+async function* serverSentEvents(body: ReadableStream<Uint8Array>): AsyncGenerator<{ event: string; data: string }> {
+  const reader = body.getReader();
+  const decoder = new TextDecoder();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buffer += decoder.decode(value, { stream: true });
+    let end: number;
+    while ((end = buffer.indexOf("\n\n")) >= 0) {
+      const block = buffer.slice(0, end);
+      buffer = buffer.slice(end + 2);
+      let event = "message";
+      const data: string[] = [];
+      for (const line of block.split("\n")) {
+        if (line.startsWith("event: ")) event = line.slice(7);
+        else if (line.startsWith("data: ")) data.push(line.slice(6));
+      }
+      if (data.length) yield { event, data: data.join("\n") };
+    }
+  }
+}
+
 export type StreamState = "connecting" | "live" | "reconnecting" | "unauthorized";
 
 // Server-sent events over fetch, reconnecting after a drop (1 s, then up to 5 s).
@@ -88,28 +112,9 @@ export function subscribe(
   }
 
   async function read(body: ReadableStream<Uint8Array>): Promise<void> {
-    const reader = body.getReader();
-    const decoder = new TextDecoder();
-    let buffer = "";
-    for (;;) {
-      const { value, done } = await reader.read();
-      if (done) return;
-      buffer += decoder.decode(value, { stream: true });
-      let end: number;
-      while ((end = buffer.indexOf("\n\n")) >= 0) {
-        const block = buffer.slice(0, end);
-        buffer = buffer.slice(end + 2);
-        let event = "message";
-        const data: string[] = [];
-        for (const line of block.split("\n")) {
-          if (line.startsWith("event: ")) event = line.slice(7);
-          else if (line.startsWith("data: ")) data.push(line.slice(6));
-        }
-        if (data.length) {
-          onState("live");
-          onEvent(event, JSON.parse(data.join("\n")));
-        }
-      }
+    for await (const { event, data } of serverSentEvents(body)) {
+      onState("live");
+      onEvent(event, JSON.parse(data));
     }
   }
 
@@ -147,28 +152,17 @@ export async function streamChat(
     throw new ApiError("The server cannot be reached.", 0, "unreachable");
   }
   if (!response.ok || !response.body) throw await failure(response);
-  const reader = response.body.getReader();
-  const decoder = new TextDecoder();
-  let buffer = "";
   let ttft = 0;
   let usage: any = null;
-  for (;;) {
-    const { value, done } = await reader.read();
-    if (done) break;
-    buffer += decoder.decode(value, { stream: true });
-    let end: number;
-    while ((end = buffer.indexOf("\n\n")) >= 0) {
-      const line = buffer.slice(0, end).trim();
-      buffer = buffer.slice(end + 2);
-      if (!line.startsWith("data: ") || line === "data: [DONE]") continue;
-      const chunk = JSON.parse(line.slice(6));
-      if (chunk.error) throw new ApiError(chunk.error.message, 500, chunk.error.code);
-      if (chunk.usage) usage = chunk.usage;
-      const text = chunk.choices?.[0]?.delta?.content;
-      if (text) {
-        if (!ttft) ttft = (performance.now() - started) / 1000;
-        onText(text);
-      }
+  for await (const { data } of serverSentEvents(response.body)) {
+    if (data === "[DONE]") continue;
+    const chunk = JSON.parse(data);
+    if (chunk.error) throw new ApiError(chunk.error.message, 500, chunk.error.code);
+    if (chunk.usage) usage = chunk.usage;
+    const text = chunk.choices?.[0]?.delta?.content;
+    if (text) {
+      if (!ttft) ttft = (performance.now() - started) / 1000;
+      onText(text);
     }
   }
   return { usage, ttft, seconds: (performance.now() - started) / 1000 };

@@ -82,6 +82,12 @@ class Settings(BaseSettings):
     # IMPETUS_ADMIN_ALLOW='["10.0.0.5", "10.0.1.0/24"]'.
     admin_allow: list[str] = Field(default_factory=list)
 
+    # Logs: JSON lines to stderr, or to this file (rotated by newsyslog/logrotate).
+    log_file: Path | None = None
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # Debugging only: put prompts in the request log lines. Keys are never logged.
+    log_prompts: bool = False
+
     # Linux: preload Debian's OpenBLAS into MLX's CPU backend (~15x faster prefill).
     use_openblas: bool = True
 

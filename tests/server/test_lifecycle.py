@@ -88,3 +88,71 @@ def test_sigterm_drains_a_running_stream_but_not_idle_connections(data_dir, tmp_
     finishes = [json.loads(line[6:])["choices"][0]["finish_reason"] for line in lines[1:-1]]
     assert finishes[-1] in ("stop", "length")
     assert process.returncode == 0, log.read_text()
+
+
+def test_sighup_replaces_the_workers_without_cutting_a_stream(data_dir, tmp_path):
+    """Gunicorn's graceful reload (what `systemctl reload` and launchd's
+    restart paths use): new workers start, the old one finishes its stream."""
+    import os
+    import signal
+    import threading
+    import time
+
+    port = free_port()
+    process = start_server(port, tmp_path / "server.log", {"IMPETUS_DATA_DIR": str(data_dir)})
+    base = f"http://127.0.0.1:{port}"
+    try:
+        old_pid = httpx.get(f"{base}/readyz", timeout=10).json()["pid"]
+        events: list[dict] = []
+        started = threading.Event()
+
+        def stream():
+            with httpx.stream("POST", f"{base}/v1/chat/completions", timeout=180, json={
+                    "model": DEFAULT_MODEL, "max_tokens": 60, "temperature": 0, "stream": True,
+                    "stream_options": {"include_usage": True},
+                    "messages": [{"role": "user", "content": "Write a long story about a lighthouse."}]}) as response:
+                for line in response.iter_lines():
+                    if line.startswith("data: {"):
+                        events.append(json.loads(line[6:]))
+                        started.set()
+
+        reader = threading.Thread(target=stream)
+        reader.start()
+        assert started.wait(60)
+        os.kill(process.pid, signal.SIGHUP)  # the master only
+        reader.join(180)
+        deadline = time.monotonic() + 60
+        while True:  # the new worker has loaded the model
+            try:
+                new_pid = httpx.get(f"{base}/readyz", timeout=5).json()["pid"]
+                if new_pid != old_pid:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "no new worker after SIGHUP"
+            time.sleep(0.3)
+        assert process.poll() is None  # the master stays
+        deadline = time.monotonic() + 30
+        while _running(old_pid):  # the old worker leaves once its stream is done
+            assert time.monotonic() < deadline, "the old worker did not exit"
+            time.sleep(0.2)
+    finally:
+        stop_server(process)
+    assert events[-1]["usage"]["completion_tokens"] == 60  # every token arrived
+    finishes = [e["choices"][0]["finish_reason"] for e in events if e["choices"]]
+    assert finishes[-1] == "length"
+    assert process.returncode == 0
+
+
+def _running(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # exited but not yet reaped by the master
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True

@@ -5,6 +5,7 @@ from __future__ import annotations
 import falcon
 
 from impetus.api.admin import AdminModelLoadResource, AdminModelsResource, AdminModelUnloadResource
+from impetus.api.access_log import AccessLogMiddleware
 from impetus.api.admin_events import AdminEventsResource
 from impetus.api.admin_keys import AdminKeyResource, AdminKeysResource
 from impetus.api.chat import ChatCompletionsResource
@@ -23,7 +24,7 @@ def create_app(settings, host, waker, gateway=None, metrics=None, broadcast=None
     `gateway` (keys and limits on Redis) is None when keys are not required;
     `metrics` is None when nothing is measured (tests of the app alone);
     `broadcast` carries admin model actions to the other workers (with Redis)."""
-    middleware = [RequestIdMiddleware()]
+    middleware = [RequestIdMiddleware(), AccessLogMiddleware(settings.log_prompts)]
     if metrics is not None:
         middleware.insert(0, MetricsMiddleware(metrics))
     if gateway is not None:

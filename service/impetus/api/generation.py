@@ -248,10 +248,12 @@ class GenerationResource:
         """Start the request's choices in the engine, wired to the gateway's
         usage accounting and to the metrics."""
         key = getattr(req.context, "api_key", None)
-        return Generation(engine, self.waker.waiter(), prompts, params, req.env, prompt_tokens=prompt_tokens,
-                          on_usage=getattr(req.context, "on_usage", None), metrics=self.metrics,
-                          key_name=key.name if key is not None else "-",
-                          started=getattr(req.context, "started", None))
+        req.context.model = engine.loaded.name
+        req.context.generation = Generation(
+            engine, self.waker.waiter(), prompts, params, req.env, prompt_tokens=prompt_tokens,
+            on_usage=getattr(req.context, "on_usage", None), metrics=self.metrics,
+            key_name=key.name if key is not None else "-", started=getattr(req.context, "started", None))
+        return req.context.generation
 
     def admit(self, req, resp, body, engine: Engine):
         """Before any generation: the cached answer if there is one (a hit counts

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 import sys
 
 
@@ -42,6 +43,23 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--model", help="model name or MLX folder path")
     up.add_argument("--tls", action="store_true",
                     help="serve HTTPS with the data dir's certificate (made by `impetus tls` if missing)")
+
+    service = commands.add_parser("service", help="run the stack as launchd services (macOS) or systemd units")
+    service_commands = service.add_subparsers(dest="service_command", required=True)
+    for verb, text in (("install", "install (or update) and start the services"),
+                       ("uninstall", "stop the services and remove everything installed"),
+                       ("status", "whether each service runs")):
+        command = service_commands.add_parser(verb, help=text)
+        _add_common(command)
+        command.add_argument("--system", action="store_true",
+                             help="for the whole machine (LaunchDaemon / system unit; needs root), not this user")
+        command.add_argument("--manager", choices=("launchd", "systemd"), help="default: this platform's")
+        command.add_argument("--root", type=Path, help="write below this folder and start nothing (packaging)")
+        if verb == "install":
+            command.add_argument("--host", dest="public_host", default="127.0.0.1", help="nginx's address")
+            command.add_argument("--port", dest="public_port", type=int, default=8080, help="nginx's port")
+            command.add_argument("--workers", type=int, help="worker processes")
+            command.add_argument("--model", help="the model loaded at start")
 
     tls = commands.add_parser("tls", help="make a self-signed certificate for serving the LAN over HTTPS")
     _add_common(tls)
@@ -133,6 +151,10 @@ def main(argv: list[str] | None = None) -> None:
 
         cert, _ = make_certificate(_settings(args).data_dir, args.names)
         print(cert)
+    elif args.command == "service":
+        from impetus.cli import service
+
+        service.run(args, _settings(args))
     elif args.command == "models":
         from impetus.cli import models
 

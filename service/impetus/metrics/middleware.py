@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+from impetus.api.middleware import when_sent
+
 
 class MetricsMiddleware:
     def __init__(self, metrics):
@@ -21,14 +23,4 @@ class MetricsMiddleware:
             self.metrics.requests.labels(route, str(resp.status_code), req.context.model).inc()
             self.metrics.request_seconds.labels(route).observe(time.perf_counter() - started)
 
-        if resp.stream is not None and not isinstance(resp.stream, (bytes, bytearray)):
-            resp.stream = _recorded_at_end(resp.stream, record)
-        else:
-            record()
-
-
-def _recorded_at_end(stream, record):
-    try:
-        yield from stream
-    finally:
-        record()
+        when_sent(resp, record)

@@ -15,6 +15,8 @@ import gevent
 from gunicorn.app.base import BaseApplication
 from gunicorn.errors import AppImportError
 
+from impetus.server.logs import gunicorn_logconfig
+
 log = logging.getLogger("impetus.server")
 
 
@@ -34,9 +36,9 @@ class ImpetusApplication(BaseApplication):
             "timeout": s.worker_timeout,
             "graceful_timeout": s.graceful_timeout,
             "keepalive": 75,
-            "accesslog": "-",
-            "errorlog": "-",
-            "loglevel": "info",
+            "accesslog": None,  # impetus.access logs each request, as JSON
+            "logconfig_dict": gunicorn_logconfig(s),
+            "loglevel": s.log_level,
             "proc_name": "impetus",
             "worker_exit": self._worker_exit,
             "child_exit": self._child_exit,
@@ -54,7 +56,6 @@ class ImpetusApplication(BaseApplication):
         from impetus.engine.host import EngineHost
         from impetus.engine.waiters import GeventWaker
 
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s [%(process)d] %(name)s: %(message)s")
         from impetus.metrics import Metrics
 
         metrics = Metrics()

@@ -29,11 +29,9 @@ class NginxConfig:
     dashboard_dir: Path = DASHBOARD  # the built dashboard (may be absent: nginx answers 404 there)
 
 
-def render(config: NginxConfig, templates: Path = TEMPLATES) -> Path:
-    """Write nginx.conf and its include into run_dir/nginx; return nginx.conf."""
+def render_files(config: NginxConfig, templates: Path = TEMPLATES) -> dict[str, str]:
+    """The configuration files' names and texts, for run_dir/nginx."""
     conf_dir = config.run_dir / "nginx"
-    conf_dir.mkdir(parents=True, exist_ok=True)
-    config.log_dir.mkdir(parents=True, exist_ok=True)
     listen = f"listen {config.listen_host}:{config.listen_port}"
     if ":" in config.listen_host:  # IPv6
         listen = f"listen [{config.listen_host}]:{config.listen_port}"
@@ -55,6 +53,7 @@ def render(config: NginxConfig, templates: Path = TEMPLATES) -> Path:
         "ADMIN_ALLOW_NOTE": f" and {', '.join(config.admin_allow)}" if config.admin_allow else "",
         "DASHBOARD_DIR": str(config.dashboard_dir),
     }
+    files = {}
     for name in ("nginx.conf", "impetus-http.conf", "impetus-server.conf"):
         text = Template((templates / name).read_text()).safe_substitute(values)
         if "${" in text:
@@ -64,6 +63,16 @@ def render(config: NginxConfig, templates: Path = TEMPLATES) -> Path:
             # "nobody", which cannot reach a data dir under /root. As a normal
             # user (production) nginx switches no users at all.
             text = "user root;\n" + text
+        files[name] = text
+    return files
+
+
+def render(config: NginxConfig, templates: Path = TEMPLATES) -> Path:
+    """Write nginx.conf and its includes into run_dir/nginx; return nginx.conf."""
+    conf_dir = config.run_dir / "nginx"
+    conf_dir.mkdir(parents=True, exist_ok=True)
+    config.log_dir.mkdir(parents=True, exist_ok=True)
+    for name, text in render_files(config, templates).items():
         (conf_dir / name).write_text(text)
     return conf_dir / "nginx.conf"
 

@@ -38,6 +38,16 @@ def _wait(condition, what: str, process: subprocess.Popen, timeout: float = 60) 
         time.sleep(0.1)
 
 
+def redis_arguments(data_dir: Path, log_dir: Path) -> list[str]:
+    """The stack's private Redis: no TCP port, a unix socket only its user can
+    open, and an append-only file (fsync every second) so keys and usage
+    survive restarts. Also what the launchd/systemd services run."""
+    directory = data_dir / "redis"
+    return ["--port", "0", "--unixsocket", str(directory / "redis.sock"), "--unixsocketperm", "700",
+            "--dir", str(directory), "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
+            "--logfile", str(log_dir / "redis.log")]
+
+
 def start_redis(data_dir: Path, log_dir: Path) -> tuple[subprocess.Popen, str]:
     """A private redis-server on a unix socket, with an append-only file so keys
     and usage survive restarts."""
@@ -46,12 +56,7 @@ def start_redis(data_dir: Path, log_dir: Path) -> tuple[subprocess.Popen, str]:
     directory = data_dir / "redis"
     directory.mkdir(parents=True, exist_ok=True)
     socket_path = directory / "redis.sock"
-    process = subprocess.Popen(
-        ["redis-server", "--port", "0", "--unixsocket", str(socket_path), "--unixsocketperm", "700",
-         "--dir", str(directory), "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
-         "--logfile", str(log_dir / "redis.log")],
-        start_new_session=True,
-    )
+    process = subprocess.Popen(["redis-server", *redis_arguments(data_dir, log_dir)], start_new_session=True)
     client = redis.Redis(unix_socket_path=str(socket_path), socket_connect_timeout=0.2)
 
     def answers() -> bool:

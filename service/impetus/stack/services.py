@@ -1,0 +1,289 @@
+"""`impetus service install|uninstall|status`: the stack as launchd services
+(macOS) or systemd units (Linux), so it comes back after a reboot or a crash
+without anyone logging in.
+
+Three services, rendered from deploy/launchd/service.plist or
+deploy/systemd/service.service: the model server (`impetus serve`, Gunicorn
+with gevent workers), its private Redis (unix socket, append-only file) and
+nginx in front. Per user (LaunchAgent / systemd --user) by default, for the
+whole machine (LaunchDaemon / system unit) with --system.
+
+Installing is idempotent: files are written only when their text changes, and
+services are (re)started only then. Everything written is listed in a manifest
+in the data dir, and uninstall removes exactly that. With --root the files are
+written below that folder and launchctl/systemctl are not called (for
+packaging, and for the tests).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from string import Template
+from xml.sax.saxutils import escape
+
+from impetus.stack import nginx
+from impetus.stack.up import redis_arguments
+
+REPO = Path(__file__).resolve().parents[3]
+DEPLOY = REPO / "deploy"
+LABEL_PREFIX = "com.impetus"
+MANIFEST = "services.json"
+
+
+class ServiceError(RuntimeError):
+    pass
+
+
+@dataclass
+class Layout:
+    manager: str  # "launchd" or "systemd"
+    system: bool
+    data_dir: Path
+    log_dir: Path
+    unit_dir: Path
+    user: str
+    root: Path | None = None  # write below this folder, and do not start anything
+
+    def real(self, path: Path) -> Path:
+        """Where a file goes on disk (below root, if there is one)."""
+        return self.root / path.relative_to("/") if self.root else path
+
+
+@dataclass
+class Rendered:
+    files: dict[Path, str] = field(default_factory=dict)  # absolute path (as installed) -> text
+    services: list[str] = field(default_factory=list)  # labels / unit names, in start order
+
+
+def layout_for(settings, system: bool, manager: str | None = None, root: Path | None = None) -> Layout:
+    manager = manager or ("launchd" if sys.platform == "darwin" else "systemd")
+    home = Path.home()
+    if manager == "launchd":
+        unit_dir = Path("/Library/LaunchDaemons") if system else home / "Library/LaunchAgents"
+        log_dir = Path("/Library/Logs/Impetus") if system else home / "Library/Logs/Impetus"
+    elif manager == "systemd":
+        unit_dir = Path("/etc/systemd/system") if system else home / ".config/systemd/user"
+        log_dir = settings.data_dir / "logs"
+    else:
+        raise ServiceError(f"unknown service manager {manager!r} (launchd or systemd)")
+    import getpass
+
+    return Layout(manager, system, settings.data_dir.resolve(), log_dir, unit_dir, getpass.getuser(), root)
+
+
+def _which(program: str, *fallbacks: str) -> str:
+    for candidate in (shutil.which(program), *fallbacks):
+        if candidate and Path(candidate).exists():
+            return str(Path(candidate).resolve())
+    raise ServiceError(f"{program} is not installed (make setup installs it)")
+
+
+def render(settings, layout: Layout, public_host: str = "127.0.0.1", public_port: int = 8080,
+           impetus: str | None = None) -> Rendered:
+    """Every file the install writes, with its text."""
+    impetus = impetus or str(Path(sys.executable).parent / "impetus")
+    data, logs = layout.data_dir, layout.log_dir
+    redis_url = f"unix://{data / 'redis' / 'redis.sock'}"
+    upstream = f"127.0.0.1:{settings.port}"
+    nginx_files = nginx.render_files(nginx.NginxConfig(
+        public_host, public_port, upstream, data / "run", logs,
+        max_body=f"{max(1, settings.max_body_bytes // (1024 * 1024))}m", admin_allow=tuple(settings.admin_allow)))
+    nginx_conf = data / "run" / "nginx" / "nginx.conf"
+    path = os.pathsep.join([str(Path(impetus).parent), "/opt/homebrew/bin", "/usr/local/bin", "/usr/bin", "/bin"])
+    server_env = {
+        "IMPETUS_DATA_DIR": str(data), "IMPETUS_HOST": "127.0.0.1", "IMPETUS_PORT": str(settings.port),
+        "IMPETUS_WORKERS": str(settings.workers), "IMPETUS_MODEL": settings.model,
+        "IMPETUS_REQUIRE_API_KEYS": "true", "IMPETUS_REDIS_URL": redis_url, "PATH": path,
+    }
+    if layout.manager == "launchd":  # systemd keeps stderr in the journal instead
+        server_env["IMPETUS_LOG_FILE"] = str(logs / "impetus.log")
+    services = {
+        "redis": ("its private Redis (keys, limits, usage)",
+                  [_which("redis-server", "/opt/homebrew/bin/redis-server"), *redis_arguments(data, logs)],
+                  {"PATH": path}, []),
+        "server": ("LLM server (Gunicorn workers on MLX)", [impetus, "serve"], server_env, ["redis"]),
+        "nginx": ("nginx in front of the server",
+                  [nginx.nginx_binary(), "-c", str(nginx_conf), "-p", str(nginx_conf.parent), "-g", "daemon off;"],
+                  {"PATH": path}, ["server"]),
+    }
+    rendered = Rendered()
+    for name, text in nginx_files.items():
+        rendered.files[nginx_conf.parent / name] = text
+    exit_timeout = str(settings.graceful_timeout + 15)
+    for name, (description, arguments, environment, after) in services.items():
+        if layout.manager == "launchd":
+            label = f"{LABEL_PREFIX}.{name}"
+            text = Template((DEPLOY / "launchd" / "service.plist").read_text()).safe_substitute(
+                DESCRIPTION=escape(description), LABEL=label, NAME=name, DATA_DIR=escape(str(data)),
+                LOG_DIR=escape(str(logs)), EXIT_TIMEOUT=exit_timeout,
+                PROGRAM_ARGUMENTS="\n".join(f"        <string>{escape(a)}</string>" for a in arguments),
+                ENVIRONMENT="\n".join(f"        <key>{escape(k)}</key>\n        <string>{escape(v)}</string>"
+                                      for k, v in environment.items()),
+                USER_NAME=(f"    <key>UserName</key>\n    <string>{escape(layout.user)}</string>\n"
+                           if layout.system else ""))
+            rendered.files[layout.unit_dir / f"{label}.plist"] = text
+            rendered.services.append(label)
+        else:
+            unit = f"impetus-{name}.service"
+            text = Template((DEPLOY / "systemd" / "service.service").read_text()).safe_substitute(
+                DESCRIPTION=description, DATA_DIR=str(data), EXIT_TIMEOUT=exit_timeout,
+                AFTER=" ".join(f"impetus-{a}.service" for a in after),
+                EXEC_START=" ".join(_systemd_quote(a) for a in arguments),
+                ENVIRONMENT="\n".join(f'Environment="{k}={v}"' for k, v in environment.items()),
+                USER_NAME=f"User={layout.user}\n" if layout.system else "",
+                WANTED_BY="multi-user.target" if layout.system else "default.target")
+            rendered.files[layout.unit_dir / unit] = text
+            rendered.services.append(unit)
+    rotation = ("newsyslog", "impetus.conf", Path("/etc/newsyslog.d/impetus.conf")) if layout.manager == "launchd" \
+        else ("logrotate", "impetus", Path("/etc/logrotate.d/impetus"))
+    if layout.system:  # the rotation config lives in a system folder
+        rendered.files[rotation[2]] = Template((DEPLOY / rotation[0] / rotation[1]).read_text()).safe_substitute(
+            LOG_DIR=str(logs), DATA_DIR=str(data))
+    for path, text in rendered.files.items():
+        if "${" in text:
+            raise ServiceError(f"{path}: a placeholder was not filled")
+    return rendered
+
+
+def _systemd_quote(argument: str) -> str:
+    if argument and all(c.isalnum() or c in "/._-:=@+," for c in argument):
+        return argument
+    return '"' + argument.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _manifest_path(layout: Layout) -> Path:
+    return layout.real(layout.data_dir / MANIFEST)
+
+
+def install(settings, layout: Layout, progress=print, **options) -> list[Path]:
+    """Write what changed and (re)start those services; returns the files changed."""
+    rendered = render(settings, layout, **options)
+    created_dirs, changed = [], []
+
+    def make_dirs(directory: Path) -> None:
+        created_dirs.extend(str(d) for d in (directory, *directory.parents) if not d.exists())
+        directory.mkdir(parents=True, exist_ok=True)
+
+    for path, text in rendered.files.items():
+        target = layout.real(path)
+        make_dirs(target.parent)
+        if not target.exists() or target.read_text() != text:
+            target.write_text(text)
+            changed.append(path)
+    for directory in (layout.log_dir, layout.data_dir / "redis"):
+        make_dirs(layout.real(directory))
+    manifest = _manifest_path(layout)
+    previous = json.loads(manifest.read_text()) if manifest.exists() else {}
+    record = {
+        "manager": layout.manager, "system": layout.system, "services": rendered.services,
+        "files": sorted(str(p) for p in rendered.files),
+        # Folders the first install made (removed again if empty at uninstall).
+        "created_dirs": previous.get("created_dirs") or sorted(set(created_dirs)),
+    }
+    if previous != record:
+        manifest.write_text(json.dumps(record, indent=2) + "\n")
+    for path in changed:
+        progress(f"wrote {path}")
+    if layout.root is None:
+        _activate(layout, rendered, changed, progress)
+    elif not changed:
+        progress("nothing changed")
+    return changed
+
+
+def uninstall(settings, layout: Layout, progress=print) -> list[Path]:
+    manifest = _manifest_path(layout)
+    if not manifest.exists():
+        progress("nothing installed")
+        return []
+    record = json.loads(manifest.read_text())
+    if layout.root is None:
+        for service in reversed(record["services"]):
+            _stop(layout, service)
+    removed = []
+    for name in record["files"]:
+        target = layout.real(Path(name))
+        if target.exists():
+            target.unlink()
+            removed.append(Path(name))
+            progress(f"removed {name}")
+    manifest.unlink()
+    for directory in sorted(record.get("created_dirs", []), key=len, reverse=True):
+        try:
+            Path(directory).rmdir()  # only if empty: logs and Redis data stay
+        except OSError:
+            pass
+    if layout.root is None and layout.manager == "systemd":
+        _run(["systemctl", *_user(layout), "daemon-reload"], check=False)
+    return removed
+
+
+def status(layout: Layout) -> list[tuple[str, str]]:
+    manifest = _manifest_path(layout)
+    if not manifest.exists():
+        return []
+    states = []
+    for service in json.loads(manifest.read_text())["services"]:
+        if layout.manager == "launchd":
+            result = _run(["launchctl", "print", f"{_domain(layout)}/{service}"], check=False)
+            state = next((line.split("=", 1)[1].strip() for line in result.stdout.splitlines()
+                          if line.strip().startswith("state =")), "not loaded")
+        else:
+            result = _run(["systemctl", *_user(layout), "is-active", service], check=False)
+            state = result.stdout.strip() or "unknown"
+        states.append((service, state))
+    return states
+
+
+# -- the service managers ---------------------------------------------------------
+
+
+def _run(command: list[str], check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(command, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise ServiceError(f"{' '.join(command)} failed: {(result.stderr or result.stdout).strip()}")
+    return result
+
+
+def _domain(layout: Layout) -> str:
+    return "system" if layout.system else f"gui/{os.getuid()}"
+
+
+def _user(layout: Layout) -> list[str]:
+    return [] if layout.system else ["--user"]
+
+
+def _activate(layout: Layout, rendered: Rendered, changed: list[Path], progress) -> None:
+    changed_names = {p.name for p in changed}
+    if layout.manager == "launchd":
+        for label in rendered.services:
+            plist = layout.unit_dir / f"{label}.plist"
+            loaded = _run(["launchctl", "print", f"{_domain(layout)}/{label}"], check=False).returncode == 0
+            if loaded and plist.name not in changed_names:
+                continue
+            if loaded:
+                _run(["launchctl", "bootout", f"{_domain(layout)}/{label}"], check=False)
+            _run(["launchctl", "bootstrap", _domain(layout), str(plist)])
+            progress(f"started {label}")
+    else:
+        _run(["systemctl", *_user(layout), "daemon-reload"])
+        for unit in rendered.services:
+            _run(["systemctl", *_user(layout), "enable", unit])
+            action = "restart" if unit in changed_names else "start"
+            _run(["systemctl", *_user(layout), action, unit])
+            progress(f"{action}ed {unit}")
+        if not layout.system:
+            progress("to start at boot without a login: loginctl enable-linger")
+
+
+def _stop(layout: Layout, service: str) -> None:
+    if layout.manager == "launchd":
+        _run(["launchctl", "bootout", f"{_domain(layout)}/{service}"], check=False)
+    else:
+        _run(["systemctl", *_user(layout), "disable", "--now", service], check=False)

@@ -64,3 +64,41 @@ def test_usage_is_accumulated(redis_client):
     store.record_usage(record.hash, 5, 2)
     (_, usage), = store.list()
     assert (usage["requests"], usage["prompt_tokens"], usage["completion_tokens"]) == ("2", "15", "5")
+
+
+def test_export_and_import_restore_keys_and_usage(redis_client, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    store = KeyStore(redis_client)
+    alice, record = store.create("alice", rpm=7)
+    admin, _ = store.create("ops", admin=True)
+    store.record_usage(record.hash, 11, 22)
+    url = redis_client.connection_pool.connection_kwargs
+    env = {"IMPETUS_REDIS_URL": f"redis://{url['host']}:{url['port']}/{url.get('db', 0)}"}
+    backup = tmp_path / "keys.json"
+    cli = [sys.executable, "-m", "impetus", "keys"]
+    import os
+
+    done = subprocess.run([*cli, "export", "-o", str(backup)], capture_output=True, text=True,
+                          env={**os.environ, **env}, timeout=60)
+    assert done.returncode == 0, done.stderr
+    text = backup.read_text()
+    assert alice not in text and admin not in text  # hashes only
+    assert oct(backup.stat().st_mode & 0o777) == "0o600"
+    assert len(json.loads(text)["keys"]) == 2
+
+    redis_client.flushdb()  # the Redis is lost
+    assert store.verify(alice) is None
+    restored = subprocess.run([*cli, "import", str(backup)], capture_output=True, text=True,
+                              env={**os.environ, **env}, timeout=60)
+    assert restored.returncode == 0 and "restored 2 keys" in restored.stderr, restored.stderr
+    back = store.verify(alice)
+    assert back is not None and back.rpm == 7 and store.verify(admin).admin
+    usage = dict(store.list())
+    assert {k.name: u for k, u in usage.items()}["alice"]["completion_tokens"] == "22"
+    again = subprocess.run([*cli, "import", str(backup)], capture_output=True, text=True,
+                           env={**os.environ, **env}, timeout=60)
+    assert "restored 0 keys, kept 2" in again.stderr
+    assert len(store.list()) == 2

@@ -119,6 +119,8 @@ def test_sighup_replaces_the_workers_without_cutting_a_stream(data_dir, tmp_path
         reader = threading.Thread(target=stream)
         reader.start()
         assert started.wait(60)
+        pidfile = data_dir / "run" / f"impetus-{port}.pid"  # what the README's reload uses
+        assert int(pidfile.read_text()) == process.pid
         os.kill(process.pid, signal.SIGHUP)  # the master only
         reader.join(180)
         deadline = time.monotonic() + 60

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 
@@ -42,6 +43,23 @@ def run(args, settings) -> None:
                     f"{usage.get('prompt_tokens', '0')}/{usage.get('completion_tokens', '0')}",
                 )
             table_console().print(table)
+        elif args.keys_command == "export":
+            exported = store.export()
+            text = json.dumps({"impetus_keys": 1, "keys": exported}, indent=2) + "\n"
+            if args.output:
+                args.output.write_text(text)
+                args.output.chmod(0o600)
+                console.print(f"exported {len(exported)} keys to {args.output}")
+            else:
+                sys.stdout.write(text)
+        elif args.keys_command == "import":
+            try:
+                records = json.loads(args.file.read_text())["keys"]
+                restored, skipped = store.import_(records, replace=args.replace)
+            except (OSError, ValueError, KeyError, TypeError) as error:
+                console.print(f"[red]error:[/] {args.file} is not an export of `impetus keys export`: {error}")
+                sys.exit(2)
+            console.print(f"restored {restored} keys" + (f", kept {skipped} that exist (--replace)" if skipped else ""))
         elif args.keys_command == "revoke":
             record = store.revoke(args.name)
             console.print(f"revoked key [bold]{record.name}[/] ({record.prefix}…)")

@@ -148,6 +148,38 @@ class KeyStore:
         pipe.execute()
         return ApiKey.from_redis(key_hash, fields)
 
+    def export(self) -> list[dict]:
+        """Every key as stored (its hash, never the key) with its usage: a backup."""
+        return [{"hash": record.hash, "fields": self.redis.hgetall(self._key(record.hash)), "usage": usage}
+                for record, usage in self.list()]
+
+    def import_(self, records: list[dict], replace: bool = False) -> tuple[int, int]:
+        """Restore exported keys; a name that exists is kept unless `replace`.
+        Returns (restored, skipped)."""
+        restored = skipped = 0
+        for item in records:
+            fields, key_hash = item["fields"], item["hash"]
+            if fields.get("hash") != key_hash or not fields.get("name"):
+                raise ValueError(f"not an exported key: {str(item)[:80]}")
+            existing = self.redis.get(self._name(fields["name"]))
+            if existing is not None and not replace:
+                skipped += 1
+                continue
+            pipe = self.redis.pipeline()
+            if existing is not None and existing != key_hash:
+                pipe.delete(self._key(existing))
+                pipe.srem(f"{self.prefix}keys", existing)
+            pipe.set(self._name(fields["name"]), key_hash)
+            pipe.delete(self._key(key_hash))
+            pipe.hset(self._key(key_hash), mapping=fields)
+            pipe.sadd(f"{self.prefix}keys", key_hash)
+            if item.get("usage"):
+                pipe.delete(f"{self.prefix}usage:{key_hash}")
+                pipe.hset(f"{self.prefix}usage:{key_hash}", mapping=item["usage"])
+            pipe.execute()
+            restored += 1
+        return restored, skipped
+
     def record_usage(self, key_hash: str, prompt_tokens: int, completion_tokens: int) -> None:
         usage = f"{self.prefix}usage:{key_hash}"
         pipe = self.redis.pipeline(transaction=False)

@@ -40,6 +40,8 @@ class ImpetusApplication(BaseApplication):
             "logconfig_dict": gunicorn_logconfig(s),
             "loglevel": s.log_level,
             "proc_name": "impetus",
+            # For `kill -HUP $(cat …)`: a graceful reload of the workers.
+            "pidfile": str(s.data_dir / "run" / f"impetus-{s.port}.pid"),
             "worker_exit": self._worker_exit,
             "child_exit": self._child_exit,
         }

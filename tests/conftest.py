@@ -18,8 +18,9 @@ from impetus.settings import Settings  # noqa: E402
 class RedisServer:
     """A real redis-server on a free loopback port, which tests may stop and restart."""
 
-    def __init__(self, directory: Path):
+    def __init__(self, directory: Path, persistent: bool = False):
         self.directory = directory
+        self.persistent = persistent  # an append-only file, as in production: restarts keep the keys
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.process = None
@@ -33,7 +34,8 @@ class RedisServer:
 
         self.process = subprocess.Popen(
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.directory)],
+             "--appendonly", "yes" if self.persistent else "no", "--appendfsync", "always",
+             "--dir", str(self.directory)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         client = redis.Redis(port=self.port, socket_connect_timeout=0.2)

@@ -1,0 +1,219 @@
+"""Faults with real processes: a worker killed with -9 during streams, Redis
+restarted and nginx reloaded under load, clients leaving en masse, requests
+too large to serve, and slow clients. A two-worker keyed server on a Redis
+with an append-only file, behind nginx."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+from impetus.gateway.keys import KeyStore, hash_key
+from impetus.models.store import DEFAULT_MODEL
+
+from conftest import RedisServer, Server
+from processes import start_nginx, stop
+
+pytestmark = pytest.mark.slow
+
+STORY = {"model": DEFAULT_MODEL, "temperature": 0, "messages": [{"role": "user", "content": "Tell me a story."}]}
+
+
+@pytest.fixture(scope="module")
+def stack(data_dir, tmp_path_factory):
+    work = tmp_path_factory.mktemp("faults")
+    (work / "redis").mkdir()
+    redis = RedisServer(work / "redis", persistent=True)
+    server = Server(data_dir, work / "server.log", workers=2, require_api_keys="true", redis_url=redis.url)
+    nginx, url = start_nginx(work / "nginx", f"127.0.0.1:{server.port}")
+    keys = KeyStore(redis.client())
+    key, record = keys.create("faults-user", rpm=100_000, tpm=10_000_000)
+    yield {"server": server, "redis": redis, "nginx": nginx, "url": url, "key": key, "record": record,
+           "keys": keys, "work": work}
+    stop(nginx)
+    server.stop()
+    redis.stop()
+
+
+def headers(stack) -> dict:
+    # No response cache: every request here must really run (and be charged).
+    return {"Authorization": f"Bearer {stack['key']}", "Cache-Control": "no-cache"}
+
+
+def workers_of(master: int) -> set[int]:
+    children = set()
+    for task in Path(f"/proc/{master}/task").iterdir():
+        text = (task / "children").read_text().split()
+        children |= {int(pid) for pid in text}
+    return children
+
+
+def stream(url: str, hdrs: dict, max_tokens: int) -> dict:
+    """A streamed completion: how it ended and what it carried."""
+    events = []
+    try:
+        with httpx.stream("POST", f"{url}/v1/chat/completions", headers=hdrs, timeout=120, json={
+                **STORY, "max_tokens": max_tokens, "stream": True, "stream_options": {"include_usage": True}}) as r:
+            if r.status_code != 200:
+                return {"status": r.status_code, "done": False, "events": []}
+            for line in r.iter_lines():
+                if line.startswith("data: {"):
+                    events.append(json.loads(line[6:]))
+                elif line == "data: [DONE]":
+                    return {"status": 200, "done": True, "events": events}
+    except httpx.HTTPError as error:
+        return {"status": 200, "done": False, "events": events, "error": type(error).__name__}
+    return {"status": 200, "done": False, "events": events}
+
+
+def wait_until(condition, what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def both_workers_ready(stack) -> bool:
+    try:
+        pids = {httpx.get(f"{stack['server'].base_url}/readyz", timeout=5).json()["pid"] for _ in range(20)}
+    except httpx.HTTPError:
+        return False
+    return len(pids) == 2
+
+
+def test_kill_9_of_a_worker_during_streams(stack):
+    wait_until(lambda: both_workers_ready(stack), "both workers")
+    master = stack["server"].process.pid
+    before = workers_of(master)
+    assert len(before) == 2
+    usage_key = f"impetus:usage:{stack['record'].hash}"
+    redis = stack["redis"].client()
+    completion_before = int(redis.hget(usage_key, "completion_tokens") or 0)
+    with ThreadPoolExecutor(6) as pool:
+        futures = [pool.submit(stream, stack["url"], headers(stack), 40) for _ in range(6)]
+        time.sleep(2.0)  # the streams run on both workers
+        victim = min(before)
+        os.kill(victim, signal.SIGKILL)
+        results = [f.result() for f in futures]
+    finished = [r for r in results if r["done"]]
+    cut = [r for r in results if not r["done"]]
+    assert finished, "the surviving worker's streams should finish"
+    for r in finished:
+        assert r["events"][-1]["usage"]["completion_tokens"] == 40
+    # The master replaces the worker; both serve again.
+    wait_until(lambda: len(workers_of(master)) == 2 and victim not in workers_of(master), "a new worker")
+    wait_until(lambda: both_workers_ready(stack), "the new worker to load the model")
+    answers = [httpx.post(f"{stack['url']}/v1/chat/completions", headers=headers(stack), timeout=60,
+                          json={**STORY, "max_tokens": 3}).status_code for _ in range(6)]
+    assert answers == [200] * 6
+    # The key still works and the usage of every finished stream was recorded.
+    completion_after = int(redis.hget(usage_key, "completion_tokens") or 0)
+    assert completion_after - completion_before >= 40 * len(finished) + 3 * 6
+    assert len(cut) <= 6
+
+
+def test_redis_restart_under_load_loses_no_key(stack):
+    statuses: list[int] = []
+    stop_load = threading.Event()
+
+    def load():
+        with httpx.Client(base_url=stack["url"], headers=headers(stack), timeout=60) as http:
+            while not stop_load.is_set():
+                statuses.append(http.post("/v1/chat/completions", json={**STORY, "max_tokens": 2}).status_code)
+
+    threads = [threading.Thread(target=load) for _ in range(3)]
+    for t in threads:
+        t.start()
+    time.sleep(1.5)
+    stack["redis"].stop()
+    time.sleep(2.0)
+    stack["redis"].start()
+    time.sleep(2.0)
+    stop_load.set()
+    for t in threads:
+        t.join(60)
+    # A key verified before keeps working while Redis is down (degraded mode).
+    assert statuses and set(statuses) == {200}, statuses
+    assert stack["keys"].verify(stack["key"]) is not None  # the append-only file kept it
+    ready = httpx.get(f"{stack['server'].base_url}/readyz", timeout=10).json()
+    assert ready["redis"] == "ok"
+
+
+def test_nginx_reload_during_streams(stack):
+    with ThreadPoolExecutor(4) as pool:
+        futures = [pool.submit(stream, stack["url"], headers(stack), 30) for _ in range(4)]
+        time.sleep(1.5)
+        stack["nginx"].send_signal(signal.SIGHUP)  # nginx -s reload
+        results = [f.result() for f in futures]
+    assert all(r["done"] and r["events"][-1]["usage"]["completion_tokens"] == 30 for r in results), results
+    assert httpx.get(f"{stack['url']}/healthz", timeout=10).status_code == 200
+
+
+def worker_rss(master: int) -> int:
+    total = 0
+    for pid in workers_of(master):
+        with open(f"/proc/{pid}/statm") as f:
+            total += int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    return total
+
+
+def test_clients_leaving_en_masse_leak_nothing(stack):
+    def leave_after_first_token():
+        with httpx.stream("POST", f"{stack['url']}/v1/chat/completions", headers=headers(stack), timeout=60,
+                          json={**STORY, "max_tokens": 200, "stream": True}) as r:
+            for line in r.iter_lines():
+                if line.startswith("data: {"):
+                    return  # closes the connection mid-stream
+
+    def in_flight() -> int:
+        return sum(e["in_flight"] for _ in range(10)
+                   for e in httpx.get(f"{stack['server'].base_url}/readyz", timeout=5).json()["engines"])
+
+    master = stack["server"].process.pid
+    rss = []
+    for _ in range(3):
+        with ThreadPoolExecutor(16) as pool:
+            list(pool.map(lambda _: leave_after_first_token(), range(16)))
+        wait_until(lambda: in_flight() == 0, "every abandoned request to leave its batch slot", timeout=30)
+        rss.append(worker_rss(master))
+    # The first round may warm caches; later rounds must not keep growing.
+    assert rss[2] - rss[1] < 64 * 2**20, [r / 2**20 for r in rss]
+
+
+def test_requests_too_large_to_serve_are_clear_errors(stack):
+    http = httpx.Client(base_url=stack["url"], headers=headers(stack), timeout=60)
+    huge_max = http.post("/v1/chat/completions", json={**STORY, "max_tokens": 100_000})
+    assert huge_max.status_code == 400 and huge_max.json()["error"]["code"] == "context_length_exceeded"
+    megabyte = {**STORY, "messages": [{"role": "user", "content": "word " * 200_000}]}
+    too_long = http.post("/v1/chat/completions", json=megabyte)
+    assert too_long.status_code == 400 and too_long.json()["error"]["code"] == "context_length_exceeded"
+    five_mb = {**STORY, "messages": [{"role": "user", "content": "x" * (5 * 2**20)}]}
+    too_big = http.post("/v1/chat/completions", json=five_mb)
+    assert too_big.status_code == 413 and too_big.json()["error"]["code"] == "request_too_large"
+
+
+def test_slow_clients_do_not_starve_the_others(stack):
+    host, port = stack["url"].removeprefix("http://").split(":")
+    slow = []
+    try:
+        for _ in range(100):  # slowloris: connections that send half a request, then nothing
+            s = socket.create_connection((host, int(port)), timeout=5)
+            s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n")
+            slow.append(s)
+        started = time.monotonic()
+        reply = httpx.post(f"{stack['url']}/v1/chat/completions", headers=headers(stack), timeout=60,
+                           json={**STORY, "max_tokens": 3})
+        assert reply.status_code == 200
+        assert time.monotonic() - started < 30
+    finally:
+        for s in slow:
+            s.close()

@@ -141,3 +141,21 @@ def test_repetition_penalty_reduces_repeats(engine):
     _, plain, _ = collect(chat(engine, prompt, max_tokens=30))
     _, penalised, _ = collect(chat(engine, prompt, max_tokens=30, repetition_penalty=2.0))
     assert len(set(penalised)) > len(set(plain))
+
+
+def test_a_request_with_odd_sampling_does_not_fail_its_batch(engine):
+    """Found by schemathesis: top_k past the vocabulary made mlx-lm's sampler
+    raise inside the batch step, which failed every request in that batch."""
+    neighbour = chat(engine, "Count to ten.", max_tokens=12, temperature=0)
+    odd = chat(engine, "Hi", max_tokens=6, temperature=1.0, top_k=10 * engine.tokenizer.vocab_size, seed=1)
+    _, tokens, finish = collect(odd)
+    assert finish.reason == "length" and len(tokens) == 6
+    _, tokens, finish = collect(neighbour)
+    assert finish.reason == "length" and len(tokens) == 12
+
+
+@pytest.mark.parametrize("seed", [-1, 2**70])
+def test_any_integer_is_a_seed(engine, seed):
+    """Found by schemathesis: a negative seed failed MLX's key()."""
+    runs = [collect(chat(engine, "Pick a word.", max_tokens=5, temperature=1.0, seed=seed))[1] for _ in range(2)]
+    assert len(runs[0]) == 5 and runs[0] == runs[1]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
@@ -59,7 +59,9 @@ class _SamplingFields(_Request):
     presence_penalty: Penalty = 0.0
     frequency_penalty: Penalty = 0.0
     repetition_penalty: float | None = Field(default=None, gt=0.0, le=10.0, description="Impetus extension")
-    logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = None
+    # Keys are token ids (JSON object keys are strings); the pattern is in the schema too.
+    logit_bias: dict[Annotated[str, StringConstraints(pattern=r"^-?[0-9]+$")],
+                     Annotated[float, Field(ge=-100, le=100)]] | None = None
     seed: int | None = None
     user: str | None = None
     metadata: dict[str, str] | None = None

@@ -22,6 +22,8 @@ running while the model works.
 from __future__ import annotations
 
 import copy
+import logging
+import math
 import time
 import traceback
 from _queue import Empty, SimpleQueue
@@ -36,6 +38,13 @@ from mlx_lm.tokenizer_utils import BPEStreamingDetokenizer
 from impetus.engine.request import FinishEvent, RequestHandle, SamplingParams, TokenEvent
 from impetus.engine.sampling import make_processors, make_sampler
 from impetus.models.loader import LoadedModel
+
+log = logging.getLogger("impetus.engine")
+
+
+def _finite(logprob: float) -> float:
+    """JSON has no -Infinity or NaN: an impossible token reads -9999.0, as OpenAI reports it."""
+    return logprob if math.isfinite(logprob) else -9999.0
 
 
 class ExactBPEDetokenizer(BPEStreamingDetokenizer):
@@ -254,6 +263,7 @@ class Engine:
             try:
                 self._insert(handle)
             except Exception as error:  # a bad request must not stop the engine
+                log.exception("could not start a generation on %s", self.loaded.name)
                 self._fail_waiting(handle, f"could not start generation: {error}")
 
     def _insert(self, handle: RequestHandle) -> None:
@@ -291,6 +301,8 @@ class Engine:
         except Exception:
             # Fail the batch, not the process: start over with a fresh generator.
             message = traceback.format_exc(limit=3)
+            log.exception("engine step failed for %s; failing its %d running requests",
+                          self.loaded.name, len(self._running))
             self.stats.errors += 1
             for uid, state in list(self._running.items()):
                 self._finish(state, "error", uid=uid, error=message)
@@ -350,13 +362,13 @@ class Engine:
     @staticmethod
     def _logprobs(response, k: int):
         logprobs = response.logprobs
-        chosen = logprobs[response.token].item()
+        chosen = _finite(logprobs[response.token].item())
         top = None
         if k > 0:
             ids = mx.argpartition(-logprobs, kth=k - 1)[:k]
             values = logprobs[ids]
             order = mx.argsort(-values)
-            top = list(zip(ids[order].tolist(), values[order].tolist()))
+            top = [(token, _finite(value)) for token, value in zip(ids[order].tolist(), values[order].tolist())]
         return chosen, top
 
     def _finish(self, state: _Running, reason: str, uid: int | None = None, error: str | None = None):

@@ -27,9 +27,11 @@ def make_sampler(params: SamplingParams):
     if params.min_p > 0:
         filters.append(lambda x: apply_min_p(x, params.min_p))
     if params.top_k > 0:
-        filters.append(lambda x: apply_top_k(x, params.top_k))
+        # top_k at or past the vocabulary keeps every token (mlx-lm's would fail).
+        filters.append(lambda x: apply_top_k(x, params.top_k) if params.top_k < x.shape[-1] else x)
     inverse_temperature = 1.0 / params.temperature
-    key = mx.random.key(params.seed) if params.seed is not None else None
+    # Any integer is a seed (OpenAI takes negative ones too); MLX keys are 64-bit unsigned.
+    key = mx.random.key(params.seed % 2**64) if params.seed is not None else None
 
     def sample(logprobs: mx.array) -> mx.array:
         nonlocal key

@@ -37,6 +37,9 @@ def bad_request(message: str, param: str | None = None, code: str | None = None)
 def from_validation_error(error: ValidationError) -> APIError:
     first = error.errors()[0]
     location = [str(part) for part in first["loc"]]
+    if location[-1:] == ["[key]"]:  # a dict key failed: name the field that holds it
+        location = location[:-2]
+        first = {**first, "msg": f"{first['msg']} (key {first['input']!r})"}
     # Unions report each alternative as a path element; keep the field path.
     param = ".".join(p for p in location if not p.startswith(("list[", "str", "int", "function-")))
     kind = first["type"]

@@ -86,4 +86,18 @@ class JSONBodyMiddleware:
             raise APIError(400, "Request body is nested too deeply.", code="invalid_json")
         if not isinstance(value, dict):
             raise APIError(400, "Request body must be a JSON object.", code="invalid_json")
+        if "\\ud" in text.lower():  # JSON escapes can spell a lone UTF-16 surrogate
+            value = _without_lone_surrogates(value)
         return value
+
+
+def _without_lone_surrogates(value):
+    """A lone surrogate ("\\ud800") is valid JSON but no character: tokenizers
+    refuse it. Replace it with U+FFFD, as a UTF-8 decoder would."""
+    if isinstance(value, str):
+        return "".join("\ufffd" if 0xD800 <= ord(c) <= 0xDFFF else c for c in value)
+    if isinstance(value, list):
+        return [_without_lone_surrogates(v) for v in value]
+    if isinstance(value, dict):
+        return {_without_lone_surrogates(k): _without_lone_surrogates(v) for k, v in value.items()}
+    return value

@@ -129,13 +129,28 @@ def build_parser() -> argparse.ArgumentParser:
     doctor = commands.add_parser("doctor", help="check this machine and say what is missing")
     _add_common(doctor)
 
-    bench = commands.add_parser("bench", help="raw mlx-lm vs the server at several concurrencies")
+    bench = commands.add_parser(
+        "bench", help="benchmarks: core (raw mlx-lm vs the server), load (a ramp through nginx with keys), "
+                      "peer (side by side with mlx_lm.server), soak (memory and open files over time)")
     _add_common(bench)
+    bench.add_argument("--scenario", choices=("core", "load", "peer", "soak"), default="core")
     bench.add_argument("--model", help="model name or MLX folder path")
     bench.add_argument("--json", action="store_true", help="print one JSON line on stdout")
-    bench.add_argument("--max-tokens", type=int, default=128)
-    bench.add_argument("--levels", default="1,4,16", help="concurrency levels")
-    bench.add_argument("--port", type=int, help="port for the server under test (default: a free one)")
+    bench.add_argument("--max-tokens", type=int,
+                       help="tokens per request (default: 128 core, 32 load/soak, 64 peer)")
+    bench.add_argument("--levels", help="concurrency levels (default: core 1,4,16; load 1,4,16,64,256; "
+                                        "peer 1,4,16,64)")
+    bench.add_argument("--port", type=int, help="core: port for the server under test (default: a free one)")
+    bench.add_argument("--duration", type=float,
+                       help="seconds per level (load, default 20) or in all (soak, default 600)")
+    bench.add_argument("--concurrency", type=int, default=8, help="soak: concurrent clients (default 8)")
+    bench.add_argument("--requests-per-client", type=int, default=2, help="peer: requests each client sends")
+    bench.add_argument("--folder-levels", default="1,16",
+                       help="peer: levels for the 'same folder' pairing (the peer's 4-bit CPU path is slow)")
+    bench.add_argument("--pairings", default="same weights,same folder",
+                       help="peer: which pairings to run (comma-separated)")
+    bench.add_argument("--out", type=Path,
+                       help="load/peer/soak: folder for the JSON result and PNG plots (default benchmarks/results)")
     return parser
 
 
@@ -175,9 +190,16 @@ def main(argv: list[str] | None = None) -> None:
 
         sys.exit(run(_settings(args)))
     elif args.command == "bench":
-        from impetus.bench.runner import run
+        if args.scenario == "core":
+            from impetus.bench.runner import run
 
-        run(args, _settings(args))
+            args.max_tokens = args.max_tokens or 128
+            args.levels = args.levels or "1,4,16"
+            run(args, _settings(args))
+        else:
+            from impetus.bench.scenarios import run_scenario
+
+            run_scenario(args, _settings(args))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,61 @@
+"""Runs one of the load, peer and soak benchmarks and writes what it measured:
+a JSON file and PNG plots named by date, scenario and machine, so results from
+different machines sit side by side under benchmarks/results/."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import tempfile
+from pathlib import Path
+
+from rich.console import Console
+
+REPO_RESULTS = Path(__file__).resolve().parents[3] / "benchmarks" / "results"
+
+
+def machine_tag() -> str:
+    import mlx.core as mx
+
+    device = "gpu" if mx.default_device() == mx.gpu else "cpu"
+    return f"{platform.system().lower()}-{device}-{os.cpu_count()}core"
+
+
+def _levels(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
+def run_scenario(args, settings) -> dict:
+    from impetus.bench import load, peer, soak
+
+    console = Console(stderr=True, soft_wrap=True)
+    progress = console.print
+    work = Path(tempfile.mkdtemp(prefix=f"impetus-bench-{args.scenario}-"))
+    progress(f"[bold]{args.scenario}[/] benchmark (logs and scratch files: {work})")
+    if args.scenario == "load":
+        result, module = load.run(settings, _levels(args.levels or "1,4,16,64,256"), args.duration or 20,
+                                  args.max_tokens or 32, work, progress, workers=settings.workers), load
+    elif args.scenario == "peer":
+        result, module = peer.run(settings, _levels(args.levels or "1,4,16,64"), args.max_tokens or 64,
+                                  args.requests_per_client, work, progress,
+                                  pairings=tuple(p.strip() for p in args.pairings.split(",")),
+                                  folder_levels=_levels(args.folder_levels)), peer
+    elif args.scenario == "soak":
+        result, module = soak.run(settings, args.duration or 600, args.concurrency, args.max_tokens or 32, work,
+                                  progress), soak
+    else:
+        raise ValueError(f"unknown scenario {args.scenario!r}")
+
+    result.update(date=datetime.date.today().isoformat(), machine=machine_tag(), platform=platform.platform())
+    out_dir = args.out or (REPO_RESULTS if REPO_RESULTS.is_dir() else Path.cwd())
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = out_dir / f"{result['date']}-{args.scenario}-{result['machine']}"
+    stem.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
+    written = [stem.with_suffix(".json"), *module.plot(result, stem)]
+    for path in written:
+        progress(f"wrote {path}")
+    if args.json:
+        print(json.dumps({k: v for k, v in result.items() if k != "samples"}))
+    return result

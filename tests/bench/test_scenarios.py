@@ -1,0 +1,116 @@
+"""The load, peer and soak benchmarks, each run small for real (real redis,
+Gunicorn workers, nginx, and mlx_lm.server as the peer): what they write is
+what the closing notes quote, so the numbers must come from real traffic.
+No speed is asserted here, only that the figures are there and add up."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from impetus.bench.soak import slope_per_minute, summarize
+from impetus.bench.traffic import percentile, process_tree, process_use
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def bench(*args, data_dir, out, timeout=600) -> dict:
+    result = subprocess.run([sys.executable, "-m", "impetus", "bench", *args, "--data-dir", str(data_dir),
+                             "--out", str(out), "--json"], capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def written(out, scenario: str) -> dict:
+    [json_file] = out.glob(f"*-{scenario}-*.json")
+    [png_file] = out.glob(f"*-{scenario}-*.png")
+    assert png_file.read_bytes().startswith(PNG) and png_file.stat().st_size > 10_000
+    return json.loads(json_file.read_text())
+
+
+def test_percentile_is_nearest_rank():
+    values = [float(v) for v in range(1, 101)]
+    assert percentile(values, 50) == 50 and percentile(values, 95) == 95 and percentile(values, 99) == 99
+    assert percentile([3.0], 99) == 3.0 and percentile([], 50) is None
+
+
+def test_slope_and_summary_see_a_leak_and_a_flat_line():
+    ts = [float(t) for t in range(0, 600, 5)]
+    leaking = [{"t": t, "server_rss_bytes": 100 * 2**20 + int(t * 2**20 / 60), "server_open_files": 30}
+               for t in ts]  # +1 MiB a minute, open files flat
+    summary = summarize(leaking, ["server"])
+    assert summary["server_mib_per_minute_second_half"] == pytest.approx(1.0, rel=0.01)
+    assert summary["server_files_per_minute_second_half"] == pytest.approx(0.0, abs=1e-9)
+    assert summary["server_mib_last_fifth"] > summary["server_mib_first_fifth"] + 7
+    assert slope_per_minute([0.0], [1.0]) is None
+
+
+def test_process_use_counts_a_process_tree():
+    child = subprocess.Popen([sys.executable, "-c", "import subprocess, sys, time; "
+                              "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(30)']); "
+                              "time.sleep(30)"])
+    try:
+        import time
+
+        deadline = time.monotonic() + 10
+        while len(process_tree(child.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        pids = process_tree(child.pid)
+        assert len(pids) == 2 and pids[0] == child.pid
+        use = process_use(pids)
+        assert use.rss_bytes > 2 * 5 * 2**20  # two Python interpreters
+        assert use.open_files is None or use.open_files >= 6  # stdin/out/err each
+    finally:
+        subprocess.run(["pkill", "-P", str(child.pid)])
+        child.kill()
+        child.wait()
+
+
+@pytest.mark.slow
+def test_load_ramp_through_nginx_counts_tokens_limits_and_memory(data_dir, tmp_path):
+    summary = bench("--scenario", "load", "--levels", "1,20", "--duration", "8", "--max-tokens", "4",
+                    data_dir=data_dir, out=tmp_path)
+    assert summary == written(tmp_path, "load")
+    one, twenty = summary["levels"]
+    assert (one["concurrency"], twenty["concurrency"]) == (1, 20)
+    for level in (one, twenty):
+        assert level["requests"] == level["ok"] + sum(level["errors"].values())
+        assert level["generated_tokens"] > 0 and level["tokens_per_s"] > 0
+        assert level["ttft_p50_s"] <= level["ttft_p95_s"] <= level["ttft_p99_s"]
+        assert level["peak_rss_bytes"]["server"] > 100 * 2**20
+        assert set(level["peak_rss_bytes"]) == {"redis", "server", "nginx"}
+    # clients 9 and 19 share a key that allows 1 request a minute: refused with 429
+    assert twenty["errors"].get("429", 0) >= 1
+    assert set(twenty["errors"]) <= {"429", "503"}  # nothing but refusals by design
+
+
+@pytest.mark.slow
+def test_peer_runs_both_servers_on_the_same_float32_weights(data_dir, tmp_path):
+    summary = bench("--scenario", "peer", "--levels", "1,2", "--requests-per-client", "1", "--max-tokens", "6",
+                    "--pairings", "same weights", data_dir=data_dir, out=tmp_path)
+    written(tmp_path, "peer")
+    [pairing] = summary["pairings"]
+    assert pairing["pairing"] == "same weights" and pairing["folder"].endswith("-float32")
+    assert [row["concurrency"] for row in pairing["rows"]] == [1, 2]
+    for row in pairing["rows"]:
+        for side in ("impetus", "mlx_lm_server"):
+            assert row[side]["errors"] == {}, row
+            assert row[side]["requests"] == row["concurrency"]
+            assert row[side]["tokens"] == 6 * row["concurrency"]  # greedy, max_tokens each
+        assert row["throughput_ratio"] == pytest.approx(
+            row["impetus"]["tokens_per_s"] / row["mlx_lm_server"]["tokens_per_s"])
+
+
+@pytest.mark.slow
+def test_soak_records_memory_and_open_files_over_time(data_dir, tmp_path):
+    summary = bench("--scenario", "soak", "--duration", "8", "--concurrency", "2", "--max-tokens", "4",
+                    data_dir=data_dir, out=tmp_path)
+    result = written(tmp_path, "soak")
+    assert result["requests"] == summary["requests"] > 0 and result["errors"] == {}
+    assert len(result["samples"]) >= 2
+    for name in ("server", "nginx", "redis"):
+        assert all(sample[f"{name}_rss_bytes"] > 0 for sample in result["samples"])
+        assert f"{name}_mib_per_minute_second_half" in result["summary"]

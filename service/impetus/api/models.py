@@ -52,24 +52,48 @@ def model_entry(entry, slot=None) -> dict:
     return described
 
 
+def embedding_entries(embeddings) -> list[dict]:
+    """The embedding models, loaded or not."""
+    from impetus.api.embeddings import embedding_entry
+    from impetus.embeddings.model import resolve_embedding_model
+
+    entries = []
+    for name in embeddings.available():
+        model = embeddings.loaded.get(name)
+        if model is not None:
+            entries.append(embedding_entry(model))
+            continue
+        _, folder = resolve_embedding_model(name, embeddings.models_dir)
+        entries.append({"id": name, "object": "model", "created": int(folder.stat().st_mtime),
+                        "owned_by": "impetus", "type": "embedding", "loaded": False})
+    return entries
+
+
 class ModelsResource:
-    def __init__(self, host):
+    def __init__(self, host, embeddings):
         self.host = host
+        self.embeddings = embeddings
 
     def on_get(self, req, resp):
         resp.media = {
             "object": "list",
-            "data": [model_entry(e, self.host.slots.get(e.name)) for e in self.host.available()],
+            "data": [model_entry(e, self.host.slots.get(e.name)) for e in self.host.available()]
+            + embedding_entries(self.embeddings),
         }
 
 
 class ModelResource:
-    def __init__(self, host):
+    def __init__(self, host, embeddings):
         self.host = host
+        self.embeddings = embeddings
 
     def on_get(self, req, resp, model_id):
         for entry in self.host.available():
             if entry.name == model_id:
                 resp.media = model_entry(entry, self.host.slots.get(entry.name))
+                return
+        for entry in embedding_entries(self.embeddings):
+            if entry["id"] == model_id:
+                resp.media = entry
                 return
         raise model_error(ModelNotFound(model_id), model_id)

@@ -33,10 +33,35 @@ class TextPart(_Request):
     text: str
 
 
+FunctionName = Annotated[str, StringConstraints(pattern=r"^[a-zA-Z0-9_-]{1,64}$")]
+
+
+class FunctionCall(_Request):
+    name: FunctionName
+    arguments: str  # JSON text, as OpenAI sends it
+
+
+class ToolCall(_Request):
+    id: str = Field(min_length=1)
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessage(_Request):
-    role: Literal["system", "developer", "user", "assistant"]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: Union[str, list[TextPart], None] = None
     name: str | None = None
+    tool_calls: list[ToolCall] | None = None  # an assistant turn that called tools
+    tool_call_id: str | None = None  # a tool turn: the result of that call
+    refusal: str | None = None
+
+    @model_validator(mode="after")
+    def _tool_fields_fit_the_role(self):
+        if self.tool_calls and self.role != "assistant":
+            raise ValueError("only assistant messages carry tool_calls")
+        if self.role == "tool" and not self.tool_call_id:
+            raise ValueError("a tool message needs the tool_call_id it answers")
+        return self
 
     def text(self) -> str:
         if self.content is None:
@@ -89,17 +114,73 @@ class _SamplingFields(_Request):
         return value
 
 
+class FunctionDefinition(_Request):
+    name: FunctionName
+    description: str | None = None
+    parameters: dict | None = None  # a JSON schema; none: no arguments
+    strict: bool | None = None
+
+
+class Tool(_Request):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(_Request):
+    name: FunctionName
+
+
+class NamedToolChoice(_Request):
+    type: Literal["function"]
+    function: NamedFunction
+
+
+class JSONSchemaFormat(_Request):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    name: Annotated[str, StringConstraints(pattern=r"^[a-zA-Z0-9_-]{1,64}$")]
+    description: str | None = None
+    json_schema: dict = Field(default_factory=dict, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(_Request):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JSONSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_with_its_type(self):
+        if self.type == "json_schema" and self.json_schema is None:
+            raise ValueError("type 'json_schema' needs the 'json_schema' object")
+        return self
+
+
 class ChatCompletionRequest(_SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    # Output that must match a schema (enforced by constrained decoding).
+    response_format: ResponseFormat | None = None
+    tools: Annotated[list[Tool], Field(max_length=128)] | None = None
+    tool_choice: Union[Literal["none", "auto", "required"], NamedToolChoice, None] = None
+    parallel_tool_calls: bool | None = None
 
     @model_validator(mode="after")
     def _top_logprobs_needs_logprobs(self):
         if self.top_logprobs and not self.logprobs:
             raise ValueError("top_logprobs requires logprobs to be true")
+        return self
+
+    @model_validator(mode="after")
+    def _tool_choice_needs_tools(self):
+        if self.tool_choice not in (None, "none", "auto") and not self.tools:
+            raise ValueError("tool_choice requires tools")
+        if isinstance(self.tool_choice, NamedToolChoice):
+            names = [t.function.name for t in self.tools or []]
+            if self.tool_choice.function.name not in names:
+                raise ValueError(f"tool_choice names '{self.tool_choice.function.name}', which is not "
+                                 f"among the tools ({', '.join(names)})")
         return self
 
 
@@ -117,6 +198,94 @@ class CompletionRequest(_SamplingFields):
         if isinstance(value, list) and isinstance(value[0], list) and any(not p for p in value):
             raise ValueError("token prompts must not be empty")
         return value
+
+
+NonEmptyText = Annotated[str, Field(min_length=1)]
+TokenId = Annotated[int, Field(ge=0)]
+TokenIds = Annotated[list[TokenId], Field(min_length=1)]
+
+
+class EmbeddingRequest(_Request):
+    model: str = Field(min_length=1)
+    # A text, texts, one list of token ids or several (ids of the embedding
+    # model's own tokenizer, without special tokens). At most 2048 inputs, as OpenAI.
+    input: Union[NonEmptyText, Annotated[list[NonEmptyText], Field(min_length=1, max_length=2048)],
+                 TokenIds, Annotated[list[TokenIds], Field(min_length=1, max_length=2048)]]
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(default=None, ge=1)
+    user: str | None = None
+
+
+class InputText(_Request):
+    type: Literal["input_text", "output_text", "text"]
+    text: str
+    annotations: list | None = None
+
+
+class InputMessage(_Request):
+    type: Literal["message"] = "message"
+    role: Literal["system", "developer", "user", "assistant"]
+    content: Union[str, list[InputText]]
+    id: str | None = None
+    status: str | None = None
+
+    def text(self) -> str:
+        return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+
+
+class TextFormat(_Request):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    type: Literal["text", "json_object", "json_schema"] = "text"
+    name: Annotated[str, StringConstraints(pattern=r"^[a-zA-Z0-9_-]{1,64}$")] | None = None
+    json_schema: dict | None = Field(default=None, alias="schema")
+    description: str | None = None
+    strict: bool | None = None
+
+    @model_validator(mode="after")
+    def _schema_with_its_type(self):
+        if self.type == "json_schema" and (self.json_schema is None or not self.name):
+            raise ValueError("format 'json_schema' needs a name and a schema")
+        return self
+
+
+class TextOptions(_Request):
+    format: TextFormat = Field(default_factory=TextFormat)
+    verbosity: str | None = None
+
+
+class ResponsesRequest(_Request):
+    """POST /v1/responses: text in, text out (tools are not offered here yet)."""
+
+    model: str = Field(min_length=1)
+    input: Union[Annotated[str, Field(min_length=1)], Annotated[list[InputMessage], Field(min_length=1)]]
+    instructions: str | None = None
+    max_output_tokens: int | None = Field(default=None, ge=1)
+    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    stream: bool = False
+    text: TextOptions | None = None
+    # Hints OpenAI treats as optional: accepted, ignored (nothing is stored).
+    user: str | None = None
+    metadata: dict[str, str] | None = None
+    store: bool | None = None
+    service_tier: str | None = None
+    truncation: Literal["disabled"] | None = None
+    parallel_tool_calls: bool | None = None
+    tools: list | None = None
+    tool_choice: Literal["none", "auto"] | None = None
+
+    @field_validator("tools")
+    @classmethod
+    def _no_tools_yet(cls, value):
+        if value:
+            raise ValueError("tools are not offered on /v1/responses yet; use /v1/chat/completions for tool calls")
+        return value
+
+    def messages(self) -> list[ChatMessage]:
+        turns = [ChatMessage(role="system", content=self.instructions)] if self.instructions else []
+        if isinstance(self.input, str):
+            return turns + [ChatMessage(role="user", content=self.input)]
+        return turns + [ChatMessage(role=m.role, content=m.text()) for m in self.input]
 
 
 # -- responses ---------------------------------------------------------------
@@ -143,15 +312,22 @@ class ChoiceLogprobs(_Response):
     content: list[TokenLogprob] | None = None
 
 
+class ResponseToolCall(_Response):
+    id: str
+    type: Literal["function"] = "function"
+    function: dict  # {"name": str, "arguments": JSON text}
+
+
 class AssistantMessage(_Response):
     role: Literal["assistant"] = "assistant"
     content: str | None = None
+    tool_calls: list[ResponseToolCall] | None = None
 
 
 class ChatChoice(_Response):
     index: int
     message: AssistantMessage
-    finish_reason: Literal["stop", "length"] | None
+    finish_reason: Literal["stop", "length", "tool_calls"] | None
     logprobs: ChoiceLogprobs | None = None
 
 
@@ -168,12 +344,13 @@ class ChatCompletion(_Response):
 class ChatDelta(_Response):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[dict] | None = None  # {"index", "id"?, "type"?, "function": {"name"?, "arguments"}}
 
 
 class ChatChunkChoice(_Response):
     index: int
     delta: ChatDelta
-    finish_reason: Literal["stop", "length"] | None = None
+    finish_reason: Literal["stop", "length", "tool_calls"] | None = None
     logprobs: ChoiceLogprobs | None = None
 
 
@@ -228,11 +405,48 @@ class Model(_Response):
     source: str | None = None
     memory_bytes: int | None = None
     weights_dtype: str | None = None
+    # "chat" (completions) or "embedding" (/v1/embeddings)
+    type: Literal["chat", "embedding"] = "chat"
+    dimensions: int | None = None
 
 
 class ModelList(_Response):
     object: Literal["list"] = "list"
     data: list[Model]
+
+
+class EmbeddingVector(_Response):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    # floats, or base64 of little-endian float32 bytes (encoding_format "base64")
+    embedding: Union[list[float], str]
+
+
+class EmbeddingUsage(_Response):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingList(_Response):
+    object: Literal["list"] = "list"
+    data: list[EmbeddingVector]
+    model: str
+    usage: EmbeddingUsage
+
+
+class ResponseObject(_Response):
+    id: str
+    object: Literal["response"] = "response"
+    created_at: int
+    status: Literal["completed", "incomplete", "in_progress", "failed"]
+    model: str
+    output: list[dict]
+    usage: dict | None = None
+
+
+class ResponseEvent(_Response):
+    type: str
+    sequence_number: int
 
 
 class ErrorDetail(_Response):

@@ -290,7 +290,7 @@ class Engine:
             caches=[cache],
             all_tokens=[prompt[:cached]],
             samplers=[make_sampler(params)],
-            logits_processors=[make_processors(params)],
+            logits_processors=[make_processors(params, self.tokenizer)],
         )
         stops = [s for s in params.stop if s]
         self._running[uid] = _Running(

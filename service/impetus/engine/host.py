@@ -72,7 +72,19 @@ def run_off_the_hub(fn):
     if monkey.is_module_patched("threading"):
         import gevent
 
-        return gevent.get_hub().threadpool.apply(fn)
+        # The exception comes back as a value and is raised here, in the
+        # greenlet: gevent's pool would print it as a traceback, though the
+        # caller handles it (a bad schema, a corrupt model folder).
+        def caught():
+            try:
+                return fn(), None
+            except Exception as error:
+                return None, error
+
+        result, error = gevent.get_hub().threadpool.apply(caught)
+        if error is not None:
+            raise error
+        return result
     return fn()
 
 

@@ -21,6 +21,8 @@ class SamplingParams:
     logit_bias: dict[int, float] = field(default_factory=dict)
     logprobs: bool = False
     top_logprobs: int = 0  # alternatives per position, as OpenAI counts them
+    # An llguidance grammar the output must match (response_format, required tool calls).
+    grammar: str | None = None
 
 
 @dataclass

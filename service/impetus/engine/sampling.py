@@ -45,8 +45,8 @@ def make_sampler(params: SamplingParams):
     return sample
 
 
-def make_processors(params: SamplingParams) -> list:
-    return make_logits_processors(
+def make_processors(params: SamplingParams, tokenizer=None) -> list:
+    processors = make_logits_processors(
         logit_bias=params.logit_bias or None,
         repetition_penalty=params.repetition_penalty,
         repetition_context_size=PENALTY_CONTEXT,
@@ -55,3 +55,9 @@ def make_processors(params: SamplingParams) -> list:
         frequency_penalty=params.frequency_penalty or None,
         frequency_context_size=PENALTY_CONTEXT,
     )
+    if params.grammar is not None:
+        # Last: whatever the penalties and biases did, only valid tokens stay.
+        from impetus.engine.structured import GrammarProcessor, ll_tokenizer
+
+        processors.append(GrammarProcessor(ll_tokenizer(tokenizer), params.grammar))
+    return processors

@@ -35,8 +35,19 @@ class ModelInfo:
         return json.loads((self.path / "config.json").read_text())
 
 
+# Encoder-only models make embeddings (/v1/embeddings), not completions.
+ENCODER_MODEL_TYPES = ("bert",)
+
+
 def is_model_folder(path: Path) -> bool:
     return (path / "config.json").is_file() and any(path.glob("*.safetensors"))
+
+
+def is_encoder_folder(path: Path) -> bool:
+    try:
+        return json.loads((path / "config.json").read_text()).get("model_type") in ENCODER_MODEL_TYPES
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def list_models(models_dir: Path) -> list[ModelInfo]:
@@ -45,7 +56,7 @@ def list_models(models_dir: Path) -> list[ModelInfo]:
     return [
         ModelInfo(path.name, path, int((path / "config.json").stat().st_mtime))
         for path in sorted(models_dir.iterdir())
-        if not path.name.startswith(".") and is_model_folder(path)
+        if not path.name.startswith(".") and is_model_folder(path) and not is_encoder_folder(path)
     ]
 
 

@@ -67,9 +67,9 @@ def test_langchain_structured_output(server):
     class City(BaseModel):
         name: str = Field(max_length=30)
         country: str = Field(max_length=30)
-        population_millions: float
+        population_thousands: int = Field(ge=0, le=100_000)
 
-    llm = ChatOpenAI(model=MODEL, base_url=f"{server.base_url}/v1", api_key="unused", temperature=0, max_tokens=80)
+    llm = ChatOpenAI(model=MODEL, base_url=f"{server.base_url}/v1", api_key="unused", temperature=0, max_tokens=150)
     city = llm.with_structured_output(City, method="json_schema").invoke("Tell me about Paris.")
     assert isinstance(city, City) and city.name
 

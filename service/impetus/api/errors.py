@@ -41,7 +41,7 @@ def from_validation_error(error: ValidationError) -> APIError:
         location = location[:-2]
         first = {**first, "msg": f"{first['msg']} (key {first['input']!r})"}
     # Unions report each alternative as a path element; keep the field path.
-    param = ".".join(p for p in location if not p.startswith(("list[", "str", "int", "function-")))
+    param = ".".join(p for p in location if not p.startswith(("list[", "str", "int", "function-", "constrained-")))
     kind = first["type"]
     if kind == "extra_forbidden":
         message = f"Unrecognized request argument supplied: {param}"

@@ -34,6 +34,7 @@ def model_entry(entry, slot=None) -> dict:
     described = {
         "id": entry.name, "object": "model", "created": entry.created, "owned_by": "impetus",
         # Extensions, beside OpenAI's fields:
+        "type": "chat",
         "loaded": slot is not None,
         "pinned": bool(slot and slot.pinned),
         "alias_of": entry.alias_of,

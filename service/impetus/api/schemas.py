@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationInfo, field_validator, model_validator
 
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
@@ -172,16 +172,18 @@ class ChatCompletionRequest(_SamplingFields):
             raise ValueError("top_logprobs requires logprobs to be true")
         return self
 
-    @model_validator(mode="after")
-    def _tool_choice_needs_tools(self):
-        if self.tool_choice not in (None, "none", "auto") and not self.tools:
+    @field_validator("tool_choice")
+    @classmethod
+    def _tool_choice_needs_tools(cls, value, info: ValidationInfo):
+        tools = info.data.get("tools")  # validated before tool_choice (field order)
+        if value not in (None, "none", "auto") and not tools:
             raise ValueError("tool_choice requires tools")
-        if isinstance(self.tool_choice, NamedToolChoice):
-            names = [t.function.name for t in self.tools or []]
-            if self.tool_choice.function.name not in names:
-                raise ValueError(f"tool_choice names '{self.tool_choice.function.name}', which is not "
+        if isinstance(value, NamedToolChoice):
+            names = [t.function.name for t in tools or []]
+            if value.function.name not in names:
+                raise ValueError(f"tool_choice names '{value.function.name}', which is not "
                                  f"among the tools ({', '.join(names)})")
-        return self
+        return value
 
 
 class CompletionRequest(_SamplingFields):
@@ -405,7 +407,7 @@ class Model(_Response):
     source: str | None = None
     memory_bytes: int | None = None
     weights_dtype: str | None = None
-    # "chat" (completions) or "embedding" (/v1/embeddings)
+    # "chat" (completions and responses) or "embedding" (/v1/embeddings)
     type: Literal["chat", "embedding"] = "chat"
     dimensions: int | None = None
 

@@ -99,13 +99,25 @@ def conversation(messages, tools, tokenizer) -> tuple[list[dict], dict]:
     return out, {}
 
 
+def closed(parameters: dict | None) -> dict:
+    """A function's parameters schema, with no arguments beyond the declared
+    ones unless it says otherwise: a function called with an extra keyword
+    fails, and a small model invents them (LangChain's schemas leave
+    additionalProperties out)."""
+    if not parameters:
+        return NO_ARGUMENTS
+    if "properties" in parameters and "additionalProperties" not in parameters:
+        return {**parameters, "additionalProperties": False}
+    return parameters
+
+
 def call_schema(tools, tool_choice) -> dict:
     """The JSON schema of one allowed call: {"name": ..., "arguments": {...}}."""
     if not isinstance(tool_choice, str):  # a named function
         tools = [t for t in tools if t.function.name == tool_choice.function.name]
     options = [{"type": "object", "additionalProperties": False, "required": ["name", "arguments"],
                 "properties": {"name": {"const": t.function.name},
-                               "arguments": t.function.parameters or NO_ARGUMENTS}} for t in tools]
+                               "arguments": closed(t.function.parameters)}} for t in tools]
     return options[0] if len(options) == 1 else {"anyOf": options}
 
 

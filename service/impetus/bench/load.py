@@ -23,6 +23,7 @@ import threading
 import time
 from pathlib import Path
 
+from impetus.bench import plots
 from impetus.bench.stack import gateway_stack
 from impetus.bench.traffic import Sampler, StreamResult, error_counts, percentile, stream_chat
 
@@ -142,27 +143,12 @@ def run(settings, levels: list[int], duration: float, max_tokens: int, work: Pat
 
 
 def plot(summary: dict, out: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    fig, (left, right) = plots.figure(2)
     levels = summary["levels"]
     xs = [level["concurrency"] for level in levels]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
-    left.plot(xs, [level["tokens_per_s"] for level in levels], "o-", label="generated tokens/s")
-    left.set(xscale="log", xlabel="concurrent clients", ylabel="tokens/s", title="Throughput (through nginx)")
-    left.set_xticks(xs, [str(x) for x in xs])
-    left.grid(alpha=0.3)
+    left.plot(xs, [level["tokens_per_s"] for level in levels], "o-")
+    plots.concurrency_axis(left, xs, "generated tokens/s", "Throughput (through nginx)")
     for q in (50, 95, 99):
         right.plot(xs, [level[f"ttft_p{q}_s"] for level in levels], "o-", label=f"TTFT p{q}")
-    right.set(xscale="log", yscale="log", xlabel="concurrent clients", ylabel="seconds",
-              title="Time to first token")
-    right.set_xticks(xs, [str(x) for x in xs])
-    right.grid(alpha=0.3)
-    right.legend()
-    fig.tight_layout()
-    path = out.with_suffix(".png")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return [path]
+    plots.concurrency_axis(right, xs, "seconds", "Time to first token", log_y=True)
+    return plots.save(fig, out)

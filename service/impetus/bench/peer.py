@@ -26,8 +26,9 @@ import threading
 import time
 from pathlib import Path
 
+from impetus.bench import plots
 from impetus.bench.traffic import StreamResult, error_counts, percentile, stream_chat
-from impetus.server.process import free_port, start_server, stop_server
+from impetus.server.process import free_port, start_server, stop_server, wait_until_ready
 
 PEER_LAUNCHER = ("from impetus.system.blas import preload_openblas; preload_openblas(); "
                  "import sys; from mlx_lm.server import main; sys.argv[0] = 'mlx_lm.server'; main()")
@@ -48,24 +49,11 @@ def float32_copy(source: Path, target: Path) -> Path:
 
 
 def start_peer(folder: Path, port: int, log: Path, timeout: float = 180) -> subprocess.Popen:
-    import httpx
-
     with log.open("w") as out:
         process = subprocess.Popen([sys.executable, "-c", PEER_LAUNCHER, "--model", str(folder), "--port", str(port),
                                     "--log-level", "WARNING"], stdout=out, stderr=subprocess.STDOUT,
                                    start_new_session=True)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"mlx_lm.server exited early:\n{log.read_text(errors='replace')}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=2).status_code == 200:
-                return process
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    stop_server(process)
-    raise RuntimeError(f"mlx_lm.server not ready after {timeout}s")
+    return wait_until_ready(process, f"http://127.0.0.1:{port}/v1/models", log, timeout)
 
 
 def _messages(level: int, client: int, turn: int) -> list[dict]:
@@ -159,14 +147,9 @@ def run(settings, levels: list[int], max_tokens: int, requests_per_client: int, 
 
 
 def plot(summary: dict, out: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     pairings = summary["pairings"]
-    fig, axes = plt.subplots(1, len(pairings), figsize=(5.5 * len(pairings), 4.2), squeeze=False)
-    for ax, pairing in zip(axes[0], pairings):
+    fig, axes = plots.figure(len(pairings))
+    for ax, pairing in zip(axes, pairings):
         xs = [row["concurrency"] for row in pairing["rows"]]
         ax.plot(xs, [row["impetus"]["tokens_per_s"] for row in pairing["rows"]], "o-", label="impetus")
         ax.plot(xs, [row["mlx_lm_server"]["tokens_per_s"] for row in pairing["rows"]], "s--", label="mlx_lm.server")
@@ -174,14 +157,5 @@ def plot(summary: dict, out: Path) -> list[Path]:
             if row["throughput_ratio"]:
                 ax.annotate(f"{row['throughput_ratio']:.2f}x", (x, row["impetus"]["tokens_per_s"]),
                             textcoords="offset points", xytext=(0, 7), ha="center", fontsize=8)
-        ax.set(xscale="log", xlabel="concurrent streams", ylabel="tokens/s (aggregate)",
-               title=f"{pairing['pairing']}")
-        ax.set_xticks(xs, [str(x) for x in xs])
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    path = out.with_suffix(".png")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return [path]
-
+        plots.concurrency_axis(ax, xs, "tokens/s (aggregate)", pairing["pairing"])
+    return plots.save(fig, out)

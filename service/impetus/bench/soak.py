@@ -11,6 +11,7 @@ import threading
 import time
 from pathlib import Path
 
+from impetus.bench import plots
 from impetus.bench.load import Client
 from impetus.bench.stack import gateway_stack
 from impetus.bench.traffic import Sampler, error_counts
@@ -80,14 +81,9 @@ def run(settings, duration: float, concurrency: int, max_tokens: int, work: Path
 
 
 def plot(result: dict, out: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    fig, (mem, files) = plots.figure(2)
     samples = result["samples"]
     ts = [s["t"] / 60 for s in samples]
-    fig, (mem, files) = plt.subplots(1, 2, figsize=(11, 4.2))
     for name in ("server", "nginx", "redis"):
         mem.plot(ts, [s[f"{name}_rss_bytes"] / 2**20 for s in samples], label=name)
         if samples and samples[0].get(f"{name}_open_files") is not None:
@@ -98,8 +94,4 @@ def plot(result: dict, out: Path) -> list[Path]:
         ax.grid(alpha=0.3)
         ax.legend()
         ax.set_ylim(bottom=0)
-    fig.tight_layout()
-    path = out.with_suffix(".png")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return [path]
+    return plots.save(fig, out)

@@ -22,18 +22,24 @@ def free_port() -> int:
 def start_server(port: int, log: Path, env: dict[str, str], timeout: float = 180) -> subprocess.Popen:
     """Run `impetus serve --port PORT` with `env` added to the environment,
     output to `log`, in its own process group; return once /readyz says 200."""
-    import httpx
-
     environment = {**os.environ, "PYTHONUNBUFFERED": "1", **env}
     with log.open("w") as out:
         process = subprocess.Popen([sys.executable, "-m", "impetus", "serve", "--port", str(port)],
                                    stdout=out, stderr=subprocess.STDOUT, env=environment, start_new_session=True)
+    return wait_until_ready(process, f"http://127.0.0.1:{port}/readyz", log, timeout)
+
+
+def wait_until_ready(process: subprocess.Popen, url: str, log: Path, timeout: float = 180) -> subprocess.Popen:
+    """Wait until `url` answers 200; stop the process and raise (with its log)
+    if it exits first or takes longer than `timeout`."""
+    import httpx
+
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"server exited early:\n{log.read_text(errors='replace')}")
         try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
+            if httpx.get(url, timeout=2).status_code == 200:
                 return process
         except httpx.HTTPError:
             pass

@@ -152,7 +152,7 @@ class Server:
 def server(data_dir, tmp_path_factory):
     """A real `impetus serve` (Gunicorn master + one gevent worker) on a free port."""
     log = tmp_path_factory.mktemp("server") / "server.log"
-    srv = Server(data_dir, log, max_queue=8)
+    srv = Server(data_dir, log, max_queue=8, max_batch_size=16)
     yield srv
     srv.stop()
     assert srv.process.returncode == 0, "the server did not shut down cleanly on SIGTERM"

@@ -10,6 +10,7 @@ from schemathesis import checks
 from hypothesis import HealthCheck, settings
 
 from impetus.gateway.keys import KeyStore
+from impetus.embeddings.model import DEFAULT_EMBEDDING_MODEL
 from impetus.models.store import DEFAULT_MODEL
 
 from conftest import Server
@@ -43,8 +44,10 @@ def map_body(context, body):
     # Keep each generation to a few tokens and choices: the run checks the API, not the model.
     if isinstance(body, dict):
         if "model" in body:  # a model that exists, so requests reach validation and the engine
-            body["model"] = DEFAULT_MODEL
-        for field, cap in (("max_tokens", TOKEN_CAP), ("max_completion_tokens", TOKEN_CAP), ("n", 2)):
+            embeddings = context.operation is not None and context.operation.path == "/v1/embeddings"
+            body["model"] = DEFAULT_EMBEDDING_MODEL if embeddings else DEFAULT_MODEL
+        for field, cap in (("max_tokens", TOKEN_CAP), ("max_completion_tokens", TOKEN_CAP),
+                           ("max_output_tokens", TOKEN_CAP), ("n", 2)):
             value = body.get(field)  # JSON numbers: 11.0 is a valid n
             if isinstance(value, (int, float)) and not isinstance(value, bool) and value > cap:
                 body[field] = cap

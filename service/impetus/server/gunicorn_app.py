@@ -60,6 +60,10 @@ class ImpetusApplication(BaseApplication):
 
         from impetus.metrics import Metrics
 
+        if self.settings.mlx_cache_limit_bytes is not None:
+            import mlx.core as mx
+
+            mx.set_cache_limit(self.settings.mlx_cache_limit_bytes)
         metrics = Metrics()
         self.host = EngineHost(self.settings, metrics=metrics)
         try:

@@ -91,7 +91,7 @@ def test_text_completion_streaming_with_stop_and_echo(client):
 
 def test_models_list_and_retrieve(client):
     ids = [m.id for m in client.models.list()]
-    assert ids == [DEFAULT_MODEL]
+    assert ids == [DEFAULT_MODEL, "all-minilm-l6-v2"]  # the chat model, then the embedding model
     assert client.models.retrieve(DEFAULT_MODEL).owned_by == "impetus"
     with pytest.raises(openai.NotFoundError):
         client.models.retrieve("no-such-model")

@@ -51,7 +51,8 @@ def test_every_model_is_listed_loaded_or_not(server):
     listing = httpx.get(f"{server.base_url}/v1/models", timeout=10).json()
     schemas.ModelList.model_validate(listing)
     models = {m["id"]: m for m in listing["data"]}
-    assert set(models) == {F32, F16, Q4, "broken", "broken-weights"}
+    assert set(models) == {F32, F16, Q4, "broken", "broken-weights", "all-minilm-l6-v2"}
+    assert models["all-minilm-l6-v2"]["type"] == "embedding" and models[F32]["type"] == "chat"
     assert models[F32]["loaded"] and not models[Q4]["loaded"]
     assert models[Q4]["alias_of"] == DEFAULT_MODEL and models[Q4]["owned_by"] == "impetus"
     assert models[F32]["parameters"] > 100e6 and models[F32]["context_length"] == 8192

@@ -365,6 +365,11 @@ class Engine:
             else:
                 cache, tokens = response.prompt_cache, response.all_tokens
             if cache is not None:
+                # The extracted cache is a lazy slice of the whole batch's KV
+                # buffers: until evaluated it keeps all of them alive. Copy it
+                # out now (measured: 40 mixed streams left 3.8 GB held by a
+                # prefix cache that counted 0.35 GB; 0.5 GB after this).
+                mx.eval([c.state for c in cache])
                 self._prefix_cache.insert_cache(self.loaded.name, list(tokens), cache)
             self._finish(state, finish, uid=response.uid)
 

@@ -22,6 +22,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from impetus.bench.traffic import Background
+
 TOPICS = ["a lighthouse", "the ocean", "a mountain village", "a robot", "a library", "a storm", "a garden",
           "a train journey", "a desert", "a forest", "a city at night", "a river", "a castle", "a comet",
           "a bakery", "a violin", "an island", "a snowfall", "a market", "a bridge"]
@@ -93,15 +95,14 @@ class _Stream:
             self.error = repr(error)
 
 
-class _HubProbe:
+class _HubProbe(Background):
     """Times GET /healthz every 100 ms while a level runs: if the engine
     thread starved the gevent hub, these would stretch to a token's time."""
 
     def __init__(self, base_url: str):
+        super().__init__()
         self.url = f"{base_url}/healthz"
         self.latencies: list[float] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run)
 
     def _run(self) -> None:
         import httpx
@@ -111,14 +112,6 @@ class _HubProbe:
                 start = time.perf_counter()
                 http.get(self.url)
                 self.latencies.append(time.perf_counter() - start)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
 
 
 def measure_level(base_url: str, model: str, concurrency: int, max_tokens: int) -> dict:

@@ -13,7 +13,7 @@ import math
 import os
 import subprocess
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 @dataclass
@@ -129,20 +129,38 @@ def process_use(pids: list[int]) -> ProcessUse:
     return ProcessUse(rss, files if proc else None)
 
 
-@dataclass
-class Sampler:
-    """Samples the processes' memory and open files every `interval` seconds
-    in a thread, for a benchmark level or a soak."""
+class Background:
+    """A thread that runs `_run` while a `with` block runs; `_run` loops until
+    `self._stop` is set."""
 
-    roots: dict[str, int]  # name -> root pid (its descendants are counted with it)
-    interval: float = 1.0
-    samples: list[dict] = field(default_factory=list)
-
-    def __post_init__(self):
+    def __init__(self):
         import threading
 
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+class Sampler(Background):
+    """Samples the processes' memory and open files every `interval` seconds,
+    for a benchmark level or a soak. `roots`: name -> root pid (its
+    descendants are counted with it)."""
+
+    def __init__(self, roots: dict[str, int], interval: float = 1.0):
+        super().__init__()
+        self.roots = roots
+        self.interval = interval
+        self.samples: list[dict] = []
         self._started = time.perf_counter()
 
     def sample(self) -> dict:
@@ -157,14 +175,6 @@ class Sampler:
         while not self._stop.is_set():
             self.samples.append(self.sample())
             self._stop.wait(self.interval)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
 
     def peak(self, column: str) -> int | None:
         values = [s[column] for s in self.samples if s.get(column) is not None]

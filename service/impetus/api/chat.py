@@ -198,16 +198,8 @@ class ChatCompletionsResource(GenerationResource):
                 if tool_mode is None:
                     delta = {"content": event.text} if event.text else {}
                 else:
-                    if tool_mode == "forced":
-                        calls, content = tools.parse_forced(held[index] + event.text), ""
-                        if not calls:
-                            content = held[index] + event.text
-                    else:
-                        streamed = splitters[index].feed(event.text)
-                        pending, call_text = splitters[index].finish()
-                        calls, leftover = tools.parse_auto(call_text, tokenizer, tool_list) if call_text \
-                            else ([], "")
-                        content = streamed + pending + leftover
+                    content, calls = tools.finish_stream(tool_mode, held[index], splitters[index], event.text,
+                                                         tokenizer, tool_list)
                     if content:
                         yield {**base, "choices": [{"index": index, "delta": {"content": content},
                                                     "finish_reason": None, "logprobs": None}]}

@@ -187,3 +187,17 @@ class CallSplitter:
     def finish(self) -> tuple[str, str]:
         """(text still held, the call text)"""
         return self.pending, self.calls
+
+
+def finish_stream(tool_mode: str, held: str, splitter: CallSplitter | None, final_text: str, tokenizer,
+                  tool_list) -> tuple[str, list[dict]]:
+    """At the end of a streamed choice with tools: the text still to send and
+    the tool calls. `held` is everything generated (a forced call); `splitter`
+    holds what followed a call marker (auto)."""
+    if tool_mode == "forced":
+        calls = parse_forced(held + final_text)
+        return ("" if calls else held + final_text), calls
+    streamed = splitter.feed(final_text)
+    pending, call_text = splitter.finish()
+    calls, leftover = parse_auto(call_text, tokenizer, tool_list) if call_text else ([], "")
+    return streamed + pending + leftover, calls

@@ -77,3 +77,12 @@ def test_names_and_folders(tmp_path, model):
     from impetus.models.store import list_models
 
     assert "my-minilm" not in [m.name for m in list_models(tmp_path)]
+
+
+def test_the_fast_erf_matches_mlx_erf():
+    import mlx.core as mx
+
+    from impetus.embeddings.bert import erf
+
+    xs = mx.linspace(-8, 8, 200_001)
+    assert mx.abs(erf(xs) - mx.erf(xs)).max().item() < 1e-6

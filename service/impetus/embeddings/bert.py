@@ -83,12 +83,38 @@ class Attention(nn.Module):
         return self.output(self.self(x, mask), x)
 
 
+# erf as a rational function (Eigen's float32 approximation, max error 5e-7 against
+# mx.erf): MLX's CPU erf is slow, 73 ms for a 32x64x1536 activation where a
+# multiply takes 1.5 ms; this takes 22 ms, and GELU was half of each layer's time.
+_ERF_NUMERATOR = (-2.72614225801306e-10, 2.77068142495902e-08, -2.10102402082508e-06, -5.69250639462346e-05,
+                  -7.34990630326855e-04, -2.95459980854025e-03, -1.60960333262415e-02)
+_ERF_DENOMINATOR = (-1.45660718464996e-05, -2.13374055278905e-04, -1.68282697438203e-03,
+                    -7.37332916720468e-03, -1.42647390514189e-02)
+
+
+def erf(x: mx.array) -> mx.array:
+    x = mx.clip(x, -4.0, 4.0)  # beyond, erf is ±1 in float32
+    x2 = x * x
+    p = _ERF_NUMERATOR[0]
+    for c in _ERF_NUMERATOR[1:]:
+        p = p * x2 + c
+    q = _ERF_DENOMINATOR[0]
+    for c in _ERF_DENOMINATOR[1:]:
+        q = q * x2 + c
+    return x * p / q
+
+
+def gelu(x: mx.array) -> mx.array:
+    """The exact (erf) GELU, as Hugging Face's "gelu"."""
+    return x * (1 + erf(x * 0.7071067811865476)) * 0.5
+
+
 class Intermediate(nn.Module):
     def __init__(self, config: BertConfig):
         super().__init__()
         self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
         # Hugging Face's "gelu" is the exact (erf) form; "gelu_new" the tanh approximation.
-        self.act = nn.gelu_approx if config.hidden_act in ("gelu_new", "gelu_pytorch_tanh") else nn.gelu
+        self.act = nn.gelu_approx if config.hidden_act in ("gelu_new", "gelu_pytorch_tanh") else gelu
 
     def __call__(self, x):
         return self.act(self.dense(x))

@@ -65,17 +65,16 @@ def token_logprobs(tokenizer, tokens, logprobs, tops) -> list[dict]:
 
 def message_of(text: str, tool_mode: str | None, tokenizer, tool_list) -> tuple[dict, bool]:
     """The assistant message for a choice's text, and whether it called tools."""
-    if tool_mode == "forced":
-        calls, content = tools.parse_forced(text), None
-    elif tool_mode == "auto":
-        calls, content = tools.parse_auto(text, tokenizer, tool_list)
-    else:
+    if tool_mode is None:
         return {"role": "assistant", "content": text}, False
-    message = {"role": "assistant", "content": content or None}
+    if tool_mode == "forced":
+        calls = tools.parse_forced(text)
+        message = {"role": "assistant", "content": None if calls else text}  # no call: cut off by max_tokens
+    else:
+        calls, content = tools.parse_auto(text, tokenizer, tool_list)
+        message = {"role": "assistant", "content": content or None}
     if calls:
         message["tool_calls"] = calls
-    elif content is None and tool_mode == "forced":
-        message["content"] = text  # cut off by max_tokens: what there is
     return message, bool(calls)
 
 

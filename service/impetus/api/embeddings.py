@@ -10,11 +10,13 @@ from impetus.api.validation import parse
 from impetus.embeddings.model import DEFAULT_EMBEDDING_MODEL, EmbeddingModelNotFound
 
 
-def embedding_entry(model) -> dict:
-    """A /v1/models entry for a loaded embedding model."""
-    return {"id": model.name, "object": "model", "created": int(model.path.stat().st_mtime),
-            "owned_by": "impetus", "type": "embedding", "loaded": True, "dimensions": model.dimensions,
-            "context_length": model.max_tokens, "memory_bytes": model.nbytes}
+def embedding_entry(name: str, folder, model=None) -> dict:
+    """A /v1/models entry for an embedding model; `model` when it is loaded."""
+    entry = {"id": name, "object": "model", "created": int(folder.stat().st_mtime), "owned_by": "impetus",
+             "type": "embedding", "loaded": model is not None}
+    if model is not None:
+        entry.update(dimensions=model.dimensions, context_length=model.max_tokens, memory_bytes=model.nbytes)
+    return entry
 
 
 class EmbeddingsResource:

@@ -45,18 +45,25 @@ def start_stream(resp, chunks) -> None:
     resp.stream = chunks
 
 
-def sampling_params(body, engine: Engine, prompt_length: int, max_tokens: int | None,
-                    default_max_tokens: int, logprobs: bool, top_logprobs: int) -> SamplingParams:
+def room_after_prompt(engine: Engine, prompt_length: int, param: str) -> int:
+    """Tokens the context leaves for the output; a 400 naming `param` when
+    the prompt alone fills it."""
     context = engine.loaded.context_length
     if prompt_length >= context:
         raise APIError(
             400,
             f"This model's maximum context length is {context} tokens. However, your prompt "
             f"has {prompt_length} tokens.",
-            param="messages" if hasattr(body, "messages") else "prompt",
+            param=param,
             code="context_length_exceeded",
         )
-    room = context - prompt_length
+    return context - prompt_length
+
+
+def sampling_params(body, engine: Engine, prompt_length: int, max_tokens: int | None,
+                    default_max_tokens: int, logprobs: bool, top_logprobs: int) -> SamplingParams:
+    context = engine.loaded.context_length
+    room = room_after_prompt(engine, prompt_length, "messages" if hasattr(body, "messages") else "prompt")
     if max_tokens is None:
         max_tokens = min(default_max_tokens, room)
     elif max_tokens > room:

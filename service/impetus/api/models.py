@@ -58,16 +58,8 @@ def embedding_entries(embeddings) -> list[dict]:
     from impetus.api.embeddings import embedding_entry
     from impetus.embeddings.model import resolve_embedding_model
 
-    entries = []
-    for name in embeddings.available():
-        model = embeddings.loaded.get(name)
-        if model is not None:
-            entries.append(embedding_entry(model))
-            continue
-        _, folder = resolve_embedding_model(name, embeddings.models_dir)
-        entries.append({"id": name, "object": "model", "created": int(folder.stat().st_mtime),
-                        "owned_by": "impetus", "type": "embedding", "loaded": False})
-    return entries
+    return [embedding_entry(name, resolve_embedding_model(name, embeddings.models_dir)[1],
+                            embeddings.loaded.get(name)) for name in embeddings.available()]
 
 
 class ModelsResource:

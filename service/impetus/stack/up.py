@@ -28,7 +28,7 @@ class StackError(RuntimeError):
     pass
 
 
-def _wait(condition, what: str, process: subprocess.Popen, timeout: float = 60) -> None:
+def wait_until(condition, what: str, process: subprocess.Popen, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         if process.poll() is not None:
@@ -57,7 +57,13 @@ def start_redis(data_dir: Path, log_dir: Path) -> tuple[subprocess.Popen, str]:
     directory.mkdir(parents=True, exist_ok=True)
     socket_path = directory / "redis.sock"
     process = subprocess.Popen(["redis-server", *redis_arguments(data_dir, log_dir)], start_new_session=True)
-    client = redis.Redis(unix_socket_path=str(socket_path), socket_connect_timeout=0.2)
+    wait_for_redis(redis.Redis(unix_socket_path=str(socket_path), socket_connect_timeout=0.2), process)
+    return process, f"unix://{socket_path}"
+
+
+def wait_for_redis(client, process: subprocess.Popen, timeout: float = 60) -> None:
+    """Until the redis-server just started answers PING through `client`."""
+    import redis
 
     def answers() -> bool:
         try:
@@ -65,8 +71,7 @@ def start_redis(data_dir: Path, log_dir: Path) -> tuple[subprocess.Popen, str]:
         except redis.RedisError:
             return False
 
-    _wait(answers, "redis-server", process)
-    return process, f"unix://{socket_path}"
+    wait_until(answers, "redis-server", process, timeout)
 
 
 def _stop(process: subprocess.Popen | None, sig: int, timeout: float) -> None:
@@ -133,7 +138,7 @@ def run(settings, public_host: str, public_port: int, tls: bool = False) -> int:
         proxy = nginx.start(conf, start_new_session=True)
         endpoint = f"{'https' if tls else 'http'}://{public_host}:{public_port}"
         verify = ssl.create_default_context(cafile=cert) if cert else True
-        _wait(lambda: _answers(f"{endpoint}/healthz", verify=verify), "nginx", proxy)
+        wait_until(lambda: _answers(f"{endpoint}/healthz", verify=verify), "nginx", proxy)
         console.print(f"[green]✓[/] nginx    ready  {endpoint} (logs in {log_dir})")
 
         admin_key = _first_admin_key(redis_url)

@@ -70,3 +70,11 @@ def test_what_is_not_supported_is_a_clear_400(server, body, param):
 def test_unknown_model_is_404(client):
     with pytest.raises(openai.NotFoundError):
         client.responses.create(model="nope", input="hi")
+
+
+def test_input_longer_than_the_context_is_a_400_naming_input(server):
+    response = httpx.post(f"{server.base_url}/v1/responses", timeout=60,
+                          json={"model": MODEL, "input": "word " * 9000})
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert (error["param"], error["code"]) == ("input", "context_length_exceeded")

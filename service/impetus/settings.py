@@ -64,6 +64,10 @@ class Settings(BaseSettings):
     # memory limit: a 135M model's worker grew to 6 GB resident in a soak while
     # 0.5-3 GB were in use. None: MLX's default.
     mlx_cache_limit_bytes: int | None = Field(2**30, ge=0)
+    # After this many seconds with no request, a worker empties that cache and
+    # returns the C heap's free pages to the OS (impetus.system.memory: ~80 ms
+    # on the next first token). 0: never.
+    idle_release_s: float = Field(30.0, ge=0)
 
     # Models load on demand. Each worker keeps its models within its share
     # (budget / workers) of the memory budget: by default this fraction of the

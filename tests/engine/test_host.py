@@ -106,3 +106,47 @@ def test_keep_alive_unloads_idle_models_and_frees_their_memory(models_home):
         assert answer(host.acquire(Q4))
     finally:
         host.stop()
+
+
+def resident_bytes() -> int:
+    from impetus.metrics import resident_memory_bytes
+
+    return resident_memory_bytes()
+
+
+def test_an_idle_worker_gives_freed_memory_back_once_per_quiet_spell(models_home):
+    host = make_host(models_home, 2000, idle_release_s=0.3)
+    try:
+        engine = host.acquire(F32)
+        story = engine.tokenizer.encode("Once upon a time")
+        handles = [engine.submit(story, SamplingParams(max_tokens=2000, temperature=1.0, seed=i), ThreadWaiter())
+                   for i in range(8)]
+        time.sleep(0.5)  # longer than idle_release_s, but the batch is still running
+        assert engine.in_flight and not host.release_memory_when_idle()
+        for handle in handles:
+            handle.cancel()
+            assert list(handle.events(timeout=120))[-1].reason in ("cancelled", "length", "stop")
+        assert not host.release_memory_when_idle()  # it served a moment ago
+        cached, active, resident = mx.get_cache_memory(), mx.get_active_memory(), resident_bytes()
+        assert cached > 8 * 2**20  # the batch's freed KV buffers, kept for reuse
+        time.sleep(0.4)
+        assert host.release_memory_when_idle()
+        assert mx.get_cache_memory() == 0 and mx.get_active_memory() <= active  # (the engine may still drop a last step's arrays)
+        assert resident - resident_bytes() > cached // 2, (resident, resident_bytes(), cached)
+        time.sleep(0.4)
+        assert not host.release_memory_when_idle()  # once per quiet spell
+        assert answer(host.acquire(F32))  # serving again after the release
+        time.sleep(0.4)
+        assert host.release_memory_when_idle()
+    finally:
+        host.stop()
+
+
+def test_idle_release_can_be_turned_off(models_home):
+    host = make_host(models_home, 2000, idle_release_s=0)
+    try:
+        assert answer(host.acquire(F32))
+        time.sleep(0.2)
+        assert not host.release_memory_when_idle() and mx.get_cache_memory() > 0
+    finally:
+        host.stop()

@@ -69,6 +69,7 @@ def test_requests_tokens_and_latencies_are_counted(server):
     assert memory and all(v > 100e6 for v in memory)
     for gauge in ("impetus_mlx_active_memory_bytes", "impetus_process_resident_memory_bytes"):
         assert value(after, gauge) > 0
+    assert ("impetus_mlx_cache_memory_bytes", ()) in after
     assert ("impetus_requests_running", (("model", model),)) in after
     # Series a dashboard plots exist before their first event, at 0.
     for name, labels in (("impetus_rate_limited_total", {"kind": "tokens"}),

@@ -33,12 +33,16 @@ def stack(data_dir, tmp_path_factory):
     work = tmp_path_factory.mktemp("faults")
     (work / "redis").mkdir()
     redis = RedisServer(work / "redis", persistent=True)
-    server = Server(data_dir, work / "server.log", workers=2, require_api_keys="true", redis_url=redis.url)
+    # Idle workers give freed memory back after half a second, so that what
+    # they hold between rounds of traffic is what they use (see the en-masse test).
+    server = Server(data_dir, work / "server.log", workers=2, require_api_keys="true", redis_url=redis.url,
+                    idle_release_s=0.5)
     nginx, url = start_nginx(work / "nginx", f"127.0.0.1:{server.port}")
     keys = KeyStore(redis.client())
     key, record = keys.create("faults-user", rpm=100_000, tpm=10_000_000)
+    admin, _ = keys.create("faults-admin", admin=True)
     yield {"server": server, "redis": redis, "nginx": nginx, "url": url, "key": key, "record": record,
-           "keys": keys, "work": work}
+           "admin": admin, "keys": keys, "work": work}
     stop(nginx)
     server.stop()
     redis.stop()
@@ -82,6 +86,17 @@ def wait_until(condition, what: str, timeout: float = 60) -> None:
         time.sleep(0.2)
 
 
+def in_flight_by_worker(stack) -> dict[int, int]:
+    """Requests in flight on each worker that answered (readyz reaches one at random)."""
+    seen = {}
+    for _ in range(20):
+        ready = httpx.get(f"{stack['server'].base_url}/readyz", timeout=5).json()
+        seen[ready["pid"]] = sum(e["in_flight"] for e in ready["engines"])
+        if len(seen) == 2:
+            break
+    return seen
+
+
 def both_workers_ready(stack) -> bool:
     try:
         pids = {httpx.get(f"{stack['server'].base_url}/readyz", timeout=5).json()["pid"] for _ in range(20)}
@@ -98,15 +113,23 @@ def test_kill_9_of_a_worker_during_streams(stack):
     usage_key = f"impetus:usage:{stack['record'].hash}"
     redis = stack["redis"].client()
     completion_before = int(redis.hget(usage_key, "completion_tokens") or 0)
-    with ThreadPoolExecutor(6) as pool:
-        futures = [pool.submit(stream, stack["url"], headers(stack), 40) for _ in range(6)]
-        time.sleep(2.0)  # the streams run on both workers
+    with ThreadPoolExecutor(12) as pool:
+        # Streams until both workers run some: nginx reuses its upstream
+        # connections, so six streams may all land on one worker.
+        futures, busy = [], {}
+        while len(futures) < 12 and not (len(futures) >= 6 and len(busy) == 2 and all(busy.values())):
+            futures += [pool.submit(stream, stack["url"], headers(stack), 40) for _ in range(2)]
+            time.sleep(1.0)
+            busy = in_flight_by_worker(stack)
+        assert len(busy) == 2 and all(busy.values()), f"streams on one worker only: {busy}"
         victim = min(before)
+        survivor_streams = busy[max(before)]
         os.kill(victim, signal.SIGKILL)
         results = [f.result() for f in futures]
     finished = [r for r in results if r["done"]]
     cut = [r for r in results if not r["done"]]
-    assert finished, "the surviving worker's streams should finish"
+    # Every stream the surviving worker was running when the other died finishes.
+    assert len(finished) >= survivor_streams, (survivor_streams, results)
     for r in finished:
         assert r["events"][-1]["usage"]["completion_tokens"] == 40
     # The master replaces the worker; both serve again.
@@ -118,7 +141,7 @@ def test_kill_9_of_a_worker_during_streams(stack):
     # The key still works and the usage of every finished stream was recorded.
     completion_after = int(redis.hget(usage_key, "completion_tokens") or 0)
     assert completion_after - completion_before >= 40 * len(finished) + 3 * 6
-    assert len(cut) <= 6
+    assert len(cut) <= len(futures) - survivor_streams
 
 
 def test_redis_restart_under_load_loses_no_key(stack):
@@ -158,12 +181,33 @@ def test_nginx_reload_during_streams(stack):
     assert httpx.get(f"{stack['url']}/healthz", timeout=10).status_code == 200
 
 
-def worker_rss(master: int) -> int:
-    total = 0
-    for pid in workers_of(master):
-        with open(f"/proc/{pid}/statm") as f:
-            total += int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    return total
+def resident_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def worker_memory(stack) -> dict[int, dict]:
+    """Each worker's memory once it has given back what it freed (MLX's buffer
+    cache emptied, the C heap trimmed: idle_release_s): what is left is in use.
+    Without that, resident memory followed the largest batch a worker had
+    served (its freed KV buffers, ~11 MiB a stream, stay cached), so 16 streams
+    split unevenly between the two workers could read as growth (issue 13:
+    +94 MiB in a full run, with nothing leaked)."""
+    seen = {}
+
+    def both_released() -> bool:
+        status = httpx.get(f"{stack['server'].base_url}/v1/status", timeout=10,
+                           headers={"Authorization": f"Bearer {stack['admin']}"}).json()
+        hardware = status["hardware"]
+        if hardware["mlx_cache_memory_bytes"] == 0:
+            pid = status["worker_pid"]
+            seen[pid] = {"resident": resident_bytes(pid), "arrays": hardware["mlx_active_memory_bytes"],
+                         "prefix_cache": [(e["prefix_cache_entries"], e["prefix_cache_bytes"])
+                                          for e in status["engines"]]}
+        return len(seen) == 2
+
+    wait_until(both_released, "both workers to give their freed memory back", timeout=30)
+    return seen
 
 
 def test_clients_leaving_en_masse_leak_nothing(stack):
@@ -178,15 +222,24 @@ def test_clients_leaving_en_masse_leak_nothing(stack):
         return sum(e["in_flight"] for _ in range(10)
                    for e in httpx.get(f"{stack['server'].base_url}/readyz", timeout=5).json()["engines"])
 
-    master = stack["server"].process.pid
-    rss = []
-    for _ in range(3):
+    rounds = []
+    for _ in range(4):
         with ThreadPoolExecutor(16) as pool:
             list(pool.map(lambda _: leave_after_first_token(), range(16)))
         wait_until(lambda: in_flight() == 0, "every abandoned request to leave its batch slot", timeout=30)
-        rss.append(worker_rss(master))
-    # The first round may warm caches; later rounds must not keep growing.
-    assert rss[2] - rss[1] < 64 * 2**20, [r / 2**20 for r in rss]
+        rounds.append(worker_memory(stack))
+    # The first round warms each worker's paths; from the second on nothing may grow.
+    first, last = rounds[1], rounds[3]
+    assert first.keys() == last.keys() == workers_of(stack["server"].process.pid)
+    for pid in first:
+        mib = {k: round(v / 2**20, 1) for k, v in last[pid].items() if k != "prefix_cache"}
+        # No array outlives an abandoned request (a stream's KV buffer is
+        # ~11 MiB), and abandoned requests add nothing to the prefix cache...
+        assert abs(last[pid]["arrays"] - first[pid]["arrays"]) < 4 * 2**20, (first[pid], mib)
+        assert last[pid]["prefix_cache"] == first[pid]["prefix_cache"]
+        # ...nor to the memory outside MLX (measured flat within 1 MiB).
+        outside = [r[pid]["resident"] - r[pid]["arrays"] for r in (first, last)]
+        assert outside[1] - outside[0] < 32 * 2**20, [r[pid] for r in rounds]
 
 
 def test_requests_too_large_to_serve_are_clear_errors(stack):

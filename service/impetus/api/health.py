@@ -90,7 +90,8 @@ def status_snapshot(host, gateway, started: float) -> dict:
                      "mlx_device": info.mlx_device(), "blas": blas.blas_in_use(),
                      "thermal_state": info.thermal_state_name(info.thermal_state()),
                      "mlx_active_memory_bytes": mx.get_active_memory(),
-                     "mlx_peak_memory_bytes": mx.get_peak_memory()},
+                     "mlx_peak_memory_bytes": mx.get_peak_memory(),
+                     "mlx_cache_memory_bytes": mx.get_cache_memory()},
         "redis": redis_state(gateway),
         "engines": engines,
     }

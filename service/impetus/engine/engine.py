@@ -135,6 +135,7 @@ class Engine:
         # their difference is a race-free count of requests in flight.
         self._submitted = 0
         self._done = 0
+        self.last_done_at = time.monotonic()  # when a request last ended (the host's idle release)
         self._alive = False
         self._stopping = False
         self._exited: SimpleQueue = SimpleQueue()
@@ -408,5 +409,6 @@ class Engine:
 
     def _push_finish(self, handle: RequestHandle, event: FinishEvent) -> None:
         """Every request ends here exactly once."""
+        self.last_done_at = time.monotonic()
         self._done += 1
         handle.push(event)

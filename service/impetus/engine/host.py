@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from impetus.engine.engine import Engine
 from impetus.models import loader
 from impetus.models.registry import ModelEntry, Registry
+from impetus.system.memory import release_free_memory
 
 log = logging.getLogger("impetus.engine")
 
@@ -99,6 +100,7 @@ class EngineHost:
         self._reserved: dict[str, int] = {}  # memory of loads in progress
         self._failures: dict[str, tuple[str, float]] = {}
         self.stopping = False  # set when the worker begins to shut down: long streams end
+        self._released_at = float("-inf")  # see release_memory_when_idle
 
     @property
     def engines(self) -> dict[str, Engine]:
@@ -208,14 +210,12 @@ class EngineHost:
         self._unload(name)
 
     def _unload(self, name: str) -> None:
-        import mlx.core as mx
-
         slot = self.slots.pop(name)
         slot.engine.stop()
         if self.metrics is not None:
             self.metrics.model_unloaded(name)
         del slot
-        mx.clear_cache()
+        release_free_memory()
 
     def unload_expired(self) -> list[str]:
         """Unload the models idle for longer than their keep-alive."""
@@ -227,6 +227,21 @@ class EngineHost:
             log.info("unloading %s: idle for longer than its keep-alive", name)
             self._unload(name)
         return expired
+
+    def release_memory_when_idle(self) -> bool:
+        """Once no model has served for `idle_release_s`, give the freed memory
+        back to the OS (impetus.system.memory), once per quiet spell. Called
+        every second by the worker's housekeeping; True when it released."""
+        now = time.monotonic()
+        after = self.settings.idle_release_s
+        if not after or any(s.engine.in_flight for s in self.slots.values()):
+            return False
+        active_at = max((max(s.last_used, s.engine.last_done_at) for s in self.slots.values()), default=0.0)
+        if self._released_at >= active_at or now - active_at < after:
+            return False
+        release_free_memory()
+        self._released_at = now
+        return True
 
     # -- state -----------------------------------------------------------------
 

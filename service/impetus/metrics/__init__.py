@@ -59,6 +59,7 @@ class Metrics:
         self.model_bytes = gauge("impetus_model_memory_bytes", "Memory of the loaded model's weights",
                                  ("model",), mode="liveall")
         self.mlx_active_bytes = gauge("impetus_mlx_active_memory_bytes", "MLX memory in use")
+        self.mlx_cache_bytes = gauge("impetus_mlx_cache_memory_bytes", "Freed MLX buffers kept for reuse")
         self.mlx_peak_bytes = gauge("impetus_mlx_peak_memory_bytes", "MLX peak memory", mode="livemax")
         self.resident_bytes = gauge("impetus_process_resident_memory_bytes", "Resident memory of the workers")
         self.thermal_state = gauge("impetus_thermal_state",
@@ -99,6 +100,7 @@ class Metrics:
             self.running.labels(name).set(engine.stats.running)
             self.waiting.labels(name).set(engine.stats.waiting)
         self.mlx_active_bytes.set(mx.get_active_memory())
+        self.mlx_cache_bytes.set(mx.get_cache_memory())
         self.mlx_peak_bytes.set(mx.get_peak_memory())
         self.resident_bytes.set(resident_memory_bytes())
         state = thermal_state()

@@ -88,6 +88,7 @@ class ImpetusApplication(BaseApplication):
             try:
                 metrics.sample_engines(self.host)
                 self.host.unload_expired()
+                self.host.release_memory_when_idle()
             except Exception:  # keep the loop; say what went wrong
                 logging.getLogger("impetus.server").exception("housekeeping failed")
             gevent.sleep(1.0)

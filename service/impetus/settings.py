@@ -57,6 +57,10 @@ class Settings(BaseSettings):
     # Requests allowed to wait for a batch slot; beyond that the API answers 503.
     max_queue: int = 64
     default_max_tokens: int = 2048
+    # A max_tokens beyond the room the prompt leaves in the context: "clamp" it
+    # to that room (agents ask for 32000 whatever the model), or "reject" it
+    # with OpenAI's 400 (api.generation.output_budget).
+    max_tokens_overflow: Literal["clamp", "reject"] = "clamp"
     prompt_cache_entries: int = 16
     prompt_cache_bytes: int = 512 * 1024 * 1024
 

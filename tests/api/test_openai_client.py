@@ -105,7 +105,7 @@ def test_errors_surface_as_openai_exceptions(client):
         client.chat.completions.create(model="gpt-4o", messages=QUESTION)
     assert error.value.body["code"] == "model_not_found"
     with pytest.raises(openai.BadRequestError) as error:
-        client.chat.completions.create(model=DEFAULT_MODEL, messages=QUESTION, max_tokens=100_000)
+        client.chat.completions.create(model=DEFAULT_MODEL, messages=[{"role": "user", "content": "word " * 9000}])
     assert error.value.body["code"] == "context_length_exceeded"
 
 

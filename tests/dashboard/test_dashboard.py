@@ -4,7 +4,6 @@ dashboard. Screenshots of each page go to test-artifacts/dashboard/."""
 
 from __future__ import annotations
 
-import shutil
 import sys
 from pathlib import Path
 

@@ -141,10 +141,11 @@ class ChatCompletionsResource(GenerationResource):
         tokenizer = engine.tokenizer
         tool_mode = tools.mode(body)
         prompt = render_chat(tokenizer, body.messages, body.tools)
-        params = sampling_params(
-            body, engine, len(prompt), body.max_completion_tokens or body.max_tokens,
-            self.settings.default_max_tokens, logprobs=body.logprobs, top_logprobs=body.top_logprobs or 0,
-        )
+        max_tokens = generation.output_budget(
+            resp, engine, self.settings, len(prompt), body.max_completion_tokens or body.max_tokens, "messages",
+            "max_completion_tokens" if body.max_completion_tokens else "max_tokens")
+        params = sampling_params(body, max_tokens, engine, logprobs=body.logprobs,
+                                 top_logprobs=body.top_logprobs or 0)
         params.grammar = output_grammar(body, tool_mode, tokenizer)
         gen = self.generation(req, engine, [prompt] * body.n, [params] * body.n, prompt_tokens=len(prompt))
         meta = self.response_meta(gen)

@@ -95,8 +95,10 @@ class CompletionsResource(GenerationResource):
         want_logprobs = body.logprobs is not None
         all_prompts, all_params = [], []
         for p in prompts:
-            params = sampling_params(body, engine, len(p), body.max_tokens, self.settings.default_max_tokens,
-                                     logprobs=want_logprobs, top_logprobs=body.logprobs or 0)
+            max_tokens = generation.output_budget(resp, engine, self.settings, len(p), body.max_tokens, "prompt",
+                                                  "max_tokens")
+            params = sampling_params(body, max_tokens, engine, logprobs=want_logprobs,
+                                     top_logprobs=body.logprobs or 0)
             all_prompts += [p] * body.n
             all_params += [params] * body.n
         gen = self.generation(req, engine, all_prompts, all_params, prompt_tokens=sum(len(p) for p in prompts))

@@ -60,21 +60,41 @@ def room_after_prompt(engine: Engine, prompt_length: int, param: str) -> int:
     return context - prompt_length
 
 
-def sampling_params(body, engine: Engine, prompt_length: int, max_tokens: int | None,
-                    default_max_tokens: int, logprobs: bool, top_logprobs: int) -> SamplingParams:
-    context = engine.loaded.context_length
-    room = room_after_prompt(engine, prompt_length, "messages" if hasattr(body, "messages") else "prompt")
-    if max_tokens is None:
-        max_tokens = min(default_max_tokens, room)
-    elif max_tokens > room:
+MAX_TOKENS_HEADER = "x-impetus-max-tokens"
+
+
+def output_budget(resp, engine: Engine, settings, prompt_length: int, requested: int | None,
+                  prompt_param: str, max_param: str) -> int:
+    """How many tokens the answer may have: what the request asked for (or
+    IMPETUS_DEFAULT_MAX_TOKENS), within the room the context leaves after the
+    prompt. Agents ask for far more than a local model's context leaves
+    (Claude Code always sends max_tokens 32000; the default model has 8,192
+    tokens), so by default (IMPETUS_MAX_TOKENS_OVERFLOW=clamp) an ask beyond
+    the room is cut to it, the answer ends with "length" if it runs out, and
+    the response header x-impetus-max-tokens says what was granted; "reject"
+    answers OpenAI's 400 naming `max_param` instead. A prompt that alone fills
+    the context is a 400 naming `prompt_param` either way. With several
+    prompts (completions) the header names the tightest grant."""
+    room = room_after_prompt(engine, prompt_length, prompt_param)
+    if requested is None:
+        return min(settings.default_max_tokens, room)
+    if requested <= room:
+        return requested
+    if settings.max_tokens_overflow == "reject":
         raise APIError(
             400,
-            f"This model's maximum context length is {context} tokens. However, you requested "
-            f"{prompt_length + max_tokens} tokens ({prompt_length} in the prompt, {max_tokens} "
-            f"in the completion). Please reduce the prompt or max_tokens.",
-            param="max_tokens",
+            f"This model's maximum context length is {engine.loaded.context_length} tokens. However, you "
+            f"requested {prompt_length + requested} tokens ({prompt_length} in the prompt, {requested} "
+            f"in the completion). Please reduce the prompt or {max_param}.",
+            param=max_param,
             code="context_length_exceeded",
         )
+    granted = resp.get_header(MAX_TOKENS_HEADER)
+    resp.set_header(MAX_TOKENS_HEADER, str(min(room, int(granted)) if granted else room))
+    return room
+
+
+def sampling_params(body, max_tokens: int, engine: Engine, logprobs: bool, top_logprobs: int) -> SamplingParams:
     vocab = engine.loaded.config.get("vocab_size") or 0
     logit_bias = {}
     for key, value in (body.logit_bias or {}).items():

@@ -76,8 +76,8 @@ class ResponsesResource(GenerationResource):
         self.admit(req, resp, body, engine)
         tokenizer = engine.tokenizer
         prompt = render_chat(tokenizer, body.messages())
-        room = generation.room_after_prompt(engine, len(prompt), "input")
-        max_tokens = min(body.max_output_tokens or self.settings.default_max_tokens, room)
+        max_tokens = generation.output_budget(resp, engine, self.settings, len(prompt), body.max_output_tokens,
+                                              "input", "max_output_tokens")
         params = SamplingParams(max_tokens=max_tokens, temperature=body.temperature, top_p=body.top_p,
                                 grammar=output_grammar(_FormatView(body), None, tokenizer))
         gen = self.generation(req, engine, [prompt], [params], prompt_tokens=len(prompt))

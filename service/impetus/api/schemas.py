@@ -154,10 +154,15 @@ class ResponseFormat(_Request):
         return self
 
 
+# Output lengths past the context are clamped to it (api.generation.output_budget);
+# past a 32-bit integer they are nonsense, not a wish: a 400 naming the field.
+OutputTokens = Annotated[int, Field(ge=1, le=2**31 - 1)]
+
+
 class ChatCompletionRequest(_SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
+    max_tokens: OutputTokens | None = None
+    max_completion_tokens: OutputTokens | None = None
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
     # Output that must match a schema (enforced by constrained decoding).
@@ -188,7 +193,7 @@ class ChatCompletionRequest(_SamplingFields):
 
 class CompletionRequest(_SamplingFields):
     prompt: Union[str, list[str], list[int], list[list[int]]]
-    max_tokens: int | None = Field(default=16, ge=1)
+    max_tokens: OutputTokens | None = 16
     logprobs: int | None = Field(default=None, ge=0, le=5)
     echo: bool = False
 
@@ -261,7 +266,7 @@ class ResponsesRequest(_Request):
     model: str = Field(min_length=1)
     input: Union[Annotated[str, Field(min_length=1)], Annotated[list[InputMessage], Field(min_length=1)]]
     instructions: str | None = None
-    max_output_tokens: int | None = Field(default=None, ge=1)
+    max_output_tokens: OutputTokens | None = None
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     stream: bool = False

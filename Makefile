@@ -25,12 +25,12 @@ ifneq ($(VENV_OK),yes)
 APT_PACKAGES += python3-venv
 endif
 
-.PHONY: run test setup system-deps test-deps model dashboard bench doctor cert clean
+.PHONY: run test setup system-deps test-deps agents model dashboard bench doctor cert clean
 
 run: setup
 	$(BIN)/impetus up
 
-test: setup test-deps
+test: setup test-deps agents
 	$(BIN)/python -m pytest -v --durations=15
 
 bench: setup
@@ -61,6 +61,14 @@ ifeq ($(UNAME),Linux)
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends chromium; }
 endif
 
+# The coding agents the tests drive headless (Claude Code ships its binary in a
+# platform package from the npm registry), pinned by tests/agents/package-lock.json.
+agents: tests/agents/node_modules/.installed
+
+tests/agents/node_modules/.installed: tests/agents/package.json tests/agents/package-lock.json
+	cd tests/agents && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
 system-deps:
 ifeq ($(UNAME),Linux)
 	@missing=""; for p in $(APT_PACKAGES); do \
@@ -88,4 +96,4 @@ model: $(STAMP)
 	@$(BIN)/impetus models ensure >/dev/null
 
 clean:
-	rm -rf $(VENV) test-artifacts .pytest_cache dashboard/node_modules dashboard/dist
+	rm -rf $(VENV) test-artifacts .pytest_cache dashboard/node_modules dashboard/dist tests/agents/node_modules

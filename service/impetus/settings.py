@@ -57,6 +57,8 @@ class Settings(BaseSettings):
     # Requests allowed to wait for a batch slot; beyond that the API answers 503.
     max_queue: int = 64
     default_max_tokens: int = 2048
+    # The temperature of requests that name none (Claude Code and Codex send none).
+    default_temperature: float = Field(1.0, ge=0.0, le=2.0)
     # A max_tokens beyond the room the prompt leaves in the context: "clamp" it
     # to that room (agents ask for 32000 whatever the model), or "reject" it
     # with OpenAI's 400 (api.generation.output_budget).

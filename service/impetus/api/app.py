@@ -10,6 +10,7 @@ from impetus.api.admin_events import AdminEventsResource
 from impetus.api.admin_keys import AdminKeyResource, AdminKeysResource
 from impetus.api.chat import ChatCompletionsResource
 from impetus.api.completions import CompletionsResource
+from impetus.api.messages import CountTokensResource, MessagesResource
 from impetus.api.embeddings import EmbeddingsResource
 from impetus.api.responses import ResponsesResource
 from impetus.api.errors import handle_http_error, handle_unexpected
@@ -47,6 +48,8 @@ def create_app(settings, host, waker, gateway=None, metrics=None, broadcast=None
     app.add_route("/v1/completions", CompletionsResource(host, waker, settings, cache, metrics))
     # Not cached: a Responses object is not replayed from the chat cache's form.
     app.add_route("/v1/responses", ResponsesResource(host, waker, settings, None, metrics))
+    app.add_route("/v1/messages", MessagesResource(host, waker, settings, None, metrics))
+    app.add_route("/v1/messages/count_tokens", CountTokensResource(host))
     if metrics is not None:
         app.add_route("/metrics", MetricsResource())
     app.add_route("/v1/embeddings", EmbeddingsResource(embeddings, host, metrics))

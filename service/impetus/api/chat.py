@@ -131,7 +131,7 @@ class ChatCompletionsResource(GenerationResource):
     replay = staticmethod(replay_chat)
 
     def on_post(self, req, resp):
-        body = parse(ChatCompletionRequest, req.context.json)
+        body = generation.with_defaults(parse(ChatCompletionRequest, req.context.json), self.settings)
         engine = generation.engine_for(self.host, body.model)
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         lookup = self.admit(req, resp, body, engine)

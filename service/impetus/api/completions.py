@@ -83,7 +83,7 @@ class CompletionsResource(GenerationResource):
     replay = staticmethod(replay_completion)
 
     def on_post(self, req, resp):
-        body = parse(CompletionRequest, req.context.json)
+        body = generation.with_defaults(parse(CompletionRequest, req.context.json), self.settings)
         engine = generation.engine_for(self.host, body.model)
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         lookup = self.admit(req, resp, body, engine)

@@ -80,12 +80,30 @@ def _falcon_error_body(error: falcon.HTTPError) -> dict:
     }
 
 
+# Anthropic's error types by status, for the routes of its Messages API.
+_ANTHROPIC_TYPES = {
+    400: "invalid_request_error", 401: "authentication_error", 402: "billing_error", 403: "permission_error",
+    404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error", 503: "overloaded_error",
+    504: "timeout_error", 529: "overloaded_error",
+}
+
+
+def in_protocol_shape(req, status: int, body: dict) -> dict:
+    """The error body as the route's protocol writes it: OpenAI's everywhere,
+    `{"type": "error", "error": {"type", "message"}}` on /v1/messages (what
+    Claude Code and the `anthropic` SDK read)."""
+    if not req.path.startswith("/v1/messages"):
+        return body
+    kind = _ANTHROPIC_TYPES.get(status, "invalid_request_error" if status < 500 else "api_error")
+    return {"type": "error", "error": {"type": kind, "message": body["error"]["message"]}}
+
+
 def handle_http_error(req, resp, error: falcon.HTTPError, params) -> None:
     resp.status = error.status
     resp.content_type = falcon.MEDIA_JSON
     if error.headers:
         resp.set_headers(error.headers)
-    resp.text = json.dumps(_falcon_error_body(error))
+    resp.text = json.dumps(in_protocol_shape(req, error.status_code, _falcon_error_body(error)))
 
 
 def handle_unexpected(req, resp, error: Exception, params) -> None:
@@ -94,7 +112,6 @@ def handle_unexpected(req, resp, error: Exception, params) -> None:
     log.exception("unhandled error on %s %s", req.method, req.path)
     resp.status = falcon.HTTP_500
     resp.content_type = falcon.MEDIA_JSON
-    resp.text = json.dumps(
-        {"error": {"message": "The server had an error while processing your request.",
-                   "type": "server_error", "param": None, "code": None}}
-    )
+    resp.text = json.dumps(in_protocol_shape(req, 500, {"error": {
+        "message": "The server had an error while processing your request.",
+        "type": "server_error", "param": None, "code": None}}))

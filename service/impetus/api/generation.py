@@ -63,8 +63,19 @@ def room_after_prompt(engine: Engine, prompt_length: int, param: str) -> int:
 MAX_TOKENS_HEADER = "x-impetus-max-tokens"
 
 
+def with_defaults(body, settings):
+    """The request with the server's defaults filled in where it named none,
+    before anything reads it (the response cache keys on the result): a
+    temperature, IMPETUS_DEFAULT_TEMPERATURE (1.0, as OpenAI and Anthropic
+    have it; coding agents send none, and an operator serving small models
+    may want them greedy)."""
+    if body.temperature is None:
+        body.temperature = settings.default_temperature
+    return body
+
+
 def output_budget(resp, engine: Engine, settings, prompt_length: int, requested: int | None,
-                  prompt_param: str, max_param: str) -> int:
+                  prompt_param: str, max_param: str, overflow: str | None = None) -> int:
     """How many tokens the answer may have: what the request asked for (or
     IMPETUS_DEFAULT_MAX_TOKENS), within the room the context leaves after the
     prompt. Agents ask for far more than a local model's context leaves
@@ -74,13 +85,14 @@ def output_budget(resp, engine: Engine, settings, prompt_length: int, requested:
     the response header x-impetus-max-tokens says what was granted; "reject"
     answers OpenAI's 400 naming `max_param` instead. A prompt that alone fills
     the context is a 400 naming `prompt_param` either way. With several
-    prompts (completions) the header names the tightest grant."""
+    prompts (completions) the header names the tightest grant. `overflow`
+    overrides the setting (the Messages API always clamps)."""
     room = room_after_prompt(engine, prompt_length, prompt_param)
     if requested is None:
         return min(settings.default_max_tokens, room)
     if requested <= room:
         return requested
-    if settings.max_tokens_overflow == "reject":
+    if (overflow or settings.max_tokens_overflow) == "reject":
         raise APIError(
             400,
             f"This model's maximum context length is {engine.loaded.context_length} tokens. However, you "
@@ -204,9 +216,12 @@ class Generation:
                     metrics.tpot_seconds.labels(model).observe(
                         (self._last_token_at - self._first_token_at) / (self.completion_tokens - 1))
 
-    def events(self):
-        """Yield (choice index, event) until every choice has finished."""
+    def events(self, heartbeat: float | None = None):
+        """Yield (choice index, event) until every choice has finished; with
+        `heartbeat`, also (None, None) after each that many seconds without
+        output (Anthropic's ping while a long prompt prefills)."""
         open_ = set(range(len(self.handles)))
+        quiet = 0.0
         while open_:
             for index in list(open_):
                 outbox = self.handles[index].outbox
@@ -218,9 +233,15 @@ class Generation:
                         open_.discard(index)
                         break
             if open_ and not any(self.handles[i].outbox for i in open_):
-                if not self.waiter.wait(STALL_TIMEOUT_S):
+                wait = STALL_TIMEOUT_S - quiet if heartbeat is None else min(heartbeat, STALL_TIMEOUT_S - quiet)
+                if self.waiter.wait(wait):
+                    quiet = 0.0
+                    continue
+                quiet += wait
+                if quiet >= STALL_TIMEOUT_S:
                     self.cancel()
                     raise APIError(504, "The model produced no output in time.", type="server_error")
+                yield None, None
 
     def _accumulate(self, choice: Choice, event) -> None:
         if isinstance(event, TokenEvent):
@@ -377,6 +398,16 @@ def _watch_disconnect(env, on_disconnect):
             on_disconnect()
 
     return gevent.spawn(watch)
+
+
+def typed_sse(events):
+    """Event streams that name each event's type (the Responses and Messages
+    APIs; no [DONE] at the end)."""
+    import json
+
+    for event in events:
+        yield (f"event: {event['type']}\ndata: ".encode() + json.dumps(event, separators=(",", ":")).encode()
+               + b"\n\n")
 
 
 def sse(events):

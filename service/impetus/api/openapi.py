@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic.json_schema import models_json_schema
 
 from impetus import __version__
-from impetus.api import schemas
+from impetus.api import messages_schemas, schemas
 
 # (path, method, summary, request schema, response schema, streams)
 ROUTES = [
@@ -15,6 +15,10 @@ ROUTES = [
      schemas.Completion, schemas.Completion),
     ("/v1/responses", "post", "Create a model response", schemas.ResponsesRequest, schemas.ResponseObject,
      schemas.ResponseEvent),
+    ("/v1/messages", "post", "Create a message (Anthropic's Messages API)", messages_schemas.MessagesRequest,
+     messages_schemas.MessageResponse, messages_schemas.MessageStreamEvent),
+    ("/v1/messages/count_tokens", "post", "Count a message request's input tokens",
+     messages_schemas.MessagesCountRequest, messages_schemas.TokenCount, None),
     ("/v1/embeddings", "post", "Create embeddings", schemas.EmbeddingRequest, schemas.EmbeddingList, None),
     ("/v1/models", "get", "List models", None, schemas.ModelList, None),
     ("/v1/models/{model_id}", "get", "Retrieve a model", None, schemas.Model, None),
@@ -37,7 +41,7 @@ ERROR_STATUSES = {
 
 
 def build_openapi() -> dict:
-    models = {schemas.ErrorResponse}
+    models = {schemas.ErrorResponse, messages_schemas.AnthropicError}
     for _, _, _, request, response, chunk in ROUTES:
         models.update(m for m in (request, response, chunk) if m is not None)
     _, top = models_json_schema(
@@ -51,6 +55,7 @@ def build_openapi() -> dict:
 
     paths: dict = {}
     for path, method, summary, request, response, chunk in ROUTES:
+        error = messages_schemas.AnthropicError if path.startswith("/v1/messages") else schemas.ErrorResponse
         ok = {"application/json": {"schema": ref(response)}}
         if chunk is not None:
             ok["text/event-stream"] = {"schema": ref(chunk),
@@ -59,7 +64,7 @@ def build_openapi() -> dict:
             "summary": summary,
             "responses": {
                 "200": {"description": "OK", "content": ok},
-                **{code: {"description": text, "content": {"application/json": {"schema": ref(schemas.ErrorResponse)}}}
+                **{code: {"description": text, "content": {"application/json": {"schema": ref(error)}}}
                    for code, text in ERROR_STATUSES.items()},
             },
         }

@@ -10,12 +10,11 @@ response.completed (or response.incomplete when max_output_tokens cut it)."""
 from __future__ import annotations
 
 import itertools
-import json
 import time
 
 from impetus.api import generation
 from impetus.api.chat import output_grammar, render_chat
-from impetus.api.generation import GenerationResource, new_id_suffix, start_stream
+from impetus.api.generation import GenerationResource, new_id_suffix, start_stream, typed_sse
 from impetus.api.schemas import ResponseFormat, ResponsesRequest
 from impetus.api.validation import parse
 from impetus.engine.request import SamplingParams, TokenEvent
@@ -59,19 +58,12 @@ def responses_usage(prompt_tokens: int, finish) -> dict:
             "total_tokens": prompt_tokens + finish.completion_tokens}
 
 
-def typed_sse(events):
-    """The Responses API frames each event with its type (and sends no [DONE])."""
-    for event in events:
-        yield (f"event: {event['type']}\ndata: ".encode() + json.dumps(event, separators=(",", ":")).encode()
-               + b"\n\n")
-
-
 class ResponsesResource(GenerationResource):
     route = "responses"
     id_prefix = "resp"
 
     def on_post(self, req, resp):
-        body = parse(ResponsesRequest, req.context.json)
+        body = generation.with_defaults(parse(ResponsesRequest, req.context.json), self.settings)
         engine = generation.engine_for(self.host, body.model)
         self.admit(req, resp, body, engine)
         tokenizer = engine.tokenizer

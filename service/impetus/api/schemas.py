@@ -73,7 +73,8 @@ class ChatMessage(_Request):
 
 class _SamplingFields(_Request):
     model: str = Field(min_length=1)
-    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0,
+                                      description="none: the server's IMPETUS_DEFAULT_TEMPERATURE (1.0, as OpenAI)")
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     top_k: int = Field(default=0, ge=0, description="Impetus extension: 0 disables")
     min_p: Probability = Field(default=0.0, description="Impetus extension")
@@ -267,7 +268,8 @@ class ResponsesRequest(_Request):
     input: Union[Annotated[str, Field(min_length=1)], Annotated[list[InputMessage], Field(min_length=1)]]
     instructions: str | None = None
     max_output_tokens: OutputTokens | None = None
-    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0,
+                                      description="none: the server's IMPETUS_DEFAULT_TEMPERATURE (1.0, as OpenAI)")
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     stream: bool = False
     text: TextOptions | None = None

@@ -112,6 +112,7 @@ class _Running:
     cached_tokens: int
     pending_text: str = ""
     generated: int = 0
+    stop_string: str | None = None
 
 
 class Engine:
@@ -337,13 +338,12 @@ class Engine:
             state.detokenizer.finalize()
         state.pending_text += state.detokenizer.last_segment
 
-        stop_hit = False
         for stop in state.stops:
             index = state.pending_text.find(stop)
             if index >= 0:
                 state.pending_text = state.pending_text[:index]
-                stop_hit = True
-        if stop_hit:
+                state.stop_string = stop
+        if state.stop_string is not None:
             finish = "stop"
 
         if finish is not None:
@@ -400,6 +400,7 @@ class Engine:
                 completion_tokens=state.generated,
                 cached_tokens=state.cached_tokens,
                 error=error,
+                stop_string=state.stop_string,
             ),
         )
 

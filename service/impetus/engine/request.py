@@ -45,6 +45,7 @@ class FinishEvent:
     completion_tokens: int = 0
     cached_tokens: int = 0
     error: str | None = None
+    stop_string: str | None = None  # the stop string that ended it (Anthropic's stop_sequence)
 
 
 class RequestHandle:

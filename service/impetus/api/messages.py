@@ -1,0 +1,182 @@
+"""POST /v1/messages and /v1/messages/count_tokens: Anthropic's Messages API,
+which Claude Code (and LangChain's ChatAnthropic, and the `anthropic` SDK)
+speak, as a face over the chat completions core: the request becomes a chat
+request (`MessagesRequest.to_chat`), so the template, tools, constrained
+calls, sampling, engine, limits and billing are the same; only the response
+and its stream events are Anthropic's.
+
+- `max_tokens` is required, as Anthropic has it, and always clamped to the
+  room the prompt leaves (Claude Code sends 32000 whatever the model), never
+  a 400; the granted number is in the x-impetus-max-tokens header.
+- Streaming: message_start, a ping, then per content block
+  content_block_start / _delta (text_delta, input_json_delta) / _stop, then
+  message_delta (stop_reason, usage) and message_stop. A ping goes out every
+  PING_S seconds of silence, as while a long prompt prefills (~100 tokens/s
+  on a 2-core CPU: Claude Code's default 20k-token prompt is minutes), so
+  proxies and clients do not give up.
+- Errors, here alone, come in Anthropic's shape (api.errors).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+from pydantic import ValidationError
+
+from impetus.api import generation, tools
+from impetus.api.chat import message_of, output_grammar, render_chat
+from impetus.api.errors import from_validation_error
+from impetus.api.generation import GenerationResource, sampling_params, typed_sse
+from impetus.api.messages_schemas import MessagesCountRequest, MessagesRequest
+from impetus.api.validation import parse
+from impetus.engine.request import TokenEvent
+
+PING_S = 5.0
+
+STOP_REASONS = {"length": "max_tokens", "stop": "end_turn"}
+
+
+def to_chat(body: MessagesRequest):
+    try:
+        return body.to_chat()
+    except ValidationError as error:
+        raise from_validation_error(error) from None
+
+
+def tool_use_block(call: dict) -> dict:
+    """An OpenAI-shaped tool call as Anthropic's tool_use content block."""
+    arguments = json.loads(call["function"]["arguments"] or "{}")
+    return {"type": "tool_use", "id": f"toolu_{uuid.uuid4().hex[:24]}", "name": call["function"]["name"],
+            "input": arguments if isinstance(arguments, dict) else {"value": arguments}}
+
+
+def stop_reason(finish, called: bool) -> tuple[str, str | None]:
+    """(stop_reason, stop_sequence) of a finished generation."""
+    if finish.reason == "stop" and finish.stop_string is not None:
+        return "stop_sequence", finish.stop_string
+    if called and finish.reason == "stop":
+        return "tool_use", None
+    return STOP_REASONS.get(finish.reason, "end_turn"), None
+
+
+def messages_usage(prompt_tokens: int, finish) -> dict:
+    """Anthropic counts prompt tokens read from the (prefix) cache apart from the rest."""
+    cached = finish.cached_tokens if finish is not None else 0
+    return {"input_tokens": prompt_tokens - cached, "cache_creation_input_tokens": 0,
+            "cache_read_input_tokens": cached, "output_tokens": finish.completion_tokens if finish else 0}
+
+
+class MessagesResource(GenerationResource):
+    route = "messages"
+    id_prefix = "msg"
+
+    def on_post(self, req, resp):
+        body = generation.with_defaults(parse(MessagesRequest, req.context.json), self.settings)
+        chat = to_chat(body)
+        engine = generation.engine_for(self.host, body.model)
+        self.admit(req, resp, body, engine)
+        tokenizer = engine.tokenizer
+        tool_mode = tools.mode(chat)
+        prompt = render_chat(tokenizer, chat.messages, chat.tools)
+        max_tokens = generation.output_budget(resp, engine, self.settings, len(prompt), body.max_tokens,
+                                              "messages", "max_tokens", overflow="clamp")
+        params = sampling_params(chat, max_tokens, engine, logprobs=False, top_logprobs=0)
+        params.grammar = output_grammar(chat, tool_mode, tokenizer)
+        gen = self.generation(req, engine, [prompt], [params], prompt_tokens=len(prompt))
+        head = {"id": f"msg_{gen.id_suffix}", "type": "message", "role": "assistant", "model": engine.loaded.name}
+
+        if not body.stream:
+            [choice] = gen.collect()
+            message, called = message_of(choice.text, tool_mode, tokenizer, chat.tools)
+            content = [{"type": "text", "text": message["content"]}] if message["content"] else []
+            content += [tool_use_block(call) for call in message.get("tool_calls", [])]
+            reason, sequence = stop_reason(choice.finish, called)
+            resp.media = {**head, "content": content, "stop_reason": reason, "stop_sequence": sequence,
+                          "usage": messages_usage(gen.prompt_tokens, choice.finish)}
+            return
+        generation.start_stream(resp, typed_sse(self._events(gen, head, tool_mode, tokenizer, chat.tools)))
+
+    def _events(self, gen, head, tool_mode, tokenizer, tool_list):
+        blocks = _Blocks()
+        splitter = tools.CallSplitter(tools.markers(tokenizer)[0]) if tool_mode == "auto" else None
+        held = ""  # a forced call: all of the output, parsed at the end
+        try:
+            yield {"type": "message_start", "message": {**head, "content": [], "stop_reason": None,
+                                                        "stop_sequence": None,
+                                                        "usage": messages_usage(gen.prompt_tokens, None)}}
+            yield {"type": "ping"}
+            for _, event in gen.events(heartbeat=PING_S):
+                if event is None:
+                    yield {"type": "ping"}
+                    continue
+                if isinstance(event, TokenEvent):
+                    if tool_mode == "forced":
+                        held += event.text
+                        continue
+                    yield from blocks.text(splitter.feed(event.text) if splitter else event.text)
+                    continue
+                if event.reason == "error":
+                    yield {"type": "error", "error": {"type": "api_error",
+                                                      "message": "Generation failed inside the engine."}}
+                    return
+                calls = []
+                if tool_mode is None:
+                    yield from blocks.text(event.text)
+                else:
+                    text, calls = tools.finish_stream(tool_mode, held, splitter, event.text, tokenizer, tool_list)
+                    yield from blocks.text(text)
+                for call in calls:
+                    yield from blocks.tool_use(tool_use_block(call))
+                yield from blocks.close()
+                reason, sequence = stop_reason(event, bool(calls))
+                yield {"type": "message_delta", "delta": {"stop_reason": reason, "stop_sequence": sequence},
+                       "usage": messages_usage(gen.prompt_tokens, event)}
+                yield {"type": "message_stop"}
+        finally:
+            gen.close()
+
+
+class _Blocks:
+    """The content blocks of a streamed message: a text block opened by the
+    first text, closed when a tool_use block follows or the message ends."""
+
+    def __init__(self):
+        self.index = -1
+        self.open_text = False
+
+    def text(self, text: str):
+        if not text:
+            return
+        if not self.open_text:
+            self.index += 1
+            self.open_text = True
+            yield {"type": "content_block_start", "index": self.index, "content_block": {"type": "text", "text": ""}}
+        yield {"type": "content_block_delta", "index": self.index, "delta": {"type": "text_delta", "text": text}}
+
+    def close(self):
+        if self.open_text:
+            self.open_text = False
+            yield {"type": "content_block_stop", "index": self.index}
+
+    def tool_use(self, block: dict):
+        yield from self.close()
+        self.index += 1
+        yield {"type": "content_block_start", "index": self.index, "content_block": {**block, "input": {}}}
+        yield {"type": "content_block_delta", "index": self.index,
+               "delta": {"type": "input_json_delta", "partial_json": json.dumps(block["input"])}}
+        yield {"type": "content_block_stop", "index": self.index}
+
+
+class CountTokensResource:
+    """POST /v1/messages/count_tokens: the prompt tokens the same message request would have."""
+
+    def __init__(self, host):
+        self.host = host
+
+    def on_post(self, req, resp):
+        body = parse(MessagesCountRequest, req.context.json)
+        engine = generation.engine_for(self.host, body.model)
+        tool_list, _ = body.chat_tools()
+        resp.media = {"input_tokens": len(render_chat(engine.tokenizer, body.chat_messages(), tool_list))}
+

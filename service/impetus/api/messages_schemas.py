@@ -1,0 +1,280 @@
+"""Schemas of Anthropic's Messages API (POST /v1/messages, /v1/messages/count_tokens).
+
+Strict like the OpenAI schemas: a field Anthropic does not document is a 400
+naming it. Fields Anthropic documents that mean nothing here (`thinking`,
+`output_config`, `context_management`, `service_tier`, `cache_control` on
+blocks, `metadata`, ...) are accepted and ignored: Claude Code sends them on
+every request. A request becomes a chat completion request (`to_chat`), so
+the Messages API is a face over the same core: template, tools, constrained
+calls, sampling, engine, billing.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
+
+from impetus.api.errors import bad_request
+from impetus.api.schemas import (
+    ChatCompletionRequest,
+    ChatMessage,
+    FunctionName,
+    NamedToolChoice,
+    OutputTokens,
+    Tool,
+)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class CacheControl(BaseModel):
+    model_config = ConfigDict(extra="allow")  # {"type": "ephemeral", "ttl": "1h"}: prompt caching is automatic here
+
+
+class TextBlock(_Strict):
+    type: Literal["text"]
+    text: str
+    cache_control: CacheControl | None = None
+    citations: list | None = None
+
+
+class ImageBlock(_Strict):
+    type: Literal["image", "document"]
+    source: dict
+    cache_control: CacheControl | None = None
+    title: str | None = None
+    context: str | None = None
+    citations: dict | None = None
+
+
+class ToolUseBlock(_Strict):
+    type: Literal["tool_use"]
+    id: str = Field(min_length=1)
+    name: FunctionName
+    input: dict
+    cache_control: CacheControl | None = None
+    caller: dict | None = None
+    toolset_name: str | None = None
+
+
+class ToolResultBlock(_Strict):
+    type: Literal["tool_result"]
+    tool_use_id: str = Field(min_length=1)
+    content: Union[str, list[Union[TextBlock, ImageBlock]], None] = None
+    is_error: bool = False
+    cache_control: CacheControl | None = None
+    toolset_name: str | None = None
+
+    def text(self) -> str:
+        if self.content is None or isinstance(self.content, str):
+            return self.content or ""
+        if any(isinstance(b, ImageBlock) for b in self.content):
+            raise bad_request("Images in tool results are not supported by this server.", param="messages")
+        return "".join(b.text for b in self.content)
+
+
+class ThinkingBlock(_Strict):
+    type: Literal["thinking"]
+    thinking: str
+    signature: str | None = None
+
+
+class RedactedThinkingBlock(_Strict):
+    type: Literal["redacted_thinking"]
+    data: str
+
+
+Block = Annotated[Union[TextBlock, ImageBlock, ToolUseBlock, ToolResultBlock, ThinkingBlock, RedactedThinkingBlock],
+                  Field(discriminator="type")]
+
+
+class Message(_Strict):
+    # Claude Code may put a "system" turn in the middle of the conversation.
+    role: Literal["user", "assistant", "system"]
+    content: Union[str, list[Block]]
+
+
+class CustomTool(_Strict):
+    type: Literal["custom"] | None = None
+    name: FunctionName
+    description: str | None = None
+    input_schema: dict
+    cache_control: CacheControl | None = None
+    strict: bool | None = None
+    # Tool-search and programmatic-calling hints: nothing to do here.
+    defer_loading: bool | None = None
+    eager_input_streaming: bool | None = None
+    input_examples: list | None = None
+    allowed_callers: list | None = None
+
+
+_CUSTOM_TOOL = TypeAdapter(CustomTool)
+
+
+class ToolChoice(_Strict):
+    type: Literal["auto", "any", "tool", "none"]
+    name: FunctionName | None = None
+    disable_parallel_tool_use: bool | None = None
+
+
+class Metadata(_Strict):
+    user_id: str | None = None
+
+
+class Thinking(_Strict):
+    type: Literal["enabled", "disabled", "adaptive"]
+    budget_tokens: int | None = None
+    display: str | None = None
+
+
+class MessagesCountRequest(_Strict):
+    """POST /v1/messages/count_tokens: the body of a message request, less max_tokens."""
+
+    model: str = Field(min_length=1)
+    messages: list[Message] = Field(min_length=1)
+    system: Union[str, list[TextBlock], None] = None
+    # Server tools (web search, code execution, ...) cannot run here: they are
+    # dropped from what the model sees, so an agent offering them still works.
+    tools: list[dict] | None = None
+    tool_choice: ToolChoice | None = None
+    thinking: Thinking | None = None
+    # Documented by Anthropic (the API and its betas), no meaning here:
+    # accepted and ignored. Top-level cache_control: the prefix cache is automatic.
+    cache_control: CacheControl | None = None
+    output_config: dict | None = None
+    output_format: dict | None = None
+    context_management: dict | None = None
+    compaction: dict | None = None
+    mcp_servers: list | None = None
+    container: Union[str, dict, None] = None
+    speed: Literal["standard", "fast"] | None = None
+    diagnostics: dict | None = None
+    user_profile_id: str | None = None
+    workspace_id: str | None = None
+
+    @field_validator("tools")
+    @classmethod
+    def _custom_tools(cls, value):
+        if value is None:
+            return None
+        tools = []
+        for tool in value:
+            if tool.get("type") in (None, "custom"):
+                tools.append(_CUSTOM_TOOL.validate_python(tool))
+        return tools
+
+    def custom_tools(self) -> list[CustomTool]:
+        return list(self.tools or [])
+
+    def chat_messages(self) -> list[ChatMessage]:
+        """The conversation as chat completions' messages: tool_use blocks become
+        tool_calls, tool_result blocks tool messages; thinking is not rendered."""
+        out = []
+        if self.system:
+            system = self.system if isinstance(self.system, str) else "".join(b.text for b in self.system)
+            out.append(ChatMessage(role="system", content=system))
+        for number, message in enumerate(self.messages):
+            if isinstance(message.content, str):
+                out.append(ChatMessage(role=message.role, content=message.content))
+                continue
+            text, calls = "", []
+            for block in message.content:
+                if isinstance(block, ImageBlock):
+                    raise bad_request(f"{block.type.capitalize()} input is not supported by this server's models.",
+                                      param=f"messages.{number}.content")
+                if isinstance(block, TextBlock):
+                    text += block.text
+                elif isinstance(block, ToolUseBlock):
+                    calls.append({"id": block.id, "type": "function",
+                                  "function": {"name": block.name, "arguments": json.dumps(block.input)}})
+                elif isinstance(block, ToolResultBlock):
+                    result = block.text()
+                    out.append(ChatMessage(role="tool", tool_call_id=block.tool_use_id,
+                                           content=f"Error: {result}" if block.is_error else result))
+            if calls and message.role != "assistant":
+                raise bad_request("Only assistant messages may contain tool_use blocks.",
+                                  param=f"messages.{number}.content")
+            if text or calls or not message.content:
+                out.append(ChatMessage(role=message.role, content=text, tool_calls=calls or None))
+        return out
+
+    def chat_tools(self) -> tuple[list[Tool] | None, Any]:
+        tools = [Tool(type="function", function={"name": t.name, "description": t.description,
+                                                 "parameters": t.input_schema}) for t in self.custom_tools()]
+        choice = self.tool_choice
+        if not tools or choice is None or choice.type == "auto":
+            return tools or None, None
+        if choice.type == "none":
+            return tools, "none"
+        if choice.type == "any":
+            return tools, "required"
+        if choice.name not in {t.function.name for t in tools}:
+            raise bad_request(f"tool_choice names '{choice.name}', which is not among the tools.",
+                              param="tool_choice.name")
+        return tools, NamedToolChoice(type="function", function={"name": choice.name})
+
+
+class MessagesRequest(MessagesCountRequest):
+    """POST /v1/messages."""
+
+    max_tokens: OutputTokens
+    stream: bool = False
+    temperature: float | None = Field(default=None, ge=0.0, le=1.0)  # Claude Code sends none
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    top_k: int | None = Field(default=None, ge=0)
+    stop_sequences: list[str] | None = Field(default=None, max_length=4)
+    metadata: Metadata | None = None
+    service_tier: str | None = None
+    inference_geo: str | None = None
+    billing_policy: dict | None = None
+    fallbacks: Any = None
+    fallback_credit_token: Any = None
+    thread: dict | None = None
+
+    def to_chat(self) -> ChatCompletionRequest:
+        """The same request as chat completions take it."""
+        tools, tool_choice = self.chat_tools()
+        return ChatCompletionRequest(
+            model=self.model, messages=self.chat_messages(), max_tokens=self.max_tokens,
+            temperature=self.temperature, top_p=self.top_p or 1.0, top_k=self.top_k or 0,
+            stop=[s for s in self.stop_sequences or [] if s], tools=tools, tool_choice=tool_choice)
+
+
+# -- responses (documented in /openapi.json) -----------------------------------
+
+
+class _Loose(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class MessageResponse(_Loose):
+    id: str
+    type: Literal["message"]
+    role: Literal["assistant"]
+    model: str
+    content: list[dict]
+    stop_reason: Literal["end_turn", "max_tokens", "stop_sequence", "tool_use"] | None
+    stop_sequence: str | None = None
+    usage: dict
+
+
+class MessageStreamEvent(_Loose):
+    type: str
+
+
+class TokenCount(_Loose):
+    input_tokens: int
+
+
+class AnthropicErrorDetail(_Loose):
+    type: str
+    message: str
+
+
+class AnthropicError(_Loose):
+    type: Literal["error"]
+    error: AnthropicErrorDetail

@@ -1,0 +1,86 @@
+"""Claude Code itself, headless, against the server behind nginx with a
+personal key: the agent's own requests (POST /v1/messages?beta=true, 32000
+max_tokens or CLAUDE_CODE_MAX_OUTPUT_TOKENS, system blocks with
+cache_control, thinking, context_management, output_config, tools) must be
+served, and its answer printed. `make test` installs the pinned release with
+npm (tests/agents/package-lock.json).
+
+Claude Code sends no temperature; this server answers it greedily
+(IMPETUS_DEFAULT_TEMPERATURE=0), so the 135M default model's short answer is
+the same every run."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from impetus.gateway.keys import KeyStore
+from impetus.models.store import DEFAULT_MODEL
+
+from conftest import Server
+from processes import start_nginx, stop
+
+pytestmark = pytest.mark.slow
+
+CLAUDE = Path(__file__).parent / "node_modules" / ".bin" / "claude"
+# Its small prompt (~600 tokens); with this system prompt the default model's
+# greedy answer to "Say hello." ends by itself (54 tokens); with others it loops.
+SMALL = ["--bare", "--tools", "Read", "--system-prompt", "Answer in one short sentence."]
+
+
+@pytest.fixture(scope="module")
+def endpoint(data_dir, redis_server, tmp_path_factory):
+    if not CLAUDE.exists():
+        pytest.fail("Claude Code is not installed: `make agents` (make test does it)")
+    work = tmp_path_factory.mktemp("claude-code")
+    server = Server(data_dir, work / "server.log", require_api_keys="true", redis_url=redis_server.url,
+                    default_temperature=0)
+    nginx, url = start_nginx(work / "nginx", f"127.0.0.1:{server.port}")
+    yield {"url": url, "server": server, "work": work}
+    stop(nginx)
+    server.stop()
+    assert "Traceback" not in server.logs()
+
+
+def claude(endpoint, key: str, prompt: str, *options: str, max_output: int | None = None):
+    home = endpoint["work"] / "home"
+    home.mkdir(exist_ok=True)
+    env = {
+        "PATH": os.environ["PATH"], "HOME": str(home), "ANTHROPIC_BASE_URL": endpoint["url"],
+        "ANTHROPIC_AUTH_TOKEN": key, "ANTHROPIC_MODEL": DEFAULT_MODEL, "ANTHROPIC_SMALL_FAST_MODEL": DEFAULT_MODEL,
+        "DISABLE_TELEMETRY": "1", "DISABLE_AUTOUPDATER": "1", "DISABLE_ERROR_REPORTING": "1",
+        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1", "CLAUDE_CODE_MAX_RETRIES": "0",
+    }
+    if max_output is not None:
+        env["CLAUDE_CODE_MAX_OUTPUT_TOKENS"] = str(max_output)
+    return subprocess.run([str(CLAUDE), "-p", prompt, *options], cwd=home, env=env, stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_claude_code_completes_a_headless_turn(endpoint, redis_client):
+    key, record = KeyStore(redis_client).create("claude-code-user")
+    done = claude(endpoint, key, "Say hello.", *SMALL, max_output=400)
+    assert done.returncode == 0, (done.stdout, done.stderr)
+    assert "hello" in done.stdout.lower(), done.stdout
+    # It came through the key: the turn was billed to it.
+    usage = f"impetus:usage:{record.hash}"
+    assert int(redis_client.hget(usage, "prompt_tokens")) > 300
+    assert int(redis_client.hget(usage, "completion_tokens")) > 0
+
+
+def test_its_default_prompt_gets_a_clean_context_error(endpoint, redis_client):
+    """Claude Code's defaults send 12-21k tokens (by release): more than the default model's 8,192."""
+    key, _ = KeyStore(redis_client).create("claude-code-big")
+    done = claude(endpoint, key, "Say hello")
+    assert done.returncode != 0
+    shown = done.stdout + done.stderr
+    assert "maximum context length is 8192 tokens" in shown, shown
+
+
+def test_a_wrong_key_is_refused_in_its_words(endpoint):
+    done = claude(endpoint, "imp_not-a-key", "Say hello.", *SMALL, max_output=50)
+    assert done.returncode != 0
+    assert "401" in done.stdout + done.stderr or "API key" in done.stdout + done.stderr, done.stdout + done.stderr

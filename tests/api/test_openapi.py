@@ -23,7 +23,7 @@ def test_openapi_document_describes_the_api(server):
     assert document["openapi"] == "3.1.0"
     for path in ("/v1/chat/completions", "/v1/completions", "/v1/models", "/v1/models/{model_id}",
                  "/healthz", "/readyz", "/v1/admin/models", "/v1/admin/models/{model_id}/load",
-                 "/v1/admin/models/{model_id}/unload"):
+                 "/v1/admin/models/{model_id}/unload", "/v1/messages", "/v1/messages/count_tokens"):
         assert path in document["paths"]
     schemas = document["components"]["schemas"]
     # Every reference resolves.
@@ -32,7 +32,13 @@ def test_openapi_document_describes_the_api(server):
     chat = schemas["ChatCompletionRequest"]
     assert {"model", "messages"} <= set(chat["required"])
     assert chat["additionalProperties"] is False
-    assert chat["properties"]["temperature"]["maximum"] == 2.0
+    temperature = chat["properties"]["temperature"]["anyOf"]  # a number, or null: the server's default
+    assert {"type": "null"} in temperature and {"type": "number", "minimum": 0.0, "maximum": 2.0} in temperature
+    messages = schemas["MessagesRequest"]
+    assert {"model", "messages", "max_tokens"} <= set(messages["required"])
+    assert messages["additionalProperties"] is False
+    error = document["paths"]["/v1/messages"]["post"]["responses"]["400"]["content"]["application/json"]
+    assert error["schema"]["$ref"].endswith("/AnthropicError")
 
 
 def test_health_endpoints(server):

@@ -43,6 +43,7 @@ def test_openapi_document_describes_the_api(server):
 
 def test_health_endpoints(server):
     assert httpx.get(f"{server.base_url}/healthz", timeout=10).json() == {"status": "ok"}
+    assert httpx.head(f"{server.base_url}/", timeout=10).status_code == 200  # what Codex checks first
     ready = httpx.get(f"{server.base_url}/readyz", timeout=10)
     assert ready.status_code == 200 and ready.json()["engines"][0]["alive"] is True
     assert ready.headers["x-request-id"]

@@ -33,6 +33,8 @@ def test_requests_without_a_valid_key_are_401(gateway_server, keys):
     assert wrong.status_code == 401
     # Health and the API description stay public.
     assert httpx.get(f"{gateway_server}/healthz", timeout=10).status_code == 200
+    assert httpx.head(f"{gateway_server}/", timeout=10).status_code == 200  # Codex's first check, keyless
+    assert httpx.get(f"{gateway_server}/v1/models", timeout=10).status_code == 401
 
 
 def test_a_key_works_as_bearer_with_the_openai_client_and_as_x_api_key(gateway_server, keys):

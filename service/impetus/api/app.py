@@ -62,6 +62,7 @@ def create_app(settings, host, waker, gateway=None, metrics=None, broadcast=None
     app.add_route("/v1/admin/keys/{name}", AdminKeyResource(gateway))
     app.add_route("/v1/admin/events", AdminEventsResource(host, gateway))
     app.add_route("/healthz", LivenessResource())
+    app.add_route("/", LivenessResource())
     app.add_route("/readyz", ReadinessResource(host, gateway))
     app.add_route("/v1/status", StatusResource(host, gateway))
     app.add_route("/openapi.json", OpenAPIResource())

@@ -31,6 +31,10 @@ class LivenessResource:
     def on_get(self, req, resp):
         resp.media = {"status": "ok"}
 
+    def on_head(self, req, resp):
+        """Codex checks the server with `HEAD /` before its first request."""
+        resp.status = falcon.HTTP_200
+
 
 class ReadinessResource:
     """Ready: a model loaded, every engine thread alive, and Redis answering

@@ -20,7 +20,7 @@ from impetus.gateway.ratelimit import LimitState, RateLimiter, format_reset
 
 log = logging.getLogger("impetus.gateway")
 
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json"})
+PUBLIC_PATHS = frozenset({"/", "/healthz", "/readyz", "/openapi.json"})
 ADMIN_PREFIXES = ("/v1/admin/", "/v1/status", "/metrics")
 # How long a verified key may be trusted without Redis.
 DEGRADED_TRUST_S = 24 * 3600

@@ -12,7 +12,7 @@ and its stream events are Anthropic's.
   content_block_start / _delta (text_delta, input_json_delta) / _stop, then
   message_delta (stop_reason, usage) and message_stop. A ping goes out every
   PING_S seconds of silence, as while a long prompt prefills (~100 tokens/s
-  on a 2-core CPU: Claude Code's default 20k-token prompt is minutes), so
+  on a 2-core CPU: Claude Code's default prompt, 12-21k tokens by release, is minutes), so
   proxies and clients do not give up.
 - Errors, here alone, come in Anthropic's shape (api.errors).
 """

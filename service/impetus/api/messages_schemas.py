@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
+from pydantic import Field, TypeAdapter, field_validator
 
 from impetus.api.errors import bad_request
 from impetus.api.schemas import (
@@ -24,25 +24,23 @@ from impetus.api.schemas import (
     NamedToolChoice,
     OutputTokens,
     Tool,
+    _Request,
+    _Response,
 )
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class CacheControl(_Response):
+    """{"type": "ephemeral", "ttl": "1h"}: accepted; the prefix cache is automatic here."""
 
 
-class CacheControl(BaseModel):
-    model_config = ConfigDict(extra="allow")  # {"type": "ephemeral", "ttl": "1h"}: prompt caching is automatic here
-
-
-class TextBlock(_Strict):
+class TextBlock(_Request):
     type: Literal["text"]
     text: str
     cache_control: CacheControl | None = None
     citations: list | None = None
 
 
-class ImageBlock(_Strict):
+class ImageBlock(_Request):
     type: Literal["image", "document"]
     source: dict
     cache_control: CacheControl | None = None
@@ -51,7 +49,7 @@ class ImageBlock(_Strict):
     citations: dict | None = None
 
 
-class ToolUseBlock(_Strict):
+class ToolUseBlock(_Request):
     type: Literal["tool_use"]
     id: str = Field(min_length=1)
     name: FunctionName
@@ -61,7 +59,7 @@ class ToolUseBlock(_Strict):
     toolset_name: str | None = None
 
 
-class ToolResultBlock(_Strict):
+class ToolResultBlock(_Request):
     type: Literal["tool_result"]
     tool_use_id: str = Field(min_length=1)
     content: Union[str, list[Union[TextBlock, ImageBlock]], None] = None
@@ -77,13 +75,13 @@ class ToolResultBlock(_Strict):
         return "".join(b.text for b in self.content)
 
 
-class ThinkingBlock(_Strict):
+class ThinkingBlock(_Request):
     type: Literal["thinking"]
     thinking: str
     signature: str | None = None
 
 
-class RedactedThinkingBlock(_Strict):
+class RedactedThinkingBlock(_Request):
     type: Literal["redacted_thinking"]
     data: str
 
@@ -92,13 +90,13 @@ Block = Annotated[Union[TextBlock, ImageBlock, ToolUseBlock, ToolResultBlock, Th
                   Field(discriminator="type")]
 
 
-class Message(_Strict):
+class Message(_Request):
     # Claude Code may put a "system" turn in the middle of the conversation.
     role: Literal["user", "assistant", "system"]
     content: Union[str, list[Block]]
 
 
-class CustomTool(_Strict):
+class CustomTool(_Request):
     type: Literal["custom"] | None = None
     name: FunctionName
     description: str | None = None
@@ -115,23 +113,23 @@ class CustomTool(_Strict):
 _CUSTOM_TOOL = TypeAdapter(CustomTool)
 
 
-class ToolChoice(_Strict):
+class ToolChoice(_Request):
     type: Literal["auto", "any", "tool", "none"]
     name: FunctionName | None = None
     disable_parallel_tool_use: bool | None = None
 
 
-class Metadata(_Strict):
+class Metadata(_Request):
     user_id: str | None = None
 
 
-class Thinking(_Strict):
+class Thinking(_Request):
     type: Literal["enabled", "disabled", "adaptive"]
     budget_tokens: int | None = None
     display: str | None = None
 
 
-class MessagesCountRequest(_Strict):
+class MessagesCountRequest(_Request):
     """POST /v1/messages/count_tokens: the body of a message request, less max_tokens."""
 
     model: str = Field(min_length=1)
@@ -167,9 +165,6 @@ class MessagesCountRequest(_Strict):
                 tools.append(_CUSTOM_TOOL.validate_python(tool))
         return tools
 
-    def custom_tools(self) -> list[CustomTool]:
-        return list(self.tools or [])
-
     def chat_messages(self) -> list[ChatMessage]:
         """The conversation as chat completions' messages: tool_use blocks become
         tool_calls, tool_result blocks tool messages; thinking is not rendered."""
@@ -204,7 +199,7 @@ class MessagesCountRequest(_Strict):
 
     def chat_tools(self) -> tuple[list[Tool] | None, Any]:
         tools = [Tool(type="function", function={"name": t.name, "description": t.description,
-                                                 "parameters": t.input_schema}) for t in self.custom_tools()]
+                                                 "parameters": t.input_schema}) for t in self.tools or []]
         choice = self.tool_choice
         if not tools or choice is None or choice.type == "auto":
             return tools or None, None
@@ -247,11 +242,7 @@ class MessagesRequest(MessagesCountRequest):
 # -- responses (documented in /openapi.json) -----------------------------------
 
 
-class _Loose(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-
-class MessageResponse(_Loose):
+class MessageResponse(_Response):
     id: str
     type: Literal["message"]
     role: Literal["assistant"]
@@ -262,19 +253,19 @@ class MessageResponse(_Loose):
     usage: dict
 
 
-class MessageStreamEvent(_Loose):
+class MessageStreamEvent(_Response):
     type: str
 
 
-class TokenCount(_Loose):
+class TokenCount(_Response):
     input_tokens: int
 
 
-class AnthropicErrorDetail(_Loose):
+class AnthropicErrorDetail(_Response):
     type: str
     message: str
 
 
-class AnthropicError(_Loose):
+class AnthropicError(_Response):
     type: Literal["error"]
     error: AnthropicErrorDetail

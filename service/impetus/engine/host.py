@@ -14,6 +14,8 @@ import threading  # gevent's, inside a patched worker: waiting on an Event yield
 import time
 from dataclasses import dataclass, field
 
+import mlx.core as mx
+
 from impetus.engine.engine import Engine
 from impetus.models import loader
 from impetus.models.registry import ModelEntry, Registry
@@ -230,14 +232,15 @@ class EngineHost:
 
     def release_memory_when_idle(self) -> bool:
         """Once no model has served for `idle_release_s`, give the freed memory
-        back to the OS (impetus.system.memory), once per quiet spell. Called
+        back to the OS (impetus.system.memory): once per quiet spell, and again
+        whenever MLX's cache has filled since (something freed late). Called
         every second by the worker's housekeeping; True when it released."""
         now = time.monotonic()
         after = self.settings.idle_release_s
         if not after or any(s.engine.in_flight for s in self.slots.values()):
             return False
         active_at = max((max(s.last_used, s.engine.last_done_at) for s in self.slots.values()), default=0.0)
-        if self._released_at >= active_at or now - active_at < after:
+        if now - active_at < after or (self._released_at >= active_at and not mx.get_cache_memory()):
             return False
         release_free_memory()
         self._released_at = now

@@ -10,6 +10,14 @@ CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
+# A reasoning template, as Qwen3's: the answer opens a think block, or an
+# empty one when enable_thinking is false.
+THINKING_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n"
+    "{% if enable_thinking is defined and not enable_thinking %}<think>\n\n</think>\n\n"
+    "{% else %}<think>\n{% endif %}{% endif %}"
+)
 
 
 def byte_level_alphabet() -> list[str]:
@@ -25,7 +33,9 @@ def byte_level_alphabet() -> list[str]:
     return [chr(c) for c in chars]
 
 
-def write_tiny_llama(path: Path, weight_type: str, tied: bool = True, seed: int = 0) -> Path:
+def write_tiny_llama(path: Path, weight_type: str, tied: bool = True, seed: int = 0,
+                     thinking: bool = False) -> Path:
+    """`thinking`: with <think> and </think> tokens and THINKING_TEMPLATE."""
     import gguf
     from gguf import GGMLQuantizationType as Q
 
@@ -36,6 +46,9 @@ def write_tiny_llama(path: Path, weight_type: str, tied: bool = True, seed: int 
     merges = ["Ġ t", "h e", "Ġt he", "l l", "e ll"]
     tokens = byte_level_alphabet() + ["Ġt", "he", "Ġthe", "ll", "ell", "<|im_start|>", "<|im_end|>"]
     token_types = [1] * (len(tokens) - 2) + [3, 3]
+    if thinking:
+        tokens += ["<think>", "</think>"]
+        token_types += [4, 4]  # user-defined: added tokens that decode as their text
     vocab = len(tokens)
     while vocab % 32:  # quantized rows need whole blocks of 32
         tokens.append(f"<pad{vocab}>")
@@ -61,7 +74,7 @@ def write_tiny_llama(path: Path, weight_type: str, tied: bool = True, seed: int 
     writer.add_bos_token_id(tokens.index("<|im_start|>"))
     writer.add_eos_token_id(tokens.index("<|im_end|>"))
     writer.add_add_bos_token(False)
-    writer.add_chat_template(CHAT_TEMPLATE)
+    writer.add_chat_template(THINKING_TEMPLATE if thinking else CHAT_TEMPLATE)
 
     def add(name, shape, scale=0.5, kind=None):
         array = (rng.standard_normal(shape) * scale).astype(np.float32)

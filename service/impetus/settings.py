@@ -97,6 +97,9 @@ class Settings(BaseSettings):
     default_tpm: int = 200_000
     # Deterministic responses (temperature 0 or a seed) are kept this long.
     cache_ttl_s: int = 3600
+    # Responses API answers made with `store` (the default) are kept this long
+    # for previous_response_id and GET /v1/responses/{id}: 30 days, as OpenAI.
+    response_store_ttl_s: int = Field(30 * 86400, ge=1)
     # Addresses (besides loopback) nginx lets reach /metrics and /v1/admin/, and
     # that may scrape /metrics without a key, e.g. the Prometheus host:
     # IMPETUS_ADMIN_ALLOW='["10.0.0.5", "10.0.1.0/24"]'.

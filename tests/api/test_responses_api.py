@@ -57,7 +57,10 @@ def test_structured_text_format(client):
 @pytest.mark.parametrize("body, param", [
     ({"input": ""}, "input"),
     ({"input": "hi", "previous_response_id": "resp_1"}, "previous_response_id"),
-    ({"input": "hi", "tools": [{"type": "web_search"}]}, "tools"),
+    ({"input": "hi", "tools": [{"type": "function"}]}, "tools"),
+    ({"input": [{"type": "item_reference", "id": "msg_1"}]}, "input"),
+    ({"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "http://x/y.png"}]}]}, "input.0"),
+    ({"input": "hi", "chat_template_kwargs": {}}, "chat_template_kwargs"),
     ({"input": "hi", "text": {"format": {"type": "json_schema"}}}, "text.format"),
     ({"input": [{"role": "robot", "content": "x"}]}, "input"),
 ])

@@ -9,7 +9,7 @@ import httpx
 import jsonschema
 import pytest
 
-from impetus.api.tools import CallSplitter, parse_auto
+from impetus.api.tools import parse_auto
 
 MODEL = "smollm2-135m-instruct"
 WEATHER = {"type": "function", "function": {
@@ -21,15 +21,6 @@ ADD = {"type": "function", "function": {
     "name": "add", "description": "Add two integers",
     "parameters": {"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
                    "required": ["a", "b"], "additionalProperties": False}}}
-
-
-def test_splitter_streams_text_and_holds_calls():
-    splitter = CallSplitter("<tool_call>")
-    out = "".join(splitter.feed(t) for t in ["Let me ", "check. <tool", "_call>{\"name\"", ": \"x\"}</tool_call>"])
-    assert out == "Let me check. "
-    assert splitter.finish() == ("", '<tool_call>{"name": "x"}</tool_call>')
-    plain = CallSplitter("<tool_call>")
-    assert plain.feed("a <") == "a " and plain.feed(" b") == "< b"  # held while it could start a marker
 
 
 def test_auto_output_is_parsed_into_calls_of_known_functions():

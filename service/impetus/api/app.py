@@ -12,7 +12,7 @@ from impetus.api.chat import ChatCompletionsResource
 from impetus.api.completions import CompletionsResource
 from impetus.api.messages import CountTokensResource, MessagesResource
 from impetus.api.embeddings import EmbeddingsResource
-from impetus.api.responses import ResponsesResource
+from impetus.api.responses import ResponseInputItemsResource, ResponseResource, ResponsesResource
 from impetus.api.errors import handle_http_error, handle_unexpected
 from impetus.api.health import LivenessResource, ReadinessResource, StatusResource
 from impetus.api.middleware import JSONBodyMiddleware, RequestIdMiddleware
@@ -47,7 +47,10 @@ def create_app(settings, host, waker, gateway=None, metrics=None, broadcast=None
     app.add_route("/v1/chat/completions", ChatCompletionsResource(host, waker, settings, cache, metrics))
     app.add_route("/v1/completions", CompletionsResource(host, waker, settings, cache, metrics))
     # Not cached: a Responses object is not replayed from the chat cache's form.
-    app.add_route("/v1/responses", ResponsesResource(host, waker, settings, None, metrics))
+    responses = gateway.responses if gateway is not None else None
+    app.add_route("/v1/responses", ResponsesResource(host, waker, settings, responses, metrics))
+    app.add_route("/v1/responses/{response_id}", ResponseResource(responses))
+    app.add_route("/v1/responses/{response_id}/input_items", ResponseInputItemsResource(responses))
     app.add_route("/v1/messages", MessagesResource(host, waker, settings, None, metrics))
     app.add_route("/v1/messages/count_tokens", CountTokensResource(host))
     if metrics is not None:

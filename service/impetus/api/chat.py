@@ -5,6 +5,7 @@ from __future__ import annotations
 from impetus.api import generation, tools
 from impetus.api.errors import bad_request
 from impetus.api.generation import Generation, GenerationResource, sampling_params, sse, stream_error, usage
+from impetus.api.output import REASONING, OutputParser, Parsed
 from impetus.api.schemas import ChatCompletionRequest
 from impetus.api.validation import parse
 from impetus.engine import structured
@@ -12,12 +13,24 @@ from impetus.engine.host import run_off_the_hub
 from impetus.engine.request import TokenEvent
 
 
-def render_chat(tokenizer, messages, tool_list=None) -> list[int]:
+# Template arguments the server sets itself; chat_template_kwargs may not.
+RESERVED_TEMPLATE_ARGUMENTS = {"conversation", "messages", "tools", "add_generation_prompt", "tokenize",
+                               "return_dict", "continue_final_message", "documents", "chat_template"}
+
+
+def render_chat(tokenizer, messages, tool_list=None, template_kwargs: dict | None = None) -> list[int]:
+    """The prompt's tokens; `template_kwargs` (chat_template_kwargs, e.g.
+    {"enable_thinking": false}) go to the template as they are."""
     if getattr(tokenizer, "chat_template", None) is None:
         raise bad_request("This model has no chat template; use /v1/completions.", param="model")
+    reserved = RESERVED_TEMPLATE_ARGUMENTS.intersection(template_kwargs or {})
+    if reserved:
+        raise bad_request(f"chat_template_kwargs may not set {', '.join(sorted(reserved))}; the server does.",
+                          param="chat_template_kwargs")
     conversation, extra = tools.conversation(messages, tool_list, tokenizer)
     try:
-        tokens = tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=True, **extra)
+        tokens = tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=True,
+                                               **(template_kwargs or {}), **extra)
     except Exception as error:  # the template itself rejects the conversation
         raise bad_request(f"The model's chat template rejected the messages: {error}", param="messages")
     if isinstance(tokens, dict):  # some transformers versions return a BatchEncoding
@@ -63,29 +76,25 @@ def token_logprobs(tokenizer, tokens, logprobs, tops) -> list[dict]:
     ]
 
 
-def message_of(text: str, tool_mode: str | None, tokenizer, tool_list) -> tuple[dict, bool]:
-    """The assistant message for a choice's text, and whether it called tools."""
-    if tool_mode is None:
-        return {"role": "assistant", "content": text}, False
-    if tool_mode == "forced":
-        calls = tools.parse_forced(text)
-        message = {"role": "assistant", "content": None if calls else text}  # no call: cut off by max_tokens
-    else:
-        calls, content = tools.parse_auto(text, tokenizer, tool_list)
-        message = {"role": "assistant", "content": content or None}
-    if calls:
-        message["tool_calls"] = calls
-    return message, bool(calls)
+def message_of(parsed: Parsed, tool_mode: str | None) -> dict:
+    """The assistant message of a parsed choice: its text (None when it only
+    called tools), its reasoning apart, its tool calls."""
+    message = {"role": "assistant", "content": parsed.text or None if tool_mode else parsed.text}
+    if parsed.reasoning:
+        message["reasoning_content"] = parsed.reasoning
+    if parsed.calls:
+        message["tool_calls"] = parsed.calls
+    return message
 
 
-def chat_response(meta: dict, gen: Generation, tokenizer, logprobs: bool, tool_mode=None, tool_list=None) -> dict:
+def chat_response(meta: dict, gen: Generation, tokenizer, logprobs: bool, new_parser, tool_mode=None) -> dict:
     choices = []
     for c in gen.choices:
-        message, called = message_of(c.text, tool_mode, tokenizer, tool_list)
+        parsed = new_parser().whole(c.text)
         choices.append({
             "index": c.index,
-            "message": message,
-            "finish_reason": "tool_calls" if called and c.finish.reason == "stop" else c.finish.reason,
+            "message": message_of(parsed, tool_mode),
+            "finish_reason": "tool_calls" if parsed.calls and c.finish.reason == "stop" else c.finish.reason,
             "logprobs": {"content": token_logprobs(tokenizer, c.tokens, c.logprobs, c.top_logprobs)}
             if logprobs else None,
         })
@@ -114,6 +123,9 @@ def replay_chat(response: dict, include_usage: bool):
         message = choice["message"]
         yield {**base, "choices": [{"index": index, "delta": {"role": "assistant", "content": ""},
                                     "finish_reason": None, "logprobs": None}]}
+        if message.get("reasoning_content"):
+            yield {**base, "choices": [{"index": index, "delta": {"reasoning_content": message["reasoning_content"]},
+                                        "finish_reason": None, "logprobs": None}]}
         if message.get("content"):
             yield {**base, "choices": [{"index": index, "delta": {"content": message["content"]},
                                         "finish_reason": None, "logprobs": choice.get("logprobs")}]}
@@ -140,7 +152,7 @@ class ChatCompletionsResource(GenerationResource):
 
         tokenizer = engine.tokenizer
         tool_mode = tools.mode(body)
-        prompt = render_chat(tokenizer, body.messages, body.tools)
+        prompt = render_chat(tokenizer, body.messages, body.tools, body.chat_template_kwargs)
         max_tokens = generation.output_budget(
             resp, engine, self.settings, len(prompt), body.max_completion_tokens or body.max_tokens, "messages",
             "max_completion_tokens" if body.max_completion_tokens else "max_tokens")
@@ -150,66 +162,54 @@ class ChatCompletionsResource(GenerationResource):
         gen = self.generation(req, engine, [prompt] * body.n, [params] * body.n, prompt_tokens=len(prompt))
         meta = self.response_meta(gen)
 
+        def new_parser() -> OutputParser:
+            return OutputParser.for_prompt(tokenizer, prompt, tool_mode, body.tools)
+
         def complete() -> dict:
-            response = chat_response(meta, gen, tokenizer, body.logprobs, tool_mode, body.tools)
+            response = chat_response(meta, gen, tokenizer, body.logprobs, new_parser, tool_mode)
             self.cache_store(lookup, gen, response)
             return response
 
         if body.stream:
-            chunks = self._chunks(gen, meta, tokenizer, include_usage, body.logprobs, complete, tool_mode,
-                                  body.tools)
+            chunks = self._chunks(gen, meta, tokenizer, include_usage, body.logprobs, complete, new_parser)
             generation.start_stream(resp, sse(chunks))
             return
         gen.collect()
         resp.media = complete()
 
-    def _chunks(self, gen, meta, tokenizer, include_usage, logprobs, complete, tool_mode, tool_list):
+    def _chunks(self, gen, meta, tokenizer, include_usage, logprobs, complete, new_parser):
         base = {**meta, "object": "chat.completion.chunk"}
-        # With tools, text is held from a call marker on (all of it when a call
-        # must be made) and turned into tool-call deltas at the end.
-        splitters = [tools.CallSplitter(tools.markers(tokenizer)[0]) if tool_mode == "auto" else None
-                     for _ in gen.handles]
-        held = [""] * len(gen.handles)
+        parsers = [new_parser() for _ in gen.handles]
+
+        def chunk(index: int, delta: dict, finish_reason=None, token_logprobs=None) -> dict:
+            return {**base, "choices": [{"index": index, "delta": delta, "finish_reason": finish_reason,
+                                         "logprobs": token_logprobs}]}
+
+        def deltas(index: int, parts):
+            for kind, text in parts:
+                yield chunk(index, {"reasoning_content" if kind == REASONING else "content": text})
+
         try:
             for index in range(len(gen.handles)):
-                yield {**base, "choices": [{"index": index, "delta": {"role": "assistant", "content": ""},
-                                            "finish_reason": None, "logprobs": None}]}
+                yield chunk(index, {"role": "assistant", "content": ""})
             for index, event in gen.events():
                 if isinstance(event, TokenEvent):
-                    text = event.text
-                    if tool_mode == "forced":
-                        held[index] += text
-                        continue
-                    if splitters[index] is not None:
-                        text = splitters[index].feed(text)
-                    if not text and not logprobs:
-                        continue
-                    choice = {"index": index, "delta": {"content": text}, "finish_reason": None,
-                              "logprobs": None}
-                    if logprobs:
-                        choice["logprobs"] = {"content": token_logprobs(
-                            tokenizer, [event.token], [event.logprob], [event.top_logprobs or []])}
-                    yield {**base, "choices": [choice]}
+                    parts = parsers[index].feed(event.text)
+                    if logprobs:  # one chunk per token, with its logprob, whatever it made visible
+                        kind, text = parts[0] if len(parts) == 1 else (None, "".join(t for _, t in parts))
+                        yield chunk(index, {"reasoning_content" if kind == REASONING else "content": text},
+                                    token_logprobs={"content": token_logprobs(
+                                        tokenizer, [event.token], [event.logprob], [event.top_logprobs or []])})
+                    else:
+                        yield from deltas(index, parts)
                     continue
                 if (error := stream_error(event)) is not None:
                     yield error
                     return
-                reason = event.reason
-                if tool_mode is None:
-                    delta = {"content": event.text} if event.text else {}
-                else:
-                    content, calls = tools.finish_stream(tool_mode, held[index], splitters[index], event.text,
-                                                         tokenizer, tool_list)
-                    if content:
-                        yield {**base, "choices": [{"index": index, "delta": {"content": content},
-                                                    "finish_reason": None, "logprobs": None}]}
-                    for delta in tool_call_deltas(index, calls):
-                        yield {**base, "choices": [delta]}
-                    delta = {}
-                    if calls and reason == "stop":
-                        reason = "tool_calls"
-                yield {**base, "choices": [{"index": index, "delta": delta, "finish_reason": reason,
-                                            "logprobs": None}]}
+                parts, calls = parsers[index].finish(event.text)
+                yield from deltas(index, parts)
+                yield from ({**base, "choices": [delta]} for delta in tool_call_deltas(index, calls))
+                yield chunk(index, {}, "tool_calls" if calls and event.reason == "stop" else event.reason)
             response = complete()
             if include_usage:
                 yield {**base, "choices": [], "usage": response["usage"]}

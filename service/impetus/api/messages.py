@@ -9,7 +9,8 @@ and its stream events are Anthropic's.
   room the prompt leaves (Claude Code sends 32000 whatever the model), never
   a 400; the granted number is in the x-impetus-max-tokens header.
 - Streaming: message_start, a ping, then per content block
-  content_block_start / _delta (text_delta, input_json_delta) / _stop, then
+  content_block_start / _delta (thinking_delta, text_delta, input_json_delta)
+  / _stop, then
   message_delta (stop_reason, usage) and message_stop. A ping goes out every
   PING_S seconds of silence, as while a long prompt prefills (~100 tokens/s
   on a 2-core CPU: Claude Code's default prompt, 12-21k tokens by release, is minutes), so
@@ -25,10 +26,11 @@ import uuid
 from pydantic import ValidationError
 
 from impetus.api import generation, tools
-from impetus.api.chat import message_of, output_grammar, render_chat
+from impetus.api.chat import output_grammar, render_chat
 from impetus.api.errors import from_validation_error
 from impetus.api.generation import GenerationResource, sampling_params, typed_sse
 from impetus.api.messages_schemas import MessagesCountRequest, MessagesRequest
+from impetus.api.output import REASONING, TEXT, OutputParser
 from impetus.api.validation import parse
 from impetus.engine.request import TokenEvent
 
@@ -78,29 +80,29 @@ class MessagesResource(GenerationResource):
         self.admit(req, resp, body, engine)
         tokenizer = engine.tokenizer
         tool_mode = tools.mode(chat)
-        prompt = render_chat(tokenizer, chat.messages, chat.tools)
+        prompt = render_chat(tokenizer, chat.messages, chat.tools, chat.chat_template_kwargs)
         max_tokens = generation.output_budget(resp, engine, self.settings, len(prompt), body.max_tokens,
                                               "messages", "max_tokens", overflow="clamp")
         params = sampling_params(chat, max_tokens, engine, logprobs=False, top_logprobs=0)
         params.grammar = output_grammar(chat, tool_mode, tokenizer)
         gen = self.generation(req, engine, [prompt], [params], prompt_tokens=len(prompt))
         head = {"id": f"msg_{gen.id_suffix}", "type": "message", "role": "assistant", "model": engine.loaded.name}
+        parser = OutputParser.for_prompt(tokenizer, prompt, tool_mode, chat.tools)
 
         if not body.stream:
             [choice] = gen.collect()
-            message, called = message_of(choice.text, tool_mode, tokenizer, chat.tools)
-            content = [{"type": "text", "text": message["content"]}] if message["content"] else []
-            content += [tool_use_block(call) for call in message.get("tool_calls", [])]
-            reason, sequence = stop_reason(choice.finish, called)
+            parsed = parser.whole(choice.text)
+            content = [thinking_block(parsed.reasoning)] if parsed.reasoning else []
+            content += [{"type": "text", "text": parsed.text}] if parsed.text else []
+            content += [tool_use_block(call) for call in parsed.calls]
+            reason, sequence = stop_reason(choice.finish, bool(parsed.calls))
             resp.media = {**head, "content": content, "stop_reason": reason, "stop_sequence": sequence,
                           "usage": messages_usage(gen.prompt_tokens, choice.finish)}
             return
-        generation.start_stream(resp, typed_sse(self._events(gen, head, tool_mode, tokenizer, chat.tools)))
+        generation.start_stream(resp, typed_sse(self._events(gen, head, parser)))
 
-    def _events(self, gen, head, tool_mode, tokenizer, tool_list):
+    def _events(self, gen, head, parser):
         blocks = _Blocks()
-        splitter = tools.CallSplitter(tools.markers(tokenizer)[0]) if tool_mode == "auto" else None
-        held = ""  # a forced call: all of the output, parsed at the end
         try:
             yield {"type": "message_start", "message": {**head, "content": [], "stop_reason": None,
                                                         "stop_sequence": None,
@@ -111,21 +113,16 @@ class MessagesResource(GenerationResource):
                     yield {"type": "ping"}
                     continue
                 if isinstance(event, TokenEvent):
-                    if tool_mode == "forced":
-                        held += event.text
-                        continue
-                    yield from blocks.text(splitter.feed(event.text) if splitter else event.text)
+                    for kind, text in parser.feed(event.text):
+                        yield from blocks.part(kind, text)
                     continue
                 if event.reason == "error":
                     yield {"type": "error", "error": {"type": "api_error",
                                                       "message": "Generation failed inside the engine."}}
                     return
-                calls = []
-                if tool_mode is None:
-                    yield from blocks.text(event.text)
-                else:
-                    text, calls = tools.finish_stream(tool_mode, held, splitter, event.text, tokenizer, tool_list)
-                    yield from blocks.text(text)
+                parts, calls = parser.finish(event.text)
+                for kind, text in parts:
+                    yield from blocks.part(kind, text)
                 for call in calls:
                     yield from blocks.tool_use(tool_use_block(call))
                 yield from blocks.close()
@@ -137,26 +134,37 @@ class MessagesResource(GenerationResource):
             gen.close()
 
 
+def thinking_block(text: str) -> dict:
+    # No signature: nothing here verifies one; clients send the block back as it is.
+    return {"type": "thinking", "thinking": text, "signature": ""}
+
+
 class _Blocks:
-    """The content blocks of a streamed message: a text block opened by the
-    first text, closed when a tool_use block follows or the message ends."""
+    """The content blocks of a streamed message: a thinking or text block is
+    opened by its first piece and closed when another kind of block follows
+    or the message ends."""
+
+    DELTAS = {REASONING: ("thinking", "thinking_delta"), TEXT: ("text", "text_delta")}
 
     def __init__(self):
         self.index = -1
-        self.open_text = False
+        self.open = None  # REASONING or TEXT
 
-    def text(self, text: str):
+    def part(self, kind: str, text: str):
         if not text:
             return
-        if not self.open_text:
+        block, delta = self.DELTAS[kind]
+        if self.open != kind:
+            yield from self.close()
             self.index += 1
-            self.open_text = True
-            yield {"type": "content_block_start", "index": self.index, "content_block": {"type": "text", "text": ""}}
-        yield {"type": "content_block_delta", "index": self.index, "delta": {"type": "text_delta", "text": text}}
+            self.open = kind
+            start = thinking_block("") if kind == REASONING else {"type": "text", "text": ""}
+            yield {"type": "content_block_start", "index": self.index, "content_block": start}
+        yield {"type": "content_block_delta", "index": self.index, "delta": {"type": delta, block: text}}
 
     def close(self):
-        if self.open_text:
-            self.open_text = False
+        if self.open is not None:
+            self.open = None
             yield {"type": "content_block_stop", "index": self.index}
 
     def tool_use(self, block: dict):
@@ -178,5 +186,6 @@ class CountTokensResource:
         body = parse(MessagesCountRequest, req.context.json)
         engine = generation.engine_for(self.host, body.model)
         tool_list, _ = body.chat_tools()
-        resp.media = {"input_tokens": len(render_chat(engine.tokenizer, body.chat_messages(), tool_list))}
+        resp.media = {"input_tokens": len(render_chat(engine.tokenizer, body.chat_messages(), tool_list,
+                                                      body.template_kwargs()))}
 

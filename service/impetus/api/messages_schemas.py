@@ -197,6 +197,10 @@ class MessagesCountRequest(_Request):
                 out.append(ChatMessage(role=message.role, content=text, tool_calls=calls or None))
         return out
 
+    def template_kwargs(self) -> dict | None:
+        """thinking {"type": "disabled"} turns a reasoning template's thinking off."""
+        return {"enable_thinking": False} if self.thinking and self.thinking.type == "disabled" else None
+
     def chat_tools(self) -> tuple[list[Tool] | None, Any]:
         tools = [Tool(type="function", function={"name": t.name, "description": t.description,
                                                  "parameters": t.input_schema}) for t in self.tools or []]
@@ -236,7 +240,8 @@ class MessagesRequest(MessagesCountRequest):
         return ChatCompletionRequest(
             model=self.model, messages=self.chat_messages(), max_tokens=self.max_tokens,
             temperature=self.temperature, top_p=self.top_p or 1.0, top_k=self.top_k or 0,
-            stop=[s for s in self.stop_sequences or [] if s], tools=tools, tool_choice=tool_choice)
+            stop=[s for s in self.stop_sequences or [] if s], tools=tools, tool_choice=tool_choice,
+            chat_template_kwargs=self.template_kwargs())
 
 
 # -- responses (documented in /openapi.json) -----------------------------------

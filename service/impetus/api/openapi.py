@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic.json_schema import models_json_schema
 
 from impetus import __version__
-from impetus.api import messages_schemas, schemas
+from impetus.api import messages_schemas, responses_schemas, schemas
 
 # (path, method, summary, request schema, response schema, streams)
 ROUTES = [
@@ -13,8 +13,10 @@ ROUTES = [
      schemas.ChatCompletion, schemas.ChatCompletionChunk),
     ("/v1/completions", "post", "Create a text completion", schemas.CompletionRequest,
      schemas.Completion, schemas.Completion),
-    ("/v1/responses", "post", "Create a model response", schemas.ResponsesRequest, schemas.ResponseObject,
-     schemas.ResponseEvent),
+    ("/v1/responses", "post", "Create a model response", responses_schemas.ResponsesRequest,
+     schemas.ResponseObject, schemas.ResponseEvent),
+    ("/v1/responses/{response_id}", "get", "Retrieve a stored response", None, schemas.ResponseObject, None),
+    ("/v1/responses/{response_id}", "delete", "Delete a stored response", None, schemas.ResponseDeleted, None),
     ("/v1/messages", "post", "Create a message (Anthropic's Messages API)", messages_schemas.MessagesRequest,
      messages_schemas.MessageResponse, messages_schemas.MessageStreamEvent),
     ("/v1/messages/count_tokens", "post", "Count a message request's input tokens",
@@ -71,9 +73,10 @@ def build_openapi() -> dict:
         if request is not None:
             operation["requestBody"] = {"required": True,
                                         "content": {"application/json": {"schema": ref(request)}}}
-        if "{model_id}" in path:
-            operation["parameters"] = [{"name": "model_id", "in": "path", "required": True,
-                                        "schema": {"type": "string"}}]
+        for name in ("model_id", "response_id"):
+            if "{" + name + "}" in path:
+                operation["parameters"] = [{"name": name, "in": "path", "required": True,
+                                            "schema": {"type": "string"}}]
         paths.setdefault(path, {})[method] = operation
     return {
         "openapi": "3.1.0",

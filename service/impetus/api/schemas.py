@@ -54,6 +54,8 @@ class ChatMessage(_Request):
     tool_calls: list[ToolCall] | None = None  # an assistant turn that called tools
     tool_call_id: str | None = None  # a tool turn: the result of that call
     refusal: str | None = None
+    # What an earlier answer reasoned (clients send it back): not rendered.
+    reasoning_content: str | None = None
 
     @model_validator(mode="after")
     def _tool_fields_fit_the_role(self):
@@ -171,6 +173,8 @@ class ChatCompletionRequest(_SamplingFields):
     tools: Annotated[list[Tool], Field(max_length=128)] | None = None
     tool_choice: Union[Literal["none", "auto", "required"], NamedToolChoice, None] = None
     parallel_tool_calls: bool | None = None
+    # Passed to the chat template, e.g. {"enable_thinking": false} (vLLM's and SGLang's field).
+    chat_template_kwargs: dict | None = None
 
     @model_validator(mode="after")
     def _top_logprobs_needs_logprobs(self):
@@ -224,79 +228,6 @@ class EmbeddingRequest(_Request):
     user: str | None = None
 
 
-class InputText(_Request):
-    type: Literal["input_text", "output_text", "text"]
-    text: str
-    annotations: list | None = None
-
-
-class InputMessage(_Request):
-    type: Literal["message"] = "message"
-    role: Literal["system", "developer", "user", "assistant"]
-    content: Union[str, list[InputText]]
-    id: str | None = None
-    status: str | None = None
-
-    def text(self) -> str:
-        return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
-
-
-class TextFormat(_Request):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
-    type: Literal["text", "json_object", "json_schema"] = "text"
-    name: Annotated[str, StringConstraints(pattern=r"^[a-zA-Z0-9_-]{1,64}$")] | None = None
-    json_schema: dict | None = Field(default=None, alias="schema")
-    description: str | None = None
-    strict: bool | None = None
-
-    @model_validator(mode="after")
-    def _schema_with_its_type(self):
-        if self.type == "json_schema" and (self.json_schema is None or not self.name):
-            raise ValueError("format 'json_schema' needs a name and a schema")
-        return self
-
-
-class TextOptions(_Request):
-    format: TextFormat = Field(default_factory=TextFormat)
-    verbosity: str | None = None
-
-
-class ResponsesRequest(_Request):
-    """POST /v1/responses: text in, text out (tools are not offered here yet)."""
-
-    model: str = Field(min_length=1)
-    input: Union[Annotated[str, Field(min_length=1)], Annotated[list[InputMessage], Field(min_length=1)]]
-    instructions: str | None = None
-    max_output_tokens: OutputTokens | None = None
-    temperature: float | None = Field(default=None, ge=0.0, le=2.0,
-                                      description="none: the server's IMPETUS_DEFAULT_TEMPERATURE (1.0, as OpenAI)")
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    stream: bool = False
-    text: TextOptions | None = None
-    # Hints OpenAI treats as optional: accepted, ignored (nothing is stored).
-    user: str | None = None
-    metadata: dict[str, str] | None = None
-    store: bool | None = None
-    service_tier: str | None = None
-    truncation: Literal["disabled"] | None = None
-    parallel_tool_calls: bool | None = None
-    tools: list | None = None
-    tool_choice: Literal["none", "auto"] | None = None
-
-    @field_validator("tools")
-    @classmethod
-    def _no_tools_yet(cls, value):
-        if value:
-            raise ValueError("tools are not offered on /v1/responses yet; use /v1/chat/completions for tool calls")
-        return value
-
-    def messages(self) -> list[ChatMessage]:
-        turns = [ChatMessage(role="system", content=self.instructions)] if self.instructions else []
-        if isinstance(self.input, str):
-            return turns + [ChatMessage(role="user", content=self.input)]
-        return turns + [ChatMessage(role=m.role, content=m.text()) for m in self.input]
-
-
 # -- responses ---------------------------------------------------------------
 
 
@@ -330,6 +261,7 @@ class ResponseToolCall(_Response):
 class AssistantMessage(_Response):
     role: Literal["assistant"] = "assistant"
     content: str | None = None
+    reasoning_content: str | None = None  # what a reasoning model thought, apart from the answer
     tool_calls: list[ResponseToolCall] | None = None
 
 
@@ -353,6 +285,7 @@ class ChatCompletion(_Response):
 class ChatDelta(_Response):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    reasoning_content: str | None = None
     tool_calls: list[dict] | None = None  # {"index", "id"?, "type"?, "function": {"name"?, "arguments"}}
 
 
@@ -451,6 +384,12 @@ class ResponseObject(_Response):
     model: str
     output: list[dict]
     usage: dict | None = None
+
+
+class ResponseDeleted(_Response):
+    id: str
+    object: Literal["response"] = "response"
+    deleted: bool
 
 
 class ResponseEvent(_Response):

@@ -11,7 +11,7 @@ the conversation the same way.
 
 - tool_choice "auto" (the default with tools): the model writes freely; text
   is streamed as it comes, and from a call marker on the output is held and
-  parsed into tool calls at the end.
+  parsed into tool calls at the end (api.output, for every protocol).
 - "required" or a named function: the output is constrained (llguidance) to
   a JSON call of one of the allowed functions with arguments valid against
   its parameters schema, so even the 135M default model calls correctly.
@@ -157,46 +157,3 @@ def parse_auto(call_text: str, tokenizer, tools) -> tuple[list[dict], str]:
             continue
         calls.append(new_call(name, arguments))
     return calls, leftover + rest
-
-
-class CallSplitter:
-    """Streams text until a tool-call marker appears; from there on holds the
-    output for parsing at the end. A possible start of a marker is held back
-    until it is clear, so a marker is never streamed as content."""
-
-    def __init__(self, open_marker: str):
-        self.open = open_marker
-        self.pending = ""
-        self.calls = ""
-
-    def feed(self, text: str) -> str:
-        if self.calls:
-            self.calls += text
-            return ""
-        self.pending += text
-        index = self.pending.find(self.open)
-        if index >= 0:
-            out, self.calls, self.pending = self.pending[:index], self.pending[index:], ""
-            return out
-        keep = next((k for k in range(min(len(self.open) - 1, len(self.pending)), 0, -1)
-                     if self.pending.endswith(self.open[:k])), 0)
-        out, self.pending = self.pending[:len(self.pending) - keep], self.pending[len(self.pending) - keep:]
-        return out
-
-    def finish(self) -> tuple[str, str]:
-        """(text still held, the call text)"""
-        return self.pending, self.calls
-
-
-def finish_stream(tool_mode: str, held: str, splitter: CallSplitter | None, final_text: str, tokenizer,
-                  tool_list) -> tuple[str, list[dict]]:
-    """At the end of a streamed choice with tools: the text still to send and
-    the tool calls. `held` is everything generated (a forced call); `splitter`
-    holds what followed a call marker (auto)."""
-    if tool_mode == "forced":
-        calls = parse_forced(held + final_text)
-        return ("" if calls else held + final_text), calls
-    streamed = splitter.feed(final_text)
-    pending, call_text = splitter.finish()
-    calls, leftover = parse_auto(call_text, tokenizer, tool_list) if call_text else ([], "")
-    return streamed + pending + leftover, calls

@@ -6,6 +6,7 @@ from impetus.gateway.cache import ResponseCache
 from impetus.gateway.keys import KeyStore
 from impetus.gateway.middleware import AuthMiddleware, RateLimitMiddleware
 from impetus.gateway.ratelimit import RateLimiter
+from impetus.gateway.responses import ResponseStore
 
 
 def connect(url: str, read_timeout: float | None = 1.0):
@@ -24,6 +25,7 @@ class Gateway:
         self.keys = KeyStore(self.redis)
         self.limiter = RateLimiter(self.redis)
         self.cache = ResponseCache(self.redis, ttl_s=settings.cache_ttl_s)
+        self.responses = ResponseStore(self.redis, ttl_s=settings.response_store_ttl_s)
         self.settings = settings
 
     def model_broadcast(self, host):

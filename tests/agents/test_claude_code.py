@@ -20,8 +20,7 @@ import pytest
 from impetus.gateway.keys import KeyStore
 from impetus.models.store import DEFAULT_MODEL
 
-from conftest import Server
-from processes import start_nginx, stop
+from agent_endpoint import agent_endpoint
 
 pytestmark = pytest.mark.slow
 
@@ -33,20 +32,14 @@ SMALL = ["--bare", "--tools", "Read", "--system-prompt", "Answer in one short se
 
 @pytest.fixture(scope="module")
 def endpoint(data_dir, redis_server, tmp_path_factory):
-    if not CLAUDE.exists():
-        pytest.fail("Claude Code is not installed: `make agents` (make test does it)")
-    work = tmp_path_factory.mktemp("claude-code")
-    server = Server(data_dir, work / "server.log", require_api_keys="true", redis_url=redis_server.url,
-                    default_temperature=0)
-    nginx, url = start_nginx(work / "nginx", f"127.0.0.1:{server.port}")
-    yield {"url": url, "server": server, "work": work}
-    stop(nginx)
-    server.stop()
-    assert "Traceback" not in server.logs()
+    with agent_endpoint(data_dir, redis_server, tmp_path_factory.mktemp("claude-code")) as served:
+        yield served
 
 
 def claude(endpoint, key: str, prompt: str, *options: str, max_output: int | None = None):
-    home = endpoint["work"] / "home"
+    if not CLAUDE.exists():
+        pytest.fail("Claude Code is not installed: `make agents` (make test does it)")
+    home = endpoint["work"] / "claude-home"
     home.mkdir(exist_ok=True)
     env = {
         "PATH": os.environ["PATH"], "HOME": str(home), "ANTHROPIC_BASE_URL": endpoint["url"],

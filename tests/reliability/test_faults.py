@@ -171,6 +171,28 @@ def test_redis_restart_under_load_loses_no_key(stack):
     assert ready["redis"] == "ok"
 
 
+def test_responses_go_out_unstored_while_redis_is_down(stack):
+    """Storing an answer is a convenience: with Redis down the answer still
+    comes, marked not stored; only continuing a stored one must wait (503)."""
+    body = {"model": DEFAULT_MODEL, "input": "Hi", "max_output_tokens": 3}
+    with httpx.Client(base_url=stack["url"], headers=headers(stack), timeout=60) as http:
+        stored = [http.post("/v1/responses", json=body).json() for _ in range(4)]  # both workers know the key
+        assert all(r["store"] is True for r in stored)
+        stack["redis"].stop()
+        try:
+            unstored = http.post("/v1/responses", json=body)
+            assert unstored.status_code == 200, unstored.text
+            assert unstored.json()["store"] is False
+            assert unstored.headers["x-impetus-store"] == "not stored: redis is unavailable"
+            going_on = http.post("/v1/responses", json={**body, "previous_response_id": stored[0]["id"]})
+            assert going_on.status_code == 503 and going_on.headers["retry-after"], going_on.text
+            assert going_on.json()["error"]["code"] == "store_unavailable"
+        finally:
+            stack["redis"].start()
+        kept = http.get(f"/v1/responses/{stored[0]['id']}")  # the append-only file kept it
+        assert kept.status_code == 200 and kept.json()["id"] == stored[0]["id"]
+
+
 def test_nginx_reload_during_streams(stack):
     with ThreadPoolExecutor(4) as pool:
         futures = [pool.submit(stream, stack["url"], headers(stack), 30) for _ in range(4)]

@@ -12,6 +12,7 @@ import os
 import subprocess
 from pathlib import Path
 
+import httpx
 import pytest
 
 from impetus.gateway.keys import KeyStore
@@ -68,6 +69,7 @@ def codex(endpoint, key: str, prompt: str, *options: str) -> tuple[subprocess.Co
 
 
 def test_codex_completes_a_headless_turn(endpoint, redis_client):
+    assert httpx.head(f"{endpoint['url']}/", timeout=10).status_code == 200  # its endpoint check, keyless
     key, record = KeyStore(redis_client).create("codex-user")
     instructions = endpoint["work"] / "instructions.md"
     done, answer = codex(endpoint, key, "Say hello.", "-c", f"model_instructions_file={instructions}", *SMALL)

@@ -15,6 +15,7 @@ from impetus.models.store import DEFAULT_MODEL, ensure_default_model, packaged_d
 from impetus.server.process import free_port, start_server, stop_server  # noqa: E402
 from impetus.settings import Settings  # noqa: E402
 
+
 class RedisServer:
     """A real redis-server on a free loopback port, which tests may stop and restart."""
 

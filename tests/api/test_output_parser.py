@@ -20,9 +20,10 @@ CALL = '<tool_call>{"name": "get_weather", "arguments": {"city": "Oslo"}}</tool_
 @pytest.fixture(scope="module")
 def thinker(tmp_path_factory):
     from mlx_lm import load
-    from tiny_gguf import write_tiny_llama
 
     from impetus.models.gguf import import_gguf
+
+    from tiny_gguf import write_tiny_llama
 
     home = tmp_path_factory.mktemp("thinker")
     import_gguf(write_tiny_llama(home / "tiny.gguf", "F32", thinking=True), home / "models", name="thinker")

@@ -11,7 +11,6 @@ import pytest
 from impetus.gateway.keys import KeyStore
 from impetus.models.store import DEFAULT_MODEL
 
-
 pytestmark = pytest.mark.slow
 
 QUESTION = {"model": DEFAULT_MODEL, "max_tokens": 8, "temperature": 0,

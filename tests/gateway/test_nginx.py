@@ -15,8 +15,8 @@ from impetus.models.store import DEFAULT_MODEL
 from impetus.server.process import free_port
 from impetus.stack import nginx
 
-from processes import start_nginx, stop as stop_nginx
-
+from processes import start_nginx
+from processes import stop as stop_nginx
 
 pytestmark = pytest.mark.slow
 

@@ -15,7 +15,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from impetus.gateway.keys import KeyStore
 from impetus.models.store import DEFAULT_MODEL
 
-
 pytestmark = pytest.mark.slow
 
 CHAT = "/v1/chat/completions"

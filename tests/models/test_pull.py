@@ -10,11 +10,10 @@ import sys
 import time
 
 import pytest
+from hub_standin import HubStandIn
 
 from impetus.models.store import DEFAULT_MODEL
 from impetus.server.process import free_port
-
-from hub_standin import HubStandIn
 
 pytestmark = pytest.mark.slow
 

@@ -51,8 +51,8 @@ def test_a_model_that_cannot_load_stops_the_server_with_a_clear_error(data_dir, 
 
 
 def test_sigterm_drains_a_running_stream_but_not_idle_connections(data_dir, tmp_path):
-    import signal
     import os
+    import signal
     import threading
 
     port = free_port()

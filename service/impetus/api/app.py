@@ -4,20 +4,20 @@ from __future__ import annotations
 
 import falcon
 
-from impetus.api.admin import AdminModelLoadResource, AdminModelsResource, AdminModelUnloadResource
 from impetus.api.access_log import AccessLogMiddleware
+from impetus.api.admin import AdminModelLoadResource, AdminModelsResource, AdminModelUnloadResource
 from impetus.api.admin_events import AdminEventsResource
 from impetus.api.admin_keys import AdminKeyResource, AdminKeysResource
 from impetus.api.chat import ChatCompletionsResource
 from impetus.api.completions import CompletionsResource
-from impetus.api.messages import CountTokensResource, MessagesResource
 from impetus.api.embeddings import EmbeddingsResource
-from impetus.api.responses import ResponseInputItemsResource, ResponseResource, ResponsesResource
 from impetus.api.errors import handle_http_error, handle_unexpected
 from impetus.api.health import LivenessResource, ReadinessResource, StatusResource
+from impetus.api.messages import CountTokensResource, MessagesResource
 from impetus.api.middleware import JSONBodyMiddleware, RequestIdMiddleware
 from impetus.api.models import ModelResource, ModelsResource
 from impetus.api.openapi import OpenAPIResource
+from impetus.api.responses import ResponseInputItemsResource, ResponseResource, ResponsesResource
 from impetus.metrics.middleware import MetricsMiddleware
 from impetus.metrics.resource import MetricsResource
 

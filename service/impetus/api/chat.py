@@ -12,7 +12,6 @@ from impetus.engine import structured
 from impetus.engine.host import run_off_the_hub
 from impetus.engine.request import TokenEvent
 
-
 # Template arguments the server sets itself; chat_template_kwargs may not.
 RESERVED_TEMPLATE_ARGUMENTS = {"conversation", "messages", "tools", "add_generation_prompt", "tokenize",
                                "return_dict", "continue_final_message", "documents", "chat_template"}

@@ -31,8 +31,13 @@ def default_name(repo_id: str) -> str:
 def pull(repo_id: str, models_dir: Path, name: str | None = None, revision: str | None = None,
          force: bool = False, progress=print) -> Path:
     from huggingface_hub import HfApi, snapshot_download
-    from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, OfflineModeIsEnabled,
-                                        RepositoryNotFoundError, RevisionNotFoundError)
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     if repo_id.count("/") != 1 or any(not part for part in repo_id.split("/")):
         raise PullError(f"{repo_id!r} is not a Hugging Face repository id (owner/name)")

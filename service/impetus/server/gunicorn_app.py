@@ -57,7 +57,6 @@ class ImpetusApplication(BaseApplication):
         from impetus.api.app import create_app
         from impetus.engine.host import EngineHost
         from impetus.engine.waiters import GeventWaker
-
         from impetus.metrics import Metrics
 
         if self.settings.mlx_cache_limit_bytes is not None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import time
 
-from impetus.api.middleware import when_sent
+from impetus.web import when_sent
 
 log = logging.getLogger("impetus.access")
 

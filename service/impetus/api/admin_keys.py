@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from redis.exceptions import RedisError
 
-from impetus.api.errors import APIError
 from impetus.api.schemas import AdminKeyCreate
 from impetus.api.validation import parse
 from impetus.gateway.keys import KeyExists, KeyNotFound
+from impetus.web import APIError
 
 
 def describe(record, usage: dict | None = None) -> dict:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from impetus.api import generation, tools
-from impetus.api.errors import bad_request
 from impetus.api.generation import Generation, GenerationResource, sampling_params, sse, stream_error, usage
 from impetus.api.output import REASONING, OutputParser, Parsed
 from impetus.api.schemas import ChatCompletionRequest
@@ -11,6 +10,7 @@ from impetus.api.validation import parse
 from impetus.engine import structured
 from impetus.engine.host import run_off_the_hub
 from impetus.engine.request import TokenEvent
+from impetus.web import bad_request
 
 # Template arguments the server sets itself; chat_template_kwargs may not.
 RESERVED_TEMPLATE_ARGUMENTS = {"conversation", "messages", "tools", "add_generation_prompt", "tokenize",

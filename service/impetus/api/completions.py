@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from impetus.api import generation
-from impetus.api.errors import bad_request
 from impetus.api.generation import Generation, GenerationResource, sampling_params, sse, stream_error, usage
 from impetus.api.schemas import CompletionRequest
 from impetus.api.validation import parse
 from impetus.engine.request import TokenEvent
+from impetus.web import bad_request
 
 
 def prompt_tokens(tokenizer, prompt, vocab_size: int) -> list[list[int]]:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import base64
 
-from impetus.api.errors import APIError, bad_request
 from impetus.api.schemas import EmbeddingRequest
 from impetus.api.validation import parse
 from impetus.embeddings.model import DEFAULT_EMBEDDING_MODEL, EmbeddingModelNotFound
+from impetus.web import APIError, bad_request
 
 
 def embedding_entry(name: str, folder, model=None) -> dict:

@@ -13,25 +13,9 @@ import logging
 import falcon
 from pydantic import ValidationError
 
+from impetus.web import APIError
+
 log = logging.getLogger("impetus.api")
-
-
-class APIError(falcon.HTTPError):
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        type: str = "invalid_request_error",
-        param: str | None = None,
-        code: str | None = None,
-        headers: dict | None = None,
-    ):
-        super().__init__(falcon.code_to_http_status(status), headers=headers)
-        self.body = {"error": {"message": message, "type": type, "param": param, "code": code}}
-
-
-def bad_request(message: str, param: str | None = None, code: str | None = None) -> APIError:
-    return APIError(400, message, param=param, code=code)
 
 
 def from_validation_error(error: ValidationError) -> APIError:

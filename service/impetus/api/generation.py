@@ -12,10 +12,10 @@ import gevent
 import gevent.socket
 
 from impetus import __version__
-from impetus.api.errors import APIError, bad_request
 from impetus.api.models import model_error
 from impetus.engine.engine import Engine, QueueFull
 from impetus.engine.request import FinishEvent, SamplingParams, TokenEvent
+from impetus.web import APIError, bad_request
 
 # How long a request may see no output at all before we give up on it.
 STALL_TIMEOUT_S = 600

@@ -16,7 +16,6 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import Field, TypeAdapter, field_validator
 
-from impetus.api.errors import bad_request
 from impetus.api.schemas import (
     ChatCompletionRequest,
     ChatMessage,
@@ -27,6 +26,7 @@ from impetus.api.schemas import (
     _Request,
     _Response,
 )
+from impetus.web import bad_request
 
 
 class CacheControl(_Response):

@@ -5,25 +5,9 @@ from __future__ import annotations
 import re
 import uuid
 
-from impetus.api.errors import APIError
+from impetus.web import APIError
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
-
-
-def when_sent(resp, callback) -> None:
-    """Call `callback` once the response is over: now, or after a stream's last
-    byte (or when the client leaves it)."""
-    if resp.stream is not None and not isinstance(resp.stream, (bytes, bytearray)):
-        resp.stream = _then(resp.stream, callback)
-    else:
-        callback()
-
-
-def _then(stream, callback):
-    try:
-        yield from stream
-    finally:
-        callback()
 
 
 class RequestIdMiddleware:

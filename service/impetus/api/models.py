@@ -3,9 +3,9 @@ serve, loaded or not (a request for one that is not loaded loads it)."""
 
 from __future__ import annotations
 
-from impetus.api.errors import APIError
 from impetus.engine import host as engine_host
 from impetus.models.store import ModelNotFound
+from impetus.web import APIError
 
 
 def model_error(error: Exception, model: str) -> APIError:

@@ -27,7 +27,7 @@ from pydantic import ValidationError
 
 from impetus.api import generation, tools
 from impetus.api.chat import output_grammar, render_chat
-from impetus.api.errors import APIError, from_validation_error
+from impetus.api.errors import from_validation_error
 from impetus.api.generation import GenerationResource, new_id_suffix, sampling_params, start_stream, typed_sse
 from impetus.api.output import REASONING, OutputParser
 from impetus.api.responses_schemas import ResponsesRequest
@@ -35,6 +35,7 @@ from impetus.api.schemas import ChatMessage
 from impetus.api.validation import parse
 from impetus.engine.request import TokenEvent
 from impetus.gateway.responses import StoreUnavailable
+from impetus.web import APIError
 
 STORE_HEADER = "x-impetus-store"
 

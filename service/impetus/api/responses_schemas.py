@@ -25,7 +25,6 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import ConfigDict, Field, PrivateAttr, StringConstraints, TypeAdapter, field_validator, model_validator
 
-from impetus.api.errors import bad_request
 from impetus.api.schemas import (
     ChatCompletionRequest,
     ChatMessage,
@@ -36,6 +35,7 @@ from impetus.api.schemas import (
     Tool,
     _Request,
 )
+from impetus.web import bad_request
 
 
 class InputText(_Request):

@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import uuid
 
-from impetus.api.errors import bad_request
+from impetus.web import bad_request
 
 DEFAULT_MARKERS = ("<tool_call>", "</tool_call>")
 NO_ARGUMENTS = {"type": "object", "properties": {}, "additionalProperties": False}

@@ -14,9 +14,9 @@ import time
 
 from redis.exceptions import RedisError
 
-from impetus.api.errors import APIError
 from impetus.gateway.keys import ApiKey, KeyStore, hash_key
 from impetus.gateway.ratelimit import LimitState, RateLimiter, format_reset
+from impetus.web import APIError
 
 log = logging.getLogger("impetus.gateway")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from impetus.api.middleware import when_sent
+from impetus.web import when_sent
 
 
 class MetricsMiddleware:

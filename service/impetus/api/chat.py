@@ -9,7 +9,7 @@ from impetus.api.schemas import ChatCompletionRequest
 from impetus.api.validation import parse
 from impetus.engine import structured
 from impetus.engine.host import run_off_the_hub
-from impetus.engine.request import TokenEvent
+from impetus.engine.request import SamplingParams, TokenEvent
 from impetus.web import bad_request
 
 # Template arguments the server sets itself; chat_template_kwargs may not.
@@ -62,6 +62,21 @@ def output_grammar(body, tool_mode: str | None, tokenizer) -> str | None:
         return run_off_the_hub(compile_and_check)
     except structured.GrammarError as error:
         raise bad_request(f"The schema cannot be enforced: {error}", param=param, code="invalid_schema") from None
+
+
+def prepare(resp, engine, settings, chat: ChatCompletionRequest, requested: int | None, prompt_param: str,
+            max_param: str, overflow: str | None = None) -> tuple[list[int], SamplingParams, str | None]:
+    """A chat request's prompt, sampling params and tool mode: the one path
+    from request to engine work for chat completions and for the Messages and
+    Responses faces (which turn themselves into chat requests). `requested`
+    is the output length asked for, clamped to the room (output_budget)."""
+    tool_mode = tools.mode(chat)
+    prompt = render_chat(engine.tokenizer, chat.messages, chat.tools, chat.chat_template_kwargs)
+    max_tokens = generation.output_budget(resp, engine, settings, len(prompt), requested, prompt_param, max_param,
+                                          overflow)
+    params = sampling_params(chat, max_tokens, engine, logprobs=chat.logprobs, top_logprobs=chat.top_logprobs or 0)
+    params.grammar = output_grammar(chat, tool_mode, engine.tokenizer)
+    return prompt, params, tool_mode
 
 
 def token_logprobs(tokenizer, tokens, logprobs, tops) -> list[dict]:
@@ -150,14 +165,9 @@ class ChatCompletionsResource(GenerationResource):
             return
 
         tokenizer = engine.tokenizer
-        tool_mode = tools.mode(body)
-        prompt = render_chat(tokenizer, body.messages, body.tools, body.chat_template_kwargs)
-        max_tokens = generation.output_budget(
-            resp, engine, self.settings, len(prompt), body.max_completion_tokens or body.max_tokens, "messages",
+        prompt, params, tool_mode = prepare(
+            resp, engine, self.settings, body, body.max_completion_tokens or body.max_tokens, "messages",
             "max_completion_tokens" if body.max_completion_tokens else "max_tokens")
-        params = sampling_params(body, max_tokens, engine, logprobs=body.logprobs,
-                                 top_logprobs=body.top_logprobs or 0)
-        params.grammar = output_grammar(body, tool_mode, tokenizer)
         gen = self.generation(req, engine, [prompt] * body.n, [params] * body.n, prompt_tokens=len(prompt))
         meta = self.response_meta(gen)
 

@@ -25,10 +25,10 @@ import uuid
 
 from pydantic import ValidationError
 
-from impetus.api import generation, tools
-from impetus.api.chat import output_grammar, render_chat
+from impetus.api import generation
+from impetus.api.chat import prepare, render_chat
 from impetus.api.errors import from_validation_error
-from impetus.api.generation import GenerationResource, sampling_params, typed_sse
+from impetus.api.generation import GenerationResource, typed_sse
 from impetus.api.messages_schemas import MessagesCountRequest, MessagesRequest
 from impetus.api.output import REASONING, TEXT, OutputParser
 from impetus.api.validation import parse
@@ -79,12 +79,8 @@ class MessagesResource(GenerationResource):
         engine = generation.engine_for(self.host, body.model)
         self.admit(req, resp, body, engine)
         tokenizer = engine.tokenizer
-        tool_mode = tools.mode(chat)
-        prompt = render_chat(tokenizer, chat.messages, chat.tools, chat.chat_template_kwargs)
-        max_tokens = generation.output_budget(resp, engine, self.settings, len(prompt), body.max_tokens,
-                                              "messages", "max_tokens", overflow="clamp")
-        params = sampling_params(chat, max_tokens, engine, logprobs=False, top_logprobs=0)
-        params.grammar = output_grammar(chat, tool_mode, tokenizer)
+        prompt, params, tool_mode = prepare(resp, engine, self.settings, chat, body.max_tokens, "messages",
+                                            "max_tokens", overflow="clamp")
         gen = self.generation(req, engine, [prompt], [params], prompt_tokens=len(prompt))
         head = {"id": f"msg_{gen.id_suffix}", "type": "message", "role": "assistant", "model": engine.loaded.name}
         parser = OutputParser.for_prompt(tokenizer, prompt, tool_mode, chat.tools)

@@ -25,10 +25,10 @@ import time
 
 from pydantic import ValidationError
 
-from impetus.api import generation, tools
-from impetus.api.chat import output_grammar, render_chat
+from impetus.api import generation
+from impetus.api.chat import prepare
 from impetus.api.errors import from_validation_error
-from impetus.api.generation import GenerationResource, new_id_suffix, sampling_params, start_stream, typed_sse
+from impetus.api.generation import GenerationResource, new_id_suffix, start_stream, typed_sse
 from impetus.api.output import REASONING, OutputParser
 from impetus.api.responses_schemas import ResponsesRequest
 from impetus.api.schemas import ChatMessage
@@ -180,12 +180,8 @@ class ResponsesResource(GenerationResource):
         engine = generation.engine_for(self.host, body.model)
         self.admit(req, resp, body, engine)
         tokenizer = engine.tokenizer
-        tool_mode = tools.mode(chat)
-        prompt = render_chat(tokenizer, chat.messages, chat.tools, chat.chat_template_kwargs)
-        max_tokens = generation.output_budget(resp, engine, self.settings, len(prompt), body.max_output_tokens,
-                                              "input", "max_output_tokens")
-        params = sampling_params(chat, max_tokens, engine, logprobs=False, top_logprobs=0)
-        params.grammar = output_grammar(chat, tool_mode, tokenizer)
+        prompt, params, tool_mode = prepare(resp, engine, self.settings, chat, body.max_output_tokens, "input",
+                                            "max_output_tokens")
         store = body.store is not False and self._can_store(resp)
         gen = self.generation(req, engine, [prompt], [params], prompt_tokens=len(prompt))
         parser = OutputParser.for_prompt(tokenizer, prompt, tool_mode, chat.tools)

@@ -93,7 +93,7 @@ def token_logprobs(tokenizer, tokens, logprobs, tops) -> list[dict]:
 def message_of(parsed: Parsed, tool_mode: str | None) -> dict:
     """The assistant message of a parsed choice: its text (None when it only
     called tools), its reasoning apart, its tool calls."""
-    message = {"role": "assistant", "content": parsed.text or None if tool_mode else parsed.text}
+    message = {"role": "assistant", "content": (parsed.text or None) if tool_mode else parsed.text}
     if parsed.reasoning:
         message["reasoning_content"] = parsed.reasoning
     if parsed.calls:

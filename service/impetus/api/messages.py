@@ -30,9 +30,8 @@ from impetus.api.chat import prepare, render_chat
 from impetus.api.errors import from_validation_error
 from impetus.api.generation import GenerationResource, typed_sse
 from impetus.api.messages_schemas import MessagesCountRequest, MessagesRequest
-from impetus.api.output import REASONING, TEXT, OutputParser
+from impetus.api.output import CALL, END, ERROR, PING, REASONING, TEXT, OutputParser, parsed_stream
 from impetus.api.validation import parse
-from impetus.engine.request import TokenEvent
 
 PING_S = 5.0
 
@@ -99,33 +98,29 @@ class MessagesResource(GenerationResource):
 
     def _events(self, gen, head, parser):
         blocks = _Blocks()
+        called = False
         try:
             yield {"type": "message_start", "message": {**head, "content": [], "stop_reason": None,
                                                         "stop_sequence": None,
                                                         "usage": messages_usage(gen.prompt_tokens, None)}}
             yield {"type": "ping"}
-            for _, event in gen.events(heartbeat=PING_S):
-                if event is None:
+            for kind, value in parsed_stream(gen, parser, heartbeat=PING_S):
+                if kind == PING:
                     yield {"type": "ping"}
-                    continue
-                if isinstance(event, TokenEvent):
-                    for kind, text in parser.feed(event.text):
-                        yield from blocks.part(kind, text)
-                    continue
-                if event.reason == "error":
+                elif kind == ERROR:
                     yield {"type": "error", "error": {"type": "api_error",
                                                       "message": "Generation failed inside the engine."}}
-                    return
-                parts, calls = parser.finish(event.text)
-                for kind, text in parts:
-                    yield from blocks.part(kind, text)
-                for call in calls:
-                    yield from blocks.tool_use(tool_use_block(call))
-                yield from blocks.close()
-                reason, sequence = stop_reason(event, bool(calls))
-                yield {"type": "message_delta", "delta": {"stop_reason": reason, "stop_sequence": sequence},
-                       "usage": messages_usage(gen.prompt_tokens, event)}
-                yield {"type": "message_stop"}
+                elif kind == CALL:
+                    called = True
+                    yield from blocks.tool_use(tool_use_block(value))
+                elif kind == END:
+                    yield from blocks.close()
+                    reason, sequence = stop_reason(value, called)
+                    yield {"type": "message_delta", "delta": {"stop_reason": reason, "stop_sequence": sequence},
+                           "usage": messages_usage(gen.prompt_tokens, value)}
+                    yield {"type": "message_stop"}
+                else:
+                    yield from blocks.part(kind, value)
         finally:
             gen.close()
 

@@ -17,7 +17,9 @@ what it answered, and the tool calls it made apart from its text.
 
 A possible start of a marker is held back until it is clear, so a marker
 never reaches the client as text. `feed` takes each token's text and returns
-the parts it makes visible, `finish` the rest and the calls.
+the parts it makes visible, `finish` the rest and the calls; `parsed_stream`
+runs a generation through a parser for the faces that render whole parts
+(Messages, Responses; chat streams per token, for its logprobs).
 """
 
 from __future__ import annotations
@@ -25,8 +27,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from impetus.api import tools
+from impetus.engine.request import TokenEvent
 
 REASONING, TEXT = "reasoning", "text"
+PING, CALL, END, ERROR = "ping", "call", "end", "error"
 
 
 def think_markers(tokenizer) -> tuple[str, str] | None:
@@ -147,3 +151,24 @@ class OutputParser:
             else:
                 parsed.text += piece
         return parsed
+
+
+def parsed_stream(gen, parser: OutputParser, heartbeat: float | None = None):
+    """A one-choice generation as what a face renders, in order: (REASONING
+    or TEXT, text) as it becomes visible, (CALL, call) for each tool call,
+    then (END, finish); or (ERROR, finish) when the engine failed, and
+    (PING, None) after each `heartbeat` seconds of silence."""
+    for _, event in gen.events(heartbeat=heartbeat):
+        if event is None:
+            yield PING, None
+        elif isinstance(event, TokenEvent):
+            yield from parser.feed(event.text)
+        elif event.reason == "error":
+            yield ERROR, event
+            return
+        else:
+            parts, calls = parser.finish(event.text)
+            yield from parts
+            for call in calls:
+                yield CALL, call
+            yield END, event

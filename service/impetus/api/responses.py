@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import itertools
 import time
+from contextlib import closing
 
 from pydantic import ValidationError
 
@@ -29,11 +30,10 @@ from impetus.api import generation
 from impetus.api.chat import prepare
 from impetus.api.errors import from_validation_error
 from impetus.api.generation import GenerationResource, new_id_suffix, start_stream, typed_sse
-from impetus.api.output import REASONING, OutputParser
+from impetus.api.output import CALL, END, ERROR, REASONING, OutputParser, parsed_stream
 from impetus.api.responses_schemas import ResponsesRequest
 from impetus.api.schemas import ChatMessage
 from impetus.api.validation import parse
-from impetus.engine.request import TokenEvent
 from impetus.gateway.responses import StoreUnavailable
 from impetus.web import APIError
 
@@ -199,11 +199,11 @@ class ResponsesResource(GenerationResource):
                                        output.items, responses_usage(gen.prompt_tokens, finish,
                                                                      parser.reasoning_tokens),
                                        store, "max_output_tokens" if cut else None)
-            if store:
+            if store:  # the conversation so far, less the instructions (not carried over)
+                turns = chat.messages[1:] if body.instructions else chat.messages
                 self.store.save(rid, owner, {
                     "response": response, "input": _input_items(body),
-                    "turns": [m.model_dump(exclude_none=True) for m in [*history, *body.turns(),
-                                                                        output.as_turn()]]})
+                    "turns": [m.model_dump(exclude_none=True) for m in [*turns, output.as_turn()]]})
             return response
 
         started = response_object(rid, created, body, model, "in_progress", [], None, store)
@@ -211,11 +211,12 @@ class ResponsesResource(GenerationResource):
         if body.stream:
             start_stream(resp, typed_sse(events))
             return
-        for item in events:
-            if item["type"] == "error":
-                raise APIError(500, item["message"], type="server_error", code=item["code"])
-            if item["type"] in ("response.completed", "response.incomplete"):
-                resp.media = item["response"]
+        with closing(events):
+            for item in events:
+                if item["type"] == "error":
+                    raise APIError(500, item["message"], type="server_error", code=item["code"])
+                if item["type"] in ("response.completed", "response.incomplete"):
+                    resp.media = item["response"]
 
     def _history(self, body: ResponsesRequest, owner: str) -> list[ChatMessage]:
         """The conversation previous_response_id continues (its input and output, without its instructions)."""
@@ -244,24 +245,19 @@ class ResponsesResource(GenerationResource):
         try:
             yield event("response.created", response=started)
             yield event("response.in_progress", response=started)
-            for _, piece in gen.events():
-                if isinstance(piece, TokenEvent):
-                    for kind, text in parser.feed(piece.text):
-                        yield from output.part(kind, text)
-                    continue
-                if piece.reason == "error":
+            for kind, value in parsed_stream(gen, parser):
+                if kind == ERROR:
                     yield event("error", code="engine_error", message="Generation failed inside the engine.",
                                 param=None)
-                    return
-                parts, calls = parser.finish(piece.text)
-                for kind, text in parts:
-                    yield from output.part(kind, text)
-                for call in calls:
-                    yield from output.call(call)
-                yield from output.close("incomplete" if piece.reason == "length" else "completed")
-                done = final(piece)
-                yield event("response.completed" if done["status"] == "completed" else "response.incomplete",
-                            response=done)
+                elif kind == CALL:
+                    yield from output.call(value)
+                elif kind == END:
+                    yield from output.close("incomplete" if value.reason == "length" else "completed")
+                    done = final(value)
+                    yield event("response.completed" if done["status"] == "completed" else "response.incomplete",
+                                response=done)
+                else:
+                    yield from output.part(kind, value)
         finally:
             gen.close()
 

@@ -71,9 +71,10 @@ class InputMessage(_Request):
     def text(self, where: str) -> str:
         if isinstance(self.content, str):
             return self.content
-        if any(isinstance(p, Media) for p in self.content):
-            kind = next(p.type for p in self.content if isinstance(p, Media)).removeprefix("input_")
-            raise bad_request(f"{kind.capitalize()} input is not supported by this server's models.", param=where)
+        media = next((p for p in self.content if isinstance(p, Media)), None)
+        if media is not None:
+            kind = media.type.removeprefix("input_").capitalize()
+            raise bad_request(f"{kind} input is not supported by this server's models.", param=where)
         return "".join(p.text if isinstance(p, InputText) else p.refusal for p in self.content)
 
 

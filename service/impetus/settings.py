@@ -56,6 +56,13 @@ class Settings(BaseSettings):
     prefill_step_size: int | None = Field(None, gt=0)
     # Requests allowed to wait for a batch slot; beyond that the API answers 503.
     max_queue: int = 64
+    # Who gets a batch slot (impetus.engine.scheduler): "fair" between keys
+    # (weighted by each key's share, by priority, pausing a key over its share
+    # when another waits), or "fifo": arrival order, as mlx_lm.server.
+    scheduler: Literal["fair", "fifo"] = "fair"
+    # A request sharing a long prefix with one being prefilled waits for that
+    # prefix and starts from it, instead of computing it again.
+    share_prefix_in_flight: bool = True
     default_max_tokens: int = 2048
     # The temperature of requests that name none (Claude Code and Codex send none).
     default_temperature: float = Field(1.0, ge=0.0, le=2.0)

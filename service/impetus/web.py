@@ -22,6 +22,24 @@ class APIError(falcon.HTTPError):
         self.body = {"error": {"message": message, "type": type, "param": param, "code": code}}
 
 
+class RequestContext:
+    """What middleware and resources put on `req.context`, each with its
+    default, so nothing is looked up with getattr. `account` is set first of
+    all (impetus.gateway.account): never None inside a resource."""
+
+    request_id: str | None = None
+    account = None
+    model: str = ""
+    generation = None  # the api's Generation, once the model runs
+    json = None  # the parsed body
+    started: float | None = None
+    access_started: float | None = None
+
+
+class Request(falcon.Request):
+    context_type = RequestContext
+
+
 def bad_request(message: str, param: str | None = None, code: str | None = None) -> APIError:
     return APIError(400, message, param=param, code=code)
 

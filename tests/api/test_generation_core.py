@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import pytest
 
-from impetus.api.generation import Generation
+from impetus.api import generation
+from impetus.api.generation import Generation, Queued
 from impetus.engine.engine import Engine
 from impetus.engine.request import FinishEvent, SamplingParams, TokenEvent
 from impetus.engine.waiters import ThreadWaiter
+from impetus.gateway.account import Account
+from impetus.metrics import Metrics
 
 pytestmark = pytest.mark.slow
 
@@ -23,14 +26,36 @@ def engine(loaded_model, settings):
     engine.stop()
 
 
-def run(engine, text: str, heartbeat=None, **params) -> list:
+def start(engine, text: str, **params) -> Generation:
     prompt = engine.tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True)
-    gen = Generation(engine, ThreadWaiter(), [prompt], [SamplingParams(**params)], env={},
-                     prompt_tokens=len(prompt))
+    return Generation(engine, ThreadWaiter(), [prompt], [SamplingParams(**params)], env={},
+                      prompt_tokens=len(prompt), account=Account("127.0.0.1"), metrics=Metrics.null())
+
+
+def run(engine, text: str, heartbeat=None, **params) -> list:
+    gen = start(engine, text, **params)
     try:
         return [event for _, event in gen.events(heartbeat=heartbeat)]
     finally:
         gen.close()
+
+
+def test_a_waiting_stream_hears_its_queue_position(loaded_model, settings, monkeypatch):
+    monkeypatch.setattr(generation, "QUEUE_NOTE_S", 0.05)
+    single = Engine(loaded_model, settings.model_copy(update={"max_batch_size": 1, "max_queue": 4}))
+    single.start()
+    try:
+        first = start(single, "Write a long story about a lighthouse.", max_tokens=60, temperature=0)
+        second = start(single, "Hi", max_tokens=2, temperature=0)
+        events = [event for _, event in second.events()]
+        first.collect()
+    finally:
+        single.stop()
+    notes = [e for e in events if isinstance(e, Queued)]
+    tokens = [i for i, e in enumerate(events) if isinstance(e, TokenEvent)]
+    assert notes and notes[0].position == 1 and notes[0].comment().startswith("queued position=1")
+    assert max(i for i, e in enumerate(events) if isinstance(e, Queued)) < tokens[0]  # only while it waits
+    assert second.queue_seconds > 0 and second.handles[0].admitted_step > second.handles[0].queued_step
 
 
 def test_heartbeats_come_while_a_long_prompt_prefills(engine):

@@ -7,8 +7,11 @@ import falcon
 import falcon.testing
 import pytest
 
-from impetus.gateway.keys import KeyStore
+from impetus.gateway import Gateway
+from impetus.gateway.account import AccountMiddleware
 from impetus.gateway.middleware import AuthMiddleware
+from impetus.metrics import Metrics
+from impetus.settings import Settings
 
 
 class Ok:
@@ -18,10 +21,12 @@ class Ok:
 
 @pytest.fixture
 def http(redis_client):
-    app = falcon.App(middleware=[AuthMiddleware(KeyStore(redis_client), metrics_allow=["10.0.5.0/24"])])
+    gateway = Gateway(Settings(), Metrics.null(), redis=redis_client)
+    auth = AuthMiddleware(gateway.keys, gateway.account_for, gateway.metrics, metrics_allow=["10.0.5.0/24"])
+    app = falcon.App(middleware=[AccountMiddleware(), auth])
     app.add_route("/metrics", Ok())
     app.add_route("/v1/admin/models", Ok())
-    return falcon.testing.TestClient(app), KeyStore(redis_client)
+    return falcon.testing.TestClient(app), gateway.keys
 
 
 @pytest.mark.parametrize("address, allowed", [

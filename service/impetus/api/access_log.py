@@ -21,25 +21,26 @@ class AccessLogMiddleware:
         req.context.access_started = time.perf_counter()
 
     def process_response(self, req, resp, resource, req_succeeded):
-        started = getattr(req.context, "access_started", time.perf_counter())
+        started = req.context.access_started or time.perf_counter()
 
         def write():
-            key = getattr(req.context, "api_key", None)
-            generation = getattr(req.context, "generation", None)
+            account = req.context.account
+            generation = req.context.generation
             fields = {
-                "request_id": getattr(req.context, "request_id", None),
+                "request_id": req.context.request_id,
                 "client": req.access_route[0] if req.access_route else req.remote_addr,
                 "method": req.method,
                 "path": req.path,
                 "status": resp.status_code,
-                "model": getattr(req.context, "model", "") or None,
-                "key": key.name if key is not None else None,
+                "model": req.context.model or None,
+                "key": account.key.name if account.key is not None else None,
                 "prompt_tokens": generation.prompt_tokens if generation else None,
                 "completion_tokens": generation.completion_tokens if generation else None,
                 "cache": resp.get_header("x-impetus-cache"),
+                "queue_seconds": float(resp.get_header("x-impetus-queue-seconds") or 0) or None,
                 "seconds": round(time.perf_counter() - started, 4),
             }
-            if self.log_prompts and isinstance(getattr(req.context, "json", None), dict):
+            if self.log_prompts and isinstance(req.context.json, dict):
                 body = req.context.json
                 fields["prompt"] = body.get("messages", body.get("prompt"))
             log.info("%s %s %s", req.method, req.path, resp.status_code,

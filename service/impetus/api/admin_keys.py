@@ -2,6 +2,7 @@
 
 GET    /v1/admin/keys          every key: name, prefix, scopes, limits, usage
 POST   /v1/admin/keys          make one; the key is in this answer only
+PATCH  /v1/admin/keys/{name}   change its limits, share or priority
 DELETE /v1/admin/keys/{name}   revoke it, at once in every worker
 """
 
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 from redis.exceptions import RedisError
 
-from impetus.api.schemas import AdminKeyCreate
+from impetus.api.schemas import AdminKeyCreate, AdminKeyUpdate
 from impetus.api.validation import parse
 from impetus.gateway.keys import KeyExists, KeyNotFound
 from impetus.web import APIError
@@ -18,7 +19,8 @@ from impetus.web import APIError
 def describe(record, usage: dict | None = None) -> dict:
     usage = usage or {}
     return {"name": record.name, "prefix": record.prefix, "scopes": record.scopes, "rpm": record.rpm,
-            "tpm": record.tpm, "created": record.created, "expires": record.expires,
+            "tpm": record.tpm, "share": record.share, "priority": record.priority_name,
+            "created": record.created, "expires": record.expires,
             "usage": {"requests": int(usage.get("requests", 0)),
                       "prompt_tokens": int(usage.get("prompt_tokens", 0)),
                       "completion_tokens": int(usage.get("completion_tokens", 0)),
@@ -57,7 +59,7 @@ class AdminKeysResource:
         body = parse(AdminKeyCreate, req.context.json)
         try:
             key, record = keys.create(body.name, admin=body.admin, rpm=body.rpm, tpm=body.tpm,
-                                      expires_days=body.expires_days)
+                                      expires_days=body.expires_days, share=body.share, priority=body.priority)
         except KeyExists as error:
             raise APIError(409, str(error).capitalize() + ".", param="name", code="key_exists") from error
         except RedisError as error:
@@ -69,6 +71,17 @@ class AdminKeysResource:
 class AdminKeyResource:
     def __init__(self, gateway):
         self.gateway = gateway
+
+    def on_patch(self, req, resp, name):
+        keys = _keys(self.gateway)
+        body = parse(AdminKeyUpdate, req.context.json)
+        try:
+            record = keys.update(name, rpm=body.rpm, tpm=body.tpm, share=body.share, priority=body.priority)
+        except KeyNotFound as error:
+            raise APIError(404, str(error).capitalize() + ".", param="name", code="key_not_found") from error
+        except RedisError as error:
+            raise _redis_down(error) from error
+        resp.media = describe(record)
 
     def on_delete(self, req, resp, name):
         keys = _keys(self.gateway)

@@ -18,23 +18,28 @@ from impetus.api.middleware import JSONBodyMiddleware, RequestIdMiddleware
 from impetus.api.models import ModelResource, ModelsResource
 from impetus.api.openapi import OpenAPIResource
 from impetus.api.responses import ResponseInputItemsResource, ResponseResource, ResponsesResource
+from impetus.gateway.account import AccountMiddleware
+from impetus.metrics import Metrics
 from impetus.metrics.middleware import MetricsMiddleware
 from impetus.metrics.resource import MetricsResource
+from impetus.web import Request
 
 
 def create_app(settings, host, waker, gateway=None, metrics=None, broadcast=None, embeddings=None) -> falcon.App:
     """`host` holds this process's engines; `waker` wakes greenlets from them;
     `embeddings` holds the embedding models (loaded on first use);
     `gateway` (keys and limits on Redis) is None when keys are not required;
-    `metrics` is None when nothing is measured (tests of the app alone);
+    `metrics` is None when nothing is scraped (tests of the app alone: it
+    counts into a null Metrics, and there is no /metrics);
     `broadcast` carries admin model actions to the other workers (with Redis)."""
-    middleware = [RequestIdMiddleware(), AccessLogMiddleware(settings.log_prompts)]
-    if metrics is not None:
-        middleware.insert(0, MetricsMiddleware(metrics))
+    scraped = metrics is not None
+    metrics = metrics if scraped else Metrics.null()
+    middleware = [AccountMiddleware(), MetricsMiddleware(metrics), RequestIdMiddleware(),
+                  AccessLogMiddleware(settings.log_prompts)]
     if gateway is not None:
         middleware += gateway.middleware()
     middleware.append(JSONBodyMiddleware(settings.max_body_bytes))
-    app = falcon.App(middleware=middleware)
+    app = falcon.App(middleware=middleware, request_type=Request)
     app.req_options.strip_url_path_trailing_slash = True
     app.add_error_handler(Exception, handle_unexpected)
     app.add_error_handler(falcon.HTTPError, handle_http_error)
@@ -53,7 +58,7 @@ def create_app(settings, host, waker, gateway=None, metrics=None, broadcast=None
     app.add_route("/v1/responses/{response_id}/input_items", ResponseInputItemsResource(responses))
     app.add_route("/v1/messages", MessagesResource(host, waker, settings, None, metrics))
     app.add_route("/v1/messages/count_tokens", CountTokensResource(host))
-    if metrics is not None:
+    if scraped:
         app.add_route("/metrics", MetricsResource())
     app.add_route("/v1/embeddings", EmbeddingsResource(embeddings, host, metrics))
     app.add_route("/v1/models", ModelsResource(host, embeddings))

@@ -168,7 +168,8 @@ class ChatCompletionsResource(GenerationResource):
         prompt, params, tool_mode = prepare(
             resp, engine, self.settings, body, body.max_completion_tokens or body.max_tokens, "messages",
             "max_completion_tokens" if body.max_completion_tokens else "max_tokens")
-        gen = self.generation(req, engine, [prompt] * body.n, [params] * body.n, prompt_tokens=len(prompt))
+        gen = self.generation(req, resp, engine, [prompt] * body.n, [params] * body.n, prompt_tokens=len(prompt),
+                              priority=body.priority)
         meta = self.response_meta(gen)
 
         def new_parser() -> OutputParser:
@@ -202,6 +203,9 @@ class ChatCompletionsResource(GenerationResource):
             for index in range(len(gen.handles)):
                 yield chunk(index, {"role": "assistant", "content": ""})
             for index, event in gen.events():
+                if index is None:  # still waiting for a batch slot
+                    yield event.comment()
+                    continue
                 if isinstance(event, TokenEvent):
                     parts = parsers[index].feed(event.text)
                     if logprobs:  # one chunk per token, with its logprob, whatever it made visible

@@ -101,7 +101,8 @@ class CompletionsResource(GenerationResource):
                                      top_logprobs=body.logprobs or 0)
             all_prompts += [p] * body.n
             all_params += [params] * body.n
-        gen = self.generation(req, engine, all_prompts, all_params, prompt_tokens=sum(len(p) for p in prompts))
+        gen = self.generation(req, resp, engine, all_prompts, all_params, prompt_tokens=sum(len(p) for p in prompts),
+                              priority=body.priority)
         meta = {**self.response_meta(gen), "object": "text_completion"}
         echoes = [tokenizer.decode(p) if body.echo else "" for p in prompts]
 
@@ -124,6 +125,9 @@ class CompletionsResource(GenerationResource):
                     yield {**meta, "choices": [{"index": index, "text": echoes[index // n],
                                                 "finish_reason": None, "logprobs": None}]}
             for index, event in gen.events():
+                if index is None:  # still waiting for a batch slot
+                    yield event.comment()
+                    continue
                 if isinstance(event, TokenEvent):
                     if not event.text and not want_logprobs:
                         continue

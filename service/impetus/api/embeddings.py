@@ -34,15 +34,12 @@ class EmbeddingsResource:
                               param="dimensions", code="unsupported_value")
         token_lists = self._tokens(model, body.input)
         prompt_tokens = sum(len(t) for t in token_lists)
-        if (admit := getattr(req.context, "admit_tokens", None)) is not None:
-            admit()  # the key's token budget: 429 when it is spent
+        account = req.context.account
+        account.admit(resp)  # the key's token budget: 429 when it is spent
         req.context.model = model.name
         vectors = self.embeddings.embed(model, token_lists)
-        if (on_usage := getattr(req.context, "on_usage", None)) is not None:
-            on_usage(prompt_tokens, 0)
-        if self.metrics is not None:
-            key = getattr(req.context, "api_key", None)
-            self.metrics.prompt_tokens.labels(model.name, key.name if key is not None else "-").inc(prompt_tokens)
+        account.charge(prompt_tokens, 0)
+        self.metrics.prompt_tokens.labels(model.name, account.name).inc(prompt_tokens)
         if body.encoding_format == "base64":
             encoded = [base64.b64encode(v.astype("<f4").tobytes()).decode() for v in vectors]
         else:

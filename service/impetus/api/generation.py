@@ -14,11 +14,16 @@ import gevent.socket
 from impetus import __version__
 from impetus.api.models import model_error
 from impetus.engine.engine import Engine, QueueFull
-from impetus.engine.request import FinishEvent, SamplingParams, TokenEvent
+from impetus.engine.request import PRIORITY_NAMES, FinishEvent, SamplingParams, TokenEvent
 from impetus.web import APIError, bad_request
+
+PRIORITY_LABELS = {value: name for name, value in PRIORITY_NAMES.items()}
 
 # How long a request may see no output at all before we give up on it.
 STALL_TIMEOUT_S = 600
+# A stream still waiting for a batch slot says so this often (an SSE comment).
+QUEUE_NOTE_S = 3.0
+QUEUE_HEADER = "x-impetus-queue-seconds"
 
 
 def engine_for(host, model: str) -> Engine:
@@ -144,6 +149,21 @@ class Choice:
     finish: FinishEvent | None = None
 
 
+@dataclass
+class Queued:
+    """A stream is still waiting for a batch slot: `position` in the queue."""
+
+    position: int
+    seconds: float
+
+    def comment(self) -> "Comment":
+        return Comment(f"queued position={self.position} waited={self.seconds:.1f}s")
+
+
+class Comment(str):
+    """An SSE comment line: clients ignore it, proxies see traffic."""
+
+
 class Generation:
     """One API request's choices running in an engine.
 
@@ -152,20 +172,20 @@ class Generation:
     """
 
     def __init__(self, engine: Engine, waiter, prompts: list[list[int]], params: list[SamplingParams], env,
-                 prompt_tokens: int, on_usage=None, metrics=None, key_name: str = "-",
-                 started: float | None = None):
-        """`prompt_tokens` counts each distinct prompt once; `on_usage(prompt,
-        completion)` is called once when the response is over (the gateway
-        charges the key's token budget with it)."""
+                 prompt_tokens: int, account, metrics, started: float | None = None, priority: int | None = None):
+        """`prompt_tokens` counts each distinct prompt once; `account` is who
+        it is for: the engine schedules it as the account's tenant, and
+        charges the account once when the response is over."""
         self.engine = engine
         self.waiter = waiter
         # Filled in as events flow, whether they are streamed or collected.
         self.choices = [Choice(i) for i in range(len(prompts))]
         self.prompt_tokens = prompt_tokens
         self.completion_tokens = 0
-        self._on_usage = on_usage
+        self.account = account
+        self.resp = None  # the response whose queue header a collected answer updates
         self._metrics = metrics
-        self._key_name = key_name
+        self._closed = False
         self._started = started if started is not None else time.perf_counter()
         self._first_token_at = self._last_token_at = None
         self.id_suffix = new_id_suffix()
@@ -178,11 +198,10 @@ class Generation:
                               f"holds at most {capacity} at once.", param="n", code="too_many_sequences")
         try:
             for prompt, p in zip(prompts, params):
-                self.handles.append(engine.submit(prompt, p, waiter))
+                self.handles.append(engine.submit(prompt, p, waiter, tenant=account.tenant, priority=priority))
         except QueueFull as error:
             self.cancel()
-            if metrics is not None:
-                metrics.queue_rejections.labels(engine.loaded.name).inc()
+            metrics.queue_rejections.labels(engine.loaded.name).inc()
             raise APIError(503, f"The server is overloaded: {error}. Please retry shortly.",
                            type="server_overloaded", code="queue_full", headers={"Retry-After": "1"})
         except RuntimeError as error:
@@ -195,6 +214,17 @@ class Generation:
         for handle in self.handles:
             handle.cancel()
 
+    @property
+    def queue_seconds(self) -> float:
+        """How long the request waited for batch slots (its longest-waiting choice)."""
+        return max((h.queue_seconds for h in self.handles), default=0.0)
+
+    def _queued(self) -> Queued | None:
+        waiting = [h for h in self.handles if h.admitted_at is None and not h.outbox]
+        if not waiting:
+            return None
+        return Queued(min(h.queue_position for h in waiting) or 1, self.queue_seconds)
+
     def close(self) -> None:
         """The response is over (sent, or the client left): stop whatever still
         runs and the disconnect watcher. Cancelling a finished choice is a no-op."""
@@ -202,24 +232,28 @@ class Generation:
         if self._watcher is not None:
             self._watcher.kill(block=False)
             self._watcher = None
-        if self._on_usage is not None:
-            on_usage, self._on_usage = self._on_usage, None
-            on_usage(self.prompt_tokens, self.completion_tokens)
-        if self._metrics is not None:
-            metrics, self._metrics = self._metrics, None
-            model = self.engine.loaded.name
-            metrics.prompt_tokens.labels(model, self._key_name).inc(self.prompt_tokens)
-            metrics.generation_tokens.labels(model, self._key_name).inc(self.completion_tokens)
-            if self._first_token_at is not None:
-                metrics.ttft_seconds.labels(model).observe(self._first_token_at - self._started)
-                if self.completion_tokens > 1:
-                    metrics.tpot_seconds.labels(model).observe(
-                        (self._last_token_at - self._first_token_at) / (self.completion_tokens - 1))
+        if self._closed:
+            return
+        self._closed = True
+        self.account.charge(self.prompt_tokens, self.completion_tokens)
+        metrics, model, key = self._metrics, self.engine.loaded.name, self.account.name
+        metrics.prompt_tokens.labels(model, key).inc(self.prompt_tokens)
+        metrics.generation_tokens.labels(model, key).inc(self.completion_tokens)
+        if self.handles and all(h.admitted_at is not None for h in self.handles):
+            priority = PRIORITY_LABELS.get(self.handles[0].priority, str(self.handles[0].priority))
+            metrics.queue_wait_seconds.labels(model, priority).observe(self.queue_seconds)
+        if self._first_token_at is not None:
+            metrics.ttft_seconds.labels(model).observe(self._first_token_at - self._started)
+            if self.completion_tokens > 1:
+                metrics.tpot_seconds.labels(model).observe(
+                    (self._last_token_at - self._first_token_at) / (self.completion_tokens - 1))
 
-    def events(self, heartbeat: float | None = None):
+    def events(self, heartbeat: float | None = None, notes: bool = True):
         """Yield (choice index, event) until every choice has finished; with
         `heartbeat`, also (None, None) after each that many seconds without
-        output (Anthropic's ping while a long prompt prefills)."""
+        output (Anthropic's ping while a long prompt prefills); with `notes`
+        (streams), (None, Queued) every QUEUE_NOTE_S while a choice still
+        waits for a batch slot."""
         open_ = set(range(len(self.handles)))
         quiet = 0.0
         while open_:
@@ -233,9 +267,16 @@ class Generation:
                         open_.discard(index)
                         break
             if open_ and not any(self.handles[i].outbox for i in open_):
+                queued = self._queued() if notes else None
                 wait = STALL_TIMEOUT_S - quiet if heartbeat is None else min(heartbeat, STALL_TIMEOUT_S - quiet)
+                if queued is not None:
+                    wait = min(wait, QUEUE_NOTE_S)
                 if self.waiter.wait(wait):
                     quiet = 0.0
+                    continue
+                queued = self._queued() if notes else None
+                if queued is not None:  # waiting for a slot is not a stall
+                    yield None, queued
                     continue
                 quiet += wait
                 if quiet >= STALL_TIMEOUT_S:
@@ -265,11 +306,13 @@ class Generation:
 
     def collect(self) -> list[Choice]:
         try:
-            for _, event in self.events():
+            for _, event in self.events(notes=False):
                 if isinstance(event, FinishEvent):
                     raise_if_failed(event)
         finally:
             self.close()
+            if self.resp is not None:
+                self.resp.set_header(QUEUE_HEADER, f"{self.queue_seconds:.3f}")
         return self.choices
 
 
@@ -292,16 +335,20 @@ class GenerationResource:
         self.cache = cache
         self.metrics = metrics
 
-    def generation(self, req, engine: Engine, prompts, params, prompt_tokens: int) -> "Generation":
-        """Start the request's choices in the engine, wired to the gateway's
-        usage accounting and to the metrics."""
-        key = getattr(req.context, "api_key", None)
+    def generation(self, req, resp, engine: Engine, prompts, params, prompt_tokens: int,
+                   priority: int | None = None) -> "Generation":
+        """Start the request's choices in the engine for the request's
+        account, wired to its charge and to the metrics. `priority` (the
+        request's extension field) can only make it later than its key's.
+        The queue header is set now (a stream's headers leave now) and again
+        when a collected answer is complete."""
         req.context.model = engine.loaded.name
-        req.context.generation = Generation(
+        gen = req.context.generation = Generation(
             engine, self.waker.waiter(), prompts, params, req.env, prompt_tokens=prompt_tokens,
-            on_usage=getattr(req.context, "on_usage", None), metrics=self.metrics,
-            key_name=key.name if key is not None else "-", started=getattr(req.context, "started", None))
-        return req.context.generation
+            account=req.context.account, metrics=self.metrics, started=req.context.started, priority=priority)
+        resp.set_header(QUEUE_HEADER, f"{gen.queue_seconds:.3f}")
+        gen.resp = resp
+        return gen
 
     def admit(self, req, resp, body, engine: Engine):
         """Before any generation: the cached answer if there is one (a hit counts
@@ -312,14 +359,12 @@ class GenerationResource:
         if self.cache is not None:
             lookup = self.cache.lookup(req, self.route, body, engine.loaded.name, engine.loaded.revision)
             resp.set_header("x-impetus-cache", lookup.status)
-            if self.metrics is not None:
-                self.metrics.cache.labels(lookup.status).inc()
+            self.metrics.cache.labels(lookup.status).inc()
         hit = lookup is not None and lookup.status == "hit"
-        admit_tokens = getattr(req.context, "admit_tokens", None)
-        if admit_tokens is not None:
-            admit_tokens(enforce=not hit)
-        if hit and getattr(req.context, "on_usage", None) is not None:
-            req.context.on_usage(0, 0)
+        req.context.account.admit(resp, enforce=not hit)
+        if hit:
+            req.context.account.charge(0, 0)
+            resp.set_header(QUEUE_HEADER, "0.000")
         return lookup
 
     def response_meta(self, gen: "Generation") -> dict:
@@ -402,18 +447,25 @@ def _watch_disconnect(env, on_disconnect):
 
 def typed_sse(events):
     """Event streams that name each event's type (the Responses and Messages
-    APIs; no [DONE] at the end)."""
+    APIs; no [DONE] at the end). A `Comment` is sent as a comment line."""
     import json
 
     for event in events:
+        if isinstance(event, Comment):
+            yield f": {event}\n\n".encode()
+            continue
         yield (f"event: {event['type']}\ndata: ".encode() + json.dumps(event, separators=(",", ":")).encode()
                + b"\n\n")
 
 
 def sse(events):
-    """Server-sent events framing for an iterator of JSON-able dicts."""
+    """Server-sent events framing for an iterator of JSON-able dicts (and
+    `Comment`s, sent as comment lines)."""
     import json
 
     for event in events:
+        if isinstance(event, Comment):
+            yield f": {event}\n\n".encode()
+            continue
         yield b"data: " + json.dumps(event, separators=(",", ":")).encode() + b"\n\n"
     yield b"data: [DONE]\n\n"

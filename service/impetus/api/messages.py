@@ -30,7 +30,7 @@ from impetus.api.chat import prepare, render_chat
 from impetus.api.errors import from_validation_error
 from impetus.api.generation import GenerationResource, typed_sse
 from impetus.api.messages_schemas import MessagesCountRequest, MessagesRequest
-from impetus.api.output import CALL, END, ERROR, PING, REASONING, TEXT, OutputParser, parsed_stream
+from impetus.api.output import CALL, END, ERROR, PING, QUEUED, REASONING, TEXT, OutputParser, parsed_stream
 from impetus.api.validation import parse
 
 PING_S = 5.0
@@ -80,7 +80,8 @@ class MessagesResource(GenerationResource):
         tokenizer = engine.tokenizer
         prompt, params, tool_mode = prepare(resp, engine, self.settings, chat, body.max_tokens, "messages",
                                             "max_tokens", overflow="clamp")
-        gen = self.generation(req, engine, [prompt], [params], prompt_tokens=len(prompt))
+        gen = self.generation(req, resp, engine, [prompt], [params], prompt_tokens=len(prompt),
+                              priority=chat.priority)
         head = {"id": f"msg_{gen.id_suffix}", "type": "message", "role": "assistant", "model": engine.loaded.name}
         parser = OutputParser.for_prompt(tokenizer, prompt, tool_mode, chat.tools)
 
@@ -107,6 +108,8 @@ class MessagesResource(GenerationResource):
             for kind, value in parsed_stream(gen, parser, heartbeat=PING_S):
                 if kind == PING:
                     yield {"type": "ping"}
+                elif kind == QUEUED:
+                    yield value.comment()
                 elif kind == ERROR:
                     yield {"type": "error", "error": {"type": "api_error",
                                                       "message": "Generation failed inside the engine."}}

@@ -233,6 +233,9 @@ class MessagesRequest(MessagesCountRequest):
     fallbacks: Any = None
     fallback_credit_token: Any = None
     thread: dict | None = None
+    priority: int | None = Field(default=None, ge=-100, le=100,
+                                  description="Impetus extension (vLLM's): lower is served first; never earlier "
+                                              "than the key's priority (0 interactive, 1 batch)")
 
     def to_chat(self) -> ChatCompletionRequest:
         """The same request as chat completions take it."""
@@ -241,7 +244,7 @@ class MessagesRequest(MessagesCountRequest):
             model=self.model, messages=self.chat_messages(), max_tokens=self.max_tokens,
             temperature=self.temperature, top_p=self.top_p or 1.0, top_k=self.top_k or 0,
             stop=[s for s in self.stop_sequences or [] if s], tools=tools, tool_choice=tool_choice,
-            chat_template_kwargs=self.template_kwargs())
+            chat_template_kwargs=self.template_kwargs(), priority=self.priority)
 
 
 # -- responses (documented in /openapi.json) -----------------------------------

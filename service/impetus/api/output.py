@@ -30,7 +30,7 @@ from impetus.api import tools
 from impetus.engine.request import TokenEvent
 
 REASONING, TEXT = "reasoning", "text"
-PING, CALL, END, ERROR = "ping", "call", "end", "error"
+PING, QUEUED, CALL, END, ERROR = "ping", "queued", "call", "end", "error"
 
 
 def think_markers(tokenizer) -> tuple[str, str] | None:
@@ -156,11 +156,14 @@ class OutputParser:
 def parsed_stream(gen, parser: OutputParser, heartbeat: float | None = None):
     """A one-choice generation as what a face renders, in order: (REASONING
     or TEXT, text) as it becomes visible, (CALL, call) for each tool call,
-    then (END, finish); or (ERROR, finish) when the engine failed, and
-    (PING, None) after each `heartbeat` seconds of silence."""
-    for _, event in gen.events(heartbeat=heartbeat):
+    then (END, finish); or (ERROR, finish) when the engine failed,
+    (PING, None) after each `heartbeat` seconds of silence, and (QUEUED,
+    Queued) while it waits for a batch slot."""
+    for index, event in gen.events(heartbeat=heartbeat):
         if event is None:
             yield PING, None
+        elif index is None:
+            yield QUEUED, event
         elif isinstance(event, TokenEvent):
             yield from parser.feed(event.text)
         elif event.reason == "error":

@@ -30,7 +30,7 @@ from impetus.api import generation
 from impetus.api.chat import prepare
 from impetus.api.errors import from_validation_error
 from impetus.api.generation import GenerationResource, new_id_suffix, start_stream, typed_sse
-from impetus.api.output import CALL, END, ERROR, REASONING, OutputParser, parsed_stream
+from impetus.api.output import CALL, END, ERROR, QUEUED, REASONING, OutputParser, parsed_stream
 from impetus.api.responses_schemas import ResponsesRequest
 from impetus.api.schemas import ChatMessage
 from impetus.api.validation import parse
@@ -42,8 +42,7 @@ STORE_HEADER = "x-impetus-store"
 
 def owner_of(req) -> str:
     """Who a stored response belongs to: the key's hash; one owner when keys are off."""
-    key = getattr(req.context, "api_key", None)
-    return key.hash if key is not None else "-"
+    return req.context.account.owner
 
 
 def not_found(response_id: str, param: str | None = None) -> APIError:
@@ -183,7 +182,8 @@ class ResponsesResource(GenerationResource):
         prompt, params, tool_mode = prepare(resp, engine, self.settings, chat, body.max_output_tokens, "input",
                                             "max_output_tokens")
         store = body.store is not False and self._can_store(resp)
-        gen = self.generation(req, engine, [prompt], [params], prompt_tokens=len(prompt))
+        gen = self.generation(req, resp, engine, [prompt], [params], prompt_tokens=len(prompt),
+                              priority=chat.priority)
         parser = OutputParser.for_prompt(tokenizer, prompt, tool_mode, chat.tools)
         rid, created, model = f"resp_{gen.id_suffix}", int(time.time()), engine.loaded.name
         sequence = itertools.count()
@@ -246,7 +246,9 @@ class ResponsesResource(GenerationResource):
             yield event("response.created", response=started)
             yield event("response.in_progress", response=started)
             for kind, value in parsed_stream(gen, parser):
-                if kind == ERROR:
+                if kind == QUEUED:
+                    yield value.comment()
+                elif kind == ERROR:
                     yield event("error", code="engine_error", message="Generation failed inside the engine.",
                                 param=None)
                 elif kind == CALL:

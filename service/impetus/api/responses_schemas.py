@@ -192,6 +192,9 @@ class ResponsesRequest(_Request):
     reasoning: Reasoning | None = None
     # Kept (in Redis) unless false, so previous_response_id can continue it.
     store: bool | None = None
+    priority: int | None = Field(default=None, ge=-100, le=100,
+                                  description="Impetus extension (vLLM's): lower is served first; never earlier "
+                                              "than the key's priority (0 interactive, 1 batch)")
     # Accepted and ignored (see the module's docstring).
     user: str | None = None
     metadata: dict[str, str] | None = None
@@ -301,7 +304,7 @@ class ResponsesRequest(_Request):
         return ChatCompletionRequest(
             model=self.model, messages=system + list(history) + self.turns(), max_tokens=self.max_output_tokens,
             temperature=self.temperature, top_p=self.top_p, response_format=response_format, tools=tools,
-            tool_choice=tool_choice, chat_template_kwargs=self.template_kwargs())
+            tool_choice=tool_choice, chat_template_kwargs=self.template_kwargs(), priority=self.priority)
 
 
 def _validate_item(value):

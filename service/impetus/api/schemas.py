@@ -91,6 +91,9 @@ class _SamplingFields(_Request):
     logit_bias: dict[Annotated[str, StringConstraints(pattern=r"^-?[0-9]+$")],
                      Annotated[float, Field(ge=-100, le=100)]] | None = None
     seed: int | None = None
+    priority: int | None = Field(default=None, ge=-100, le=100,
+                                  description="Impetus extension (vLLM's): lower is served first; never earlier "
+                                              "than the key's priority (0 interactive, 1 batch)")
     user: str | None = None
     metadata: dict[str, str] | None = None
     store: bool | None = None
@@ -461,3 +464,15 @@ class AdminKeyCreate(_Request):
     rpm: int | None = Field(None, ge=1, description="Requests per minute; default: the server's.")
     tpm: int | None = Field(None, ge=1, description="Tokens per minute; default: the server's.")
     expires_days: float | None = Field(None, gt=0)
+    share: float = Field(1.0, gt=0, le=1000, description="Its weight when keys share the batch.")
+    priority: Literal["interactive", "batch"] = Field(
+        "interactive", description="batch: uses idle capacity and yields to interactive work.")
+
+
+class AdminKeyUpdate(_Request):
+    """PATCH /v1/admin/keys/{name}: what is given changes; rpm/tpm 0 means the server's default."""
+
+    rpm: int | None = Field(None, ge=0)
+    tpm: int | None = Field(None, ge=0)
+    share: float | None = Field(None, gt=0, le=1000)
+    priority: Literal["interactive", "batch"] | None = None

@@ -26,18 +26,24 @@ def run(args, settings) -> None:
     try:
         if args.keys_command == "create":
             key, record = store.create(args.name, admin=args.admin, rpm=args.rpm, tpm=args.tpm,
-                                       expires_days=args.expires)
+                                       expires_days=args.expires, share=args.share or 1.0,
+                                       priority=args.priority or "interactive")
             console.print(f"created key [bold]{record.name}[/] ({', '.join(record.scopes)}); "
                           "it is shown once, now: store it safely")
             print(key)  # the last line of stdout, for scripts
+        elif args.keys_command == "update":
+            record = store.update(args.name, rpm=args.rpm, tpm=args.tpm, share=args.share, priority=args.priority)
+            console.print(f"updated key [bold]{record.name}[/]: rpm {record.rpm or 'default'}, tpm "
+                          f"{record.tpm or 'default'}, share {record.share:g}, priority {record.priority_name}")
         elif args.keys_command == "list":
-            table = Table("name", "prefix", "scopes", "rpm", "tpm", "created", "expires", "last used",
-                          "requests", "tokens in/out")
+            table = Table("name", "prefix", "scopes", "rpm", "tpm", "share", "priority", "created", "expires",
+                          "last used", "requests", "tokens in/out")
             for record, usage in store.list():
                 table.add_row(
                     record.name, record.prefix + "…", ",".join(record.scopes),
                     str(record.rpm or f"default ({settings.default_rpm})"),
                     str(record.tpm or f"default ({settings.default_tpm})"),
+                    f"{record.share:g}", record.priority_name,
                     _when(record.created), _when(record.expires), _when(usage.get("last_used")),
                     usage.get("requests", "0"),
                     f"{usage.get('prompt_tokens', '0')}/{usage.get('completion_tokens', '0')}",

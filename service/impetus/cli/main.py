@@ -114,6 +114,15 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--rpm", type=int, help="requests per minute (default: the server's)")
     create.add_argument("--tpm", type=int, help="tokens per minute (default: the server's)")
     create.add_argument("--expires", type=float, metavar="DAYS", help="expire after DAYS days")
+    update = key_commands.add_parser("update", help="change a key's limits, share or priority")
+    _add_common(update)
+    update.add_argument("name")
+    update.add_argument("--rpm", type=int, help="requests per minute (0: the server's default)")
+    update.add_argument("--tpm", type=int, help="tokens per minute (0: the server's default)")
+    for command in (create, update):
+        command.add_argument("--share", type=float, help="its weight when keys share the batch (default 1)")
+        command.add_argument("--priority", choices=("interactive", "batch"),
+                             help="batch: uses idle capacity and yields to interactive work")
     _add_common(key_commands.add_parser("list", help="keys with their limits and usage"))
     export = key_commands.add_parser("export", help="back up every key (hashes, limits, usage) as JSON")
     _add_common(export)

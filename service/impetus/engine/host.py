@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import mlx.core as mx
 
 from impetus.engine.engine import Engine
+from impetus.metrics import Metrics
 from impetus.models import loader
 from impetus.models.registry import ModelEntry, Registry
 from impetus.system.memory import release_free_memory
@@ -96,7 +97,7 @@ class EngineHost:
         self.settings = settings
         self.registry = Registry(settings.models_dir)
         self.budget_bytes = budget_bytes if budget_bytes is not None else settings.worker_memory_budget()
-        self.metrics = metrics
+        self.metrics = metrics if metrics is not None else Metrics.null()
         self.slots: dict[str, Slot] = {}
         self._loading: dict[str, threading.Event] = {}
         self._reserved: dict[str, int] = {}  # memory of loads in progress
@@ -178,8 +179,7 @@ class EngineHost:
             pinned = pin if pin is not None else name in self.settings.pinned_models
             keep = self.settings.keep_alive_s if keep_alive_s is None else (keep_alive_s or None)
             slot = self.slots[name] = Slot(engine, entry, pinned, keep)
-            if self.metrics is not None:
-                self.metrics.model_loaded(loaded)
+            self.metrics.model_loaded(loaded)
             return slot
         finally:
             del self._reserved[name]
@@ -214,8 +214,7 @@ class EngineHost:
     def _unload(self, name: str) -> None:
         slot = self.slots.pop(name)
         slot.engine.stop()
-        if self.metrics is not None:
-            self.metrics.model_unloaded(name)
+        self.metrics.model_unloaded(name)
         del slot
         release_free_memory()
 

@@ -2,8 +2,29 @@
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from dataclasses import dataclass, field
+
+# Priorities, lower first (vLLM's convention). A key's priority is the best a
+# request of that key may ask for.
+INTERACTIVE = 0
+BATCH = 1
+PRIORITY_NAMES = {"interactive": INTERACTIVE, "batch": BATCH}
+
+
+@dataclass(frozen=True)
+class Tenant:
+    """Who a request is for, as the scheduler sees it: a key, or a client
+    address when keys are off. `share` weighs its part of the machine."""
+
+    id: str
+    name: str
+    share: float = 1.0
+    priority: int = INTERACTIVE
+
+
+ANONYMOUS = Tenant("-", "-")
 
 
 @dataclass
@@ -56,13 +77,29 @@ class RequestHandle:
     greenlet. `waiter` must offer notify() (safe from any thread) and wait(timeout).
     """
 
-    def __init__(self, prompt_tokens: list[int], params: SamplingParams, waiter, on_cancel):
+    def __init__(self, prompt_tokens: list[int], params: SamplingParams, waiter, on_cancel,
+                 tenant: Tenant = ANONYMOUS, priority: int | None = None):
         self.prompt_tokens = prompt_tokens
         self.params = params
         self.waiter = waiter
         self.outbox: deque = deque()
         self.cancelled = False
         self._on_cancel = on_cancel
+        self.tenant = tenant
+        # A request may ask for a later priority than its key's, never an earlier one.
+        self.priority = tenant.priority if priority is None else max(tenant.priority, priority)
+        self.submitted_at = time.monotonic()
+        # Written by the engine thread, read by the caller.
+        self.admitted_at: float | None = None  # when it first got a batch slot
+        self.queue_position = 0  # 1-based while waiting, 0 once admitted
+        self.arrival = 0  # the scheduler's arrival order
+        self.queued_step = self.admitted_step = -1  # engine steps: when queued, when admitted
+
+    @property
+    def queue_seconds(self) -> float:
+        """How long it waited for a batch slot (so far, while it still waits)."""
+        end = self.admitted_at if self.admitted_at is not None else time.monotonic()
+        return end - self.submitted_at
 
     def push(self, event) -> None:
         self.outbox.append(event)

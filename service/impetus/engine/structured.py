@@ -77,6 +77,11 @@ class GrammarProcessor:
         self.words = np.full((self.vocab + 31) // 32, -1, dtype=np.int32)
         self.started = False
 
+    def resume(self) -> None:
+        """The request was paused and its last token is fed again: the
+        matcher has taken it in already, so the next call must not."""
+        self.started = False
+
     def __call__(self, tokens: mx.array, logits: mx.array) -> mx.array:
         if self.started:
             self.matcher.consume_token(int(tokens[-1].item()))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from impetus.gateway.account import KeyAccount
 from impetus.gateway.cache import ResponseCache
 from impetus.gateway.keys import KeyStore
 from impetus.gateway.middleware import AuthMiddleware, RateLimitMiddleware
@@ -19,7 +20,7 @@ def connect(url: str, read_timeout: float | None = 1.0):
 
 
 class Gateway:
-    def __init__(self, settings, redis=None, metrics=None):
+    def __init__(self, settings, metrics, redis=None):
         self.metrics = metrics
         self.redis = redis if redis is not None else connect(settings.effective_redis_url)
         self.keys = KeyStore(self.redis)
@@ -33,9 +34,10 @@ class Gateway:
 
         return ModelBroadcast(self.redis, connect(self.settings.effective_redis_url, read_timeout=None), host)
 
+    def account_for(self, key) -> KeyAccount:
+        return KeyAccount(key, self.limiter, self.keys, self.settings.default_rpm, self.settings.default_tpm,
+                          self.metrics)
+
     def middleware(self) -> list:
-        return [
-            AuthMiddleware(self.keys, self.metrics, self.settings.admin_allow),
-            RateLimitMiddleware(self.limiter, self.keys, self.settings.default_rpm, self.settings.default_tpm,
-                                self.metrics),
-        ]
+        return [AuthMiddleware(self.keys, self.account_for, self.metrics, self.settings.admin_allow),
+                RateLimitMiddleware()]

@@ -6,7 +6,7 @@ logged. Lookups are by hash, and the stored hash is compared to the computed
 one with `hmac.compare_digest`.
 
 Layout (all under one prefix, so one Redis can serve several stacks):
-  {prefix}key:{sha256}      hash: name, prefix, admin, rpm, tpm, created, expires
+  {prefix}key:{sha256}      hash: name, prefix, admin, rpm, tpm, share, priority, created, expires
   {prefix}keyname:{name}    string: sha256 (names are unique)
   {prefix}keys              set of sha256
   {prefix}usage:{sha256}    hash: requests, prompt_tokens, completion_tokens, last_used
@@ -20,6 +20,8 @@ import hmac
 import secrets
 import time
 from dataclasses import dataclass
+
+from impetus.engine.request import PRIORITY_NAMES
 
 KEY_PREFIX = "imp_"
 
@@ -42,6 +44,12 @@ class ApiKey:
     tpm: int | None
     created: float
     expires: float | None
+    share: float = 1.0  # its weight when keys share the batch
+    priority: int = 0  # 0 interactive, 1 batch (impetus.engine.request)
+
+    @property
+    def priority_name(self) -> str:
+        return next(name for name, value in PRIORITY_NAMES.items() if value == self.priority)
 
     def expired(self, now: float | None = None) -> bool:
         return self.expires is not None and (now or time.time()) >= self.expires
@@ -65,7 +73,15 @@ class ApiKey:
             tpm=number("tpm"),
             created=float(fields["created"]),
             expires=float(fields["expires"]) if fields.get("expires") else None,
+            share=float(fields.get("share") or 1.0),
+            priority=PRIORITY_NAMES.get(fields.get("priority", ""), 0),
         )
+
+
+def _priority(name: str) -> str:
+    if name not in PRIORITY_NAMES:
+        raise ValueError(f"priority must be one of {', '.join(PRIORITY_NAMES)}, not {name!r}")
+    return name
 
 
 class KeyExists(ValueError):
@@ -88,7 +104,8 @@ class KeyStore:
         return f"{self.prefix}keyname:{name}"
 
     def create(self, name: str, admin: bool = False, rpm: int | None = None, tpm: int | None = None,
-               expires_days: float | None = None) -> tuple[str, ApiKey]:
+               expires_days: float | None = None, share: float = 1.0,
+               priority: str = "interactive") -> tuple[str, ApiKey]:
         """Make a key; returns (the key itself, its record). The key is not kept."""
         key = new_key()
         key_hash = hash_key(key)
@@ -101,6 +118,8 @@ class KeyStore:
             "tpm": str(tpm or 0),
             "created": repr(now),
             "expires": repr(now + expires_days * 86400) if expires_days else "",
+            "share": repr(float(share)),
+            "priority": _priority(priority),
             "hash": key_hash,
         }
         # Claim the name first: SET NX makes two concurrent creates of one name safe.
@@ -136,6 +155,27 @@ class KeyStore:
             if fields:
                 keys.append((ApiKey.from_redis(key_hash, fields), usage))
         return sorted(keys, key=lambda item: item[0].created)
+
+    def update(self, name: str, *, rpm: int | None = None, tpm: int | None = None, share: float | None = None,
+               priority: str | None = None) -> ApiKey:
+        """Change an existing key's limits, share or priority (None: keep);
+        every worker sees it at the key's next request. rpm/tpm 0: the default."""
+        key_hash = self.redis.get(self._name(name))
+        fields = self.redis.hgetall(self._key(key_hash)) if key_hash else {}
+        if not fields:
+            raise KeyNotFound(f"no key named {name!r}")
+        changes = {}
+        if rpm is not None:
+            changes["rpm"] = str(rpm)
+        if tpm is not None:
+            changes["tpm"] = str(tpm)
+        if share is not None:
+            changes["share"] = repr(float(share))
+        if priority is not None:
+            changes["priority"] = _priority(priority)
+        if changes:
+            self.redis.hset(self._key(key_hash), mapping=changes)
+        return ApiKey.from_redis(key_hash, {**fields, **changes})
 
     def revoke(self, name: str) -> ApiKey:
         key_hash = self.redis.get(self._name(name))

@@ -14,8 +14,8 @@ import time
 
 from redis.exceptions import RedisError
 
+from impetus.gateway.account import count_redis_error
 from impetus.gateway.keys import ApiKey, KeyStore, hash_key
-from impetus.gateway.ratelimit import LimitState, RateLimiter, format_reset
 from impetus.web import APIError
 
 log = logging.getLogger("impetus.gateway")
@@ -60,16 +60,17 @@ class AuthMiddleware:
 
     Prometheus scrapes /metrics with no key from loopback or an address in
     `metrics_allow` (the Prometheus host); from elsewhere it takes an admin key.
-    A request that does present a key is always judged by that key."""
+    A request that does present a key is always judged by that key, and
+    carries its account (`account_for(record)`) from here on."""
 
-    def __init__(self, keys: KeyStore, metrics=None, metrics_allow=()):
+    def __init__(self, keys: KeyStore, account_for, metrics, metrics_allow=()):
         self.keys = keys
+        self.account_for = account_for
         self.metrics = metrics
         self.metrics_networks = address_networks(metrics_allow)
         self._verified: dict[str, tuple[ApiKey, float]] = {}  # hash -> (record, when)
 
     def process_request(self, req, resp):
-        req.context.api_key = None
         if req.path in PUBLIC_PATHS or req.method == "OPTIONS":
             return
         presented = _presented_key(req)
@@ -81,7 +82,7 @@ class AuthMiddleware:
         try:
             record = self.keys.verify(presented)
         except RedisError as error:
-            _count_redis_error(self.metrics, "auth")
+            count_redis_error(self.metrics, "auth")
             record = self._degraded(presented, error)
         else:
             if record is None:
@@ -93,11 +94,10 @@ class AuthMiddleware:
             self._count("not_admin")
             raise APIError(403, f"The key '{record.name}' does not have the admin scope this endpoint needs.",
                            type="permission_error", code="admin_scope_required")
-        req.context.api_key = record
+        req.context.account = self.account_for(record)
 
     def _count(self, reason: str) -> None:
-        if self.metrics is not None:
-            self.metrics.auth_failures.labels(reason).inc()
+        self.metrics.auth_failures.labels(reason).inc()
 
     def _degraded(self, presented: str, error: Exception) -> ApiKey:
         known = self._verified.get(hash_key(presented))
@@ -111,87 +111,11 @@ class AuthMiddleware:
                        headers={"Retry-After": "5"})
 
 
-def _count_redis_error(metrics, operation: str) -> None:
-    if metrics is not None:
-        metrics.redis_errors.labels(operation).inc()
-
-
-def _limit_headers(kind: str, state: LimitState) -> dict[str, str]:
-    return {
-        f"x-ratelimit-limit-{kind}": str(state.limit),
-        f"x-ratelimit-remaining-{kind}": str(state.remaining),
-        f"x-ratelimit-reset-{kind}": format_reset(state.reset_ms),
-    }
-
-
 class RateLimitMiddleware:
-    """Requests per minute are taken on arrival. Tokens are only known at the
-    end, and a cached answer costs none, so the resource decides: it calls
-    `req.context.admit_tokens(enforce)` (refuses with 429 when the key's token
-    budget is spent and the model must run) and `req.context.on_usage` when
-    the response is over (charges the tokens, records usage)."""
-
-    def __init__(self, limiter: RateLimiter, keys: KeyStore, default_rpm: int, default_tpm: int, metrics=None):
-        self.metrics = metrics
-        self.limiter = limiter
-        self.keys = keys
-        self.default_rpm = default_rpm
-        self.default_tpm = default_tpm
+    """Requests per minute are taken on arrival, by the request's account.
+    Tokens are only known at the end, and a cached answer costs none, so the
+    resource decides: it calls `account.admit(resp, enforce)` before the
+    model runs and `account.charge(...)` when the response is over."""
 
     def process_resource(self, req, resp, resource, params):
-        req.context.admit_tokens = None
-        req.context.on_usage = None
-        key: ApiKey | None = getattr(req.context, "api_key", None)
-        if key is None:
-            return
-        rpm = key.rpm or self.default_rpm
-        tpm = key.tpm or self.default_tpm
-        try:
-            requests = self.limiter.take_request(key.hash, rpm)
-        except RedisError as error:
-            _count_redis_error(self.metrics, "rate_limit")
-            log.warning("redis unavailable (%s): rate limits not enforced", error)
-            return
-        headers = _limit_headers("requests", requests)
-        resp.set_headers(headers)
-        if not requests.allowed:
-            self._count_limited("requests")
-            raise self._refuse(key, "requests", requests, headers)
-
-        def admit_tokens(enforce: bool = True) -> None:
-            try:
-                tokens = self.limiter.check_tokens(key.hash, tpm)
-            except RedisError as error:
-                _count_redis_error(self.metrics, "rate_limit")
-                log.warning("redis unavailable (%s): token limit not enforced", error)
-                return
-            token_headers = _limit_headers("tokens", tokens)
-            resp.set_headers(token_headers)
-            if enforce and not tokens.allowed:
-                self._count_limited("tokens")
-                raise self._refuse(key, "tokens", tokens, {**headers, **token_headers})
-
-        def on_usage(prompt_tokens: int, completion_tokens: int) -> None:
-            try:
-                if prompt_tokens or completion_tokens:
-                    self.limiter.charge_tokens(key.hash, tpm, prompt_tokens + completion_tokens)
-                self.keys.record_usage(key.hash, prompt_tokens, completion_tokens)
-            except RedisError as error:
-                _count_redis_error(self.metrics, "usage")
-                log.warning("redis unavailable (%s): usage of %r not recorded", error, key.name)
-
-        req.context.admit_tokens = admit_tokens
-        req.context.on_usage = on_usage
-
-    def _count_limited(self, kind: str) -> None:
-        if self.metrics is not None:
-            self.metrics.rate_limited.labels(kind).inc()
-
-    @staticmethod
-    def _refuse(key: ApiKey, kind: str, state: LimitState, headers: dict) -> APIError:
-        retry = max(1, -(-state.retry_after_ms // 1000))
-        return APIError(
-            429, f"Rate limit reached for {kind} per minute on key '{key.name}' (limit {state.limit}). "
-                 f"Please retry in {format_reset(state.retry_after_ms)}.",
-            type="rate_limit_error", code=f"rate_limit_{kind}", headers={**headers, "Retry-After": str(retry)},
-        )
+        req.context.account.take_request(resp)

@@ -54,6 +54,12 @@ class Metrics:
 
         self.running = gauge("impetus_requests_running", "Requests in the batch", ("model",))
         self.waiting = gauge("impetus_requests_waiting", "Requests waiting for a batch slot", ("model",))
+        self.waiting_by_key = gauge("impetus_requests_waiting_by_key", "Requests waiting for a batch slot, by key",
+                                    ("model", "key"))
+        self.queue_wait_seconds = Histogram("impetus_queue_wait_seconds", "Time a request waited for a batch slot",
+                                            ("model", "priority"), buckets=LATENCY_BUCKETS, registry=registry)
+        self.preempted = counter("impetus_requests_preempted_total",
+                                 "Running requests paused to give their slot to another key", ("model",))
         self.model_load_seconds = gauge("impetus_model_load_seconds", "Time to load the model", ("model",),
                                         mode="liveall")
         self.model_bytes = gauge("impetus_model_memory_bytes", "Memory of the loaded model's weights",
@@ -78,6 +84,14 @@ class Metrics:
             self.redis_errors.labels(operation)
         for route in ("/v1/chat/completions", "/v1/completions"):
             self.request_seconds.labels(route)
+        self._waiting_keys: dict[str, set[str]] = {}  # keys seen waiting, per model: back to 0 when none wait
+        self._preempted_seen: dict[str, int] = {}
+
+    @classmethod
+    def null(cls) -> "Metrics":
+        """Metrics nobody scrapes (the app without /metrics: tests, scripts),
+        so that code that measures never asks whether it should."""
+        return cls(CollectorRegistry())
 
     def model_loaded(self, loaded) -> None:
         self.model_load_seconds.labels(loaded.name).set(loaded.load_seconds)
@@ -99,6 +113,14 @@ class Metrics:
         for name, engine in host.engines.items():
             self.running.labels(name).set(engine.stats.running)
             self.waiting.labels(name).set(engine.stats.waiting)
+            waiting = engine.waiting_by_key
+            for key in set(waiting) | self._waiting_keys.setdefault(name, set()):
+                self.waiting_by_key.labels(name, key).set(waiting.get(key, 0))
+            self._waiting_keys[name] |= set(waiting)
+            preempted = engine.stats.preempted - self._preempted_seen.get(name, 0)
+            if preempted > 0:
+                self.preempted.labels(name).inc(preempted)
+            self._preempted_seen[name] = engine.stats.preempted
         self.mlx_active_bytes.set(mx.get_active_memory())
         self.mlx_cache_bytes.set(mx.get_cache_memory())
         self.mlx_peak_bytes.set(mx.get_peak_memory())

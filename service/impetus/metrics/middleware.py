@@ -13,11 +13,10 @@ class MetricsMiddleware:
 
     def process_request(self, req, resp):
         req.context.started = time.perf_counter()
-        req.context.model = ""
 
     def process_response(self, req, resp, resource, req_succeeded):
         route = req.uri_template or "unmatched"
-        started = getattr(req.context, "started", time.perf_counter())
+        started = req.context.started or time.perf_counter()
 
         def record():
             self.metrics.requests.labels(route, str(resp.status_code), req.context.model).inc()

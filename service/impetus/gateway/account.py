@@ -1,0 +1,143 @@
+"""Who a request is for: one explicit object on `req.context.account`.
+
+Every request carries an account from the first middleware on. With keys off
+(or on a public path) it is the null `Account`: one tenant per client address
+(nginx's X-Forwarded-For), no limits, nothing charged. A request that
+presented a valid key carries a `KeyAccount`: the key, its limits, its share
+of the machine and its priority, with
+
+- `take_request(resp)`: the requests-per-minute limit, on arrival;
+- `admit(resp, enforce)`: the tokens-per-minute limit, before the model runs
+  (a cached answer costs no tokens, so `enforce=False` only reports it);
+- `charge(prompt_tokens, completion_tokens)`: once the response is over.
+
+The engine's scheduler sees `account.tenant` (id, name, share, priority) and
+shares the batch between tenants with it.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from redis.exceptions import RedisError
+
+from impetus.engine.request import Tenant
+from impetus.gateway.keys import ApiKey, KeyStore
+from impetus.gateway.ratelimit import LimitState, RateLimiter, format_reset
+from impetus.web import APIError
+
+log = logging.getLogger("impetus.gateway")
+
+
+class Account:
+    """The null account: keys are off, or the path needs none."""
+
+    key: ApiKey | None = None
+
+    def __init__(self, address: str | None):
+        address = address or "-"
+        self.tenant = Tenant(f"addr:{address}", address)
+
+    @property
+    def name(self) -> str:
+        """What logs and metrics call it: the key's name, "-" without a key."""
+        return "-"
+
+    @property
+    def owner(self) -> str:
+        """Who owns what it stores (Responses): the key's hash, one owner without keys."""
+        return "-"
+
+    def take_request(self, resp) -> None:
+        pass
+
+    def admit(self, resp, enforce: bool = True) -> None:
+        pass
+
+    def charge(self, prompt_tokens: int, completion_tokens: int) -> None:
+        pass
+
+
+class AccountMiddleware:
+    """First of all middleware: every request starts with the null account."""
+
+    def process_request(self, req, resp):
+        req.context.account = Account(req.access_route[0] if req.access_route else req.remote_addr)
+
+
+def count_redis_error(metrics, operation: str) -> None:
+    metrics.redis_errors.labels(operation).inc()
+
+
+def _limit_headers(kind: str, state: LimitState) -> dict[str, str]:
+    return {
+        f"x-ratelimit-limit-{kind}": str(state.limit),
+        f"x-ratelimit-remaining-{kind}": str(state.remaining),
+        f"x-ratelimit-reset-{kind}": format_reset(state.reset_ms),
+    }
+
+
+class KeyAccount(Account):
+    """A request made with a personal key. While Redis is down the limits are
+    not enforced and usage is not recorded (logged and counted), as before."""
+
+    def __init__(self, key: ApiKey, limiter: RateLimiter, keys: KeyStore, rpm: int, tpm: int, metrics):
+        self.key = key
+        self.tenant = Tenant(f"key:{key.hash[:16]}", key.name, key.share, key.priority)
+        self.rpm = key.rpm or rpm
+        self.tpm = key.tpm or tpm
+        self._limiter = limiter
+        self._keys = keys
+        self._metrics = metrics
+        self._headers: dict[str, str] = {}
+
+    @property
+    def name(self) -> str:
+        return self.key.name
+
+    @property
+    def owner(self) -> str:
+        return self.key.hash
+
+    def take_request(self, resp) -> None:
+        try:
+            requests = self._limiter.take_request(self.key.hash, self.rpm)
+        except RedisError as error:
+            count_redis_error(self._metrics, "rate_limit")
+            log.warning("redis unavailable (%s): rate limits not enforced", error)
+            return
+        self._headers = _limit_headers("requests", requests)
+        resp.set_headers(self._headers)
+        if not requests.allowed:
+            self._metrics.rate_limited.labels("requests").inc()
+            raise self._refuse("requests", requests, self._headers)
+
+    def admit(self, resp, enforce: bool = True) -> None:
+        try:
+            tokens = self._limiter.check_tokens(self.key.hash, self.tpm)
+        except RedisError as error:
+            count_redis_error(self._metrics, "rate_limit")
+            log.warning("redis unavailable (%s): token limit not enforced", error)
+            return
+        token_headers = _limit_headers("tokens", tokens)
+        resp.set_headers(token_headers)
+        if enforce and not tokens.allowed:
+            self._metrics.rate_limited.labels("tokens").inc()
+            raise self._refuse("tokens", tokens, {**self._headers, **token_headers})
+
+    def charge(self, prompt_tokens: int, completion_tokens: int) -> None:
+        try:
+            if prompt_tokens or completion_tokens:
+                self._limiter.charge_tokens(self.key.hash, self.tpm, prompt_tokens + completion_tokens)
+            self._keys.record_usage(self.key.hash, prompt_tokens, completion_tokens)
+        except RedisError as error:
+            count_redis_error(self._metrics, "usage")
+            log.warning("redis unavailable (%s): usage of %r not recorded", error, self.key.name)
+
+    def _refuse(self, kind: str, state: LimitState, headers: dict) -> APIError:
+        retry = max(1, -(-state.retry_after_ms // 1000))
+        return APIError(
+            429, f"Rate limit reached for {kind} per minute on key '{self.key.name}' (limit {state.limit}). "
+                 f"Please retry in {format_reset(state.retry_after_ms)}.",
+            type="rate_limit_error", code=f"rate_limit_{kind}", headers={**headers, "Retry-After": str(retry)},
+        )

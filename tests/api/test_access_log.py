@@ -11,7 +11,9 @@ import pytest
 
 from impetus.api.access_log import AccessLogMiddleware
 from impetus.api.middleware import JSONBodyMiddleware, RequestIdMiddleware
+from impetus.gateway.account import AccountMiddleware
 from impetus.server.logs import JsonFormatter
+from impetus.web import Request
 
 
 class Echo:
@@ -21,7 +23,8 @@ class Echo:
 
 
 def client(log_prompts: bool) -> falcon.testing.TestClient:
-    app = falcon.App(middleware=[RequestIdMiddleware(), AccessLogMiddleware(log_prompts), JSONBodyMiddleware(1024)])
+    app = falcon.App(middleware=[AccountMiddleware(), RequestIdMiddleware(), AccessLogMiddleware(log_prompts),
+                                 JSONBodyMiddleware(1024)], request_type=Request)
     app.add_route("/v1/chat/completions", Echo())
     return falcon.testing.TestClient(app)
 

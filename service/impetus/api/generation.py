@@ -255,7 +255,7 @@ class Generation:
         (streams), (None, Queued) every QUEUE_NOTE_S while a choice still
         waits for a batch slot."""
         open_ = set(range(len(self.handles)))
-        quiet = 0.0
+        last_output = last_ping = last_note = time.monotonic()
         while open_:
             for index in list(open_):
                 outbox = self.handles[index].outbox
@@ -266,22 +266,31 @@ class Generation:
                     if isinstance(event, FinishEvent):
                         open_.discard(index)
                         break
-            if open_ and not any(self.handles[i].outbox for i in open_):
-                queued = self._queued() if notes else None
-                wait = STALL_TIMEOUT_S - quiet if heartbeat is None else min(heartbeat, STALL_TIMEOUT_S - quiet)
-                if queued is not None:
-                    wait = min(wait, QUEUE_NOTE_S)
-                if self.waiter.wait(wait):
-                    quiet = 0.0
-                    continue
-                queued = self._queued() if notes else None
-                if queued is not None:  # waiting for a slot is not a stall
+            if not open_ or any(self.handles[i].outbox for i in open_):
+                continue
+            now = time.monotonic()
+            queued = self._queued() if notes else None
+            waits = [last_output + STALL_TIMEOUT_S - now]
+            if heartbeat is not None:
+                waits.append(last_ping + heartbeat - now)
+            if queued is not None:
+                waits.append(last_note + QUEUE_NOTE_S - now)
+            if self.waiter.wait(max(0.0, min(waits))):
+                last_output = last_ping = time.monotonic()
+                continue
+            now = time.monotonic()
+            queued = self._queued() if notes else None
+            if queued is not None:
+                last_output = now  # waiting for a slot is not a stall
+                if now - last_note >= QUEUE_NOTE_S:
+                    last_note = last_ping = now
                     yield None, queued
                     continue
-                quiet += wait
-                if quiet >= STALL_TIMEOUT_S:
-                    self.cancel()
-                    raise APIError(504, "The model produced no output in time.", type="server_error")
+            if now - last_output >= STALL_TIMEOUT_S:
+                self.cancel()
+                raise APIError(504, "The model produced no output in time.", type="server_error")
+            if heartbeat is not None and now - last_ping >= heartbeat:
+                last_ping = now
                 yield None, None
 
     def _accumulate(self, choice: Choice, event) -> None:

@@ -63,12 +63,15 @@ def test_a_second_key_gets_a_slot_within_one_step_of_a_flood(engine):
     flood = [submit(engine, t, max_tokens=40) for t in flood_text]
     wait_until(lambda: engine.stats.running == engine.max_batch_size)
     wait_until(lambda: any(h.outbox for h in flood))  # decoding: requests can be paused
-    short = submit(engine, "Say hi.", tenant=B, max_tokens=4)
-    short_tokens, finish = tokens_of(short)
-    assert finish.reason in ("stop", "length") and short_tokens
-    # B did not wait for A's answers to end: a request of A was paused for it.
-    assert short.admitted_step - short.queued_step <= 1
+    # B's first request takes the spare slot; the second needs one of A's: A's latest is paused.
+    shorts = [submit(engine, f"Say hi {i}.", tenant=B, max_tokens=4) for i in range(2)]
+    for short in shorts:
+        short_tokens, finish = tokens_of(short)
+        assert finish.reason in ("stop", "length") and short_tokens
+        # B did not wait for A's answers to end.
+        assert short.admitted_step - short.queued_step <= 1
     assert engine.stats.preempted > preempted
+    short = shorts[-1]
     results = [tokens_of(h) for h in flood]
     assert all(f.reason == "length" for _, f in results)
     # A paused request resumes where it was: greedy output is unchanged.
@@ -84,6 +87,7 @@ def test_batch_priority_yields_to_interactive_and_cannot_be_raised(engine):
                for i in range(6)]
     wait_until(lambda: any(h.outbox for h in nightly))
     wait_until(lambda: engine.stats.running == engine.max_batch_size)
+    # The first takes the spare slot, the second pauses a batch request.
     interactive = [submit(engine, f"Name a colour {i}.", tenant=A, max_tokens=4) for i in range(2)]
     for handle in interactive:
         tokens_of(handle)
@@ -98,14 +102,14 @@ def test_batch_priority_yields_to_interactive_and_cannot_be_raised(engine):
 def test_cancel_a_paused_request_frees_its_slot_and_cache(engine):
     flood = [submit(engine, f"Tell a long story number {i}.", max_tokens=200) for i in range(4)]
     wait_until(lambda: all(h.outbox for h in flood))
-    other = submit(engine, "Say something long.", tenant=B, max_tokens=100)
+    others = [submit(engine, f"Say something long {i}.", tenant=B, max_tokens=100) for i in range(2)]
     wait_until(lambda: engine._paused)
     paused = next(iter(engine._paused))
     paused.cancel()
     _, finish = tokens_of(paused)
     assert finish.reason == "cancelled" and finish.completion_tokens >= 1
     assert paused not in engine._paused
-    for handle in flood + [other]:
+    for handle in flood + others:
         if handle is not paused:
             handle.cancel()
             tokens_of(handle)
@@ -150,7 +154,7 @@ def test_fifo_is_arrival_order_and_fair_order_interleaves_keys():
             pass
 
         h = H()
-        h.tenant, h.priority, h.admitted_at = tenant, tenant.priority, None
+        h.tenant, h.priority, h.admitted_at, h.prompt_tokens = tenant, tenant.priority, None, [1, 2, 3]
         return h
 
     for fair in (False, True):

@@ -86,11 +86,10 @@ def test_a_flood_from_one_key_does_not_hold_another_keys_request(stack):
     for thread in threads:
         thread.join(300)
 
-    # B was served before A's waiting requests got a token: a request of A was paused for it.
+    # B was served before A's waiting requests got a token (in the batch's spare slot).
     assert order.index("b") <= 3, order
     assert len(order) == 7
     status = httpx.get(f"{url}/v1/status", headers={"Authorization": f"Bearer {keys['ops']}"}, timeout=10).json()
-    assert status["engines"][0]["preempted"] >= 1
     assert status["engines"][0]["scheduler"] == "fair"
     # The streams that waited heard where they stood, as SSE comments.
     heard = [line for lines in comments.values() for line in lines]

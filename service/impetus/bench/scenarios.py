@@ -1,4 +1,4 @@
-"""Runs one of the load, peer and soak benchmarks and writes what it measured:
+"""Runs one of the load, peer, soak, fairness and shared-prefix benchmarks and writes what it measured:
 a JSON file and PNG plots named by date, scenario and machine, so results from
 different machines sit side by side under benchmarks/results/."""
 
@@ -28,7 +28,7 @@ def _levels(text: str) -> list[int]:
 
 
 def run_scenario(args, settings) -> dict:
-    from impetus.bench import load, peer, soak
+    from impetus.bench import fairness, load, peer, shared_prefix, soak
 
     console = Console(stderr=True, soft_wrap=True)
     progress = console.print
@@ -42,6 +42,13 @@ def run_scenario(args, settings) -> dict:
                                   args.requests_per_client, work, progress,
                                   pairings=tuple(p.strip() for p in args.pairings.split(",")),
                                   folder_levels=_levels(args.folder_levels)), peer
+    elif args.scenario == "fairness":
+        result, module = fairness.run(settings, args.flood, args.max_tokens or 64, args.probes, args.probe_interval,
+                                      work, progress), fairness
+    elif args.scenario == "shared-prefix":
+        result, module = shared_prefix.run(settings, _levels(args.levels or "8,16"), args.prompt_tokens,
+                                           args.max_tokens or 16, work, progress,
+                                           servers=tuple(s.strip() for s in args.servers.split(","))), shared_prefix
     elif args.scenario == "soak":
         result, module = soak.run(settings, args.duration or 600, args.concurrency, args.max_tokens or 32, work,
                                   progress), soak
@@ -51,7 +58,8 @@ def run_scenario(args, settings) -> dict:
     result.update(date=datetime.date.today().isoformat(), machine=machine_tag(), platform=platform.platform())
     out_dir = args.out or (REPO_RESULTS if REPO_RESULTS.is_dir() else Path.cwd())
     out_dir.mkdir(parents=True, exist_ok=True)
-    stem = out_dir / f"{result['date']}-{args.scenario}-{result['machine']}"
+    tag = f"-{args.tag}" if args.tag else ""
+    stem = out_dir / f"{result['date']}-{args.scenario}{tag}-{result['machine']}"
     stem.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
     written = [stem.with_suffix(".json"), *module.plot(result, stem)]
     for path in written:

@@ -140,9 +140,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser(
         "bench", help="benchmarks: core (raw mlx-lm vs the server), load (a ramp through nginx with keys), "
-                      "peer (side by side with mlx_lm.server), soak (memory and open files over time)")
+                      "peer (side by side with mlx_lm.server), soak (memory and open files over time), "
+                      "fairness (one key floods, another asks), shared-prefix (N agents, one system prompt)")
     _add_common(bench)
-    bench.add_argument("--scenario", choices=("core", "load", "peer", "soak"), default="core")
+    bench.add_argument("--scenario", choices=("core", "load", "peer", "soak", "fairness", "shared-prefix"),
+                       default="core")
     bench.add_argument("--model", help="model name or MLX folder path")
     bench.add_argument("--json", action="store_true", help="print one JSON line on stdout")
     bench.add_argument("--max-tokens", type=int,
@@ -158,6 +160,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help="peer: levels for the 'same folder' pairing (the peer's 4-bit CPU path is slow)")
     bench.add_argument("--pairings", default="same weights,same folder",
                        help="peer: which pairings to run (comma-separated)")
+    bench.add_argument("--flood", type=int, default=40, help="fairness: key A's requests, all at once")
+    bench.add_argument("--probes", type=int, default=5, help="fairness: key B's requests alone, the reference")
+    bench.add_argument("--probe-interval", type=float, default=3.0,
+                       help="fairness: seconds between key B's requests under the flood")
+    bench.add_argument("--prompt-tokens", type=int, default=3500, help="shared-prefix: the system prompt's size")
+    bench.add_argument("--servers", default="impetus,impetus-fifo,mlx_lm.server",
+                       help="shared-prefix: which servers to measure (comma-separated)")
+    bench.add_argument("--tag", help="load/peer/soak/fairness/shared-prefix: added to the result's file name")
     bench.add_argument("--out", type=Path,
                        help="load/peer/soak: folder for the JSON result and PNG plots (default benchmarks/results)")
     return parser

@@ -7,7 +7,8 @@ The engine asks two questions of the scheduler each step:
   within a priority, the tenant with the least service per unit of `share`:
   tokens it had computed recently (decayed with a 20 s half-life) plus a
   request's worth (128 tokens) for each request it has running or queued
-  ahead. Within a tenant, arrival order (a paused request first). This is
+  ahead. Within a tenant, a paused request first, then the shortest prompt
+  (mlx-lm prefills prompts together, padded to the longest). This is
   weighted fair queuing over keys, with the engine's own token counts as
   the measure of service.
 - `victim(candidate, running)`: when the batch is full, which running request
@@ -122,7 +123,9 @@ class Scheduler:
         for tenant_id, queue in self._queues.items():
             share = max(self._tenants[tenant_id].share, 1e-6)
             base = self._served.get(tenant_id, 0.0) + self.running[tenant_id] * REQUEST_COST
-            for ahead, handle in enumerate(queue):
+            # Paused requests first (they hold a KV cache), then the shortest prompt.
+            mine = sorted(queue, key=lambda h: (h.admitted_at is None, len(h.prompt_tokens), h.arrival))
+            for ahead, handle in enumerate(mine):
                 ranked.append(((handle.priority, (base + ahead * REQUEST_COST) / share, handle.arrival), handle))
         ranked.sort(key=lambda item: item[0])
         return [handle for _, handle in ranked]

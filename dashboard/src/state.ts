@@ -7,6 +7,7 @@ export interface Live {
   ttft_s: number | null;
   running: number;
   waiting: number;
+  waiting_by_key: Record<string, number>;
   cache_hit_ratio: number | null;
   rate_limited_total: number;
   errors_total: number;

@@ -70,6 +70,10 @@ def test_keys_create_list_revoke(redis_server, redis_client, tmp_path):
     assert "laptop" in listing.stdout and key[:10] in listing.stdout and key not in listing.stdout
     assert "admin" in listing.stdout and "30" in listing.stdout
     assert keys("create", "--name", "laptop").returncode == 2
+    updated = keys("update", "laptop", "--priority", "batch", "--share", "2")
+    assert updated.returncode == 0 and "share 2, priority batch" in updated.stderr, updated.stderr
+    assert "batch" in keys("list").stdout
+    assert keys("update", "nobody", "--share", "2").returncode == 2
     assert keys("revoke", "laptop").returncode == 0
     assert "laptop" not in keys("list").stdout
     assert keys("revoke", "laptop").returncode == 2

@@ -41,6 +41,28 @@ def test_keys_are_created_listed_and_revoked(gateway_server, admin_headers, redi
     assert http.delete("/v1/admin/keys/carol").status_code == 404
 
 
+def test_a_keys_share_and_priority_are_set_and_changed(gateway_server, admin_headers):
+    http = httpx.Client(base_url=gateway_server, headers=admin_headers, timeout=10)
+    created = http.post("/v1/admin/keys", json={"name": "nightly-jobs", "share": 0.5, "priority": "batch"}).json()
+    assert (created["share"], created["priority"]) == (0.5, "batch")
+    changed = http.patch("/v1/admin/keys/nightly-jobs", json={"priority": "interactive", "tpm": 5000})
+    assert changed.status_code == 200
+    assert (changed.json()["priority"], changed.json()["share"], changed.json()["tpm"]) == ("interactive", 0.5, 5000)
+    listed = next(k for k in http.get("/v1/admin/keys").json()["data"] if k["name"] == "nightly-jobs")
+    assert (listed["priority"], listed["tpm"]) == ("interactive", 5000)
+    bad = http.patch("/v1/admin/keys/nightly-jobs", json={"priority": "urgent"})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "priority"
+    assert http.patch("/v1/admin/keys/nobody", json={"share": 2}).status_code == 404
+    # A request of the key may ask for a later priority (an integer, as vLLM's), not beyond the schema's range.
+    key = created["key"]
+    user = httpx.Client(base_url=gateway_server, headers={"Authorization": f"Bearer {key}"}, timeout=60)
+    body = {"model": DEFAULT_MODEL, "max_tokens": 2, "messages": [{"role": "user", "content": "Hi"}]}
+    assert user.post("/v1/chat/completions", json={**body, "priority": 5}).status_code == 200
+    too_far = user.post("/v1/chat/completions", json={**body, "priority": 10**6})
+    assert too_far.status_code == 400 and too_far.json()["error"]["param"] == "priority"
+    http.delete("/v1/admin/keys/nightly-jobs")
+
+
 def read_events(lines, count: int) -> list[tuple[str, dict]]:
     """The next `count` events from an iterator over the stream's lines (one
     iterator per stream, kept by the caller: httpx streams only once)."""

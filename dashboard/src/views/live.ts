@@ -27,12 +27,19 @@ const CHARTS: Chart[] = [
 
 export function live(): { element: HTMLElement; refresh: () => void; dispose: () => void } {
   const tiles = h("div", { class: "tiles" });
+  const queue = h("div", { "data-test": "waiting-by-key" });
   const charts = CHARTS.map((chart) => {
     const holder = h("div", { class: "chart", "data-test": `chart-${chart.unit}` });
     const card = h("article", { class: "card" }, h("h2", {}, chart.title), holder);
     return { chart, holder, card, plot: null as uPlot | null };
   });
-  const element = h("section", {}, tiles, h("div", { class: "grid charts" }, charts.map((c) => c.card)));
+  const element = h(
+    "section",
+    {},
+    tiles,
+    h("article", { class: "card" }, h("h2", {}, "Waiting for a batch slot, by key"), queue),
+    h("div", { class: "grid charts" }, charts.map((c) => c.card)),
+  );
 
   function refresh(): void {
     const l = state.live;
@@ -44,6 +51,13 @@ export function live(): { element: HTMLElement; refresh: () => void; dispose: ()
       tile("Cache hit ratio", l?.cache_hit_ratio === null || !l ? "–" : `${Math.round(l.cache_hit_ratio * 100)} %`),
       tile("Rate-limited", l ? String(l.rate_limited_total) : "–", "rate-limited"),
       tile("Requests", l ? String(l.requests_total) : "–", "requests-total"),
+    );
+    const waiting = Object.entries(l?.waiting_by_key ?? {});
+    queue.replaceChildren(
+      waiting.length
+        ? h("table", {}, h("thead", {}, h("tr", {}, ["key", "waiting"].map((c) => h("th", {}, c)))),
+            h("tbody", {}, waiting.map(([key, n]) => h("tr", {}, h("td", {}, key), h("td", {}, String(n))))))
+        : h("p", { class: "muted" }, "Nobody is waiting."),
     );
     const times = state.history.map((p) => p.time);
     for (const c of charts) {

@@ -26,7 +26,10 @@ from impetus.bench import plots
 from impetus.bench.stack import gateway_stack
 from impetus.bench.traffic import StreamResult, error_counts, percentile, stream_chat
 
-SHORT = [{"role": "user", "content": "Say hello in three words."}]
+
+def _short(k: int) -> list[dict]:
+    """Key B's short request; each one different (no prefix-cache hit beyond the template)."""
+    return [{"role": "user", "content": f"Question {k}: say hello in three words."}]
 
 
 def _flood_messages(i: int) -> list[dict]:
@@ -45,8 +48,11 @@ def one_run(settings, scheduler: str, flood: int, max_tokens: int, probes: int, 
         url = f"{stack.url}/v1/chat/completions"
         model = settings.model
 
+        probes_sent = iter(range(10**6))
+
         def probe(http) -> StreamResult:
-            return stream_chat(http, url, {"model": model, "messages": SHORT, "max_tokens": 8, "temperature": 0},
+            return stream_chat(http, url, {"model": model, "messages": _short(next(probes_sent)), "max_tokens": 8,
+                                           "temperature": 0},
                                {"Authorization": f"Bearer {b}", "Cache-Control": "no-cache"})
 
         with httpx.Client(timeout=httpx.Timeout(900, connect=30)) as http:

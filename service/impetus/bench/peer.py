@@ -23,11 +23,10 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 from impetus.bench import plots
-from impetus.bench.traffic import StreamResult, error_counts, percentile, stream_chat
+from impetus.bench.traffic import StreamResult, error_counts, percentile, run_together, stream_chat
 from impetus.server.process import free_port, start_server, stop_server, wait_until_ready
 
 PEER_LAUNCHER = ("from impetus.system.blas import preload_openblas; preload_openblas(); "
@@ -78,13 +77,7 @@ def measure(url: str, model: str, concurrency: int, requests_per_client: int, ma
                 with lock:
                     results.append(result)
 
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(concurrency)]
-    started = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - started
+    wall = run_together(client, concurrency)
     ok = [r for r in results if r.ok]
     ttfts = [r.ttft for r in ok if r.ttft is not None]
     tokens = sum(r.tokens for r in ok)

@@ -21,12 +21,11 @@ from __future__ import annotations
 
 import secrets
 import threading
-import time
 from pathlib import Path
 
 from impetus.bench import plots
 from impetus.bench.peer import float32_copy, start_peer
-from impetus.bench.traffic import StreamResult, error_counts, percentile, stream_chat
+from impetus.bench.traffic import StreamResult, error_counts, percentile, run_together, stream_chat
 from impetus.server.process import free_port, start_server, stop_server
 
 QUESTIONS = ["What is the first rule?", "Summarize rule 3.", "Which rule mentions tides?", "Name rule 10.",
@@ -66,13 +65,7 @@ def measure(url: str, model: str, n: int, system: str, max_tokens: int, ours: bo
 
     with httpx.Client() as http:
         before = _status(http, url) if ours else None
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(n)]
-    started = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    wall = time.perf_counter() - started
+    wall = run_together(client, n)
     ttfts = [r.ttft for r in results if r.ok and r.ttft is not None]
     row = {"n": n, "ttft_p50_s": percentile(ttfts, 50), "ttft_p95_s": percentile(ttfts, 95), "total_s": wall,
            "errors": error_counts(results)}

@@ -73,6 +73,19 @@ def stream_chat(http, url: str, body: dict, headers: dict | None = None) -> Stre
     return result
 
 
+def run_together(target, n: int) -> float:
+    """Run target(0) .. target(n - 1) in n threads at once; the seconds until all are done."""
+    import threading
+
+    threads = [threading.Thread(target=target, args=(i,)) for i in range(n)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return time.perf_counter() - started
+
+
 def percentile(values: list[float], q: float) -> float | None:
     """Nearest-rank percentile; None for no values."""
     if not values:

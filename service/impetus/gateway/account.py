@@ -99,12 +99,18 @@ class KeyAccount(Account):
     def owner(self) -> str:
         return self.key.hash
 
-    def take_request(self, resp) -> None:
+    def _limit(self, check, limit: int, what: str) -> LimitState | None:
+        """A limit's state from Redis; None (not enforced, logged) while Redis is down."""
         try:
-            requests = self._limiter.take_request(self.key.hash, self.rpm)
+            return check(self.key.hash, limit)
         except RedisError as error:
             count_redis_error(self._metrics, "rate_limit")
-            log.warning("redis unavailable (%s): rate limits not enforced", error)
+            log.warning("redis unavailable (%s): %s not enforced", error, what)
+            return None
+
+    def take_request(self, resp) -> None:
+        requests = self._limit(self._limiter.take_request, self.rpm, "rate limits")
+        if requests is None:
             return
         self._headers = _limit_headers("requests", requests)
         resp.set_headers(self._headers)
@@ -113,11 +119,8 @@ class KeyAccount(Account):
             raise self._refuse("requests", requests, self._headers)
 
     def admit(self, resp, enforce: bool = True) -> None:
-        try:
-            tokens = self._limiter.check_tokens(self.key.hash, self.tpm)
-        except RedisError as error:
-            count_redis_error(self._metrics, "rate_limit")
-            log.warning("redis unavailable (%s): token limit not enforced", error)
+        tokens = self._limit(self._limiter.check_tokens, self.tpm, "token limit")
+        if tokens is None:
             return
         token_headers = _limit_headers("tokens", tokens)
         resp.set_headers(token_headers)

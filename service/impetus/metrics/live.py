@@ -11,7 +11,8 @@ from impetus.metrics import exposition
 
 
 def read_totals(text: str | None = None) -> dict[str, float]:
-    """Sums over labels of the counters and gauges the dashboard shows."""
+    """Sums over labels of the counters and gauges the dashboard shows, and
+    the requests waiting for a batch slot by key name (over every worker)."""
     if text is None:
         text = exposition()[0].decode()
     totals = dict.fromkeys(("requests", "errors", "prompt_tokens", "generated_tokens", "ttft_sum", "ttft_count",
@@ -25,9 +26,13 @@ def read_totals(text: str | None = None) -> dict[str, float]:
         "impetus_requests_running": "running",
         "impetus_requests_waiting": "waiting",
     }
+    by_key: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            if sample.name == "impetus_requests_total":
+            if sample.name == "impetus_requests_waiting_by_key":
+                key = sample.labels.get("key", "-")
+                by_key[key] = by_key.get(key, 0.0) + sample.value
+            elif sample.name == "impetus_requests_total":
                 totals["requests"] += sample.value
                 if sample.labels.get("status", "").startswith("5"):
                     totals["errors"] += sample.value
@@ -37,6 +42,7 @@ def read_totals(text: str | None = None) -> dict[str, float]:
                     totals["cache_hits" if result == "hit" else "cache_misses"] += sample.value
             elif sample.name in wanted:
                 totals[wanted[sample.name]] += sample.value
+    totals["waiting_by_key"] = {key: int(n) for key, n in sorted(by_key.items()) if n > 0}
     return totals
 
 
@@ -58,6 +64,7 @@ class LiveRates:
             "rate_limited_total": totals["rate_limited"],
             "running": totals["running"],
             "waiting": totals["waiting"],
+            "waiting_by_key": totals.get("waiting_by_key", {}),
             "cache_hit_ratio": totals["cache_hits"] / lookups if lookups else None,
             "requests_per_s": None, "tokens_per_s": None, "ttft_s": None,
         }

@@ -5,6 +5,8 @@ stop_sequence)."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from impetus.api import generation
@@ -46,6 +48,8 @@ def test_a_waiting_stream_hears_its_queue_position(loaded_model, settings, monke
     single.start()
     try:
         first = start(single, "Write a long story about a lighthouse.", max_tokens=60, temperature=0)
+        while first.handles[0].admitted_at is None:
+            time.sleep(0.01)
         second = start(single, "Hi", max_tokens=2, temperature=0)
         events = [event for _, event in second.events()]
         first.collect()

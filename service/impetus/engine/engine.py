@@ -35,7 +35,13 @@ from dataclasses import dataclass, field
 
 import mlx.core as mx
 from mlx_lm.generate import BatchGenerator
-from mlx_lm.models.cache import KVCache, LRUPromptCache, can_trim_prompt_cache, trim_prompt_cache
+from mlx_lm.models.cache import (
+    KVCache,
+    LRUPromptCache,
+    can_trim_prompt_cache,
+    make_prompt_cache,
+    trim_prompt_cache,
+)
 from mlx_lm.tokenizer_utils import BPEStreamingDetokenizer
 
 from impetus.engine.request import ANONYMOUS, FinishEvent, RequestHandle, SamplingParams, Tenant, TokenEvent
@@ -337,7 +343,7 @@ class Engine:
             return
         free = self.max_batch_size - len(self._running)
         prefilling = sum(1 for state in self._running.values() if state.prefilling)
-        admitted = []
+        admitted, alone = [], set()
         order = self._queue.order()
         for handle in order:
             resuming = handle in self._paused
@@ -355,6 +361,8 @@ class Engine:
                     free += 1
             elif self._shares_prefix(handle, admitted):
                 continue
+            if not alone and not resuming and not self._queue.running[handle.tenant.id] and self._running:
+                alone.add(handle)  # its key's only request, beside others' work: one a round
             self._queue.remove(handle)
             self._queue.started(handle)  # counts for the next decisions of this round
             admitted.append(handle)
@@ -373,13 +381,15 @@ class Engine:
                 handle.admitted_at, handle.admitted_step = now, self.stats.steps
             try:
                 state = self._paused.pop(handle, None)
-                self._resume(state) if state is not None else self._insert(handle)
+                self._resume(state) if state is not None else self._insert(handle, handle in alone)
             except Exception as error:  # a bad request must not stop the engine
                 log.exception("could not start a generation on %s", self.loaded.name)
                 self._queue.stopped(handle)
                 self._fail_waiting(handle, f"could not start generation: {error}")
 
-    def _insert(self, handle: RequestHandle) -> None:
+    def _insert(self, handle: RequestHandle, now: bool = False) -> None:
+        """Into the batch from the longest cached prefix; `now`: a short
+        prompt is computed here first (`_prefill_now`)."""
         prompt = handle.prompt_tokens
         params = handle.params
         cache, rest = self._prefix_cache.fetch_nearest_cache(self.loaded.name, prompt)
@@ -388,12 +398,15 @@ class Engine:
             trim_prompt_cache(cache, 1)
             rest = prompt[-1:]
         cached = len(prompt) - len(rest)
+        computed = len(rest)
+        if now and 1 < len(rest) <= self._prefill_step:
+            cache, rest = self._prefill_now(cache, rest)
         sampler, processors = make_sampler(params), make_processors(params, self.tokenizer)
         (uid,) = self._generator.insert(
             [rest],
             max_tokens=[params.max_tokens],
             caches=[cache],
-            all_tokens=[prompt[:cached]],
+            all_tokens=[prompt[:len(prompt) - len(rest)]],
             samplers=[sampler],
             logits_processors=[processors],
         )
@@ -407,12 +420,30 @@ class Engine:
             cached_tokens=cached,
             sampler=sampler,
             processors=processors,
-            in_cache=cached,
+            in_cache=len(prompt) - len(rest),
         )
         self.stats.prompt_tokens += len(prompt)
         self.stats.cached_prompt_tokens += cached
-        self.stats.prefilled_tokens += len(rest)
-        self._queue.charge(handle.tenant, len(rest))
+        self.stats.prefilled_tokens += computed
+        self._queue.charge(handle.tenant, computed)
+
+    def _prefill_now(self, cache, rest: list[int]) -> tuple[list, list[int]]:
+        """Compute a short prompt (at most one prefill chunk) here, before it
+        joins the batch, leaving only its last token to the generator. In
+        mlx-lm's generator a prompt becomes a sequence one step after its last
+        chunk, and its first token comes out one step after that: each step
+        decodes the whole batch (~0.2 s at 32 on 2 cores). For a key's only
+        request beside other keys' work (key B's question beside key A's
+        flood) the first token comes a whole batch step sooner. One such
+        request per step, not everyone's: one prompt at a time is slower than
+        mlx-lm's batched prefill (a flood of 40 short prompts computed here:
+        13 % fewer tokens/s)."""
+        if cache is None:
+            cache = make_prompt_cache(self.model)
+        with mx.stream(self._generator.stream):
+            self.model(mx.array([rest[:-1]]), cache=cache)
+            mx.eval([c.state for c in cache])
+        return cache, rest[-1:]
 
     # -- pausing (preemption) ----------------------------------------------------
 

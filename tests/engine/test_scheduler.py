@@ -59,18 +59,26 @@ def wait_until(condition, timeout=120):
 def test_a_second_key_gets_a_slot_within_one_step_of_a_flood(engine):
     flood_text = [f"Write a long poem about the number {i}." for i in range(10)]
     alone = [tokens_of(submit(engine, t, max_tokens=40))[0] for t in flood_text[:2]]
+    b_alone = [tokens_of(submit(engine, f"Say hi {i}.", tenant=B, max_tokens=4))[0] for i in range(2)]
+    early = engine.stats.first_tokens_now
     preempted = engine.stats.preempted
     flood = [submit(engine, t, max_tokens=40) for t in flood_text]
     wait_until(lambda: engine.stats.running == engine.max_batch_size)
     wait_until(lambda: any(h.outbox for h in flood))  # decoding: requests can be paused
     # B's first request takes the spare slot; the second needs one of A's: A's latest is paused.
     shorts = [submit(engine, f"Say hi {i}.", tenant=B, max_tokens=4) for i in range(2)]
+    b_flood = []
     for short in shorts:
         short_tokens, finish = tokens_of(short)
         assert finish.reason in ("stop", "length") and short_tokens
+        b_flood.append(short_tokens)
         # B did not wait for A's answers to end.
         assert short.admitted_step - short.queued_step <= 1
     assert engine.stats.preempted > preempted
+    # B's first request, its key's only one beside A's work, got its first token before joining
+    # the batch; the answers are the same as alone.
+    assert engine.stats.first_tokens_now > early
+    assert b_flood == b_alone
     short = shorts[-1]
     results = [tokens_of(h) for h in flood]
     assert all(f.reason == "length" for _, f in results)

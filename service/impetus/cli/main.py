@@ -161,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--pairings", default="same weights,same folder",
                        help="peer: which pairings to run (comma-separated)")
     bench.add_argument("--flood", type=int, default=40, help="fairness: key A's requests, all at once")
-    bench.add_argument("--probes", type=int, default=5, help="fairness: key B's requests alone, the reference")
+    bench.add_argument("--probes", type=int, default=8, help="fairness: key B's requests alone, the reference")
     bench.add_argument("--probe-interval", type=float, default=3.0,
                        help="fairness: seconds between key B's requests under the flood")
     bench.add_argument("--prompt-tokens", type=int, default=3500, help="shared-prefix: the system prompt's size")

@@ -111,6 +111,7 @@ class EngineStats:
     steps: int = 0
     preempted: int = 0  # running requests paused to give their slot to another key
     shared_prefixes: int = 0  # prefixes of requests in flight put into the prefix cache for others
+    first_tokens_now: int = 0  # first tokens computed before joining the batch (_first_token_now)
     started_at: float = field(default_factory=time.time)
 
 
@@ -144,6 +145,18 @@ class _Running:
         return self.generated >= 1 and self.paused is None
 
 
+@dataclass
+class _FirstToken:
+    """A first token computed by the engine itself, shaped as the generator's responses."""
+
+    uid: int
+    token: int
+    logprobs: object
+    finish_reason: str | None
+    prompt_cache: list | None
+    all_tokens: list | None
+
+
 class Engine:
     def __init__(self, loaded: LoadedModel, settings):
         self.loaded = loaded
@@ -161,6 +174,7 @@ class Engine:
         self._prefill_step = settings.prefill_step_size or (512 if mx.default_device() == mx.gpu else 128)
         self._prefill_batch = settings.prefill_batch_size
         self._headroom = max(1, settings.max_batch_size // 8)
+        self._lone_uid = 0  # negative uids of requests that ended at a first token computed here
         self._prefix_cache = LRUPromptCache(
             max_size=settings.prompt_cache_entries, max_bytes=settings.prompt_cache_bytes
         )
@@ -234,6 +248,7 @@ class Engine:
             "generated_tokens": s.generated_tokens,
             "preempted": s.preempted,
             "shared_prefixes": s.shared_prefixes,
+            "first_tokens_now": s.first_tokens_now,
             "scheduler": "fair" if self._queue.fair else "fifo",
             "waiting_by_key": dict(self.waiting_by_key),
             "prefix_cache_entries": len(self._prefix_cache),
@@ -347,7 +362,10 @@ class Engine:
         order = self._queue.order()
         for handle in order:
             resuming = handle in self._paused
-            if not resuming and prefilling >= self._prefill_batch:
+            # Its key's only request, beside others' work: its first token is computed here
+            # (one a round), so it needs no prefill slot of the generator.
+            lone = not alone and not resuming and not self._queue.running[handle.tenant.id] and bool(self._running)
+            if not resuming and not lone and prefilling >= self._prefill_batch:
                 continue  # only resumes (no prompt to compute) until a prefill slot frees
             if free <= 0:
                 pausable = [state.handle for state in self._running.values() if state.can_pause]
@@ -361,13 +379,13 @@ class Engine:
                     free += 1
             elif self._shares_prefix(handle, admitted):
                 continue
-            if not alone and not resuming and not self._queue.running[handle.tenant.id] and self._running:
-                alone.add(handle)  # its key's only request, beside others' work: one a round
+            if lone:
+                alone.add(handle)
             self._queue.remove(handle)
             self._queue.started(handle)  # counts for the next decisions of this round
             admitted.append(handle)
             free -= 1
-            prefilling += not resuming
+            prefilling += not resuming and not lone
         now = time.monotonic()
         position = 0
         for handle in order:
@@ -389,7 +407,8 @@ class Engine:
 
     def _insert(self, handle: RequestHandle, now: bool = False) -> None:
         """Into the batch from the longest cached prefix; `now`: a short
-        prompt is computed here first (`_prefill_now`)."""
+        prompt is computed here and its first token sent at once
+        (`_first_token_now`)."""
         prompt = handle.prompt_tokens
         params = handle.params
         cache, rest = self._prefix_cache.fetch_nearest_cache(self.loaded.name, prompt)
@@ -398,20 +417,9 @@ class Engine:
             trim_prompt_cache(cache, 1)
             rest = prompt[-1:]
         cached = len(prompt) - len(rest)
-        computed = len(rest)
-        if now and 1 < len(rest) <= self._prefill_step:
-            cache, rest = self._prefill_now(cache, rest)
         sampler, processors = make_sampler(params), make_processors(params, self.tokenizer)
-        (uid,) = self._generator.insert(
-            [rest],
-            max_tokens=[params.max_tokens],
-            caches=[cache],
-            all_tokens=[prompt[:len(prompt) - len(rest)]],
-            samplers=[sampler],
-            logits_processors=[processors],
-        )
         stops = [s for s in params.stop if s]
-        self._running[uid] = _Running(
+        state = _Running(
             handle=handle,
             detokenizer=self._new_detokenizer(),
             stops=stops,
@@ -420,30 +428,69 @@ class Engine:
             cached_tokens=cached,
             sampler=sampler,
             processors=processors,
-            in_cache=len(prompt) - len(rest),
+            in_cache=cached,
         )
         self.stats.prompt_tokens += len(prompt)
         self.stats.cached_prompt_tokens += cached
-        self.stats.prefilled_tokens += computed
-        self._queue.charge(handle.tenant, computed)
+        self.stats.prefilled_tokens += len(rest)
+        self._queue.charge(handle.tenant, len(rest))
+        if now and len(rest) <= self._prefill_step:
+            self._first_token_now(state, cache, rest)
+            return
+        (uid,) = self._generator.insert(
+            [rest],
+            max_tokens=[params.max_tokens],
+            caches=[cache],
+            all_tokens=[prompt[:cached]],
+            samplers=[sampler],
+            logits_processors=[processors],
+        )
+        self._running[uid] = state
 
-    def _prefill_now(self, cache, rest: list[int]) -> tuple[list, list[int]]:
-        """Compute a short prompt (at most one prefill chunk) here, before it
-        joins the batch, leaving only its last token to the generator. In
-        mlx-lm's generator a prompt becomes a sequence one step after its last
-        chunk, and its first token comes out one step after that: each step
-        decodes the whole batch (~0.2 s at 32 on 2 cores). For a key's only
-        request beside other keys' work (key B's question beside key A's
-        flood) the first token comes a whole batch step sooner. One such
-        request per step, not everyone's: one prompt at a time is slower than
-        mlx-lm's batched prefill (a flood of 40 short prompts computed here:
-        13 % fewer tokens/s)."""
+    def _first_token_now(self, state: _Running, cache, rest: list[int]) -> None:
+        """Compute a short prompt (at most one prefill chunk) and sample its
+        first token here, send that token, and only then let the request join
+        the batch. In mlx-lm's generator a prompt becomes a sequence one step
+        after its last chunk, and its first token comes out one step after
+        that, and every step decodes the whole batch (~0.25 s at 32 sequences
+        on 2 cores): a short question beside a flood waited ~2.5 such steps.
+        Here it waits for the step in progress and its own prompt. Used for
+        a key's only request beside other keys' work, one per step: one
+        prompt at a time is slower than mlx-lm's batched prefill (a flood of
+        40 short prompts each computed alone: 13 % fewer tokens/s). The
+        sampler and logits processors are the request's own, called as the
+        generator calls them, so the output is the same."""
+        handle, prompt = state.handle, state.handle.prompt_tokens
         if cache is None:
             cache = make_prompt_cache(self.model)
         with mx.stream(self._generator.stream):
-            self.model(mx.array([rest[:-1]]), cache=cache)
-            mx.eval([c.state for c in cache])
-        return cache, rest[-1:]
+            logits = self.model(mx.array([rest]), cache=cache)[:, -1, :]
+            context = mx.array(prompt, dtype=mx.int32)
+            for processor in state.processors:
+                logits = processor(context, logits)
+            logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+            token = state.sampler(logprobs) if state.sampler is not None else mx.argmax(logprobs, axis=-1)
+            mx.eval(token, logprobs, [c.state for c in cache])
+        token = int(token.item())
+        state.in_cache = len(prompt)
+        self.stats.first_tokens_now += 1
+        finish = "stop" if token in self.tokenizer.eos_token_ids else (
+            "length" if handle.params.max_tokens <= 1 else None)
+        if finish is None:
+            (uid,) = self._generator.insert(
+                [[token]],
+                max_tokens=[handle.params.max_tokens - 1],
+                caches=[cache],
+                all_tokens=[list(prompt)],
+                samplers=[state.sampler],
+                logits_processors=[state.processors],
+            )
+        else:  # done at its first token: it never joins the batch
+            self._lone_uid -= 1
+            uid = self._lone_uid
+        self._running[uid] = state
+        self._on_token(_FirstToken(uid, token, logprobs[0], finish, cache if finish else None,
+                                   list(prompt) if finish else None), state)
 
     # -- pausing (preemption) ----------------------------------------------------
 

@@ -142,6 +142,8 @@ def test_live_charts_move_with_traffic(stack, page, admin_key):
     page.click("nav >> text=Live")
     chart = page.locator("[data-test='chart-tok/s']")
     chart.locator("canvas").wait_for()
+    # Nobody waits for a batch slot on an idle server; the card says so (a table by key when some do).
+    assert page.locator("[data-test=waiting-by-key]").inner_text() == "Nobody is waiting."
     before = int(page.locator("[data-test=requests-total] .value").inner_text())
     for _ in range(3):
         httpx.post(f"{stack['url']}/v1/chat/completions", timeout=60, headers={"Authorization": f"Bearer {admin_key}"},

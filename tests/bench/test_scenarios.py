@@ -114,3 +114,30 @@ def test_soak_records_memory_and_open_files_over_time(data_dir, tmp_path):
     for name in ("server", "nginx", "redis"):
         assert all(sample[f"{name}_rss_bytes"] > 0 for sample in result["samples"])
         assert f"{name}_mib_per_minute_second_half" in result["summary"]
+
+
+@pytest.mark.slow
+def test_fairness_runs_the_fair_scheduler_and_fifo_on_the_real_stack(data_dir, tmp_path):
+    # The flood (4 x 48 tokens) outlasts the second before key B starts asking.
+    summary = bench("--scenario", "fairness", "--flood", "4", "--max-tokens", "48", "--probes", "2",
+                    "--probe-interval", "0.5", data_dir=data_dir, out=tmp_path)
+    assert summary["runs"] == written(tmp_path, "fairness")["runs"]
+    assert [run["scheduler"] for run in summary["runs"]] == ["fair", "fifo"]
+    for run in summary["runs"]:
+        assert run["errors"] == {} and run["b_probes"] >= 1 and run["tokens"] >= 4 * 48
+        assert run["b_slowdown_p50"] == pytest.approx(run["b_flood_ttft_p50_s"] / run["b_alone_ttft_p50_s"])
+    fair, fifo = summary["runs"]
+    assert summary["throughput_vs_fifo"] == pytest.approx(fair["tokens_per_s"] / fifo["tokens_per_s"])
+
+
+@pytest.mark.slow
+def test_shared_prefix_counts_the_prefill_work_against_the_peer(data_dir, tmp_path):
+    summary = bench("--scenario", "shared-prefix", "--levels", "3", "--prompt-tokens", "400", "--max-tokens", "4",
+                    "--servers", "impetus,mlx_lm.server", data_dir=data_dir, out=tmp_path)
+    written(tmp_path, "shared-prefix")
+    [ours], [peer] = summary["series"]["impetus"], summary["series"]["mlx_lm.server"]
+    assert ours["errors"] == {} and peer["errors"] == {} and ours["n"] == peer["n"] == 3
+    # Three prompts sharing ~400 tokens: computed about once, the rest from the prefix cache.
+    assert ours["shared_prefixes"] >= 1
+    assert ours["prefilled_tokens"] < ours["prompt_tokens"] / 2, ours
+    assert summary["ttft_p50_vs_mlx_lm_server"]["3"] == pytest.approx(peer["ttft_p50_s"] / ours["ttft_p50_s"])

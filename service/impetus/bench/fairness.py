@@ -105,9 +105,12 @@ def one_run(settings, scheduler: str, flood: int, max_tokens: int, probes: int, 
         "errors": error_counts(flood_results + probe_results),
         "b_flood_ttfts_s": flood_ttft,
     }
-    progress(f"  {scheduler:<5} B TTFT alone {base * 1000:.0f} ms, under the flood p50 "
-             f"{row['b_flood_ttft_p50_s'] * 1000:.0f} ms ({row['b_slowdown_p50']:.1f}x) p95 "
-             f"{row['b_flood_ttft_p95_s'] * 1000:.0f} ms ({row['b_slowdown_p95']:.1f}x); "
+    def ms(seconds):
+        return "-" if seconds is None else f"{seconds * 1000:.0f} ms"
+
+    progress(f"  {scheduler:<5} B TTFT alone {ms(base)}, under the flood p50 {ms(row['b_flood_ttft_p50_s'])} "
+             f"({row['b_slowdown_p50'] or 0:.1f}x) p95 {ms(row['b_flood_ttft_p95_s'])} "
+             f"({row['b_slowdown_p95'] or 0:.1f}x), {len(flood_ttft)} questions; "
              f"{row['tokens_per_s']:.1f} tok/s aggregate; errors {row['errors']}")
     return row
 

@@ -22,6 +22,7 @@ from impetus.api.schemas import (
     FunctionName,
     NamedToolChoice,
     OutputTokens,
+    Priority,
     Tool,
     _Request,
     _Response,
@@ -233,9 +234,7 @@ class MessagesRequest(MessagesCountRequest):
     fallbacks: Any = None
     fallback_credit_token: Any = None
     thread: dict | None = None
-    priority: int | None = Field(default=None, ge=-100, le=100,
-                                  description="Impetus extension (vLLM's): lower is served first; never earlier "
-                                              "than the key's priority (0 interactive, 1 batch)")
+    priority: Priority = None
 
     def to_chat(self) -> ChatCompletionRequest:
         """The same request as chat completions take it."""

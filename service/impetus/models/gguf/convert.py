@@ -1,0 +1,324 @@
+"""Convert a GGUF file into an MLX model folder (config.json, safetensors,
+tokenizer.json, tokenizer_config.json), one tensor at a time.
+
+Each tensor is dequantized to float32 by gguf-py, then stored as the user
+asked: float32/float16/bfloat16, or MLX affine 2- to 8-bit (`bits`, `group_size`).
+The default keeps the file's precision: a float file stays in its float type,
+Q8_0 and Q6_K files become 8-bit, the rest 4-bit. Tensors the file kept at Q6_K or more
+beside lower-precision layers (a Q4_K_M file's Q8_0 embedding and Q6_K
+`ffn_down`/`attn_v`, a Q4_1 file's Q8_0 embedding) stay at 8 bits, as
+llama.cpp's mixes chose them.
+
+Safety: the output's size is computed before anything is written and checked
+against the free disk space; the folder is written under a hidden staging
+name and renamed into place at the end, so a failed or killed import leaves
+nothing (a staging folder left by `kill -9` is removed by the next import);
+importing the same file with the same options again is a no-op.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from impetus.models.gguf.arch import architecture
+from impetus.models.gguf.reader import SOURCE_BITS, GGUFFile, GGUFImportError, Tensor
+from impetus.models.gguf.tokenizer import build_tokenizer, build_tokenizer_config
+
+FLOAT_DTYPES = ("float32", "float16", "bfloat16")
+SHARD_BYTES = 2 << 30  # safetensors files of at most ~2 GiB
+HIGH_PRECISION_BITS = 6.5  # sources at or above this keep 8 bits in a 4-bit import
+# A float file is not quantized unless asked to (`--bits`): it keeps its precision.
+_FLOAT_SOURCES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
+
+
+@dataclass
+class ImportProgress:
+    """What an import is doing; str() is the line the CLI prints."""
+
+    stage: str  # "reading", "converting", "writing", "tokenizer", "done", "skipped"
+    message: str
+    tensors_done: int = 0
+    tensors_total: int = 0
+    bytes_written: int = 0
+    bytes_total: int = 0
+
+    def __str__(self) -> str:
+        return self.message
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+Progress = Callable[[object], None]
+
+
+@dataclass(frozen=True)
+class Options:
+    bits: int | None = None  # 4 or 8; None: from the source type
+    group_size: int = 32
+    dtype: str | None = None  # a float dtype instead of quantizing
+
+    def resolve(self, source_type: str) -> "Options":
+        if self.dtype is not None:
+            if self.dtype not in FLOAT_DTYPES:
+                raise GGUFImportError(f"dtype must be one of {', '.join(FLOAT_DTYPES)}")
+            return Options(None, self.group_size, self.dtype)
+        if self.bits is None and source_type in _FLOAT_SOURCES:
+            return Options(None, self.group_size, _FLOAT_SOURCES[source_type])
+        bits = self.bits or (8 if SOURCE_BITS.get(source_type, 0) >= HIGH_PRECISION_BITS else 4)
+        if bits not in (2, 3, 4, 5, 6, 8):
+            raise GGUFImportError("bits must be 2, 3, 4, 5, 6 or 8")
+        if self.group_size not in (32, 64, 128):
+            raise GGUFImportError("group size must be 32, 64 or 128")
+        return Options(bits, self.group_size, None)
+
+    def as_dict(self) -> dict:
+        return {"bits": self.bits, "group_size": self.group_size if self.bits else None, "dtype": self.dtype}
+
+
+@dataclass(frozen=True)
+class Planned:
+    """How one tensor is stored: under `name`, quantized at `bits` or as `dtype`."""
+
+    tensor: Tensor
+    name: str
+    bits: int | None
+    dtype: str
+
+    def output_bytes(self, group_size: int) -> int:
+        count = int(np.prod(self.tensor.shape))
+        if self.bits:  # packed weights + a float16 scale and bias per group
+            return count * self.bits // 8 + count // group_size * 4
+        return count * (4 if self.dtype == "float32" else 2)
+
+
+def plan(f: GGUFFile, options: Options) -> list[Planned]:
+    arch = architecture(f)
+    main_bits = SOURCE_BITS.get(f.source_type(), 16)
+    planned = []
+    for tensor in f.tensors.values():
+        name = arch.weight_name(tensor.name)
+        if name is None:
+            continue
+        quantizable = (options.bits and len(tensor.shape) == 2 and name.endswith(".weight")
+                       and "norm" not in name and tensor.shape[-1] % options.group_size == 0)
+        if quantizable:
+            source_bits = SOURCE_BITS.get(tensor.type, 16)
+            keep_8 = source_bits >= HIGH_PRECISION_BITS and source_bits > main_bits
+            planned.append(Planned(tensor, name, max(options.bits, 8) if keep_8 else options.bits, "float16"))
+        else:
+            # Norms and biases are tiny: float32 whatever the rest, as the file keeps them.
+            dtype = "float32" if len(tensor.shape) == 1 else (options.dtype or "float16")
+            planned.append(Planned(tensor, name, None, dtype))
+    return planned
+
+
+def quantization_config(planned: list[Planned], options: Options) -> dict:
+    bits = [p.bits for p in planned if p.bits]
+    if not bits:
+        return {}
+    quant: dict = {"group_size": options.group_size, "bits": options.bits}
+    for p in planned:
+        if p.bits and p.bits != options.bits:
+            quant[p.name.removesuffix(".weight")] = {"group_size": options.group_size, "bits": p.bits}
+    return quant
+
+
+def _source_stamp(path: Path, options: Options) -> dict:
+    stat = path.stat()
+    return {"file": path.name, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, **options.as_dict()}
+
+
+def already_imported(target: Path, stamp: dict) -> bool:
+    try:
+        recorded = json.loads((target / "config.json").read_text()).get("impetus", {})
+    except (OSError, ValueError):
+        return False
+    return all(recorded.get(key) == value for key, value in stamp.items())
+
+
+# Legacy ggml blocks of 32 that are MLX affine groups as they are: (bits, bytes
+# per block, has a stored minimum). Q4_0 is d * (q - 8), Q4_1 d * q + m, Q8_0
+# d * q with q signed: scale d and bias -8d, m or -128d, all exact in float16.
+_EXACT = {"Q4_0": (4, 18, False), "Q4_1": (4, 20, True), "Q8_0": (8, 34, False)}
+
+
+def repack_exact(tensor: Tensor, bits: int, group_size: int):
+    """A Q4_0/Q4_1/Q8_0 tensor as MLX (weight, scales, biases) without loss,
+    when the target is the same bits in groups of 32; None otherwise.
+
+    gguf-py gives floats only, and quantizing those again moves values off
+    their grid (a Q4_0 block rarely spans all 16 levels): this reads the block
+    layout (ggml-common.h) and repacks the same integers into MLX's uint32s.
+    """
+    if tensor.type not in _EXACT or group_size != 32 or _EXACT[tensor.type][0] != bits:
+        return None
+    _, block_bytes, has_min = _EXACT[tensor.type]
+    rows = tensor.shape[0]
+    blocks = np.asarray(tensor._raw.data, dtype=np.uint8).reshape(rows, -1, block_bytes)
+    d = blocks[..., 0:2].copy().view(np.float16)[..., 0]
+    if bits == 4:
+        start = 4 if has_min else 2
+        qs = blocks[..., start:start + 16]
+        q = np.concatenate([qs & 0x0F, qs >> 4], axis=-1).astype(np.uint32)  # (rows, blocks, 32)
+        bias = blocks[..., 2:4].copy().view(np.float16)[..., 0] if has_min else d * np.float16(-8)
+    else:
+        q = (blocks[..., 2:].view(np.int8).astype(np.int16) + 128).astype(np.uint32)
+        bias = d * np.float16(-128)
+    per_word = 32 // bits
+    q = q.reshape(rows, -1, per_word)
+    packed = np.zeros(q.shape[:2], dtype=np.uint32)
+    for j in range(per_word):
+        packed |= q[..., j] << np.uint32(bits * j)
+    return packed, d, bias.astype(np.float16)
+
+
+def _convert(p: Planned, arch, group_size: int) -> dict:
+    import mlx.core as mx
+
+    base = p.name.removesuffix(".weight")
+    exact = repack_exact(p.tensor, p.bits, group_size) if p.bits else None
+    if exact is not None:
+        weight, scales, biases = (mx.array(a) for a in exact)
+        return {p.name: weight, f"{base}.scales": scales, f"{base}.biases": biases}
+    values = arch.transform(p.tensor.name, p.tensor.dequantize())
+    if p.bits:
+        weight, scales, biases = mx.quantize(mx.array(values), group_size=group_size, bits=p.bits)
+        return {p.name: weight, f"{base}.scales": scales.astype(mx.float16),
+                f"{base}.biases": biases.astype(mx.float16)}
+    return {p.name: mx.array(values).astype(getattr(mx, p.dtype))}
+
+
+def import_gguf(
+    gguf_path: Path | str,
+    models_dir: Path | str,
+    name: str | None = None,
+    progress: Progress = lambda update: None,
+    overwrite: bool = False,
+    options: Options = Options(),
+    display_source: str | None = None,
+) -> Path:
+    """Convert `gguf_path` into `models_dir/name` and return that folder."""
+    import mlx.core as mx
+
+    gguf_path = Path(gguf_path)
+    models_dir = Path(models_dir)
+    if not gguf_path.is_file():
+        raise GGUFImportError(f"no such file: {gguf_path}")
+    name = name or default_model_name(gguf_path)
+    target = models_dir / name
+
+    progress(ImportProgress("reading", f"reading {display_source or gguf_path.name}"))
+    f = GGUFFile(gguf_path)
+    arch = architecture(f)
+    options = options.resolve(f.source_type())
+    stamp = _source_stamp(gguf_path, options)
+    if target.exists():
+        if already_imported(target, stamp) and not overwrite:
+            progress(ImportProgress("skipped", f"{name} is already imported from this file (--force redoes it)"))
+            return target
+        if not overwrite:
+            raise GGUFImportError(f"a model named {name!r} already exists at {target} (--force replaces it)")
+
+    planned = plan(f, options)
+    config = arch.config(f)
+    quant = quantization_config(planned, options)
+    if quant:
+        config["quantization"] = quant
+        config["quantization_config"] = quant
+    config["bos_token_id"] = f.meta.get("tokenizer.ggml.bos_token_id")
+    eos = [f.meta.get(key) for key in ("tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id",
+                                       "tokenizer.ggml.eom_token_id")]
+    eos = list(dict.fromkeys(e for e in eos if e is not None))
+    config["eos_token_id"] = eos[0] if len(eos) == 1 else eos or None
+    config["impetus"] = {"source": "gguf", "name": f.meta.get("general.name"), "architecture": f.architecture,
+                         "source_type": f.source_type(), **stamp}
+    tokenizer = build_tokenizer(f.meta)  # before writing: a bad vocabulary fails fast
+    total_bytes = sum(p.output_bytes(options.group_size) for p in planned)
+    models_dir.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(models_dir).free
+    if total_bytes * 1.05 + (64 << 20) > free:
+        raise GGUFImportError(f"not enough disk space in {models_dir}: the model needs about "
+                              f"{total_bytes / 2**30:.2f} GiB and {free / 2**30:.2f} GiB is free")
+    what = f"{options.bits}-bit (group {options.group_size})" if options.bits else options.dtype
+    progress(ImportProgress("converting", f"{len(planned)} tensors of a {f.architecture} model "
+                            f"({f.source_type()} source) to {what}, about {total_bytes / 2**20:,.0f} MB",
+                            0, len(planned), 0, total_bytes))
+
+    for stale in models_dir.glob(f".{name}.*"):  # left by an import that was killed
+        shutil.rmtree(stale, ignore_errors=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=models_dir))
+    try:
+        shards, shard, shard_bytes, written = [], {}, 0, 0
+        step = max(1, len(planned) // 20)
+        for index, p in enumerate(planned, 1):
+            arrays = _convert(p, arch, options.group_size)
+            mx.eval(list(arrays.values()))
+            shard.update(arrays)
+            size = sum(a.nbytes for a in arrays.values())
+            shard_bytes += size
+            written += size
+            if shard_bytes >= SHARD_BYTES or index == len(planned):
+                shards.append(staging / f"shard-{len(shards):05d}.safetensors")
+                mx.save_safetensors(str(shards[-1]), shard, metadata={"format": "mlx"})
+                shard, shard_bytes = {}, 0
+            if index % step == 0 or index == len(planned):
+                progress(ImportProgress("converting", f"tensors {index}/{len(planned)}, "
+                                        f"{written / 2**20:,.0f} MB converted", index, len(planned), written,
+                                        total_bytes))
+        _name_shards(staging, shards)
+        (staging / "config.json").write_text(json.dumps(config, indent=2))
+        progress(ImportProgress("tokenizer", "writing the tokenizer rebuilt from GGUF metadata",
+                                len(planned), len(planned), written, total_bytes))
+        tokenizer.save(str(staging / "tokenizer.json"))
+        (staging / "tokenizer_config.json").write_text(
+            json.dumps(build_tokenizer_config(f.meta, config.get("max_position_embeddings")), indent=2))
+        (staging / "generation_config.json").write_text(
+            json.dumps({"eos_token_id": config["eos_token_id"], "bos_token_id": config["bos_token_id"]}))
+        if target.exists():
+            shutil.rmtree(target)
+        staging.rename(target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    progress(ImportProgress("done", f"imported {name} -> {target}", len(planned), len(planned), written,
+                            total_bytes))
+    return target
+
+
+def _name_shards(folder: Path, shards: list[Path]) -> None:
+    """One file: model.safetensors; several: model-0000k-of-0000n with an index."""
+    if len(shards) == 1:
+        shards[0].rename(folder / "model.safetensors")
+        return
+    from impetus.models.metadata import safetensors_header
+
+    weight_map = {}
+    for k, shard in enumerate(shards, 1):
+        final = folder / f"model-{k:05d}-of-{len(shards):05d}.safetensors"
+        shard.rename(final)
+        weight_map.update({tensor: final.name for tensor in safetensors_header(final)})
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+
+
+def default_model_name(gguf_path: Path) -> str:
+    """'SmolLM2-135M-Instruct.Q4_1.gguf' -> 'smollm2-135m-instruct-q4_1'."""
+    import re
+
+    stem = gguf_path.name.removesuffix(".gguf")
+    return re.sub(r"[^a-z0-9_-]+", "-", stem.lower()).strip("-")
+
+
+def free_space_needed(path: Path | str, options: Options = Options()) -> int:
+    """Bytes the import of `path` would write (for `models discover`)."""
+    f = GGUFFile(path)
+    options = options.resolve(f.source_type())
+    return sum(p.output_bytes(options.group_size) for p in plan(f, options))
+

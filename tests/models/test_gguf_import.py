@@ -8,12 +8,13 @@ import json
 import mlx.core as mx
 import numpy as np
 import pytest
-from gguf_reference import Reference
-from tiny_gguf import ARCHES, write_tiny
 
 from impetus.models.gguf import GGUFImportError, Options, import_gguf
 from impetus.models.loader import load
 from impetus.models.store import DEFAULT_MODEL
+
+from gguf_reference import Reference
+from tiny_gguf import ARCHES, write_tiny
 
 PROMPT = [5, 17, 42, 7, 99, 3, 8, 11]
 # Every type gguf-py can also write; the K-quants come from the real Gemma file below.

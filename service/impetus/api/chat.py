@@ -21,7 +21,9 @@ def render_chat(tokenizer, messages, tool_list=None, template_kwargs: dict | Non
     """The prompt's tokens; `template_kwargs` (chat_template_kwargs, e.g.
     {"enable_thinking": false}) go to the template as they are."""
     if getattr(tokenizer, "chat_template", None) is None:
-        raise bad_request("This model has no chat template; use /v1/completions.", param="model")
+        raise bad_request("This model has no chat template (a base model): use /v1/completions, or attach a "
+                          "template with `impetus models alias MODEL --chat-template FILE`.", param="model",
+                          code="model_has_no_chat_template")
     reserved = RESERVED_TEMPLATE_ARGUMENTS.intersection(template_kwargs or {})
     if reserved:
         raise bad_request(f"chat_template_kwargs may not set {', '.join(sorted(reserved))}; the server does.",

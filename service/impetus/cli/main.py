@@ -70,11 +70,25 @@ def build_parser() -> argparse.ArgumentParser:
     model_commands = models.add_subparsers(dest="models_command", required=True)
     listing = model_commands.add_parser("list", help="models in the data dir")
     _add_common(listing)
-    importing = model_commands.add_parser("import-gguf", help="convert a llama GGUF into an MLX model folder")
-    _add_common(importing)
-    importing.add_argument("path")
-    importing.add_argument("--name", help="model name (default: from the file name)")
-    importing.add_argument("--force", action="store_true", help="replace an existing model of that name")
+    for verb, text in (("import", "import a model from a GGUF path, ollama:NAME[:TAG], lmstudio:PUBLISHER/REPO "
+                                  "or hf:OWNER/NAME"),
+                       ("import-gguf", "convert a GGUF file into an MLX model folder (as `import PATH`)")):
+        importing = model_commands.add_parser(verb, help=text)
+        _add_common(importing)
+        importing.add_argument("source", metavar="SOURCE" if verb == "import" else "PATH")
+        importing.add_argument("--name", help="model name (default: from the source)")
+        importing.add_argument("--force", action="store_true", help="replace an existing model of that name")
+        importing.add_argument("--bits", type=int, choices=(2, 3, 4, 5, 6, 8),
+                               help="store MLX affine-quantized weights of this many bits (default: 8 for Q8_0 "
+                                    "and Q6_K files, the float type for F16/F32 files, 4 otherwise)")
+        importing.add_argument("--group-size", type=int, choices=(32, 64, 128), default=32,
+                               help="weights per scale and bias (default 32, ggml's block)")
+        importing.add_argument("--dtype", choices=("float32", "float16", "bfloat16"),
+                               help="store unquantized weights of this type instead")
+    discover = model_commands.add_parser("discover", help="models already on this Mac: Ollama, LM Studio, "
+                                                          "the Hugging Face cache")
+    _add_common(discover)
+    discover.add_argument("--json", action="store_true", help="print JSON")
     ensure = model_commands.add_parser("ensure", help="make sure a model is available locally")
     _add_common(ensure)
     ensure.add_argument("model", nargs="?", help="model name or path (default: the configured model)")
@@ -91,6 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     alias.add_argument("--weights", choices=("auto", "stored", "float32", "float16", "bfloat16"),
                        help="serve the target's weights this way (stored: as quantized on disk)")
     alias.add_argument("--remove", action="store_true", help="remove the alias NAME")
+    alias.add_argument("--chat-template", metavar="FILE",
+                       help="a Jinja chat template for NAME (a model without one, or to replace its own)")
     for verb, text in (("load", "load a model in a running server"), ("unload", "unload a model from a running server"),
                        ("loaded", "what a running server has loaded")):
         command = model_commands.add_parser(verb, help=text)

@@ -1,17 +1,19 @@
-"""`impetus models list|import-gguf|ensure|pull|alias|load|unload|loaded`"""
+"""`impetus models list|import|import-gguf|discover|ensure|pull|alias|load|unload|loaded`"""
 
 from __future__ import annotations
 
 import json
 import os
 import sys
+from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from impetus.cli.output import table_console
 from impetus.models import store
-from impetus.models.gguf import GGUFImportError, import_gguf
+from impetus.models.gguf import GGUFImportError
 from impetus.models.registry import AliasError, Registry
 
 
@@ -25,7 +27,7 @@ def _params(n: int) -> str:
 
 def run(args, settings) -> None:
     console = Console(stderr=True, soft_wrap=True)
-    progress = lambda message: console.print(f"[cyan]•[/] {message}")  # noqa: E731
+    progress = lambda message: console.print(f"[cyan]•[/] {escape(str(message))}", highlight=False)  # noqa: E731
 
     def fail(message) -> None:
         console.print(f"[red]error:[/] {message}")
@@ -47,13 +49,26 @@ def run(args, settings) -> None:
             table.add_row(entry.name, _params(meta.parameters), meta.quantization, str(meta.context_length or "?"),
                           "yes" if meta.chat_template else "no", _mb(meta.size_bytes), source, str(entry.path))
         table_console().print(table)
-    elif command == "import-gguf":
+    elif command in ("import", "import-gguf"):
+        from impetus.models import sources
+        from impetus.models.gguf import Options
+
+        if command == "import-gguf" and not Path(args.source).expanduser().is_file():
+            fail(f"no such file: {args.source}")
+        listing = {"ollama:": sources.ollama_models, "lmstudio:": lambda: [r for r, _ in sources.lmstudio_models()],
+                   "hf:": lambda: [r for r, _ in sources.hf_models()]}.get(args.source)
+        if listing is not None:  # `impetus models import ollama:` lists what Ollama has
+            for reference in listing():
+                print(f"{args.source}{reference}")
+            return
         try:
-            path = import_gguf(args.path, settings.models_dir, name=args.name, progress=progress,
-                               overwrite=args.force)
-        except GGUFImportError as error:
+            _, path = sources.import_source(args.source, registry, name=args.name, force=args.force, progress=progress,
+                                    options=Options(args.bits, args.group_size, args.dtype))
+        except (GGUFImportError, AliasError) as error:
             fail(error)
         print(path)
+    elif command == "discover":
+        _discover(args, settings)
     elif command == "ensure":
         try:
             print(registry.find(args.model or settings.model, progress=progress).path)
@@ -69,19 +84,42 @@ def run(args, settings) -> None:
             fail(error)
     elif command == "alias":
         try:
+            template = Path(args.chat_template).read_text() if args.chat_template else None
             if args.remove:
                 registry.remove_alias(args.name)
                 progress(f"removed the alias {args.name!r}")
+            elif not args.target and template is not None:
+                registry.set_chat_template(args.name, template)
+                progress(f"{args.name} has the chat template from {args.chat_template}")
             elif not args.target:
-                fail("give the TARGET model (or --remove)")
+                fail("give the TARGET model (or --remove, or --chat-template FILE)")
             else:
-                entry = registry.add_alias(args.name, args.target, args.weights)
+                entry = registry.add_alias(args.name, args.target, args.weights, chat_template=template)
                 progress(f"{entry.name} -> {entry.alias_of}" + (f" ({entry.weights_dtype} weights)"
                                                                  if entry.weights_dtype else ""))
-        except (AliasError, store.ModelNotFound) as error:
+        except (AliasError, store.ModelNotFound, OSError) as error:
             fail(error)
     else:
         _server_command(args, settings, fail)
+
+
+def _discover(args, settings) -> None:
+    from impetus.models.loader import choose_weights_dtype
+    from impetus.models.sources import discover
+
+    serve_float32 = choose_weights_dtype(settings.weights_dtype) == "float32"
+    found = discover(settings.worker_memory_budget(), serve_float32)
+    if args.json:
+        print(json.dumps([d.as_dict() for d in found], indent=2))
+        return
+    table = Table("source", "kind", "architecture", "type", "size", "memory", "fits", "path",
+                  title=f"importable models (memory budget per worker {_mb(settings.worker_memory_budget())})")
+    for d in found:
+        table.add_row(d.source, d.kind, d.architecture or "?", d.type or "?", _mb(d.size_bytes),
+                      _mb(d.memory_bytes), "yes" if d.fits else "[red]no[/]", d.path)
+    table_console().print(table)
+    if not found:
+        print("nothing found in ~/.ollama/models, ~/.lmstudio/models or ~/.cache/huggingface/hub", file=sys.stderr)
 
 
 def _server_command(args, settings, fail) -> None:

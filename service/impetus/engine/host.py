@@ -268,6 +268,6 @@ class EngineHost:
 
 
 def _load_and_warm(entry: ModelEntry, dtype: str):
-    loaded = loader.load(entry.path, name=entry.name, weights_dtype=dtype)
+    loaded = loader.load(entry.path, name=entry.name, weights_dtype=dtype, chat_template=entry.chat_template)
     loader.warm_up(loaded)
     return loaded

@@ -73,10 +73,14 @@ def folder_revision(path: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def load(path: Path, name: str | None = None, weights_dtype: str = "auto") -> LoadedModel:
+def load(path: Path, name: str | None = None, weights_dtype: str = "auto",
+         chat_template: str | None = None) -> LoadedModel:
+    """`chat_template`: an alias's own template, over the folder's (or its lack)."""
     started = time.perf_counter()
     model, config = load_model(path)
     tokenizer = load_tokenizer(path, eos_token_ids=config.get("eos_token_id"))
+    if chat_template is not None:
+        tokenizer._tokenizer.chat_template = chat_template
     dtype = choose_weights_dtype(weights_dtype)
     cast_model(model, dtype)
     mx.eval(model.parameters())

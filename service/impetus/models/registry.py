@@ -9,6 +9,7 @@ its own to the API, loaded, listed and unloaded on its own.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -34,10 +35,14 @@ class ModelEntry:
     created: int
     alias_of: str | None = None
     weights_dtype: str | None = None  # None: the server's setting
+    chat_template: str | None = None  # an alias's own template (Jinja), over the folder's
 
     @property
     def metadata(self) -> ModelMetadata:
-        return read_metadata(self.path)
+        meta = read_metadata(self.path)
+        if self.chat_template and not meta.chat_template:
+            meta = dataclasses.replace(meta, chat_template=True)
+        return meta
 
 
 class Registry:
@@ -52,19 +57,41 @@ class Registry:
         except FileNotFoundError:
             return {}
 
-    def add_alias(self, name: str, target: str, weights_dtype: str | None = None) -> ModelEntry:
+    def add_alias(self, name: str, target: str, weights_dtype: str | None = None,
+                  chat_template: str | None = None, replace: bool = False) -> ModelEntry:
         if not _NAME.match(name):
             raise AliasError(f"{name!r} is not a usable model name (letters, digits, . _ : -)")
         if store.is_model_folder(self.models_dir / name):
             raise AliasError(f"{name!r} is already a model folder in {self.models_dir}")
         if target in self.aliases():
             raise AliasError(f"{target!r} is itself an alias: point {name!r} at a model")
+        if name in self.aliases() and not replace:
+            raise AliasError(f"{name!r} is already an alias (of {self.aliases()[name]['target']!r})")
         if weights_dtype is not None and weights_dtype not in WEIGHTS_CHOICES:
             raise AliasError(f"weights must be one of {', '.join(WEIGHTS_CHOICES)}")
         path = store.resolve_model(target, self.models_dir, progress=lambda m: None)
         aliases = self.aliases()
         aliases[name] = {"target": target if "/" not in target else str(path), "weights_dtype": weights_dtype}
+        if chat_template is not None:
+            aliases[name]["chat_template"] = check_template(chat_template)
         self._write(aliases)
+        return self.find(name)
+
+    def set_chat_template(self, name: str, template: str) -> ModelEntry:
+        """Give a model a chat template: an alias keeps it in aliases.json; a
+        model folder of this data dir gets chat_template.jinja (transformers
+        reads it from there); a folder served in place is not written to."""
+        check_template(template)
+        aliases = self.aliases()
+        if name in aliases:
+            aliases[name]["chat_template"] = template
+            self._write(aliases)
+            return self.find(name)
+        entry = self.find(name)
+        if entry.path.parent != self.models_dir:
+            raise AliasError(f"{entry.path} is not a folder of this data dir: make an alias with the template "
+                             f"(impetus models alias NEW-NAME {name} --chat-template FILE)")
+        (entry.path / "chat_template.jinja").write_text(template)
         return self.find(name)
 
     def remove_alias(self, name: str) -> None:
@@ -98,10 +125,24 @@ class Registry:
         if alias is not None:
             path = store.resolve_model(alias["target"], self.models_dir, progress=progress)
             return ModelEntry(reference, path, _created(path), alias_of=alias["target"],
-                              weights_dtype=alias.get("weights_dtype"))
+                              weights_dtype=alias.get("weights_dtype"), chat_template=alias.get("chat_template"))
         path = store.resolve_model(reference, self.models_dir, progress=progress)
         name = reference if "/" not in reference else path.name
         return ModelEntry(name, path, _created(path))
+
+
+def check_template(template: str) -> str:
+    """The template, if it renders a two-turn conversation; AliasError otherwise."""
+    from jinja2 import TemplateError
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    try:
+        ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True).from_string(template).render(
+            messages=[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}],
+            add_generation_prompt=True, bos_token="", eos_token="")
+    except TemplateError as error:
+        raise AliasError(f"the chat template does not render: {error}") from None
+    return template
 
 
 def _created(path: Path) -> int:

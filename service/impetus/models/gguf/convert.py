@@ -132,8 +132,10 @@ def quantization_config(planned: list[Planned], options: Options) -> dict:
 
 
 def _source_stamp(path: Path, options: Options) -> dict:
+    """What makes two imports the same: the file (name, size, time) and the options asked for."""
     stat = path.stat()
-    return {"file": path.name, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, **options.as_dict()}
+    return {"file": path.name, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+            "requested": {"bits": options.bits, "group_size": options.group_size, "dtype": options.dtype}}
 
 
 def already_imported(target: Path, stamp: dict) -> bool:
@@ -215,17 +217,16 @@ def import_gguf(
     name = name or default_model_name(gguf_path)
     target = models_dir / name
 
+    stamp = _source_stamp(gguf_path, options)
+    if target.exists() and not overwrite:
+        if already_imported(target, stamp):
+            progress(ImportProgress("skipped", f"{name} is already imported from this file (--force redoes it)"))
+            return target
+        raise GGUFImportError(f"a model named {name!r} already exists at {target} (--force replaces it)")
     progress(ImportProgress("reading", f"reading {display_source or gguf_path.name}"))
     f = GGUFFile(gguf_path)
     arch = architecture(f)
     options = options.resolve(f.source_type())
-    stamp = _source_stamp(gguf_path, options)
-    if target.exists():
-        if already_imported(target, stamp) and not overwrite:
-            progress(ImportProgress("skipped", f"{name} is already imported from this file (--force redoes it)"))
-            return target
-        if not overwrite:
-            raise GGUFImportError(f"a model named {name!r} already exists at {target} (--force replaces it)")
 
     planned = plan(f, options)
     config = arch.config(f)
@@ -239,7 +240,7 @@ def import_gguf(
     eos = list(dict.fromkeys(e for e in eos if e is not None))
     config["eos_token_id"] = eos[0] if len(eos) == 1 else eos or None
     config["impetus"] = {"source": "gguf", "name": f.meta.get("general.name"), "architecture": f.architecture,
-                         "source_type": f.source_type(), **stamp}
+                         "source_type": f.source_type(), "stored": options.as_dict(), **stamp}
     tokenizer = build_tokenizer(f.meta)  # before writing: a bad vocabulary fails fast
     total_bytes = sum(p.output_bytes(options.group_size) for p in planned)
     models_dir.mkdir(parents=True, exist_ok=True)

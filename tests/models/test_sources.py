@@ -12,11 +12,12 @@ import subprocess
 import sys
 
 import pytest
-from tiny_gguf import write_tiny
 
 from impetus.models import sources
 from impetus.models.gguf import GGUFImportError, import_gguf
 from impetus.models.registry import Registry
+
+from tiny_gguf import write_tiny
 
 
 def blob_digest(path) -> str:

@@ -28,11 +28,16 @@ def test_import_gguf_and_list(tmp_path, default_gguf):
     result = impetus("models", "import-gguf", str(default_gguf), "--name", "smol-copy", data_dir=tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().endswith("smol-copy")
-    assert "rebuilding tokenizer" in result.stderr  # progress is shown
+    assert "tensors 272/272" in result.stderr and "tokenizer" in result.stderr  # progress is shown
     listing = impetus("models", "list", data_dir=tmp_path)
     assert "smol-copy" in listing.stdout and "4-bit" in listing.stdout
     again = impetus("models", "import-gguf", str(default_gguf), "--name", "smol-copy", data_dir=tmp_path)
-    assert again.returncode == 2 and "already exists" in again.stderr
+    assert again.returncode == 0 and "already imported" in again.stderr  # the same file: nothing to do
+    other = impetus("models", "import", str(default_gguf), "--name", "smol-copy", "--bits", "8", data_dir=tmp_path)
+    assert other.returncode == 2 and "already exists" in other.stderr  # other options: --force
+    forced = impetus("models", "import", str(default_gguf), "--name", "smol-copy", "--bits", "8", "--force",
+                     data_dir=tmp_path)
+    assert forced.returncode == 0 and "8-bit" in impetus("models", "list", data_dir=tmp_path).stdout
 
 
 def test_ensure_unknown_model_fails_clearly(tmp_path):

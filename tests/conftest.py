@@ -151,11 +151,12 @@ def loaded_model(settings):
 
 
 class Server:
-    def __init__(self, data_dir: Path, log: Path, **env):
+    def __init__(self, data_dir: Path, log: Path, extra_env: dict | None = None, **env):
+        """`env`: settings (IMPETUS_ is added); `extra_env`: other variables as they are."""
         self.port = free_port()
         self.log = log
         self.base_url = f"http://127.0.0.1:{self.port}"
-        self.environment = {"IMPETUS_DATA_DIR": str(data_dir),
+        self.environment = {"IMPETUS_DATA_DIR": str(data_dir), **(extra_env or {}),
                             **{f"IMPETUS_{k.upper()}": str(v) for k, v in env.items()}}
         self.process = start_server(self.port, log, self.environment)
 

@@ -65,6 +65,7 @@ function shell(): void {
 
   let current: Tab = (location.hash.slice(1) as Tab) || "overview";
   let liveView: ReturnType<typeof live> | null = null;
+  let modelsView: ReturnType<typeof models> | null = null;
 
   function render(): void {
     if (!TABS.includes(current)) current = "overview";
@@ -75,6 +76,8 @@ function shell(): void {
     );
     liveView?.dispose();
     liveView = null;
+    modelsView?.dispose();
+    modelsView = null;
     if (current === "overview") content.replaceChildren(overview());
     if (current === "live") {
       liveView = live();
@@ -82,7 +85,10 @@ function shell(): void {
       liveView.refresh();
     }
     if (current === "keys") content.replaceChildren(keys());
-    if (current === "models") content.replaceChildren(models());
+    if (current === "models") {
+      modelsView = models();
+      content.replaceChildren(modelsView.element);
+    }
     if (current === "playground") content.replaceChildren(playground());
   }
 

@@ -14,7 +14,7 @@ export interface Live {
   requests_total: number;
   generated_tokens_total: number;
   redis: string;
-  models: { worker_pid: number; budget_bytes: number; used_bytes: number; loaded: any[]; available: string[] };
+  models: { worker_pid: number; budget_bytes: number; used_bytes: number; loaded: any[]; available: string[]; imports?: any[] };
 }
 
 export const state: { status: any | null; statusAt: number; live: Live | null; history: Live[] } = {

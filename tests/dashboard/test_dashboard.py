@@ -35,11 +35,34 @@ def browser_path() -> str:
     raise FileNotFoundError("no Chromium found: make test installs Debian's chromium")
 
 
+OLLAMA_MODEL = "dash-tiny"
+
+
+def ollama_store(work: Path) -> Path:
+    """An Ollama store (its real layout) holding one small qwen2 GGUF."""
+    import hashlib
+    import json
+
+    from tiny_gguf import write_tiny
+
+    store = work / "ollama"
+    gguf = write_tiny(work / "tiny.gguf", "qwen2", "Q8_0")
+    digest = hashlib.sha256(gguf.read_bytes()).hexdigest()
+    (store / "blobs").mkdir(parents=True)
+    gguf.rename(store / "blobs" / f"sha256-{digest}")
+    manifest = store / "manifests" / "registry.ollama.ai" / "library" / OLLAMA_MODEL / "latest"
+    manifest.parent.mkdir(parents=True)
+    manifest.write_text(json.dumps({"layers": [{"mediaType": "application/vnd.ollama.image.model",
+                                                "digest": f"sha256:{digest}"}]}))
+    return store
+
+
 @pytest.fixture(scope="module")
 def stack(data_dir, redis_server, tmp_path_factory):
     assert (DASHBOARD / "index.html").exists(), "the dashboard is not built (make dashboard)"
     work = tmp_path_factory.mktemp("dashboard")
-    server = Server(data_dir, work / "server.log", require_api_keys="true", redis_url=redis_server.url)
+    server = Server(data_dir, work / "server.log", require_api_keys="true", redis_url=redis_server.url,
+                    extra_env={"OLLAMA_MODELS": str(ollama_store(work))})
     nginx, url = start_nginx(work / "nginx", f"127.0.0.1:{server.port}")
     yield {"server": server, "url": url}
     stop(nginx)
@@ -179,6 +202,24 @@ def test_models_can_be_pinned_and_unpinned(stack, page):
     shot(page, "9-models-pinned")
     row.get_by_role("button", name="Unpin").click()
     row.locator(".tag", has_text="pinned").wait_for(state="detached")
+
+
+def test_a_model_found_in_ollama_is_imported_from_the_models_view(stack, page, data_dir):
+    import shutil
+
+    page.click("nav >> text=Models")
+    row = page.locator(f"[data-test=discovered] tr[data-source='ollama:{OLLAMA_MODEL}:latest']")
+    row.get_by_text("qwen2").wait_for()
+    try:
+        row.get_by_role("button", name="Import").click()
+        page.locator(f"[data-test=import-progress][data-status=done][data-source='ollama:{OLLAMA_MODEL}:latest']"
+                     ).wait_for(timeout=60_000)
+        page.locator(f"[data-test=models-table] tr[data-model='{OLLAMA_MODEL}']").wait_for()
+        shot(page, "9b-models-imported")
+        assert (data_dir / "models" / OLLAMA_MODEL / "config.json").is_file()
+    finally:  # the shared data dir's model list stays as other tests expect it
+        shutil.rmtree(data_dir / "models" / OLLAMA_MODEL, ignore_errors=True)
+        shutil.rmtree(data_dir / "models" / ".imports", ignore_errors=True)
 
 
 def test_a_phone_screen(stack, page):

@@ -1,11 +1,17 @@
-// Every model the server can serve: load, unload, pin.
+// Every model the server can serve: load, unload, pin. Below, the models already
+// on this Mac (Ollama, LM Studio, the Hugging Face cache) with an Import button;
+// an import runs in the background and its progress comes on the event stream.
 
 import { api, ApiError } from "../api";
 import { bytes, empty, h, notice } from "../dom";
+import { onUpdate, state } from "../state";
 
-export function models(): HTMLElement {
+export function models(): { element: HTMLElement; dispose: () => void } {
   const list = h("div", {}, empty("Loading models…"));
   const message = h("div", {});
+  const found = h("div", {}, empty("Looking in Ollama, LM Studio and the Hugging Face cache…"));
+  const progress = h("div", { "data-test": "imports" });
+  const finished = new Set<string>();
 
   async function act(model: string, action: "load" | "unload", body: object = {}): Promise<void> {
     message.replaceChildren(notice("info", `${action === "load" ? "Loading" : "Unloading"} ${model}…`));
@@ -22,7 +28,7 @@ export function models(): HTMLElement {
     try {
       const answer = await api("GET", "/v1/models");
       if (!answer.data.length) {
-        list.replaceChildren(empty("No models yet: impetus models pull / import-gguf adds them."));
+        list.replaceChildren(empty("No models yet: impetus models import / pull adds them, or import one found below."));
         return;
       }
       list.replaceChildren(
@@ -67,6 +73,88 @@ export function models(): HTMLElement {
     }
   }
 
+  async function startImport(source: string): Promise<void> {
+    try {
+      const job = await api("POST", "/v1/admin/models/import", { source });
+      message.replaceChildren(notice("info", `Importing ${source} as ${job.name}…`));
+    } catch (error) {
+      message.replaceChildren(notice("error", (error as ApiError).message));
+    }
+  }
+
+  async function discover(): Promise<void> {
+    try {
+      const answer = await api("GET", "/v1/admin/models/discover");
+      if (!answer.data.length) {
+        found.replaceChildren(empty("Nothing in ~/.ollama, ~/.lmstudio or the Hugging Face cache."));
+        return;
+      }
+      found.replaceChildren(
+        h(
+          "table",
+          { "data-test": "discovered" },
+          h("thead", {}, h("tr", {}, ["source", "architecture", "type", "size", "memory", ""].map((c) => h("th", {}, c)))),
+          h(
+            "tbody",
+            {},
+            answer.data.map((d: any) =>
+              h(
+                "tr",
+                { "data-source": d.source },
+                h("td", {}, h("strong", {}, d.source), h("span", { class: "muted" }, ` ${d.kind === "mlx" ? "served in place" : "GGUF"}`)),
+                h("td", {}, d.architecture ?? "–"),
+                h("td", {}, d.type ?? "–"),
+                h("td", {}, bytes(d.size_bytes)),
+                h("td", {}, bytes(d.memory_bytes), d.fits ? null : h("span", { class: "tag warn" }, "too big")),
+                h("td", { class: "actions" }, h("button", { class: "small", onclick: () => startImport(d.source) }, "Import")),
+              ),
+            ),
+          ),
+        ),
+      );
+    } catch (error) {
+      found.replaceChildren(notice("error", (error as ApiError).message));
+    }
+  }
+
+  function showImports(): void {
+    const jobs: any[] = state.live?.models?.imports ?? [];
+    progress.replaceChildren(
+      ...jobs.map((job) => {
+        const share = job.tensors_total ? job.tensors_done / job.tensors_total : job.status === "done" ? 1 : 0;
+        const text =
+          job.status === "running"
+            ? `${job.stage}: ${job.tensors_done}/${job.tensors_total} tensors, ${bytes(job.bytes_written)} of ${bytes(job.bytes_total)}`
+            : job.status === "done"
+              ? `imported as ${job.name}`
+              : `failed: ${job.error}`;
+        return h(
+          "div",
+          { class: "import", "data-test": "import-progress", "data-status": job.status, "data-source": job.source },
+          h("strong", {}, job.source),
+          h("progress", { max: 1, value: share }),
+          h("span", { class: job.status === "failed" ? "error" : "muted" }, ` ${text}`),
+        );
+      }),
+    );
+    for (const job of jobs) {
+      if (job.status !== "running" && !finished.has(job.id)) {
+        finished.add(job.id);
+        if (job.status === "done") message.replaceChildren();
+        void load(); // the new model is listed above
+      }
+    }
+  }
+
   void load();
-  return h("section", {}, h("article", { class: "card" }, h("h2", {}, "Models"), message, list));
+  void discover();
+  showImports();
+  const unsubscribe = onUpdate(showImports);
+  const element = h(
+    "section",
+    {},
+    h("article", { class: "card" }, h("h2", {}, "Models"), message, list),
+    h("article", { class: "card", "data-test": "discover-card" }, h("h2", {}, "Found on this Mac"), progress, found),
+  );
+  return { element, dispose: () => unsubscribe() };
 }

@@ -3,6 +3,9 @@
 GET  /v1/admin/models                   what this worker has loaded, its budget
 POST /v1/admin/models/{model_id}/load   load (and pin / set keep_alive)
 POST /v1/admin/models/{model_id}/unload
+GET  /v1/admin/models/discover          importable models on this machine
+POST /v1/admin/models/import            import one in the background
+GET  /v1/admin/models/imports           imports and their progress
 
 Each Gunicorn worker keeps its own models. The worker that answers acts and
 waits for the result; with Redis (keys required) it also publishes the action,
@@ -12,12 +15,19 @@ Without Redis only the answering worker acts.
 
 from __future__ import annotations
 
+import logging
 import os
 
+import gevent
+
 from impetus.api.models import model_error
-from impetus.api.schemas import AdminLoadRequest
+from impetus.api.schemas import AdminImportRequest, AdminLoadRequest
 from impetus.api.validation import parse
-from impetus.engine.host import ModelNotLoaded
+from impetus.engine.host import ModelNotLoaded, run_off_the_hub
+from impetus.models import imports
+from impetus.web import bad_request
+
+log = logging.getLogger("impetus.api")
 
 
 def worker_models(host) -> dict:
@@ -27,6 +37,7 @@ def worker_models(host) -> dict:
         "used_bytes": host.memory_used(),
         "loaded": [{"id": name, **slot.describe()} for name, slot in sorted(host.slots.items())],
         "available": [entry.name for entry in host.available()],
+        "imports": imports.recent(host.registry.models_dir, within_s=600),
     }
 
 
@@ -77,3 +88,60 @@ class AdminModelUnloadResource:
         if not unloaded and not told:
             raise model_error(ModelNotLoaded(model_id), model_id)
         resp.media = {"id": model_id, "unloaded": unloaded, "worker_pid": os.getpid(), "other_workers_told": told}
+
+
+class AdminDiscoverResource:
+    """GET /v1/admin/models/discover: models already on this machine (Ollama,
+    LM Studio, the Hugging Face cache) that `import` takes."""
+
+    def __init__(self, host):
+        self.host = host
+
+    def on_get(self, req, resp):
+        from impetus.models.loader import choose_weights_dtype
+        from impetus.models.sources import discover
+
+        serve_float32 = choose_weights_dtype(self.host.settings.weights_dtype) == "float32"
+        found = run_off_the_hub(lambda: discover(self.host.budget_bytes, serve_float32))
+        resp.media = {"object": "list", "data": [d.as_dict() for d in found]}
+
+
+class AdminImportsResource:
+    """GET  /v1/admin/models/imports  imports of the last day, newest first
+    POST /v1/admin/models/import   start one in the background (202); its
+    progress is in GET .../imports and in the events stream's `imports`."""
+
+    def __init__(self, host):
+        self.host = host
+
+    def on_get(self, req, resp):
+        resp.media = {"object": "list", "data": imports.recent(self.host.registry.models_dir)}
+
+    def on_post(self, req, resp):
+        from impetus.models.gguf import Options
+        from impetus.models.sources import SourceError, import_source, resolve
+
+        body = parse(AdminImportRequest, req.context.json)
+        try:
+            resolved = run_off_the_hub(lambda: resolve(body.source))
+        except SourceError as error:
+            raise bad_request(str(error), param="source", code="source_not_found") from None
+        registry = self.host.registry
+        job = imports.ImportJob(imports.jobs_folder(registry.models_dir), body.source, body.name or resolved.name)
+        options = Options(body.bits, body.group_size, body.dtype)
+
+        def work():
+            try:
+                _, path = run_off_the_hub(lambda: import_source(body.source, registry, name=body.name,
+                                                                force=body.force, options=options,
+                                                                progress=job.progress))
+            except Exception as error:  # a failed import is the job's outcome, not the worker's
+                log.warning("import of %s failed: %s", body.source, error)
+                job.finish(error=error)
+            else:
+                log.info("imported %s as %s", body.source, job.state["name"])
+                job.finish(path=path)
+
+        gevent.spawn(work)
+        resp.status = 202
+        resp.media = job.state

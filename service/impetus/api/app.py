@@ -5,7 +5,13 @@ from __future__ import annotations
 import falcon
 
 from impetus.api.access_log import AccessLogMiddleware
-from impetus.api.admin import AdminModelLoadResource, AdminModelsResource, AdminModelUnloadResource
+from impetus.api.admin import (
+    AdminDiscoverResource,
+    AdminImportsResource,
+    AdminModelLoadResource,
+    AdminModelsResource,
+    AdminModelUnloadResource,
+)
 from impetus.api.admin_events import AdminEventsResource
 from impetus.api.admin_keys import AdminKeyResource, AdminKeysResource
 from impetus.api.chat import ChatCompletionsResource
@@ -64,6 +70,9 @@ def create_app(settings, host, waker, gateway=None, metrics=None, broadcast=None
     app.add_route("/v1/models", ModelsResource(host, embeddings))
     app.add_route("/v1/models/{model_id:path}", ModelResource(host, embeddings))
     app.add_route("/v1/admin/models", AdminModelsResource(host))
+    app.add_route("/v1/admin/models/discover", AdminDiscoverResource(host))
+    app.add_route("/v1/admin/models/import", AdminImportsResource(host))
+    app.add_route("/v1/admin/models/imports", AdminImportsResource(host))
     app.add_route("/v1/admin/models/{model_id}/load", AdminModelLoadResource(host, broadcast))
     app.add_route("/v1/admin/models/{model_id}/unload", AdminModelUnloadResource(host, broadcast))
     app.add_route("/v1/admin/keys", AdminKeysResource(gateway, settings))

@@ -426,6 +426,20 @@ class AdminLoadRequest(_Request):
         None, ge=0, description="Seconds it may stay idle before it is unloaded; 0: until memory is needed.")
 
 
+class AdminImportRequest(_Request):
+    """POST /v1/admin/models/import"""
+
+    source: str = Field(..., min_length=1, max_length=1000, description=(
+        "A GGUF path on the server, ollama:NAME[:TAG], lmstudio:PUBLISHER/REPO or hf:OWNER/NAME."))
+    name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$",
+                             description="The model's name (default: from the source).")
+    force: bool = Field(False, description="Replace a model of that name.")
+    bits: Literal[2, 3, 4, 5, 6, 8] | None = Field(None, description="MLX affine bits (default: from the source).")
+    group_size: Literal[32, 64, 128] = 32
+    dtype: Literal["float32", "float16", "bfloat16"] | None = Field(
+        None, description="Store unquantized weights of this type instead.")
+
+
 class LoadedModelState(_Response):
     id: str
     other_workers_told: int | None = None  # in answers to load
@@ -449,6 +463,7 @@ class AdminModels(_Response):
     used_bytes: int
     loaded: list[LoadedModelState]
     available: list[str]
+    imports: list[dict] = Field(default_factory=list, description="Imports of the last ten minutes, with progress.")
 
 
 class AdminUnloaded(_Response):

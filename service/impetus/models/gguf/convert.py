@@ -4,10 +4,15 @@ tokenizer.json, tokenizer_config.json), one tensor at a time.
 Each tensor is dequantized to float32 by gguf-py, then stored as the user
 asked: float32/float16/bfloat16, or MLX affine 2- to 8-bit (`bits`, `group_size`).
 The default keeps the file's precision: a float file stays in its float type,
-Q8_0 and Q6_K files become 8-bit, the rest 4-bit. Tensors the file kept at Q6_K or more
-beside lower-precision layers (a Q4_K_M file's Q8_0 embedding and Q6_K
-`ffn_down`/`attn_v`, a Q4_1 file's Q8_0 embedding) stay at 8 bits, as
+Q8_0 and Q6_K files become 8-bit, Q5 files 5-bit, the rest 4-bit. Tensors the
+file kept at higher precision than its main type (a Q4_K_M file's Q8_0
+embedding and Q6_K `ffn_down`, a Q4_1 file's Q8_0 embedding) keep theirs, as
 llama.cpp's mixes chose them.
+
+Why 5 bits for Q5 sources: Gemma 3 270M Q4_K_M is mostly Q5_0. Against the
+file's own logits over a 69-token text, storing those at 4 bits gave a mean
+KL of 0.225 and 80 % top-token agreement; at 5 bits 0.029 and 90 %, for 269
+instead of 258 MB (8-bit: 0.0008 and 99 %, 302 MB).
 
 Safety: the output's size is computed before anything is written and checked
 against the free disk space; the folder is written under a hidden staging
@@ -28,12 +33,11 @@ from typing import Callable
 import numpy as np
 
 from impetus.models.gguf.arch import architecture
-from impetus.models.gguf.reader import SOURCE_BITS, GGUFFile, GGUFImportError, Tensor
+from impetus.models.gguf.reader import SOURCE_BITS, GGUFFile, GGUFImportError, Tensor, mlx_bits
 from impetus.models.gguf.tokenizer import build_tokenizer, build_tokenizer_config
 
 FLOAT_DTYPES = ("float32", "float16", "bfloat16")
 SHARD_BYTES = 2 << 30  # safetensors files of at most ~2 GiB
-HIGH_PRECISION_BITS = 6.5  # sources at or above this keep 8 bits in a 4-bit import
 # A float file is not quantized unless asked to (`--bits`): it keeps its precision.
 _FLOAT_SOURCES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
 
@@ -72,7 +76,7 @@ class Options:
             return Options(None, self.group_size, self.dtype)
         if self.bits is None and source_type in _FLOAT_SOURCES:
             return Options(None, self.group_size, _FLOAT_SOURCES[source_type])
-        bits = self.bits or (8 if SOURCE_BITS.get(source_type, 0) >= HIGH_PRECISION_BITS else 4)
+        bits = self.bits or mlx_bits(source_type)
         if bits not in (2, 3, 4, 5, 6, 8):
             raise GGUFImportError("bits must be 2, 3, 4, 5, 6 or 8")
         if self.group_size not in (32, 64, 128):
@@ -101,7 +105,7 @@ class Planned:
 
 def plan(f: GGUFFile, options: Options) -> list[Planned]:
     arch = architecture(f)
-    main_bits = SOURCE_BITS.get(f.source_type(), 16)
+    main_bits = SOURCE_BITS.get(f.source_type(), 32)
     planned = []
     for tensor in f.tensors.values():
         name = arch.weight_name(tensor.name)
@@ -110,9 +114,10 @@ def plan(f: GGUFFile, options: Options) -> list[Planned]:
         quantizable = (options.bits and len(tensor.shape) == 2 and name.endswith(".weight")
                        and "norm" not in name and tensor.shape[-1] % options.group_size == 0)
         if quantizable:
-            source_bits = SOURCE_BITS.get(tensor.type, 16)
-            keep_8 = source_bits >= HIGH_PRECISION_BITS and source_bits > main_bits
-            planned.append(Planned(tensor, name, max(options.bits, 8) if keep_8 else options.bits, "float16"))
+            # A tensor the file kept at higher precision than its main type keeps its own bits.
+            natural = mlx_bits(tensor.type) or 8
+            higher = SOURCE_BITS.get(tensor.type, 32) > main_bits
+            planned.append(Planned(tensor, name, max(options.bits, natural) if higher else options.bits, "float16"))
         else:
             # Norms and biases are tiny: float32 whatever the rest, as the file keeps them.
             dtype = "float32" if len(tensor.shape) == 1 else (options.dtype or "float16")

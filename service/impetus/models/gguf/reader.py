@@ -30,6 +30,18 @@ SOURCE_BITS = {
 }
 
 
+
+
+def mlx_bits(ggml_type: str) -> int | None:
+    """The MLX affine bits that hold a source type's values: 8 for Q8_0 and
+    Q6_K (MLX's 6-bit is not faster and 8 is exact for Q8_0), 5 for the 5-bit
+    types, 4 for the rest; None for float types."""
+    if ggml_type in ("F32", "F16", "BF16"):
+        return None
+    bits = SOURCE_BITS.get(ggml_type, 4.5)
+    return 8 if bits >= 6.5 else 5 if ggml_type.startswith("Q5") else 4
+
+
 @dataclass(frozen=True)
 class Tensor:
     name: str

@@ -92,6 +92,12 @@ def default_gguf() -> Path:
     return path
 
 
+# A Gemma chat template, to attach to the base model (its GGUF has none).
+GEMMA_TEMPLATE = ("{{ bos_token }}{% for m in messages %}<start_of_turn>{{ 'model' if m['role'] == 'assistant' "
+                  "else 'user' }}\n{{ m['content'] if m['content'] is string else '' }}<end_of_turn>\n"
+                  "{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}")
+
+
 @pytest.fixture(scope="session")
 def gemma_gguf(tmp_path_factory) -> Path:
     """The real Gemma 3 270M Q4_K_M file (F32, Q5_0, Q4_K, Q8_0, Q6_K tensors;

@@ -141,6 +141,12 @@ def write_tiny(path: Path, arch: str = "llama", weight_type: str = "F32", tied: 
             writer.add_tensor(name, array)
         elif kind == Q.F16:
             writer.add_tensor(name, array.astype(np.float16))
+        elif kind == Q.IQ4_NL:  # gguf-py cannot write IQ types: random blocks (a scale, 32 4-bit indices)
+            blocks = array.size // 32
+            scale = np.full((blocks, 1), scale / 8, dtype=np.float16).view(np.uint8)
+            indices = rng.integers(0, 256, size=(blocks, 16), dtype=np.uint8)
+            raw = np.concatenate([scale, indices], axis=1).reshape(array.shape[0], -1)
+            writer.add_tensor(name, raw, raw_dtype=kind)
         else:
             writer.add_tensor(name, gguf.quants.quantize(array, kind), raw_dtype=kind)
 

@@ -36,14 +36,30 @@ def endpoint(data_dir, redis_server, tmp_path_factory):
         yield served
 
 
-def claude(endpoint, key: str, prompt: str, *options: str, max_output: int | None = None):
+@pytest.fixture(scope="module")
+def long_context_endpoint(gemma_models, redis_server, tmp_path_factory):
+    """Gemma 3 270M (32,768 tokens of context), with a chat template attached
+    as the alias `gemma-agent`: room for Claude Code's full default prompt."""
+    from impetus.models.registry import Registry
+
+    from conftest import GEMMA_TEMPLATE
+
+    registry = Registry(gemma_models / "models")
+    if "gemma-agent" not in registry.aliases():
+        registry.add_alias("gemma-agent", "gemma3-270m", chat_template=GEMMA_TEMPLATE)
+    with agent_endpoint(gemma_models, redis_server, tmp_path_factory.mktemp("claude-code-gemma")) as served:
+        yield served
+
+
+def claude(endpoint, key: str, prompt: str, *options: str, max_output: int | None = None,
+           model: str = DEFAULT_MODEL):
     if not CLAUDE.exists():
         pytest.fail("Claude Code is not installed: `make agents` (make test does it)")
     home = endpoint["work"] / "claude-home"
     home.mkdir(exist_ok=True)
     env = {
         "PATH": os.environ["PATH"], "HOME": str(home), "ANTHROPIC_BASE_URL": endpoint["url"],
-        "ANTHROPIC_AUTH_TOKEN": key, "ANTHROPIC_MODEL": DEFAULT_MODEL, "ANTHROPIC_SMALL_FAST_MODEL": DEFAULT_MODEL,
+        "ANTHROPIC_AUTH_TOKEN": key, "ANTHROPIC_MODEL": model, "ANTHROPIC_SMALL_FAST_MODEL": model,
         "DISABLE_TELEMETRY": "1", "DISABLE_AUTOUPDATER": "1", "DISABLE_ERROR_REPORTING": "1",
         "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1", "CLAUDE_CODE_MAX_RETRIES": "0",
     }
@@ -71,6 +87,16 @@ def test_its_default_prompt_gets_a_clean_context_error(endpoint, redis_client):
     assert done.returncode != 0
     shown = done.stdout + done.stderr
     assert "maximum context length is 8192 tokens" in shown, shown
+
+
+def test_its_full_default_prompt_fits_the_long_context_model(long_context_endpoint, redis_client):
+    """The same defaults against Gemma 3 270M imported from its GGUF: the whole
+    prompt is prefilled and the turn completes (a base model's few words)."""
+    key, record = KeyStore(redis_client).create("claude-code-gemma")
+    done = claude(long_context_endpoint, key, "Say hello", max_output=8, model="gemma-agent")
+    assert done.returncode == 0, (done.stdout, done.stderr)
+    prompt_tokens = int(redis_client.hget(f"impetus:usage:{record.hash}", "prompt_tokens"))
+    assert 8192 < prompt_tokens < 32768
 
 
 def test_a_wrong_key_is_refused_in_its_words(endpoint):

@@ -11,14 +11,13 @@ import sys
 import openai
 import pytest
 
+from conftest import GEMMA_TEMPLATE as TEMPLATE
 from conftest import Server
 
 pytestmark = pytest.mark.slow
 
 GEMMA = "gemma3-270m"
-TEMPLATE = ("{{ bos_token }}{% for m in messages %}<start_of_turn>{{ 'model' if m['role'] == 'assistant' "
-            "else 'user' }}\n{{ m['content'] }}<end_of_turn>\n{% endfor %}"
-            "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}")
+
 
 
 @pytest.fixture(scope="module")

@@ -17,8 +17,9 @@ from gguf_reference import Reference, softmax
 from tiny_gguf import ARCHES, write_tiny
 
 PROMPT = [5, 17, 42, 7, 99, 3, 8, 11]
-# Every type gguf-py can also write; the K-quants come from the real Gemma file below.
-TINY_TYPES = ["F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"]
+# Every type gguf-py can also write, and IQ4_NL (random blocks); the K-quants
+# come from the real Gemma file below.
+TINY_TYPES = ["F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "IQ4_NL"]
 
 
 def logits(model, tokens) -> np.ndarray:
@@ -67,12 +68,12 @@ def test_every_type_and_architecture_computes_what_the_file_holds(tmp_path, arch
     default = import_gguf(path, tmp_path / "models", name="default")
     config = json.loads((default / "config.json").read_text())
     bits = (config.get("quantization") or {}).get("bits")
-    assert bits == {"Q4_0": 4, "Q4_1": 4, "Q5_0": 5, "Q5_1": 5, "Q8_0": 8}.get(weight_type)
+    assert bits == {"Q4_0": 4, "Q4_1": 4, "Q5_0": 5, "Q5_1": 5, "Q8_0": 8, "IQ4_NL": 4}.get(weight_type)
     if weight_type in ("Q4_0", "Q4_1", "Q8_0", "F32", "F16", "BF16"):
         assert close(logits(load(default, weights_dtype="float32").model, PROMPT), expected) < 1e-5
     # Kept quantized, MLX's kernels accumulate differently: close, not identical.
-    # (Q5 values are re-quantized: random tiny models amplify that; see the Gemma tests.)
-    if weight_type != "BF16" and not weight_type.startswith("Q5"):
+    # (Q5 and IQ values are re-quantized: random tiny models amplify that; see the Gemma tests.)
+    if weight_type != "BF16" and not weight_type.startswith(("Q5", "IQ")):
         assert close(logits(load(default, weights_dtype="stored").model, PROMPT), expected) < 0.05
 
     tokenizer = load(exact, weights_dtype="float32").tokenizer

@@ -146,3 +146,29 @@ def test_chat_template_attached_to_an_imported_model(home, tmp_path):
     assert done.returncode == 0, done.stderr
     assert registry.find("g").metadata.chat_template is True
     assert (registry.models_dir / "g" / "chat_template.jinja").read_text() == template.read_text()
+
+
+@pytest.mark.slow
+def test_an_import_killed_midway_leaves_no_model_and_the_next_one_cleans_up(gemma_gguf, tmp_path):
+    """kill -9 while tensors are converted: no model folder appears (only a hidden
+    staging folder, which nothing lists), and the next import removes it."""
+    import signal
+    import time
+
+    data = tmp_path / "data"
+    process = subprocess.Popen([sys.executable, "-m", "impetus.cli.main", "models", "import", str(gemma_gguf),
+                                "--name", "g", "--data-dir", str(data)], stderr=subprocess.PIPE, text=True)
+    for line in process.stderr:
+        if "tensors" in line and "/236" in line:  # converting
+            break
+    time.sleep(0.5)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+    models = data / "models"
+    assert not (models / "g").exists()
+    assert [p.name for p in models.iterdir() if p.name.startswith(".g.")]  # the staging folder
+    assert "g " not in cli(tmp_path, data, "list").stdout
+    done = cli(tmp_path, data, "import", str(gemma_gguf), "--name", "g")
+    assert done.returncode == 0, done.stderr
+    assert (models / "g" / "config.json").is_file()
+    assert not [p.name for p in models.iterdir() if p.name.startswith(".g.")]

@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from impetus.models.gguf.reader import SOURCE_BITS, GGUFImportError
+from impetus.models.store import is_model_folder
 
 OLLAMA_REGISTRY = "registry.ollama.ai"
 OLLAMA_MODEL_MEDIA = "application/vnd.ollama.image.model"
@@ -67,10 +68,6 @@ def hf_cache() -> Path:
     if os.environ.get("HF_HOME"):
         return Path(os.environ["HF_HOME"]) / "hub"
     return home() / ".cache" / "huggingface" / "hub"
-
-
-def is_mlx_folder(path: Path) -> bool:
-    return (path / "config.json").is_file() and any(path.glob("*.safetensors"))
 
 
 def safe_name(text: str) -> str:
@@ -141,7 +138,7 @@ def lmstudio_models() -> list[tuple[str, Path]]:
             continue
         for repo in sorted(p for p in root.glob("*/*") if p.is_dir()):
             ref = f"{repo.parent.name}/{repo.name}"
-            if is_mlx_folder(repo):
+            if is_model_folder(repo):
                 found.append((ref, repo))
             ggufs = sorted(repo.glob("*.gguf"))
             for gguf in ggufs:
@@ -162,7 +159,7 @@ def resolve_lmstudio(reference: str) -> Resolved:
             if not file.is_file():
                 raise SourceError(f"{file} does not exist")
             return Resolved(f"lmstudio:{reference}", "gguf", file, safe_name(file.name.removesuffix(".gguf")))
-        if is_mlx_folder(repo):
+        if is_model_folder(repo):
             return Resolved(f"lmstudio:{reference}", "mlx", repo, safe_name(parts[1]))
         ggufs = sorted(repo.glob("*.gguf"))
         if len(ggufs) == 1:
@@ -186,7 +183,7 @@ def hf_models() -> list[tuple[str, Path]]:
         return []
     for repo in sorted(cache.glob("models--*--*")):
         snapshot = _latest_snapshot(repo)
-        if snapshot is not None and is_mlx_folder(snapshot):
+        if snapshot is not None and is_model_folder(snapshot):
             owner, _, name = repo.name.removeprefix("models--").partition("--")
             found.append((f"{owner}/{name}", snapshot))
     return found
@@ -224,7 +221,7 @@ def resolve(source: str) -> Resolved:
         from impetus.models.gguf import default_model_name
 
         return Resolved(str(path), "gguf", path.resolve(), default_model_name(path))
-    if path.is_dir() and is_mlx_folder(path):
+    if path.is_dir() and is_model_folder(path):
         return Resolved(str(path), "mlx", path.resolve(), safe_name(path.name))
     if path.exists():
         raise SourceError(f"{path} is neither a GGUF file nor an MLX model folder")

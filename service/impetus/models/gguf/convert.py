@@ -24,6 +24,7 @@ importing the same file with the same options again is a no-op.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -169,7 +170,7 @@ def repack_exact(tensor: Tensor, bits: int, group_size: int):
         return None
     _, block_bytes, has_min = _EXACT[tensor.type]
     rows = tensor.shape[0]
-    blocks = np.asarray(tensor._raw.data, dtype=np.uint8).reshape(rows, -1, block_bytes)
+    blocks = tensor.raw_bytes().reshape(rows, -1, block_bytes)
     d = blocks[..., 0:2].copy().view(np.float16)[..., 0]
     if bits == 4:
         start = 4 if has_min else 2
@@ -316,15 +317,6 @@ def _name_shards(folder: Path, shards: list[Path]) -> None:
 
 def default_model_name(gguf_path: Path) -> str:
     """'SmolLM2-135M-Instruct.Q4_1.gguf' -> 'smollm2-135m-instruct-q4_1'."""
-    import re
-
     stem = gguf_path.name.removesuffix(".gguf")
     return re.sub(r"[^a-z0-9_-]+", "-", stem.lower()).strip("-")
-
-
-def free_space_needed(path: Path | str, options: Options = Options()) -> int:
-    """Bytes the import of `path` would write (for `models discover`)."""
-    f = GGUFFile(path)
-    options = options.resolve(f.source_type())
-    return sum(p.output_bytes(options.group_size) for p in plan(f, options))
 

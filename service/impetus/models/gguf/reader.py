@@ -50,6 +50,10 @@ class Tensor:
     nbytes: int
     _raw: object  # gguf-py's ReaderTensor
 
+    def raw_bytes(self) -> np.ndarray:
+        """The tensor's bytes as stored (ggml blocks), memory-mapped."""
+        return np.asarray(self._raw.data).view(np.uint8)
+
     def dequantize(self) -> np.ndarray:
         """The tensor's values as float32, in its shape."""
         from gguf.quants import dequantize

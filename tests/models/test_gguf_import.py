@@ -300,3 +300,30 @@ def test_import_reports_progress_and_refuses_a_full_disk(tmp_path, monkeypatch):
     with pytest.raises(GGUFImportError, match="not enough disk space"):
         import_gguf(path, tmp_path / "models", name="t2")
     assert not (tmp_path / "models" / "t2").exists()
+
+
+def test_a_second_import_of_the_same_name_meanwhile_is_refused(tmp_path):
+    """The lock an import holds (as another process would) refuses a second one."""
+    import fcntl
+
+    path = write_tiny(tmp_path / "t.gguf", "llama", "Q8_0")
+    (tmp_path / "models" / ".locks").mkdir(parents=True)
+    with (tmp_path / "models" / ".locks" / "t").open("a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(GGUFImportError, match="an import of 't' is already running"):
+            import_gguf(path, tmp_path / "models", name="t")
+    assert import_gguf(path, tmp_path / "models", name="t").is_dir()  # released: it goes through
+
+
+def test_a_large_model_is_written_in_shards_that_load(tmp_path, monkeypatch):
+    from impetus.models.gguf import convert
+
+    monkeypatch.setattr(convert, "SHARD_BYTES", 20_000)  # a 7B model's 2 GiB shards, scaled to a tiny one
+    path = write_tiny(tmp_path / "t.gguf", "qwen3", "F32")
+    folder = import_gguf(path, tmp_path / "models", name="t")
+    shards = sorted(p.name for p in folder.glob("*.safetensors"))
+    assert len(shards) > 3 and shards[0] == f"model-00001-of-{len(shards):05d}.safetensors"
+    index = json.loads((folder / "model.safetensors.index.json").read_text())
+    assert set(index["weight_map"].values()) == set(shards)
+    served = logits(load(folder, weights_dtype="float32").model, PROMPT)
+    assert close(served, Reference(path).logits(PROMPT)) < 1e-5

@@ -259,6 +259,7 @@ def import_gguf(
                             f"({f.source_type()} source) to {what}, about {total_bytes / 2**20:,.0f} MB",
                             0, len(planned), 0, total_bytes))
 
+    lock = _lock(models_dir, name)  # one import of a name at a time (dashboard and CLI alike)
     for stale in models_dir.glob(f".{name}.*"):  # left by an import that was killed
         shutil.rmtree(stale, ignore_errors=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=models_dir))
@@ -295,6 +296,8 @@ def import_gguf(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    finally:
+        lock.release()
     progress(ImportProgress("done", f"imported {name} -> {target}", len(planned), len(planned), written,
                             total_bytes))
     return target
@@ -320,3 +323,24 @@ def default_model_name(gguf_path: Path) -> str:
     stem = gguf_path.name.removesuffix(".gguf")
     return re.sub(r"[^a-z0-9_-]+", "-", stem.lower()).strip("-")
 
+
+class _Lock:
+    def __init__(self, file):
+        self.file = file
+
+    def release(self) -> None:
+        self.file.close()  # closing drops the flock; the empty file stays
+
+
+def _lock(models_dir: Path, name: str) -> _Lock:
+    """An exclusive flock on models/.locks/NAME; a second import of NAME meanwhile is refused."""
+    import fcntl
+
+    (models_dir / ".locks").mkdir(exist_ok=True)
+    file = (models_dir / ".locks" / name).open("a")
+    try:
+        fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        file.close()
+        raise GGUFImportError(f"an import of {name!r} is already running") from None
+    return _Lock(file)

@@ -132,7 +132,7 @@ class AdminImportsResource:
 
         def work():
             try:
-                _, path = run_off_the_hub(lambda: import_source(body.source, registry, name=body.name,
+                _, path = run_off_the_hub(lambda: import_source(resolved, registry, name=body.name,
                                                                 force=body.force, options=options,
                                                                 progress=job.progress))
             except Exception as error:  # a failed import is the job's outcome, not the worker's

@@ -229,15 +229,16 @@ def resolve(source: str) -> Resolved:
                       "lmstudio:PUBLISHER/REPO, hf:OWNER/NAME)")
 
 
-def import_source(source: str, registry, name: str | None = None, force: bool = False, options=None,
+def import_source(source: str | Resolved, registry, name: str | None = None, force: bool = False, options=None,
                   progress=lambda update: None) -> tuple[Resolved, Path]:
-    """Import SOURCE into the registry's data dir: a GGUF is converted, an MLX
-    folder becomes an alias of itself (served in place, nothing copied)."""
+    """Import SOURCE (or what `resolve` made of it) into the registry's data
+    dir: a GGUF is converted, an MLX folder becomes an alias of itself (served
+    in place, nothing copied)."""
     from impetus.models.gguf import Options, import_gguf
     from impetus.models.gguf.convert import ImportProgress
     from impetus.models.registry import AliasError
 
-    resolved = resolve(source)
+    resolved = source if isinstance(source, Resolved) else resolve(source)
     name = name or resolved.name
     if resolved.note:
         progress(ImportProgress("note", f"note: {resolved.note}"))

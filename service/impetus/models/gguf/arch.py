@@ -91,7 +91,6 @@ def _common(f: GGUFFile, model_type: str) -> dict:
     hidden = int(f.get("embedding_length"))
     heads = int(f.get("attention.head_count"))
     config = {
-        "architectures": [f"{model_type}"],
         "model_type": model_type,
         "hidden_size": hidden,
         "num_hidden_layers": int(f.get("block_count")),

@@ -117,6 +117,9 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     # Debugging only: put prompts in the request log lines. Keys are never logged.
     log_prompts: bool = False
+    # Tests only: POST /v1/admin/debug/fault {"model": ...} makes that model's
+    # engine thread raise, as a bug would (the worker must then be replaced).
+    debug_faults: bool = False
 
     # Linux: preload Debian's OpenBLAS into MLX's CPU backend (~15x faster prefill).
     use_openblas: bool = True

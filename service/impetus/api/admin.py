@@ -21,7 +21,7 @@ import os
 import gevent
 
 from impetus.api.models import model_error
-from impetus.api.schemas import AdminImportRequest, AdminLoadRequest
+from impetus.api.schemas import AdminFaultRequest, AdminImportRequest, AdminLoadRequest
 from impetus.api.validation import parse
 from impetus.engine.host import ModelNotLoaded, run_off_the_hub
 from impetus.models import imports
@@ -145,3 +145,21 @@ class AdminImportsResource:
         gevent.spawn(work)
         resp.status = 202
         resp.media = job.state
+
+
+class AdminFaultResource:
+    """POST /v1/admin/debug/fault: a real fault in a loaded model's engine
+    thread, for testing what the worker does then. Routed only with
+    IMPETUS_DEBUG_FAULTS=true."""
+
+    def __init__(self, host):
+        self.host = host
+
+    def on_post(self, req, resp):
+        body = parse(AdminFaultRequest, req.context.json)
+        slot = self.host.slots.get(body.model)
+        if slot is None:
+            raise model_error(ModelNotLoaded(body.model), body.model)
+        slot.engine.inject_fault()
+        resp.status = 202
+        resp.media = {"model": body.model, "worker_pid": os.getpid()}

@@ -7,6 +7,7 @@ import falcon
 from impetus.api.access_log import AccessLogMiddleware
 from impetus.api.admin import (
     AdminDiscoverResource,
+    AdminFaultResource,
     AdminImportsResource,
     AdminModelLoadResource,
     AdminModelsResource,
@@ -73,6 +74,8 @@ def create_app(settings, host, waker, gateway=None, metrics=None, broadcast=None
     app.add_route("/v1/admin/models/discover", AdminDiscoverResource(host))
     app.add_route("/v1/admin/models/import", AdminImportsResource(host))
     app.add_route("/v1/admin/models/imports", AdminImportsResource(host))
+    if settings.debug_faults:
+        app.add_route("/v1/admin/debug/fault", AdminFaultResource(host))
     app.add_route("/v1/admin/models/{model_id}/load", AdminModelLoadResource(host, broadcast))
     app.add_route("/v1/admin/models/{model_id}/unload", AdminModelUnloadResource(host, broadcast))
     app.add_route("/v1/admin/keys", AdminKeysResource(gateway, settings))

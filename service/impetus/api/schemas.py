@@ -426,6 +426,12 @@ class AdminLoadRequest(_Request):
         None, ge=0, description="Seconds it may stay idle before it is unloaded; 0: until memory is needed.")
 
 
+class AdminFaultRequest(_Request):
+    """POST /v1/admin/debug/fault (IMPETUS_DEBUG_FAULTS only)"""
+
+    model: str = Field(..., min_length=1, description="A loaded model whose engine thread should raise.")
+
+
 class AdminImportRequest(_Request):
     """POST /v1/admin/models/import"""
 

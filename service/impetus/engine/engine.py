@@ -189,6 +189,8 @@ class Engine:
         self._alive = False
         self._stopping = False
         self._exited: SimpleQueue = SimpleQueue()
+        # Called in the dying engine thread with the error (the host sets it).
+        self.on_death = lambda error: None
 
     # -- caller side (any thread / greenlet) ---------------------------------
 
@@ -198,6 +200,10 @@ class Engine:
 
     def is_alive(self) -> bool:
         return self._alive
+
+    def inject_fault(self) -> None:
+        """Make the engine thread raise at its next command (fault tests)."""
+        self._inbox.put(("fault", None))
 
     def stop(self, timeout: float = 10.0) -> None:
         """Ask the engine thread to finish its current step and exit; wait for it."""
@@ -270,6 +276,7 @@ class Engine:
         )
 
     def _run(self) -> None:
+        died: BaseException | None = None
         try:
             self._generator = self._new_generator()
             while not self._stopping:
@@ -281,6 +288,9 @@ class Engine:
                 self.stats.running = len(self._running)
                 self.stats.waiting = len(self._queue)
                 self.waiting_by_key = self._queue.waiting_by_tenant()
+        except BaseException as error:  # a bug or a fault: the thread is gone either way
+            died = error
+            log.critical("the engine thread for %s died", self.loaded.name, exc_info=True)
         finally:
             self._alive = False
             for state in list(self._running.values()):
@@ -289,6 +299,8 @@ class Engine:
                 self._queue.remove(handle)
                 self._fail_waiting(handle, "the engine stopped")
             self._exited.put(True)
+        if died is not None:
+            self.on_death(died)
 
     def _take_commands(self, block: bool) -> None:
         try:
@@ -304,6 +316,8 @@ class Engine:
                 self._cancel(handle)
             elif kind == "stop":
                 self._stopping = True
+            elif kind == "fault":  # IMPETUS_DEBUG_FAULTS only (POST /v1/admin/debug/fault)
+                raise RuntimeError("a fault injected through the debug admin endpoint")
             try:
                 command = self._inbox.get_nowait()
             except Empty:

@@ -96,6 +96,9 @@ class EngineHost:
     def __init__(self, settings, budget_bytes: int | None = None, metrics=None):
         self.settings = settings
         self.registry = Registry(settings.models_dir)
+        # What a dead engine thread does to its process: nothing here (/readyz
+        # says 503); a Gunicorn worker exits, so that a fresh one replaces it.
+        self.on_engine_death = lambda name, error: None
         self.budget_bytes = budget_bytes if budget_bytes is not None else settings.worker_memory_budget()
         self.metrics = metrics if metrics is not None else Metrics.null()
         self.slots: dict[str, Slot] = {}
@@ -175,6 +178,7 @@ class EngineHost:
             log.info("loaded %s from %s in %.1fs (%s weights, %.0f MB)", name, entry.path, loaded.load_seconds,
                      loaded.weights_dtype, loaded.nbytes / 1e6)
             engine = Engine(loaded, self.settings)
+            engine.on_death = lambda error: self.on_engine_death(name, error)
             engine.start()
             pinned = pin if pin is not None else name in self.settings.pinned_models
             keep = self.settings.keep_alive_s if keep_alive_s is None else (keep_alive_s or None)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 
 import gevent
@@ -18,6 +19,15 @@ from gunicorn.errors import AppImportError
 from impetus.server.logs import gunicorn_logconfig
 
 log = logging.getLogger("impetus.server")
+
+
+def _exit_worker(model: str, error: BaseException) -> None:
+    """A worker whose engine thread died could only answer 503 for that model:
+    it shuts down gracefully (other models' streams finish) and Gunicorn
+    starts a fresh worker in its place. Called in the dying engine thread."""
+    log.critical("the engine for %s died (%s: %s); this worker (pid %d) exits so that Gunicorn replaces it",
+                 model, type(error).__name__, error, os.getpid())
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 class ImpetusApplication(BaseApplication):
@@ -65,6 +75,7 @@ class ImpetusApplication(BaseApplication):
             mx.set_cache_limit(self.settings.mlx_cache_limit_bytes)
         metrics = Metrics()
         self.host = EngineHost(self.settings, metrics=metrics)
+        self.host.on_engine_death = _exit_worker
         try:
             self.host.load(self.settings.model)
         except Exception as error:

@@ -12,6 +12,8 @@ from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationInfo, field_validator, model_validator
 
+from impetus.models.registry import NAME_PATTERN
+
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
 # A request's place in the queue, as vLLM's: lower first; never earlier than its key's priority.
@@ -437,7 +439,7 @@ class AdminImportRequest(_Request):
 
     source: str = Field(..., min_length=1, max_length=1000, description=(
         "A GGUF path on the server, ollama:NAME[:TAG], lmstudio:PUBLISHER/REPO or hf:OWNER/NAME."))
-    name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$",
+    name: str | None = Field(None, pattern=NAME_PATTERN,
                              description="The model's name (default: from the source).")
     force: bool = Field(False, description="Replace a model of that name.")
     bits: Literal[2, 3, 4, 5, 6, 8] | None = Field(None, description="MLX affine bits (default: from the source).")

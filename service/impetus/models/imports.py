@@ -33,10 +33,9 @@ class ImportJob:
         self.state.update({k: v for k, v in fields.items() if k in self.state})
         self._write(force=fields.get("stage") in ("done", "skipped", "note", "tokenizer"))
 
-    def finish(self, path: Path | None = None, error: Exception | None = None, name: str | None = None) -> None:
+    def finish(self, path: Path | None = None, error: Exception | None = None) -> None:
         self.state.update(finished=time.time(), status="failed" if error else "done",
-                          error=str(error) if error else None, path=str(path) if path else None,
-                          name=name or self.state["name"])
+                          error=str(error) if error else None, path=str(path) if path else None)
         if error:
             self.state["message"] = str(error)
         self._write(force=True)

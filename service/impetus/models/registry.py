@@ -21,7 +21,8 @@ from impetus.models.metadata import ModelMetadata, read_metadata
 
 ALIASES_FILE = "aliases.json"
 WEIGHTS_CHOICES = ("auto", "stored", "float32", "float16", "bfloat16")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"  # a model name, here and in the admin API
+_NAME = re.compile(NAME_PATTERN)
 
 
 class AliasError(ValueError):

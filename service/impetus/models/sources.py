@@ -97,7 +97,8 @@ def ollama_models() -> list[str]:
     return found
 
 
-def resolve_ollama(reference: str) -> Resolved:
+def ollama_blob(reference: str) -> tuple[str, str, Path]:
+    """(NAME, TAG, the GGUF blob) of an Ollama model, checked against its manifest."""
     name, _, tag = reference.partition(":")
     tag = tag or "latest"
     manifest = _ollama_manifest(name, tag)
@@ -118,6 +119,11 @@ def resolve_ollama(reference: str) -> Resolved:
     if layer.get("size") is not None and blob.stat().st_size != layer["size"]:
         raise SourceError(f"the Ollama blob {blob.name} is {blob.stat().st_size:,} bytes, the manifest says "
                           f"{layer['size']:,}: it is incomplete")
+    return name, tag, blob
+
+
+def resolve_ollama(reference: str) -> Resolved:
+    name, tag, blob = ollama_blob(reference)
     template_note = None
     if not gguf_summary(blob).get("chat_template"):
         template_note = ("this GGUF has no tokenizer.chat_template, and Ollama's own template is a Go "
@@ -191,8 +197,9 @@ def hf_models() -> list[tuple[str, Path]]:
 
 def _latest_snapshot(repo: Path) -> Path | None:
     ref = repo / "refs" / "main"
-    if ref.is_file() and (repo / "snapshots" / ref.read_text().strip()).is_dir():
-        return repo / "snapshots" / ref.read_text().strip()
+    pointed = repo / "snapshots" / ref.read_text().strip() if ref.is_file() else None
+    if pointed is not None and pointed.is_dir():
+        return pointed
     snapshots = sorted((repo / "snapshots").glob("*"), key=lambda p: p.stat().st_mtime)
     return snapshots[-1] if snapshots else None
 
@@ -281,11 +288,10 @@ def discover(budget_bytes: int, serve_float32: bool) -> list[Discovered]:
     found = []
     for name in ollama_models():
         try:
-            resolved = resolve_ollama(name)
+            _, _, blob = ollama_blob(name)  # not resolve_ollama: _describe reads the header once
         except SourceError:
             continue
-        found.append(_describe(f"ollama:{name}", "ollama", resolved.kind, resolved.path, budget_bytes,
-                               serve_float32))
+        found.append(_describe(f"ollama:{name}", "ollama", "gguf", blob, budget_bytes, serve_float32))
     for ref, path in lmstudio_models():
         found.append(_describe(f"lmstudio:{ref}", "lmstudio", "mlx" if path.is_dir() else "gguf", path,
                                budget_bytes, serve_float32))

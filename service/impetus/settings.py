@@ -100,6 +100,9 @@ class Settings(BaseSettings):
     require_api_keys: bool = False
     # Unset: the stack's private instance, a unix socket under data_dir.
     redis_url: str | None = None
+    # The private Redis' append-only file: fsync once a second (a crash loses at
+    # most a second of usage counts) or after every write ("always", slower).
+    redis_appendfsync: Literal["everysec", "always"] = "everysec"
     default_rpm: int = 120
     default_tpm: int = 200_000
     # Deterministic responses (temperature 0 or a seed) are kept this long.

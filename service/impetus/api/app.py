@@ -66,7 +66,7 @@ def create_app(settings, host, waker, gateway=None, metrics=None, broadcast=None
     app.add_route("/v1/messages", MessagesResource(host, waker, settings, None, metrics))
     app.add_route("/v1/messages/count_tokens", CountTokensResource(host))
     if scraped:
-        app.add_route("/metrics", MetricsResource())
+        app.add_route("/metrics", MetricsResource(settings.data_dir / "run"))
     app.add_route("/v1/embeddings", EmbeddingsResource(embeddings, host, metrics))
     app.add_route("/v1/models", ModelsResource(host, embeddings))
     app.add_route("/v1/models/{model_id:path}", ModelResource(host, embeddings))

@@ -14,7 +14,7 @@ from impetus.gateway import connect
 from impetus.gateway.keys import KeyStore
 from impetus.server.process import free_port, start_server, stop_server
 from impetus.stack import nginx
-from impetus.stack.up import wait_for_redis
+from impetus.stack.up import redis_answers, wait_until
 
 
 @dataclass
@@ -36,7 +36,7 @@ def gateway_stack(work: Path, server_env: dict[str, str], conn_per_client: int =
         redis = subprocess.Popen(["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
                                   "--appendonly", "no"], stdout=subprocess.DEVNULL, start_new_session=True)
         processes.append(("redis", redis))
-        wait_for_redis(connect(redis_url), redis, timeout=20)
+        wait_until(lambda: redis_answers(redis_url), "redis-server", redis, timeout=20)
         server = start_server(server_port, work / "server.log",
                               {**server_env, "IMPETUS_REQUIRE_API_KEYS": "true", "IMPETUS_REDIS_URL": redis_url})
         processes.append(("server", server))

@@ -139,11 +139,16 @@ def resident_memory_bytes() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # bytes on macOS
 
 
-def exposition() -> tuple[bytes, str]:
-    """The text format of all workers' metrics (or this process's, outside Gunicorn)."""
+def exposition(run_dir=None) -> tuple[bytes, str]:
+    """The text format of all workers' metrics (or this process's, outside
+    Gunicorn), and with `run_dir` the restarts `impetus up` recorded there."""
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
     from prometheus_client.multiprocess import MultiProcessCollector
 
+    from impetus.metrics.components import ComponentRestarts
+
     registry = CollectorRegistry()
     MultiProcessCollector(registry)
+    if run_dir is not None:
+        registry.register(ComponentRestarts(run_dir))
     return generate_latest(registry), CONTENT_TYPE_LATEST

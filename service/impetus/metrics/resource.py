@@ -7,7 +7,10 @@ from impetus.metrics import exposition
 
 
 class MetricsResource:
+    def __init__(self, run_dir=None):
+        self.run_dir = run_dir  # where `impetus up` counts component restarts
+
     def on_get(self, req, resp):
-        body, content_type = exposition()
+        body, content_type = exposition(self.run_dir)
         resp.content_type = content_type
         resp.data = body

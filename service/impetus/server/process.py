@@ -22,11 +22,17 @@ def free_port() -> int:
 def start_server(port: int, log: Path, env: dict[str, str], timeout: float = 180) -> subprocess.Popen:
     """Run `impetus serve --port PORT` with `env` added to the environment,
     output to `log`, in its own process group; return once /readyz says 200."""
-    environment = {**os.environ, "PYTHONUNBUFFERED": "1", **env}
-    with log.open("w") as out:
-        process = subprocess.Popen([sys.executable, "-m", "impetus", "serve", "--port", str(port)],
-                                   stdout=out, stderr=subprocess.STDOUT, env=environment, start_new_session=True)
+    process = spawn_server(port, log, env, append=False)
     return wait_until_ready(process, f"http://127.0.0.1:{port}/readyz", log, timeout)
+
+
+def spawn_server(port: int, log: Path, env: dict[str, str], append: bool = True) -> subprocess.Popen:
+    """`impetus serve --port PORT` in its own process group, not waited for;
+    appending to `log` keeps what a crashed run wrote before its restart."""
+    environment = {**os.environ, "PYTHONUNBUFFERED": "1", **env}
+    with log.open("a" if append else "w") as out:
+        return subprocess.Popen([sys.executable, "-m", "impetus", "serve", "--port", str(port)],
+                                stdout=out, stderr=subprocess.STDOUT, env=environment, start_new_session=True)
 
 
 def wait_until_ready(process: subprocess.Popen, url: str, log: Path, timeout: float = 180) -> subprocess.Popen:

@@ -94,5 +94,10 @@ def check(conf: Path) -> None:
 def start(conf: Path, **popen) -> subprocess.Popen:
     """nginx in the foreground (daemon off), so its parent owns its lifetime."""
     check(conf)
+    return spawn(conf, **popen)
+
+
+def spawn(conf: Path, **popen) -> subprocess.Popen:
+    """nginx with a configuration already checked."""
     return subprocess.Popen([nginx_binary(), "-c", str(conf), "-p", str(conf.parent), "-g", "daemon off;"],
                             **popen)

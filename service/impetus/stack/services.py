@@ -105,7 +105,7 @@ def render(settings, layout: Layout, public_host: str = "127.0.0.1", public_port
         server_env["IMPETUS_LOG_FILE"] = str(logs / "impetus.log")
     services = {
         "redis": ("its private Redis (keys, limits, usage)",
-                  [_which("redis-server", "/opt/homebrew/bin/redis-server"), *redis_arguments(data, logs)],
+                  [_which("redis-server", "/opt/homebrew/bin/redis-server"), *redis_arguments(data, logs, settings.redis_appendfsync)],
                   {"PATH": path}, []),
         "server": ("LLM server (Gunicorn workers on MLX)", [impetus, "serve"], server_env, ["redis"]),
         "nginx": ("nginx in front of the server",

@@ -1,11 +1,12 @@
-"""`impetus up`: the whole stack in the foreground.
+"""`impetus up`: the whole stack in the foreground, supervised.
 
 redis-server (a private instance under the data dir, unless IMPETUS_REDIS_URL
 names one), the Gunicorn workers (API keys required) and nginx in front, each
-started natively and waited for. Ctrl-C or SIGTERM stops them in order: nginx
-first (no new requests), then the workers (running streams drain), Redis last
-(usage of the last requests is still recorded). If any of them dies, the rest
-are stopped too and `up` exits non-zero.
+started natively and waited for. A component that exits is restarted with
+backoff while the others go on (`impetus.stack.supervisor`); only one that
+fails to start five times in a row, or Ctrl-C / SIGTERM, stops the stack, in
+order: nginx first (no new requests), then the workers (running streams
+drain), Redis last (usage of the last requests is still recorded).
 """
 
 from __future__ import annotations
@@ -19,13 +20,12 @@ from pathlib import Path
 
 from rich.console import Console
 
-from impetus.server.process import start_server, stop_server
+from impetus.server.process import spawn_server, stop_server
 from impetus.stack import nginx
+from impetus.stack.supervisor import Component, StackError, Supervisor
 from impetus.stack.tls import make_certificate, tls_paths
 
-
-class StackError(RuntimeError):
-    pass
+__all__ = ["StackError", "redis_arguments", "run", "main"]
 
 
 def wait_until(condition, what: str, process: subprocess.Popen, timeout: float = 60) -> None:
@@ -38,40 +38,33 @@ def wait_until(condition, what: str, process: subprocess.Popen, timeout: float =
         time.sleep(0.1)
 
 
-def redis_arguments(data_dir: Path, log_dir: Path) -> list[str]:
+def redis_arguments(data_dir: Path, log_dir: Path, appendfsync: str = "everysec") -> list[str]:
     """The stack's private Redis: no TCP port, a unix socket only its user can
-    open, and an append-only file (fsync every second) so keys and usage
+    open, and an append-only file (fsync every second by default, so a crash
+    loses at most a second of usage; `always` loses none) so keys and usage
     survive restarts. Also what the launchd/systemd services run."""
     directory = data_dir / "redis"
     return ["--port", "0", "--unixsocket", str(directory / "redis.sock"), "--unixsocketperm", "700",
-            "--dir", str(directory), "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
+            "--dir", str(directory), "--appendonly", "yes", "--appendfsync", appendfsync, "--save", "",
             "--logfile", str(log_dir / "redis.log")]
 
 
-def start_redis(data_dir: Path, log_dir: Path) -> tuple[subprocess.Popen, str]:
-    """A private redis-server on a unix socket, with an append-only file so keys
-    and usage survive restarts."""
-    import redis
-
+def spawn_redis(data_dir: Path, log_dir: Path, appendfsync: str = "everysec") -> tuple[subprocess.Popen, str]:
+    """A private redis-server on a unix socket (not waited for)."""
     directory = data_dir / "redis"
     directory.mkdir(parents=True, exist_ok=True)
-    socket_path = directory / "redis.sock"
-    process = subprocess.Popen(["redis-server", *redis_arguments(data_dir, log_dir)], start_new_session=True)
-    wait_for_redis(redis.Redis(unix_socket_path=str(socket_path), socket_connect_timeout=0.2), process)
-    return process, f"unix://{socket_path}"
+    process = subprocess.Popen(["redis-server", *redis_arguments(data_dir, log_dir, appendfsync)],
+                               start_new_session=True)
+    return process, f"unix://{directory / 'redis.sock'}"
 
 
-def wait_for_redis(client, process: subprocess.Popen, timeout: float = 60) -> None:
-    """Until the redis-server just started answers PING through `client`."""
+def redis_answers(url: str) -> bool:
     import redis
 
-    def answers() -> bool:
-        try:
-            return bool(client.ping())
-        except redis.RedisError:
-            return False
-
-    wait_until(answers, "redis-server", process, timeout)
+    try:
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=0.2, socket_timeout=1).ping())
+    except redis.RedisError:
+        return False
 
 
 def _stop(process: subprocess.Popen | None, sig: int, timeout: float) -> None:
@@ -83,6 +76,48 @@ def _stop(process: subprocess.Popen | None, sig: int, timeout: float) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+
+
+def components(settings, public_host: str, public_port: int, tls: bool, console) -> tuple[list[Component], str, str]:
+    """The stack's components in start order, its endpoint and Redis URL."""
+    run_dir, log_dir = settings.data_dir / "run", settings.data_dir / "logs"
+    parts = []
+    if settings.redis_url:
+        redis_url = settings.redis_url
+        console.print(f"[green]✓[/] redis    using {redis_url}")
+    else:
+        redis_url = settings.effective_redis_url
+        parts.append(Component(
+            "redis", lambda: spawn_redis(settings.data_dir, log_dir, settings.redis_appendfsync)[0],
+            lambda: redis_answers(redis_url)))
+    upstream = f"127.0.0.1:{settings.port}"
+    server_env = {
+        "IMPETUS_DATA_DIR": str(settings.data_dir), "IMPETUS_HOST": "127.0.0.1",
+        "IMPETUS_WORKERS": str(settings.workers), "IMPETUS_MODEL": settings.model,
+        "IMPETUS_REQUIRE_API_KEYS": "true", "IMPETUS_REDIS_URL": redis_url,
+    }
+    parts.append(Component(
+        "workers", lambda: spawn_server(settings.port, log_dir / "impetus.log", server_env),
+        lambda: _answers(f"http://{upstream}/readyz"), start_timeout=600, orphan_signal=signal.SIGTERM))
+
+    cert = key = None
+    if tls:
+        cert, key = tls_paths(settings.data_dir)
+        if not cert.exists():
+            make_certificate(settings.data_dir)
+            console.print(f"made a self-signed certificate: {cert} (clients must trust it)")
+    conf = nginx.render(nginx.NginxConfig(
+        public_host, public_port, upstream, run_dir, log_dir,
+        max_body=f"{max(1, settings.max_body_bytes // (1024 * 1024))}m",
+        admin_allow=tuple(settings.admin_allow), tls_cert=cert, tls_key=key,
+    ))
+    nginx.check(conf)
+    endpoint = f"{'https' if tls else 'http'}://{public_host}:{public_port}"
+    verify = ssl.create_default_context(cafile=cert) if cert else True
+    parts.append(Component(
+        "nginx", lambda: nginx.spawn(conf, start_new_session=True),
+        lambda: _answers(f"{endpoint}/healthz", verify=verify), orphan_signal=signal.SIGQUIT))
+    return parts, endpoint, redis_url
 
 
 def run(settings, public_host: str, public_port: int, tls: bool = False) -> int:
@@ -101,73 +136,58 @@ def run(settings, public_host: str, public_port: int, tls: bool = False) -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
 
-    redis_process = workers = proxy = None
+    parts: list[Component] = []
     code = 0
     try:
-        if settings.redis_url:
-            redis_url = settings.redis_url
-            console.print(f"[green]✓[/] redis    using {redis_url}")
-        else:
-            redis_process, redis_url = start_redis(settings.data_dir, log_dir)
-            console.print(f"[green]✓[/] redis    ready  {redis_url} (append-only file in "
-                          f"{settings.data_dir / 'redis'})")
+        parts, endpoint, redis_url = components(settings, public_host, public_port, tls, console)
+        ready_lines = {
+            "redis": lambda: f"ready  {redis_url} (append-only file in {settings.data_dir / 'redis'}, "
+                             f"fsync {settings.redis_appendfsync})",
+            "workers": lambda: f"ready  {settings.workers} × {settings.model} on 127.0.0.1:{settings.port} "
+                               f"(log: {log_dir / 'impetus.log'})",
+            "nginx": lambda: f"ready  {endpoint} (logs in {log_dir})",
+        }
 
-        upstream = f"127.0.0.1:{settings.port}"
-        workers = start_server(settings.port, log_dir / "impetus.log", {
-            "IMPETUS_DATA_DIR": str(settings.data_dir),
-            "IMPETUS_HOST": "127.0.0.1",
-            "IMPETUS_WORKERS": str(settings.workers),
-            "IMPETUS_MODEL": settings.model,
-            "IMPETUS_REQUIRE_API_KEYS": "true",
-            "IMPETUS_REDIS_URL": redis_url,
-        }, timeout=600)
-        console.print(f"[green]✓[/] workers  ready  {settings.workers} × {settings.model} on {upstream} "
-                      f"(log: {log_dir / 'impetus.log'})")
+        def on_ready(component: Component, again: bool) -> None:
+            if not again:
+                console.print(f"[green]✓[/] {component.name:<8} {ready_lines[component.name]()}")
 
-        cert = key = None
-        if tls:
-            cert, key = tls_paths(settings.data_dir)
-            if not cert.exists():
-                make_certificate(settings.data_dir)
-                console.print(f"made a self-signed certificate: {cert} (clients must trust it)")
-        conf = nginx.render(nginx.NginxConfig(
-            public_host, public_port, upstream, run_dir, log_dir,
-            max_body=f"{max(1, settings.max_body_bytes // (1024 * 1024))}m",
-            admin_allow=tuple(settings.admin_allow), tls_cert=cert, tls_key=key,
-        ))
-        proxy = nginx.start(conf, start_new_session=True)
-        endpoint = f"{'https' if tls else 'http'}://{public_host}:{public_port}"
-        verify = ssl.create_default_context(cafile=cert) if cert else True
-        wait_until(lambda: _answers(f"{endpoint}/healthz", verify=verify), "nginx", proxy)
-        console.print(f"[green]✓[/] nginx    ready  {endpoint} (logs in {log_dir})")
-
-        admin_key = _first_admin_key(redis_url)
-        print(f"impetus is up: {endpoint}/v1", flush=True)
-        from impetus.stack.nginx import DASHBOARD
-
-        if (DASHBOARD / "index.html").exists():
-            console.print(f"dashboard: {endpoint}/dashboard/ (sign in with an admin key)")
-        else:
-            console.print("dashboard: not built (make dashboard)")
-        if admin_key:
-            console.print("first start: an admin key was created; it is shown once, now:")
-            print(f"admin key: {admin_key}", flush=True)
-
+        supervisor = Supervisor(parts, log=lambda line: console.print(f"[yellow]![/] {line}"), run_dir=run_dir,
+                                on_ready=on_ready)
+        supervisor.record_restarts()
+        while not stopping and not supervisor.all_up:
+            supervisor.step()
+            time.sleep(0.1)
+        if not stopping:
+            _announce(endpoint, redis_url, console)
         while not stopping:
-            for name, process in (("redis", redis_process), ("workers", workers), ("nginx", proxy)):
-                if process is not None and process.poll() is not None:
-                    raise StackError(f"{name} exited unexpectedly (code {process.returncode}); stopping")
-            time.sleep(0.5)
+            supervisor.step()
+            time.sleep(0.2)
         console.print("stopping: nginx, then workers (running requests finish), then redis")
-    except StackError as error:
+    except (StackError, RuntimeError, FileNotFoundError) as error:
         console.print(f"[red]error:[/] {error}")
         code = 1
     finally:
-        _stop(proxy, signal.SIGQUIT, 30)  # SIGQUIT: graceful, in-flight requests finish
-        if workers is not None:
-            stop_server(workers, timeout=settings.graceful_timeout + 10)
-        _stop(redis_process, signal.SIGTERM, 30)
+        by_name = {c.name: c.process for c in parts}
+        _stop(by_name.get("nginx"), signal.SIGQUIT, 30)  # SIGQUIT: graceful, in-flight requests finish
+        if by_name.get("workers") is not None:
+            stop_server(by_name["workers"], timeout=settings.graceful_timeout + 10)
+        _stop(by_name.get("redis"), signal.SIGTERM, 30)
     return code
+
+
+def _announce(endpoint: str, redis_url: str, console) -> None:
+    admin_key = _first_admin_key(redis_url)
+    print(f"impetus is up: {endpoint}/v1", flush=True)
+    from impetus.stack.nginx import DASHBOARD
+
+    if (DASHBOARD / "index.html").exists():
+        console.print(f"dashboard: {endpoint}/dashboard/ (sign in with an admin key)")
+    else:
+        console.print("dashboard: not built (make dashboard)")
+    if admin_key:
+        console.print("first start: an admin key was created; it is shown once, now:")
+        print(f"admin key: {admin_key}", flush=True)
 
 
 def _answers(url: str, verify=True) -> bool:

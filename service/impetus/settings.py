@@ -105,6 +105,8 @@ class Settings(BaseSettings):
     redis_appendfsync: Literal["everysec", "always"] = "everysec"
     default_rpm: int = 120
     default_tpm: int = 200_000
+    # Usage per key, model and day is kept this long (`impetus usage`).
+    usage_retention_days: int = Field(400, ge=1)
     # Deterministic responses (temperature 0 or a seed) are kept this long.
     cache_ttl_s: int = 3600
     # Responses API answers made with `store` (the default) are kept this long

@@ -24,6 +24,7 @@ from impetus.api.models import model_error
 from impetus.api.schemas import AdminFaultRequest, AdminImportRequest, AdminLoadRequest
 from impetus.api.validation import parse
 from impetus.engine.host import ModelNotLoaded, run_off_the_hub
+from impetus.gateway.audit import AuditEntry
 from impetus.models import imports
 from impetus.web import bad_request
 
@@ -65,6 +66,8 @@ class AdminModelLoadResource:
         except Exception as error:
             raise model_error(error, model_id) from error
         told = _tell_the_others(self.broadcast, "load", model_id, pin=body.pin, keep_alive=body.keep_alive)
+        req.context.audit = AuditEntry("model.pinned" if body.pin else "model.loaded", model_id,
+                                       {"pin": body.pin, "keep_alive": body.keep_alive})
         resp.media = {"id": model_id, **self.host.slots[model_id].describe(), "worker_pid": os.getpid(),
                       "other_workers_told": told}
 
@@ -87,6 +90,7 @@ class AdminModelUnloadResource:
         told = _tell_the_others(self.broadcast, "unload", model_id)
         if not unloaded and not told:
             raise model_error(ModelNotLoaded(model_id), model_id)
+        req.context.audit = AuditEntry("model.unloaded", model_id)
         resp.media = {"id": model_id, "unloaded": unloaded, "worker_pid": os.getpid(), "other_workers_told": told}
 
 
@@ -143,6 +147,8 @@ class AdminImportsResource:
                 job.finish(path=path)
 
         gevent.spawn(work)
+        req.context.audit = AuditEntry("model.import_started", job.state["name"],
+                                       {"source": body.source, "bits": body.bits, "dtype": body.dtype})
         resp.status = 202
         resp.media = job.state
 

@@ -2,7 +2,7 @@
 
 GET    /v1/admin/keys          every key: name, prefix, scopes, limits, usage
 POST   /v1/admin/keys          make one; the key is in this answer only
-PATCH  /v1/admin/keys/{name}   change its limits, share or priority
+PATCH  /v1/admin/keys/{name}   change its limits, share, priority, models or budget
 DELETE /v1/admin/keys/{name}   revoke it, at once in every worker
 """
 
@@ -12,6 +12,7 @@ from redis.exceptions import RedisError
 
 from impetus.api.schemas import AdminKeyCreate, AdminKeyUpdate
 from impetus.api.validation import parse
+from impetus.gateway.audit import AuditEntry, key_settings
 from impetus.gateway.keys import KeyExists, KeyNotFound
 from impetus.web import APIError
 
@@ -20,7 +21,9 @@ def describe(record, usage: dict | None = None) -> dict:
     usage = usage or {}
     return {"name": record.name, "prefix": record.prefix, "scopes": record.scopes, "rpm": record.rpm,
             "tpm": record.tpm, "share": record.share, "priority": record.priority_name,
-            "created": record.created, "expires": record.expires,
+            "created": record.created, "expires": record.expires, "models": list(record.models) or None,
+            "budget": ({"tokens": record.budget_tokens, "period": record.budget_period}
+                       if record.budget_tokens else None),
             "usage": {"requests": int(usage.get("requests", 0)),
                       "prompt_tokens": int(usage.get("prompt_tokens", 0)),
                       "completion_tokens": int(usage.get("completion_tokens", 0)),
@@ -59,11 +62,14 @@ class AdminKeysResource:
         body = parse(AdminKeyCreate, req.context.json)
         try:
             key, record = keys.create(body.name, admin=body.admin, rpm=body.rpm, tpm=body.tpm,
-                                      expires_days=body.expires_days, share=body.share, priority=body.priority)
+                                      expires_days=body.expires_days, share=body.share, priority=body.priority,
+                                      models=body.models, budget_tokens=body.budget_tokens,
+                                      budget_period=body.budget_period)
         except KeyExists as error:
             raise APIError(409, str(error).capitalize() + ".", param="name", code="key_exists") from error
         except RedisError as error:
             raise _redis_down(error) from error
+        req.context.audit = AuditEntry("key.created", record.name, key_settings(record))
         resp.status = 201
         resp.media = {**describe(record), "key": key}
 
@@ -76,11 +82,15 @@ class AdminKeyResource:
         keys = _keys(self.gateway)
         body = parse(AdminKeyUpdate, req.context.json)
         try:
-            record = keys.update(name, rpm=body.rpm, tpm=body.tpm, share=body.share, priority=body.priority)
+            record = keys.update(name, rpm=body.rpm, tpm=body.tpm, share=body.share, priority=body.priority,
+                                 models=body.models, budget_tokens=body.budget_tokens,
+                                 budget_period=body.budget_period)
         except KeyNotFound as error:
             raise APIError(404, str(error).capitalize() + ".", param="name", code="key_not_found") from error
         except RedisError as error:
             raise _redis_down(error) from error
+        req.context.audit = AuditEntry("key.updated", record.name,
+                                       {k: v for k, v in body.model_dump(exclude_none=True).items()})
         resp.media = describe(record)
 
     def on_delete(self, req, resp, name):
@@ -91,4 +101,5 @@ class AdminKeyResource:
             raise APIError(404, str(error).capitalize() + ".", param="name", code="key_not_found") from error
         except RedisError as error:
             raise _redis_down(error) from error
+        req.context.audit = AuditEntry("key.revoked", record.name)
         resp.media = {"name": record.name, "revoked": True}

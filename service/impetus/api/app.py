@@ -24,6 +24,7 @@ from impetus.api.messages import CountTokensResource, MessagesResource
 from impetus.api.middleware import JSONBodyMiddleware, RequestIdMiddleware
 from impetus.api.models import ModelResource, ModelsResource
 from impetus.api.openapi import OpenAPIResource
+from impetus.api.reports import AdminAuditResource, AdminUsageResource, UsageResource
 from impetus.api.responses import ResponseInputItemsResource, ResponseResource, ResponsesResource
 from impetus.gateway.account import AccountMiddleware
 from impetus.metrics import Metrics
@@ -80,6 +81,9 @@ def create_app(settings, host, waker, gateway=None, metrics=None, broadcast=None
     app.add_route("/v1/admin/models/{model_id}/unload", AdminModelUnloadResource(host, broadcast))
     app.add_route("/v1/admin/keys", AdminKeysResource(gateway, settings))
     app.add_route("/v1/admin/keys/{name}", AdminKeyResource(gateway))
+    app.add_route("/v1/usage", UsageResource(gateway))
+    app.add_route("/v1/admin/usage", AdminUsageResource(gateway))
+    app.add_route("/v1/admin/audit", AdminAuditResource(gateway))
     app.add_route("/v1/admin/events", AdminEventsResource(host, gateway))
     app.add_route("/healthz", LivenessResource())
     app.add_route("/", LivenessResource())

@@ -84,7 +84,7 @@ class CompletionsResource(GenerationResource):
 
     def on_post(self, req, resp):
         body = generation.with_defaults(parse(CompletionRequest, req.context.json), self.settings)
-        engine = generation.engine_for(self.host, body.model)
+        engine = generation.engine_for(self.host, body.model, req.context.account)
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         lookup = self.admit(req, resp, body, engine)
         if self.served_from_cache(resp, lookup, body.stream, include_usage):

@@ -27,6 +27,8 @@ class EmbeddingsResource:
 
     def on_post(self, req, resp):
         body = parse(EmbeddingRequest, req.context.json)
+        account = req.context.account
+        account.check_model(body.model)
         model = self._model(body.model)
         if body.dimensions is not None and body.dimensions != model.dimensions:
             raise bad_request(f"The model '{model.name}' makes {model.dimensions}-dimensional embeddings and was "
@@ -34,11 +36,10 @@ class EmbeddingsResource:
                               param="dimensions", code="unsupported_value")
         token_lists = self._tokens(model, body.input)
         prompt_tokens = sum(len(t) for t in token_lists)
-        account = req.context.account
         account.admit(resp)  # the key's token budget: 429 when it is spent
         req.context.model = model.name
         vectors = self.embeddings.embed(model, token_lists)
-        account.charge(prompt_tokens, 0)
+        account.charge(model.name, prompt_tokens, 0)
         self.metrics.prompt_tokens.labels(model.name, account.name).inc(prompt_tokens)
         if body.encoding_format == "base64":
             encoded = [base64.b64encode(v.astype("<f4").tobytes()).decode() for v in vectors]

@@ -12,7 +12,7 @@ import gevent
 import gevent.socket
 
 from impetus import __version__
-from impetus.api.models import model_error
+from impetus.api.models import alias_targets, model_error
 from impetus.engine.engine import Engine, QueueFull
 from impetus.engine.request import PRIORITY_NAMES, FinishEvent, SamplingParams, TokenEvent
 from impetus.web import APIError, bad_request
@@ -26,8 +26,10 @@ QUEUE_NOTE_S = 3.0
 QUEUE_HEADER = "x-impetus-queue-seconds"
 
 
-def engine_for(host, model: str) -> Engine:
-    """The model's engine, loaded first if it is not (other requests go on meanwhile)."""
+def engine_for(host, model: str, account) -> Engine:
+    """The model's engine, loaded first if it is not (other requests go on
+    meanwhile), if the request's key may use it (403 before any loading)."""
+    account.check_model(model, alias_targets(host, model))
     try:
         return host.acquire(model)
     except Exception as error:
@@ -235,7 +237,8 @@ class Generation:
         if self._closed:
             return
         self._closed = True
-        self.account.charge(self.prompt_tokens, self.completion_tokens)
+        cached = max((c.finish.cached_tokens for c in self.choices if c.finish is not None), default=0)
+        self.account.charge(self.engine.loaded.name, self.prompt_tokens, self.completion_tokens, cached)
         metrics, model, key = self._metrics, self.engine.loaded.name, self.account.name
         metrics.prompt_tokens.labels(model, key).inc(self.prompt_tokens)
         metrics.generation_tokens.labels(model, key).inc(self.completion_tokens)
@@ -372,7 +375,7 @@ class GenerationResource:
         hit = lookup is not None and lookup.status == "hit"
         req.context.account.admit(resp, enforce=not hit)
         if hit:
-            req.context.account.charge(0, 0)
+            req.context.account.charge(engine.loaded.name, 0, 0)
             resp.set_header(QUEUE_HEADER, "0.000")
         return lookup
 

@@ -75,7 +75,7 @@ class MessagesResource(GenerationResource):
     def on_post(self, req, resp):
         body = generation.with_defaults(parse(MessagesRequest, req.context.json), self.settings)
         chat = to_chat(body)
-        engine = generation.engine_for(self.host, body.model)
+        engine = generation.engine_for(self.host, body.model, req.context.account)
         self.admit(req, resp, body, engine)
         tokenizer = engine.tokenizer
         prompt, params, tool_mode = prepare(resp, engine, self.settings, chat, body.max_tokens, "messages",
@@ -178,7 +178,7 @@ class CountTokensResource:
 
     def on_post(self, req, resp):
         body = parse(MessagesCountRequest, req.context.json)
-        engine = generation.engine_for(self.host, body.model)
+        engine = generation.engine_for(self.host, body.model, req.context.account)
         tool_list, _ = body.chat_tools()
         resp.media = {"input_tokens": len(render_chat(engine.tokenizer, body.chat_messages(), tool_list,
                                                       body.template_kwargs()))}

@@ -30,6 +30,13 @@ def model_error(error: Exception, model: str) -> APIError:
     raise error
 
 
+def alias_targets(host, name: str) -> tuple[str, ...]:
+    """What an alias stands for (its target), for a key's allow-list: a key
+    allowed a model may use its aliases too."""
+    alias = host.registry.aliases().get(name)
+    return (alias["target"],) if alias else ()
+
+
 def model_entry(entry, slot=None) -> dict:
     described = {
         "id": entry.name, "object": "model", "created": entry.created, "owned_by": "impetus",
@@ -68,10 +75,13 @@ class ModelsResource:
         self.embeddings = embeddings
 
     def on_get(self, req, resp):
+        """The models the request's key may use (all of them without keys)."""
+        account = req.context.account
         resp.media = {
             "object": "list",
-            "data": [model_entry(e, self.host.slots.get(e.name)) for e in self.host.available()]
-            + embedding_entries(self.embeddings),
+            "data": [model_entry(e, self.host.slots.get(e.name)) for e in self.host.available()
+                     if account.allows(e.name, (e.alias_of,) if e.alias_of else ())]
+            + [e for e in embedding_entries(self.embeddings) if account.allows(e["id"])],
         }
 
 
@@ -81,6 +91,7 @@ class ModelResource:
         self.embeddings = embeddings
 
     def on_get(self, req, resp, model_id):
+        req.context.account.check_model(model_id, alias_targets(self.host, model_id))
         for entry in self.host.available():
             if entry.name == model_id:
                 resp.media = model_entry(entry, self.host.slots.get(entry.name))

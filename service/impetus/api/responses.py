@@ -176,7 +176,7 @@ class ResponsesResource(GenerationResource):
             chat = body.to_chat(history)
         except ValidationError as error:
             raise from_validation_error(error) from None
-        engine = generation.engine_for(self.host, body.model)
+        engine = generation.engine_for(self.host, body.model, req.context.account)
         self.admit(req, resp, body, engine)
         tokenizer = engine.tokenizer
         prompt, params, tool_mode = prepare(resp, engine, self.settings, chat, body.max_output_tokens, "input",

@@ -481,6 +481,9 @@ class AdminUnloaded(_Response):
     other_workers_told: int | None = None  # None: no Redis, this worker only
 
 
+ModelName = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^,|\s]+$")]
+
+
 class AdminKeyCreate(_Request):
     """POST /v1/admin/keys"""
 
@@ -492,12 +495,20 @@ class AdminKeyCreate(_Request):
     share: float = Field(1.0, gt=0, le=1000, description="Its weight when keys share the batch.")
     priority: Literal["interactive", "batch"] = Field(
         "interactive", description="batch: uses idle capacity and yields to interactive work.")
+    models: list[ModelName] = Field(default_factory=list, max_length=256,
+                                    description="The models it may use (names or aliases); empty: all.")
+    budget_tokens: int | None = Field(None, ge=1, description="Tokens per budget_period; none: no budget.")
+    budget_period: Literal["day", "week", "month"] = "month"
 
 
 class AdminKeyUpdate(_Request):
-    """PATCH /v1/admin/keys/{name}: what is given changes; rpm/tpm 0 means the server's default."""
+    """PATCH /v1/admin/keys/{name}: what is given changes; rpm/tpm/budget_tokens 0
+    mean the server's default (no budget); models [] means all."""
 
     rpm: int | None = Field(None, ge=0)
     tpm: int | None = Field(None, ge=0)
     share: float | None = Field(None, gt=0, le=1000)
     priority: Literal["interactive", "batch"] | None = None
+    models: list[ModelName] | None = Field(None, max_length=256)
+    budget_tokens: int | None = Field(None, ge=0)
+    budget_period: Literal["day", "week", "month"] | None = None

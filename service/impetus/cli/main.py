@@ -19,6 +19,10 @@ def _settings(args):
     return Settings(**overrides)
 
 
+def _names(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", help="where models live (default: the platform's data dir)")
 
@@ -130,15 +134,21 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--rpm", type=int, help="requests per minute (default: the server's)")
     create.add_argument("--tpm", type=int, help="tokens per minute (default: the server's)")
     create.add_argument("--expires", type=float, metavar="DAYS", help="expire after DAYS days")
-    update = key_commands.add_parser("update", help="change a key's limits, share or priority")
+    update = key_commands.add_parser("update", help="change a key's limits, share, priority, models or budget")
     _add_common(update)
-    update.add_argument("name")
+    update.add_argument("name", metavar="KEY_OR_NAME")
     update.add_argument("--rpm", type=int, help="requests per minute (0: the server's default)")
     update.add_argument("--tpm", type=int, help="tokens per minute (0: the server's default)")
     for command in (create, update):
         command.add_argument("--share", type=float, help="its weight when keys share the batch (default 1)")
         command.add_argument("--priority", choices=("interactive", "batch"),
                              help="batch: uses idle capacity and yields to interactive work")
+        command.add_argument("--models", metavar="A,B", type=_names,
+                             help="the only models it may use, names or aliases (default all; update: '' for all)")
+        command.add_argument("--budget-tokens", type=int, metavar="N",
+                             help="prompt + completion tokens per budget period (update: 0 for none)")
+        command.add_argument("--budget-period", choices=("day", "week", "month"),
+                             help="the budget's period, in the server's time zone (default month)")
     _add_common(key_commands.add_parser("list", help="keys with their limits and usage"))
     export = key_commands.add_parser("export", help="back up every key (hashes, limits, usage) as JSON")
     _add_common(export)
@@ -147,6 +157,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(importing_keys)
     importing_keys.add_argument("file", type=Path)
     importing_keys.add_argument("--replace", action="store_true", help="replace keys whose name exists")
+    report = commands.add_parser("usage", help="usage per key, model and day (requests and tokens)")
+    _add_common(report)
+    report.add_argument("--key", help="one key's name")
+    report.add_argument("--since", metavar="DATE", help="first day, YYYY-MM-DD (default: 30 days ago)")
+    report.add_argument("--until", metavar="DATE", help="last day, YYYY-MM-DD (default: today)")
+    report.add_argument("--csv", action="store_true", help="CSV on stdout, for a spreadsheet")
+    report.add_argument("--json", action="store_true")
+    trail = commands.add_parser("audit", help="admin actions: who changed what, when, from where")
+    _add_common(trail)
+    trail.add_argument("--limit", type=int, default=50, help="the newest N entries (default 50)")
+    trail.add_argument("--action", help="only actions starting with this, e.g. key. or model.loaded")
+    trail.add_argument("--who", help="only this key name (or cli:USER)")
+    trail.add_argument("--json", action="store_true")
     revoke = key_commands.add_parser("revoke", help="revoke a key at once")
     _add_common(revoke)
     revoke.add_argument("name")
@@ -220,6 +243,10 @@ def main(argv: list[str] | None = None) -> None:
         from impetus.cli import keys
 
         keys.run(args, _settings(args))
+    elif args.command in ("usage", "audit"):
+        from impetus.cli import reports
+
+        getattr(reports, args.command)(args, _settings(args))
     elif args.command == "doctor":
         from impetus.cli.doctor import run
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from impetus.gateway.account import KeyAccount
+from impetus.gateway.audit import AuditLog, AuditMiddleware
 from impetus.gateway.cache import ResponseCache
 from impetus.gateway.keys import KeyStore
 from impetus.gateway.middleware import AuthMiddleware, RateLimitMiddleware
 from impetus.gateway.ratelimit import RateLimiter
 from impetus.gateway.responses import ResponseStore
+from impetus.gateway.usage import UsageLedger, local_now
 
 
 def connect(url: str, read_timeout: float | None = 1.0):
@@ -20,13 +22,15 @@ def connect(url: str, read_timeout: float | None = 1.0):
 
 
 class Gateway:
-    def __init__(self, settings, metrics, redis=None):
+    def __init__(self, settings, metrics, redis=None, clock=local_now):
         self.metrics = metrics
         self.redis = redis if redis is not None else connect(settings.effective_redis_url)
         self.keys = KeyStore(self.redis)
         self.limiter = RateLimiter(self.redis)
         self.cache = ResponseCache(self.redis, ttl_s=settings.cache_ttl_s)
         self.responses = ResponseStore(self.redis, ttl_s=settings.response_store_ttl_s)
+        self.audit = AuditLog(self.redis)
+        self.usage = UsageLedger(self.redis, retention_days=settings.usage_retention_days, clock=clock)
         self.settings = settings
 
     def model_broadcast(self, host):
@@ -36,8 +40,8 @@ class Gateway:
 
     def account_for(self, key) -> KeyAccount:
         return KeyAccount(key, self.limiter, self.keys, self.settings.default_rpm, self.settings.default_tpm,
-                          self.metrics)
+                          self.metrics, self.usage)
 
     def middleware(self) -> list:
         return [AuthMiddleware(self.keys, self.account_for, self.metrics, self.settings.admin_allow),
-                RateLimitMiddleware()]
+                RateLimitMiddleware(), AuditMiddleware(self.audit, self.metrics)]

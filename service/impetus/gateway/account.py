@@ -7,9 +7,12 @@ presented a valid key carries a `KeyAccount`: the key, its limits, its share
 of the machine and its priority, with
 
 - `take_request(resp)`: the requests-per-minute limit, on arrival;
-- `admit(resp, enforce)`: the tokens-per-minute limit, before the model runs
-  (a cached answer costs no tokens, so `enforce=False` only reports it);
-- `charge(prompt_tokens, completion_tokens)`: once the response is over.
+- `check_model(name, aliases)`: the key's model allow-list (403);
+- `admit(resp, enforce)`: the tokens-per-minute limit and the token budget,
+  before the model runs (a cached answer costs no tokens, so `enforce=False`
+  only reports them);
+- `charge(model, prompt_tokens, completion_tokens, cached_tokens)`: once the
+  response is over; also the usage ledger (per key, model and day).
 
 The engine's scheduler sees `account.tenant` (id, name, share, priority) and
 shares the batch between tenants with it.
@@ -24,6 +27,7 @@ from redis.exceptions import RedisError
 from impetus.engine.request import Tenant
 from impetus.gateway.keys import ApiKey, KeyStore
 from impetus.gateway.ratelimit import LimitState, RateLimiter, format_reset
+from impetus.gateway.usage import BudgetState, UsageLedger
 from impetus.web import APIError
 
 log = logging.getLogger("impetus.gateway")
@@ -51,18 +55,30 @@ class Account:
     def take_request(self, resp) -> None:
         pass
 
+    def allows(self, model: str, aliases: tuple[str, ...] = ()) -> bool:
+        """Whether it may use `model` (reached also as `aliases`: an alias's target)."""
+        return True
+
+    def check_model(self, model: str, aliases: tuple[str, ...] = ()) -> None:
+        if not self.allows(model, aliases):
+            raise APIError(403, f"The key '{self.name}' may not use the model '{model}'. GET /v1/models lists "
+                                "the models it may use.", type="permission_error", param="model",
+                           code="model_not_allowed")
+
     def admit(self, resp, enforce: bool = True) -> None:
         pass
 
-    def charge(self, prompt_tokens: int, completion_tokens: int) -> None:
+    def charge(self, model: str, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> None:
         pass
 
 
 class AccountMiddleware:
-    """First of all middleware: every request starts with the null account."""
+    """First of all middleware: every request starts with the null account,
+    and with no admin action to audit (`impetus.gateway.audit`)."""
 
     def process_request(self, req, resp):
         req.context.account = Account(req.access_route[0] if req.access_route else req.remote_addr)
+        req.context.audit = None
 
 
 def count_redis_error(metrics, operation: str) -> None:
@@ -81,13 +97,15 @@ class KeyAccount(Account):
     """A request made with a personal key. While Redis is down the limits are
     not enforced and usage is not recorded (logged and counted), as before."""
 
-    def __init__(self, key: ApiKey, limiter: RateLimiter, keys: KeyStore, rpm: int, tpm: int, metrics):
+    def __init__(self, key: ApiKey, limiter: RateLimiter, keys: KeyStore, rpm: int, tpm: int, metrics,
+                 ledger: UsageLedger):
         self.key = key
         self.tenant = Tenant(f"key:{key.hash[:16]}", key.name, key.share, key.priority)
         self.rpm = key.rpm or rpm
         self.tpm = key.tpm or tpm
         self._limiter = limiter
         self._keys = keys
+        self._ledger = ledger
         self._metrics = metrics
         self._headers: dict[str, str] = {}
 
@@ -118,24 +136,44 @@ class KeyAccount(Account):
             self._metrics.rate_limited.labels("requests").inc()
             raise self._refuse("requests", requests, self._headers)
 
+    def allows(self, model: str, aliases: tuple[str, ...] = ()) -> bool:
+        return not self.key.models or any(name in self.key.models for name in (model, *aliases))
+
     def admit(self, resp, enforce: bool = True) -> None:
         tokens = self._limit(self._limiter.check_tokens, self.tpm, "token limit")
-        if tokens is None:
-            return
-        token_headers = _limit_headers("tokens", tokens)
-        resp.set_headers(token_headers)
-        if enforce and not tokens.allowed:
-            self._metrics.rate_limited.labels("tokens").inc()
-            raise self._refuse("tokens", tokens, {**self._headers, **token_headers})
+        if tokens is not None:
+            token_headers = _limit_headers("tokens", tokens)
+            resp.set_headers(token_headers)
+            if enforce and not tokens.allowed:
+                self._metrics.rate_limited.labels("tokens").inc()
+                raise self._refuse("tokens", tokens, {**self._headers, **token_headers})
+        if self.key.budget_tokens:
+            budget = self._limit(lambda key_hash, limit: self._ledger.budget(key_hash, limit, self.key.budget_period),
+                                 self.key.budget_tokens, "token budget")
+            if budget is None:
+                return
+            resp.set_header("x-impetus-budget-remaining", str(budget.remaining))
+            if enforce and not budget.allowed:
+                self._metrics.rate_limited.labels("budget").inc()
+                raise self._over_budget(budget)
 
-    def charge(self, prompt_tokens: int, completion_tokens: int) -> None:
+    def charge(self, model: str, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> None:
         try:
             if prompt_tokens or completion_tokens:
                 self._limiter.charge_tokens(self.key.hash, self.tpm, prompt_tokens + completion_tokens)
             self._keys.record_usage(self.key.hash, prompt_tokens, completion_tokens)
+            self._ledger.record(self.key.hash, self.key.name, model, prompt_tokens, completion_tokens,
+                                cached_tokens)
         except RedisError as error:
             count_redis_error(self._metrics, "usage")
             log.warning("redis unavailable (%s): usage of %r not recorded", error, self.key.name)
+
+    def _over_budget(self, budget: BudgetState) -> APIError:
+        return APIError(
+            429, f"The key '{self.key.name}' has used its budget of {budget.limit} tokens per {budget.period} "
+                 f"({budget.used} used). It resets in {format_reset(budget.reset_s * 1000)}.",
+            type="rate_limit_error", code="budget_exceeded",
+            headers={**self._headers, "x-impetus-budget-remaining": "0", "Retry-After": str(budget.reset_s)})
 
     def _refuse(self, kind: str, state: LimitState, headers: dict) -> APIError:
         retry = max(1, -(-state.retry_after_ms // 1000))

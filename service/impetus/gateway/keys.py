@@ -6,7 +6,8 @@ logged. Lookups are by hash, and the stored hash is compared to the computed
 one with `hmac.compare_digest`.
 
 Layout (all under one prefix, so one Redis can serve several stacks):
-  {prefix}key:{sha256}      hash: name, prefix, admin, rpm, tpm, share, priority, created, expires
+  {prefix}key:{sha256}      hash: name, prefix, admin, rpm, tpm, share, priority, created, expires,
+                            models (comma-separated; empty: all), budget_tokens, budget_period
   {prefix}keyname:{name}    string: sha256 (names are unique)
   {prefix}keys              set of sha256
   {prefix}usage:{sha256}    hash: requests, prompt_tokens, completion_tokens, last_used
@@ -46,6 +47,9 @@ class ApiKey:
     expires: float | None
     share: float = 1.0  # its weight when keys share the batch
     priority: int = 0  # 0 interactive, 1 batch (impetus.engine.request)
+    models: tuple[str, ...] = ()  # the models it may use; empty: all
+    budget_tokens: int | None = None  # tokens per budget_period; None: no budget
+    budget_period: str = "month"
 
     @property
     def priority_name(self) -> str:
@@ -75,6 +79,9 @@ class ApiKey:
             expires=float(fields["expires"]) if fields.get("expires") else None,
             share=float(fields.get("share") or 1.0),
             priority=PRIORITY_NAMES.get(fields.get("priority", ""), 0),
+            models=tuple(m for m in fields.get("models", "").split(",") if m),
+            budget_tokens=number("budget_tokens"),
+            budget_period=fields.get("budget_period") or "month",
         )
 
 
@@ -82,6 +89,22 @@ def _priority(name: str) -> str:
     if name not in PRIORITY_NAMES:
         raise ValueError(f"priority must be one of {', '.join(PRIORITY_NAMES)}, not {name!r}")
     return name
+
+
+def _period(name: str) -> str:
+    from impetus.gateway.usage import PERIODS
+
+    if name not in PERIODS:
+        raise ValueError(f"budget period must be one of {', '.join(PERIODS)}, not {name!r}")
+    return name
+
+
+def _models(names) -> str:
+    names = [n.strip() for n in names if n.strip()]
+    for name in names:
+        if "," in name or "|" in name:
+            raise ValueError(f"not a model name: {name!r}")
+    return ",".join(dict.fromkeys(names))
 
 
 class KeyExists(ValueError):
@@ -104,8 +127,8 @@ class KeyStore:
         return f"{self.prefix}keyname:{name}"
 
     def create(self, name: str, admin: bool = False, rpm: int | None = None, tpm: int | None = None,
-               expires_days: float | None = None, share: float = 1.0,
-               priority: str = "interactive") -> tuple[str, ApiKey]:
+               expires_days: float | None = None, share: float = 1.0, priority: str = "interactive",
+               models=(), budget_tokens: int | None = None, budget_period: str = "month") -> tuple[str, ApiKey]:
         """Make a key; returns (the key itself, its record). The key is not kept."""
         key = new_key()
         key_hash = hash_key(key)
@@ -120,6 +143,9 @@ class KeyStore:
             "expires": repr(now + expires_days * 86400) if expires_days else "",
             "share": repr(float(share)),
             "priority": _priority(priority),
+            "models": _models(models),
+            "budget_tokens": str(budget_tokens or 0),
+            "budget_period": _period(budget_period),
             "hash": key_hash,
         }
         # Claim the name first: SET NX makes two concurrent creates of one name safe.
@@ -157,13 +183,16 @@ class KeyStore:
         return sorted(keys, key=lambda item: item[0].created)
 
     def update(self, name: str, *, rpm: int | None = None, tpm: int | None = None, share: float | None = None,
-               priority: str | None = None) -> ApiKey:
-        """Change an existing key's limits, share or priority (None: keep);
-        every worker sees it at the key's next request. rpm/tpm 0: the default."""
-        key_hash = self.redis.get(self._name(name))
+               priority: str | None = None, models=None, budget_tokens: int | None = None,
+               budget_period: str | None = None) -> ApiKey:
+        """Change an existing key (by name, or the key itself): limits, share,
+        priority, allowed models, budget (None: keep); every worker sees it at
+        the key's next request. rpm/tpm/budget_tokens 0: the default (no
+        budget); models empty: all."""
+        key_hash = hash_key(name) if name.startswith(KEY_PREFIX) else self.redis.get(self._name(name))
         fields = self.redis.hgetall(self._key(key_hash)) if key_hash else {}
         if not fields:
-            raise KeyNotFound(f"no key named {name!r}")
+            raise KeyNotFound("no such key" if name.startswith(KEY_PREFIX) else f"no key named {name!r}")
         changes = {}
         if rpm is not None:
             changes["rpm"] = str(rpm)
@@ -173,6 +202,12 @@ class KeyStore:
             changes["share"] = repr(float(share))
         if priority is not None:
             changes["priority"] = _priority(priority)
+        if models is not None:
+            changes["models"] = _models(models)
+        if budget_tokens is not None:
+            changes["budget_tokens"] = str(budget_tokens)
+        if budget_period is not None:
+            changes["budget_period"] = _period(budget_period)
         if changes:
             self.redis.hset(self._key(key_hash), mapping=changes)
         return ApiKey.from_redis(key_hash, {**fields, **changes})

@@ -76,11 +76,11 @@ class Metrics:
         # dashboard shows a flat line rather than "no data" until the first event.
         for result in ("hit", "miss", "bypass"):
             self.cache.labels(result)
-        for kind in ("requests", "tokens"):
+        for kind in ("requests", "tokens", "budget"):
             self.rate_limited.labels(kind)
         for reason in ("missing", "invalid", "not_admin", "unverifiable"):
             self.auth_failures.labels(reason)
-        for operation in ("auth", "rate_limit", "usage"):
+        for operation in ("auth", "rate_limit", "usage", "audit"):
             self.redis_errors.labels(operation)
         for route in ("/v1/chat/completions", "/v1/completions"):
             self.request_seconds.labels(route)

@@ -5,13 +5,15 @@ import "./style.css";
 import { api, ApiError, saveKey, savedKey, StreamState, subscribe } from "./api";
 import { h, notice } from "./dom";
 import { onUpdate, state, update } from "./state";
+import { audit } from "./views/audit";
 import { keys } from "./views/keys";
 import { live } from "./views/live";
 import { models } from "./views/models";
 import { overview } from "./views/overview";
 import { playground } from "./views/playground";
+import { usage } from "./views/usage";
 
-const TABS = ["overview", "live", "keys", "models", "playground"] as const;
+const TABS = ["overview", "live", "keys", "usage", "audit", "models", "playground"] as const;
 type Tab = (typeof TABS)[number];
 
 const app = document.getElementById("app")!;
@@ -85,6 +87,8 @@ function shell(): void {
       liveView.refresh();
     }
     if (current === "keys") content.replaceChildren(keys());
+    if (current === "usage") content.replaceChildren(usage());
+    if (current === "audit") content.replaceChildren(audit());
     if (current === "models") {
       modelsView = models();
       content.replaceChildren(modelsView.element);

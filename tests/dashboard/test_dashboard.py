@@ -161,6 +161,63 @@ def test_keys_are_created_shown_once_and_revoked(stack, page):
     shot(page, "5-keys-revoked")
 
 
+def test_budgets_models_usage_and_audit_from_the_dashboard(stack, page):
+    page.click("nav >> text=Keys")
+    form = page.locator("form[data-test=create-key]")
+    form.locator("input[name=name]").fill("budgeted")
+    form.locator("input[name=models]").fill(DEFAULT_MODEL)
+    form.locator("input[name=budget_tokens]").fill("5000")
+    form.locator("select[name=budget_period]").select_option("week")
+    form.locator("button[type=submit]").click()
+    key = page.locator("[data-test=new-key]", has_text="The key for budgeted").locator("code").inner_text()
+    row = page.locator("tr[data-key=budgeted]")
+    assert row.locator("[data-test=models]").inner_text() == DEFAULT_MODEL
+    assert row.locator("[data-test=budget]").inner_text() == "5000 tokens / week"
+    row.get_by_role("button", name="Change").click()
+    change = page.locator("form[data-test=change-key]")
+    change.locator("input[name=budget_tokens]").fill("300")
+    change.locator("select[name=budget_period]").select_option("day")
+    change.locator("button[type=submit]").click()
+    row.locator("[data-test=budget]", has_text="300 tokens / day").wait_for()
+    shot(page, "4b-keys-budget")
+
+    headers = {"Authorization": f"Bearer {key}"}
+    spent = 0
+    for _ in range(2):
+        answer = httpx.post(f"{stack['url']}/v1/chat/completions", headers=headers, timeout=60, json={
+            "model": DEFAULT_MODEL, "max_tokens": 5, "messages": [{"role": "user", "content": "Hi"}]})
+        assert int(answer.headers["x-impetus-budget-remaining"]) == 300 - spent
+        spent += answer.json()["usage"]["total_tokens"]
+    embeddings = httpx.post(f"{stack['url']}/v1/embeddings", headers=headers, timeout=60,
+                            json={"model": "all-minilm-l6-v2", "input": "x"})
+    assert embeddings.status_code == 403 and embeddings.json()["error"]["code"] == "model_not_allowed"
+
+    page.click("nav >> text=Usage")
+    bars = page.locator("[data-test=usage-chart-budgeted] rect")
+    bars.first.wait_for(state="attached")
+    assert bars.count() == 30
+    assert sum(int(b.get_attribute("data-tokens")) for b in bars.all()) == spent
+    table = page.locator("[data-test=usage-table]")
+    assert table.locator(f"tr[data-row='budgeted/{DEFAULT_MODEL}'] td").nth(2).inner_text() == "2"
+    header = table.locator("th", has=page.locator("button[data-column=key]"))
+    table.locator("button[data-column=key]").click()
+    assert header.get_attribute("aria-sort") == "descending"
+    first = [r.inner_text().split("\t")[0] for r in table.locator("tbody tr").all()]
+    assert first == sorted(first, reverse=True)
+    table.locator("button[data-column=key]").click()
+    assert header.get_attribute("aria-sort") == "ascending"
+    shot(page, "4c-usage")
+
+    page.click("nav >> text=Audit")
+    audit = page.locator("[data-test=audit-table]")
+    audit.wait_for()
+    updated = audit.locator("tr[data-action='key.updated']", has_text="budgeted").first
+    assert "dashboard-admin" in updated.inner_text() and "budget_tokens=300" in updated.inner_text()
+    assert audit.locator("tr[data-action='key.created']", has_text="budgeted").count() == 1
+    assert key not in audit.inner_text()
+    shot(page, "4d-audit")
+
+
 def test_live_charts_move_with_traffic(stack, page, admin_key):
     page.click("nav >> text=Live")
     chart = page.locator("[data-test='chart-tok/s']")

@@ -1,4 +1,5 @@
-// API keys: list with usage, create (the key is shown once), revoke.
+// API keys: list with usage, create (the key is shown once), change limits,
+// allowed models and budget, revoke.
 
 import { api, ApiError } from "../api";
 import { empty, h, notice, when } from "../dom";
@@ -12,6 +13,7 @@ export function keys(): HTMLElement {
     h("label", {}, "Name", h("input", { name: "name", required: true, placeholder: "alice", autocomplete: "off", maxlength: 64 })),
     h("label", {}, "Requests / min", h("input", { name: "rpm", type: "number", min: 1, placeholder: "default" })),
     h("label", {}, "Tokens / min", h("input", { name: "tpm", type: "number", min: 1, placeholder: "default" })),
+    ...policyFields(),
     h("label", { class: "check" }, h("input", { name: "admin", type: "checkbox" }), "admin"),
     h("button", { type: "submit" }, "Create key"),
   );
@@ -20,6 +22,7 @@ export function keys(): HTMLElement {
     const data = new FormData(form);
     const body: Record<string, unknown> = { name: String(data.get("name")).trim(), admin: data.get("admin") === "on" };
     for (const limit of ["rpm", "tpm"]) if (data.get(limit)) body[limit] = Number(data.get(limit));
+    Object.assign(body, policy(data, false));
     try {
       const answer = await api("POST", "/v1/admin/keys", body);
       form.reset();
@@ -43,7 +46,7 @@ export function keys(): HTMLElement {
     return h(
       "table",
       { "data-test": "keys-table" },
-      h("thead", {}, h("tr", {}, ["name", "key", "scopes", "limits", "requests", "tokens in / out", "last used", ""].map((c) => h("th", {}, c)))),
+      h("thead", {}, h("tr", {}, ["name", "key", "scopes", "limits", "models", "budget", "requests", "tokens in / out", "last used", ""].map((c) => h("th", {}, c)))),
       h(
         "tbody",
         {},
@@ -55,12 +58,15 @@ export function keys(): HTMLElement {
             h("td", {}, h("code", {}, `${k.prefix}…`)),
             h("td", {}, k.scopes.join(", ")),
             h("td", {}, `${k.rpm ?? answer.default_rpm} rpm · ${k.tpm ?? answer.default_tpm} tpm`),
+            h("td", { "data-test": "models" }, k.models ? k.models.join(", ") : "all"),
+            h("td", { "data-test": "budget" }, k.budget ? `${k.budget.tokens} tokens / ${k.budget.period}` : "none"),
             h("td", {}, k.usage.requests),
             h("td", {}, `${k.usage.prompt_tokens} / ${k.usage.completion_tokens}`),
             h("td", {}, when(k.usage.last_used)),
             h(
               "td",
               { class: "actions" },
+              h("button", { class: "small ghost", onclick: () => edit(k) }, "Change"),
               h("button", {
                 class: "danger small",
                 onclick: async () => {
@@ -80,8 +86,66 @@ export function keys(): HTMLElement {
     );
   }
 
+  // Changing a key: its limits, allowed models and budget (PATCH; empty fields keep, 0 / "" reset).
+  const editor = h("div", {});
+  function edit(k: any): void {
+    const change = h(
+      "form",
+      { class: "inline-form", "data-test": "change-key" },
+      h("label", {}, "Requests / min", h("input", { name: "rpm", type: "number", min: 0, placeholder: String(k.rpm ?? "default") })),
+      h("label", {}, "Tokens / min", h("input", { name: "tpm", type: "number", min: 0, placeholder: String(k.tpm ?? "default") })),
+      ...policyFields(k),
+      h("button", { type: "submit" }, `Save ${k.name}`),
+      h("button", { type: "button", class: "ghost", onclick: () => editor.replaceChildren() }, "Cancel"),
+    );
+    change.addEventListener("submit", async (event) => {
+      event.preventDefault();
+      const data = new FormData(change);
+      const body: Record<string, unknown> = policy(data, true);
+      for (const limit of ["rpm", "tpm"]) if (data.get(limit)) body[limit] = Number(data.get(limit));
+      try {
+        await api("PATCH", `/v1/admin/keys/${encodeURIComponent(k.name)}`, body);
+        editor.replaceChildren(notice("info", `Changed ${k.name}.`));
+        await load();
+      } catch (error) {
+        editor.append(notice("error", (error as ApiError).message));
+      }
+    });
+    editor.replaceChildren(h("h3", {}, `Change ${k.name}`), change);
+  }
+
   void load();
-  return h("section", {}, h("article", { class: "card" }, h("h2", {}, "New key"), form, created), h("article", { class: "card" }, h("h2", {}, "Keys"), list));
+  return h(
+    "section",
+    {},
+    h("article", { class: "card" }, h("h2", {}, "New key"), form, created),
+    h("article", { class: "card" }, h("h2", {}, "Keys"), list, editor),
+  );
+}
+
+// The fields a key's policy shares between the create and change forms.
+function policyFields(k?: any): HTMLElement[] {
+  const period = h(
+    "select",
+    { name: "budget_period" },
+    ["month", "week", "day"].map((p) => h("option", { value: p, selected: k?.budget?.period === p }, p)),
+  );
+  return [
+    h("label", {}, "Models", h("input", { name: "models", placeholder: "all (or a,b)", value: k?.models?.join(",") ?? "", autocomplete: "off" })),
+    h("label", {}, "Budget tokens", h("input", { name: "budget_tokens", type: "number", min: 0, placeholder: "none", value: k?.budget?.tokens ?? "" })),
+    h("label", {}, "per", period),
+  ];
+}
+
+function policy(data: FormData, changing: boolean): Record<string, unknown> {
+  const body: Record<string, unknown> = {};
+  const models = String(data.get("models") ?? "").split(",").map((m) => m.trim()).filter(Boolean);
+  if (models.length || changing) body.models = models;
+  const budget = data.get("budget_tokens");
+  if (budget) body.budget_tokens = Number(budget);
+  else if (changing) body.budget_tokens = 0;
+  if (budget || changing) body.budget_period = data.get("budget_period");
+  return body;
 }
 
 function shownOnce(name: string, key: string): HTMLElement {

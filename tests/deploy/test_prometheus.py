@@ -36,6 +36,19 @@ def test_promtool_accepts_the_shipped_config():
     assert "SUCCESS" in result.stdout
 
 
+def test_promtool_checks_the_alerts_and_every_alert_has_a_unit_test():
+    alerts = CONFIG.parent / "alerts.yml"
+    checked = subprocess.run([binary("promtool"), "check", "rules", str(alerts)], capture_output=True, text=True)
+    assert checked.returncode == 0 and "SUCCESS: 8 rules found" in checked.stdout, checked.stdout + checked.stderr
+    tested = subprocess.run([binary("promtool"), "test", "rules", "alerts.test.yml"], capture_output=True, text=True,
+                            cwd=CONFIG.parent)
+    assert tested.returncode == 0 and "SUCCESS" in tested.stdout, tested.stdout + tested.stderr
+    names = {rule["alert"] for group in yaml.safe_load(alerts.read_text())["groups"] for rule in group["rules"]}
+    cases = yaml.safe_load((CONFIG.parent / "alerts.test.yml").read_text())["tests"]
+    fired = {test["alertname"] for case in cases for test in case["alert_rule_test"] if test["exp_alerts"]}
+    assert fired == names, f"alerts without a test that makes them fire: {names - fired}"
+
+
 def dashboard_expressions() -> list[tuple[str, str]]:
     dashboard = json.loads(DASHBOARD.read_text())
     found = []
@@ -79,6 +92,8 @@ def stack(gateway_server, redis_server, tmp_path_factory):
         for job in config["scrape_configs"]:
             job["static_configs"] = [{"targets": [local[job["job_name"]]]}]
         (work / "prometheus.yml").write_text(yaml.safe_dump(config))
+        for rules in config["rule_files"]:  # beside the config, as in the compose mount
+            (work / rules).write_text((CONFIG.parent / rules).read_text())
         url = f"http://127.0.0.1:{prometheus_port}"
         processes.append(start_program(
             [binary("prometheus"), f"--config.file={work / 'prometheus.yml'}", f"--storage.tsdb.path={work / 'data'}",
@@ -129,6 +144,26 @@ def make_traffic(proxy: str, keys: KeyStore) -> int:
                                       headers={"Authorization": f"Bearer {limited}"}).status_code)
     assert statuses == [200, 200, 200, 200, 400, 401, 200, 429]
     return len(statuses)
+
+
+def test_the_real_prometheus_evaluates_every_alert_and_none_fires_on_a_healthy_stack(stack):
+    def rules():
+        body = httpx.get(f"{stack['prometheus']}/api/v1/rules", timeout=10).json()
+        return [rule for group in body["data"]["groups"] for rule in group["rules"]]
+
+    deadline = time.monotonic() + 60
+    while any(rule.get("lastEvaluation", "").startswith("0001") for rule in rules()):
+        assert time.monotonic() < deadline, "the rules were never evaluated"
+        time.sleep(1)
+    loaded = rules()
+    assert len(loaded) == 8
+    for rule in loaded:
+        assert rule["health"] == "ok", (rule["name"], rule.get("lastError"))
+        assert rule["state"] == "inactive", (rule["name"], rule["alerts"])
+    # The series the alerts read exist in the real scrape (restarts and exits appear when they happen).
+    for metric in ("impetus_mlx_active_memory_bytes", "impetus_memory_budget_bytes", "impetus_thermal_state",
+                   "impetus_redis_errors_total", "redis_up", "nginx_up"):
+        assert query(stack["prometheus"], metric), metric
 
 
 def test_every_dashboard_panel_returns_data(stack, redis_client):

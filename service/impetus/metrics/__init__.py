@@ -68,6 +68,8 @@ class Metrics:
         self.mlx_cache_bytes = gauge("impetus_mlx_cache_memory_bytes", "Freed MLX buffers kept for reuse")
         self.mlx_peak_bytes = gauge("impetus_mlx_peak_memory_bytes", "MLX peak memory", mode="livemax")
         self.resident_bytes = gauge("impetus_process_resident_memory_bytes", "Resident memory of the workers")
+        self.memory_budget_bytes = gauge("impetus_memory_budget_bytes",
+                                         "Memory the workers may use for models (IMPETUS_MEMORY_BUDGET_*)")
         self.thermal_state = gauge("impetus_thermal_state",
                                    "macOS thermal state: 0 nominal, 1 fair, 2 serious, 3 critical; -1 unknown",
                                    mode="livemax")
@@ -121,12 +123,27 @@ class Metrics:
             if preempted > 0:
                 self.preempted.labels(name).inc(preempted)
             self._preempted_seen[name] = engine.stats.preempted
+        self.memory_budget_bytes.set(host.budget_bytes)
         self.mlx_active_bytes.set(mx.get_active_memory())
         self.mlx_cache_bytes.set(mx.get_cache_memory())
         self.mlx_peak_bytes.set(mx.get_peak_memory())
         self.resident_bytes.set(resident_memory_bytes())
         state = thermal_state()
         self.thermal_state.set(-1 if state is None else state)
+
+
+_worker_exits = None
+
+
+def worker_exits() -> Counter:
+    """Counted by the Gunicorn master (its own file in the multiprocess dir)
+    each time a worker process ends: a crash, an engine death, a reload.
+    Several a quarter hour is a restart loop (deploy/prometheus/alerts.yml)."""
+    global _worker_exits
+    if _worker_exits is None:
+        _worker_exits = Counter("impetus_worker_exits_total", "Worker processes that ended (Gunicorn replaces them)",
+                                registry=None)
+    return _worker_exits
 
 
 def resident_memory_bytes() -> int:

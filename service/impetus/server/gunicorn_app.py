@@ -106,7 +106,10 @@ class ImpetusApplication(BaseApplication):
     def _child_exit(self, server, worker):
         from prometheus_client import multiprocess
 
+        from impetus.metrics import worker_exits
+
         multiprocess.mark_process_dead(worker.pid)
+        worker_exits().inc()
 
     def _worker_exit(self, server, worker):
         if self.host is None or not worker.booted:

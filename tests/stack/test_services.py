@@ -5,10 +5,12 @@ and uninstalled without a trace."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import plistlib
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -109,3 +111,166 @@ def test_uninstall_keeps_logs_and_redis_data(settings, tmp_path):
     services.uninstall(settings, layout, progress=lambda m: None)
     assert aof.read_text() == "keys live here"
     assert not any(p.suffix == ".service" for p in root.rglob("*"))
+
+
+def _units(root: Path, manager: str) -> dict[str, str]:
+    suffix = ".plist" if manager == "launchd" else ".service"
+    return {p.name.removesuffix(suffix).split(".")[-1].removeprefix("impetus-"): p.read_text()
+            for p in root.rglob(f"*{suffix}")}
+
+
+def _runs_as(manager: str, text: str) -> str | None:
+    if manager == "launchd":
+        plist = plistlib.loads(text.encode())
+        assert plist.get("GroupName") == plist.get("UserName")
+        return plist.get("UserName")
+    users = [line.split("=", 1)[1] for line in text.splitlines() if line.startswith("User=")]
+    groups = [line.split("=", 1)[1] for line in text.splitlines() if line.startswith("Group=")]
+    assert users == groups
+    return users[0] if users else None
+
+
+@pytest.mark.parametrize("manager", ["launchd", "systemd"])
+@pytest.mark.parametrize("system", [False, True])
+@pytest.mark.parametrize("user", [None, "llm-svc"])
+@pytest.mark.parametrize("port", [80, 8080])
+def test_services_never_run_as_root(settings, tmp_path, manager, system, user, port):
+    root = tmp_path / "root"
+    if user and not system:
+        with pytest.raises(services.ServiceError, match="--user is for a system install"):
+            services.layout_for(settings, system, manager, root, user)
+        return
+    layout = services.layout_for(settings, system, manager, root, user)
+    services.install(settings, layout, progress=lambda m: None, public_port=port)
+    units = _units(root, manager)
+    conf = next(root.rglob("nginx.conf")).read_text()
+    if not system:  # a per-user install runs as the user who installed it
+        assert {name: _runs_as(manager, text) for name, text in units.items()} == dict.fromkeys(units)
+        return
+    account = user or {"launchd": "_impetus", "systemd": "impetus"}[manager]
+    assert layout.user == account
+    assert _runs_as(manager, units["redis"]) == account
+    assert _runs_as(manager, units["server"]) == account
+    if port < 1024:  # only root binds it: nginx starts as root, its workers drop to the account
+        assert _runs_as(manager, units["nginx"]) is None
+        assert conf.startswith(f"user {account};\n")
+    else:
+        assert _runs_as(manager, units["nginx"]) == account
+        assert not conf.startswith("user ")
+    assert json.loads((layout.real(layout.data_dir) / "services.json").read_text())["account"] == account
+    assert "root" not in {_runs_as(manager, text) for text in units.values()}
+
+
+@pytest.mark.parametrize("manager", ["launchd", "systemd"])
+def test_root_is_refused_and_a_system_install_defaults_to_a_system_data_dir(tmp_path, manager):
+    with pytest.raises(services.ServiceError, match="must not run as root"):
+        services.layout_for(Settings(data_dir=tmp_path), True, manager, tmp_path / "root", "root")
+    layout = services.layout_for(Settings(), True, manager, tmp_path / "root")
+    assert layout.data_dir == {"launchd": Path("/Library/Application Support/Impetus"),
+                               "systemd": Path("/var/lib/impetus")}[manager]
+    made = services.account_commands(manager, layout.user, layout.data_dir, uid=250)
+    if manager == "launchd":
+        assert ["dscl", ".", "-create", "/Users/_impetus", "UniqueID", "250"] in made
+        assert ["dscl", ".", "-create", "/Users/_impetus", "UserShell", "/usr/bin/false"] in made
+        assert ["dscl", ".", "-create", "/Groups/_impetus", "PrimaryGroupID", "250"] in made
+    else:
+        assert made[0][:3] == ["useradd", "--system", "--user-group"] and made[0][-1] == "impetus"
+
+
+needs_root_linux = pytest.mark.skipif(
+    sys.platform != "linux" or os.geteuid() != 0 or not shutil.which("useradd") or not shutil.which("runuser"),
+    reason="making a system account needs root and useradd (Linux)")
+
+
+@needs_root_linux
+def test_the_account_is_made_owns_the_data_and_runs_redis_and_nginx_workers(tmp_path):
+    """systemd is not PID 1 here, so each unit's ExecStart is run as its User=
+    with runuser, as systemd would run it."""
+    import pwd
+    import time
+
+
+    name = f"imp-t{os.getpid() % 100000}"
+    data = Path(f"/tmp/{name}-data")  # /tmp/pytest-of-root is 0700: the account could not enter it
+    shutil.rmtree(data, ignore_errors=True)
+    settings = Settings(data_dir=data)
+    layout = services.layout_for(settings, True, "systemd", tmp_path / "root", name)
+    # A data dir the account cannot reach is refused with a way out.
+    hidden = tmp_path / "hidden" / "data"
+    hidden.mkdir(parents=True)
+    (tmp_path / "hidden").chmod(0o700)
+    assert services.ensure_account(layout, progress=lambda m: None) is True
+    processes = []
+    try:
+        record = pwd.getpwnam(name)
+        assert record.pw_uid != 0 and record.pw_shell.endswith("nologin") and record.pw_dir == str(data)
+        assert services.ensure_account(layout, progress=lambda m: None) is False  # idempotent
+        with pytest.raises(services.ServiceError, match="cannot enter"):
+            services.check_reachable(name, hidden)
+        port = next(p for p in range(900, 1000) if _port_free(p))
+        services.install(settings, layout, progress=lambda m: None, public_port=port)
+        for folder in (data, data / "redis", data / "run" / "nginx", data / "logs"):
+            layout.real(folder).mkdir(parents=True, exist_ok=True)
+        # install() with --root writes below root: the real data dir is given to the account as install does.
+        shutil.copytree(layout.real(data), data, dirs_exist_ok=True)
+        services.check_reachable(name, data)
+        services.give_to_account(name, data)
+        assert all(p.stat().st_uid == record.pw_uid for p in (data, *data.rglob("*")))
+        units = _units(tmp_path / "root", "systemd")
+        for unit in ("redis", "nginx"):
+            text = units[unit]
+            command = next(line.split("=", 1)[1] for line in text.splitlines() if line.startswith("ExecStart="))
+            run_as = _runs_as("systemd", text)
+            argv = ["bash", "-c", f"exec {command}"]
+            if run_as:
+                argv = ["runuser", "-u", run_as, "--", *argv]
+            processes.append(subprocess.Popen(argv, cwd=data, start_new_session=True,
+                                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+        deadline = time.monotonic() + 20
+        import redis
+
+        client = redis.Redis(unix_socket_path=str(data / "redis" / "redis.sock"))
+        while True:
+            try:
+                assert client.ping()
+                break
+            except redis.RedisError:
+                assert time.monotonic() < deadline, processes[0].stderr.read1().decode()
+                time.sleep(0.2)
+        owners = _owners("redis-server", str(data))
+        assert owners == {name}, owners
+        while set(_owners("nginx: worker", "")) != {name}:
+            assert time.monotonic() < deadline, (_owners("nginx", ""), processes[1].poll())
+            time.sleep(0.2)
+        assert _owners("nginx: master", "") == {"root"}  # it alone binds port < 1024
+    finally:
+        for process in processes:
+            os.killpg(process.pid, 15)
+            process.wait(10)
+        services.remove_account(layout, name, progress=lambda m: None)
+        shutil.rmtree(data, ignore_errors=True)
+    with pytest.raises(KeyError):
+        pwd.getpwnam(name)
+
+
+def _port_free(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _owners(pattern: str, also: str) -> set[str]:
+    """The users of the processes whose command starts with `pattern` (a program
+    or a process title) and whose command line has `also`."""
+    listed = subprocess.run(["ps", "-ww", "-eo", "user:32,args"], capture_output=True, text=True).stdout
+    owners = set()
+    for line in listed.splitlines()[1:]:
+        user, args = line.split(None, 1)
+        if (args.startswith(pattern) or args.split()[0].endswith("/" + pattern)) and also in args:
+            owners.add(user)
+    return owners

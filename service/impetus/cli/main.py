@@ -59,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
                              help="for the whole machine (LaunchDaemon / system unit; needs root), not this user")
         command.add_argument("--manager", choices=("launchd", "systemd"), help="default: this platform's")
         command.add_argument("--root", type=Path, help="write below this folder and start nothing (packaging)")
+        command.add_argument("--user", help="with --system: the unprivileged account to run as (default: _impetus "
+                                            "on macOS, impetus on Linux, made if missing; never root)")
         if verb == "install":
             command.add_argument("--host", dest="public_host", default="127.0.0.1", help="nginx's address")
             command.add_argument("--port", dest="public_port", type=int, default=8080, help="nginx's port")

@@ -13,12 +13,13 @@ def run(args, settings) -> None:
     console = Console(stderr=True, soft_wrap=True)
     progress = lambda message: console.print(f"[cyan]•[/] {message}")  # noqa: E731
     try:
-        layout = services.layout_for(settings, args.system, args.manager, args.root)
+        layout = services.layout_for(settings, args.system, args.manager, args.root, args.user)
         if args.service_command == "install":
             services.install(settings, layout, progress=progress, public_host=args.public_host,
                              public_port=args.public_port)
             console.print(f"[green]✓[/] installed for {layout.manager} "
-                          f"({'system' if layout.system else 'this user'}); logs in {layout.log_dir}")
+                          f"({f'system, as {layout.user}' if layout.system else 'this user'}); data in "
+                          f"{layout.data_dir}, logs in {layout.log_dir}")
         elif args.service_command == "uninstall":
             services.uninstall(settings, layout, progress=progress)
         else:

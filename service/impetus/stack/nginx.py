@@ -27,6 +27,9 @@ class NginxConfig:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     dashboard_dir: Path = DASHBOARD  # the built dashboard (may be absent: nginx answers 404 there)
+    # Whom nginx's workers run as when its master starts as root: None decides
+    # by who renders (see below), "" writes no `user` line, a name that account.
+    worker_user: str | None = None
 
 
 def render_files(config: NginxConfig, templates: Path = TEMPLATES) -> dict[str, str]:
@@ -58,10 +61,14 @@ def render_files(config: NginxConfig, templates: Path = TEMPLATES) -> dict[str, 
         text = Template((templates / name).read_text()).safe_substitute(values)
         if "${" in text:
             raise ValueError(f"{name}: a placeholder was not filled: {text[text.index('${'):][:40]}")
-        if name == "nginx.conf" and os.geteuid() == 0:
-            # Started as root (CI, containers): nginx would run its workers as
-            # "nobody", which cannot reach a data dir under /root. As a normal
-            # user (production) nginx switches no users at all.
+        if name == "nginx.conf" and config.worker_user:
+            # A system service started as root to bind a port below 1024: the
+            # workers, which talk to clients, drop to the service account.
+            text = f"user {config.worker_user};\n" + text
+        elif name == "nginx.conf" and config.worker_user is None and os.geteuid() == 0:
+            # `impetus up` started as root (CI, containers): nginx would run its
+            # workers as "nobody", which cannot reach a data dir under /root. As
+            # a normal user (production) nginx switches no users at all.
             text = "user root;\n" + text
         files[name] = text
     return files

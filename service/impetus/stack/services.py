@@ -8,6 +8,14 @@ with gevent workers), its private Redis (unix socket, append-only file) and
 nginx in front. Per user (LaunchAgent / systemd --user) by default, for the
 whole machine (LaunchDaemon / system unit) with --system.
 
+Services never run as root. A system install (--system, run with sudo) runs
+them as a dedicated unprivileged account, `_impetus` on macOS and `impetus` on
+Linux (or --user NAME), made at install if it does not exist and given the
+data and log folders; uninstall removes the account only if install made it.
+nginx alone starts as root when its port is below 1024 (only root may bind
+it), and its workers, which talk to clients, drop to the account. A per-user
+install runs as that user.
+
 Installing is idempotent: files are written only when their text changes, and
 services are (re)started only then. Everything written is listed in a manifest
 in the data dir, and uninstall removes exactly that. With --root the files are
@@ -19,6 +27,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import shutil
 import subprocess
 import sys
@@ -34,6 +43,10 @@ REPO = Path(__file__).resolve().parents[3]
 DEPLOY = REPO / "deploy"
 LABEL_PREFIX = "com.impetus"
 MANIFEST = "services.json"
+# The unprivileged account system services run as (macOS names system accounts with "_").
+SERVICE_ACCOUNTS = {"launchd": "_impetus", "systemd": "impetus"}
+SYSTEM_DATA_DIRS = {"launchd": Path("/Library/Application Support/Impetus"), "systemd": Path("/var/lib/impetus")}
+PRIVILEGED_PORTS = 1024
 
 
 class ServiceError(RuntimeError):
@@ -47,7 +60,7 @@ class Layout:
     data_dir: Path
     log_dir: Path
     unit_dir: Path
-    user: str
+    user: str  # whom the services run as: the service account (system), or this user
     root: Path | None = None  # write below this folder, and do not start anything
 
     def real(self, path: Path) -> Path:
@@ -61,8 +74,11 @@ class Rendered:
     services: list[str] = field(default_factory=list)  # labels / unit names, in start order
 
 
-def layout_for(settings, system: bool, manager: str | None = None, root: Path | None = None) -> Layout:
+def layout_for(settings, system: bool, manager: str | None = None, root: Path | None = None,
+               user: str | None = None) -> Layout:
     manager = manager or ("launchd" if sys.platform == "darwin" else "systemd")
+    if manager not in SERVICE_ACCOUNTS:
+        raise ServiceError(f"unknown service manager {manager!r} (launchd or systemd)")
     home = Path.home()
     if manager == "launchd":
         unit_dir = Path("/Library/LaunchDaemons") if system else home / "Library/LaunchAgents"
@@ -70,17 +86,35 @@ def layout_for(settings, system: bool, manager: str | None = None, root: Path | 
     elif manager == "systemd":
         unit_dir = Path("/etc/systemd/system") if system else home / ".config/systemd/user"
         log_dir = settings.data_dir / "logs"
-    else:
-        raise ServiceError(f"unknown service manager {manager!r} (launchd or systemd)")
     import getpass
 
-    return Layout(manager, system, settings.data_dir.resolve(), log_dir, unit_dir, getpass.getuser(), root)
+    if not system and user is not None:
+        raise ServiceError("--user is for a system install (--system); a per-user install runs as you")
+    account = (user or SERVICE_ACCOUNTS[manager]) if system else getpass.getuser()
+    if system and (account == "root" or _uid(account) == 0):
+        raise ServiceError("a network-facing model server must not run as root: leave out --user for the "
+                           f"service account {SERVICE_ACCOUNTS[manager]!r}, or name an unprivileged one")
+    data_dir = settings.data_dir
+    if system and "data_dir" not in settings.model_fields_set:
+        data_dir = SYSTEM_DATA_DIRS[manager]  # not root's home, which the account cannot enter
+        if manager == "systemd":
+            log_dir = data_dir / "logs"
+    return Layout(manager, system, data_dir.resolve(), log_dir, unit_dir, account, root)
+
+
+def _uid(account: str) -> int | None:
+    try:
+        return pwd.getpwnam(account).pw_uid
+    except KeyError:
+        return None
 
 
 def _which(program: str, *fallbacks: str) -> str:
     for candidate in (shutil.which(program), *fallbacks):
         if candidate and Path(candidate).exists():
-            return str(Path(candidate).resolve())
+            # Absolute, but not resolved: Debian's redis-server is a link to
+            # redis-check-rdb, which acts by the name it is started under.
+            return str(Path(candidate).absolute())
     raise ServiceError(f"{program} is not installed (make setup installs it)")
 
 
@@ -91,9 +125,13 @@ def render(settings, layout: Layout, public_host: str = "127.0.0.1", public_port
     data, logs = layout.data_dir, layout.log_dir
     redis_url = f"unix://{data / 'redis' / 'redis.sock'}"
     upstream = f"127.0.0.1:{settings.port}"
+    # Only root binds a port below 1024: then nginx's master starts as root and
+    # its workers drop to the account; otherwise nginx runs as the account too.
+    nginx_as_root = layout.system and public_port < PRIVILEGED_PORTS
     nginx_files = nginx.render_files(nginx.NginxConfig(
         public_host, public_port, upstream, data / "run", logs,
-        max_body=f"{max(1, settings.max_body_bytes // (1024 * 1024))}m", admin_allow=tuple(settings.admin_allow)))
+        max_body=f"{max(1, settings.max_body_bytes // (1024 * 1024))}m", admin_allow=tuple(settings.admin_allow),
+        worker_user=(layout.user if nginx_as_root else "") if layout.system else None))
     nginx_conf = data / "run" / "nginx" / "nginx.conf"
     path = os.pathsep.join([str(Path(impetus).parent), "/opt/homebrew/bin", "/usr/local/bin", "/usr/bin", "/bin"])
     server_env = {
@@ -103,20 +141,22 @@ def render(settings, layout: Layout, public_host: str = "127.0.0.1", public_port
     }
     if layout.manager == "launchd":  # systemd keeps stderr in the journal instead
         server_env["IMPETUS_LOG_FILE"] = str(logs / "impetus.log")
+    account = layout.user if layout.system else None  # None: the installing user's own services
     services = {
         "redis": ("its private Redis (keys, limits, usage)",
-                  [_which("redis-server", "/opt/homebrew/bin/redis-server"), *redis_arguments(data, logs, settings.redis_appendfsync)],
-                  {"PATH": path}, []),
-        "server": ("LLM server (Gunicorn workers on MLX)", [impetus, "serve"], server_env, ["redis"]),
+                  [_which("redis-server", "/opt/homebrew/bin/redis-server"),
+                   *redis_arguments(data, logs, settings.redis_appendfsync)],
+                  {"PATH": path}, [], account),
+        "server": ("LLM server (Gunicorn workers on MLX)", [impetus, "serve"], server_env, ["redis"], account),
         "nginx": ("nginx in front of the server",
                   [nginx.nginx_binary(), "-c", str(nginx_conf), "-p", str(nginx_conf.parent), "-g", "daemon off;"],
-                  {"PATH": path}, ["server"]),
+                  {"PATH": path}, ["server"], None if nginx_as_root else account),
     }
     rendered = Rendered()
     for name, text in nginx_files.items():
         rendered.files[nginx_conf.parent / name] = text
     exit_timeout = str(settings.graceful_timeout + 15)
-    for name, (description, arguments, environment, after) in services.items():
+    for name, (description, arguments, environment, after, run_as) in services.items():
         if layout.manager == "launchd":
             label = f"{LABEL_PREFIX}.{name}"
             text = Template((DEPLOY / "launchd" / "service.plist").read_text()).safe_substitute(
@@ -125,8 +165,8 @@ def render(settings, layout: Layout, public_host: str = "127.0.0.1", public_port
                 PROGRAM_ARGUMENTS="\n".join(f"        <string>{escape(a)}</string>" for a in arguments),
                 ENVIRONMENT="\n".join(f"        <key>{escape(k)}</key>\n        <string>{escape(v)}</string>"
                                       for k, v in environment.items()),
-                USER_NAME=(f"    <key>UserName</key>\n    <string>{escape(layout.user)}</string>\n"
-                           if layout.system else ""))
+                USER_NAME=(f"    <key>UserName</key>\n    <string>{escape(run_as)}</string>\n"
+                           f"    <key>GroupName</key>\n    <string>{escape(run_as)}</string>\n" if run_as else ""))
             rendered.files[layout.unit_dir / f"{label}.plist"] = text
             rendered.services.append(label)
         else:
@@ -136,7 +176,7 @@ def render(settings, layout: Layout, public_host: str = "127.0.0.1", public_port
                 AFTER=" ".join(f"impetus-{a}.service" for a in after),
                 EXEC_START=" ".join(_systemd_quote(a) for a in arguments),
                 ENVIRONMENT="\n".join(f'Environment="{k}={v}"' for k, v in environment.items()),
-                USER_NAME=f"User={layout.user}\n" if layout.system else "",
+                USER_NAME=f"User={run_as}\nGroup={run_as}\n" if run_as else "",
                 WANTED_BY="multi-user.target" if layout.system else "default.target")
             rendered.files[layout.unit_dir / unit] = text
             rendered.services.append(unit)
@@ -161,10 +201,91 @@ def _manifest_path(layout: Layout) -> Path:
     return layout.real(layout.data_dir / MANIFEST)
 
 
+# -- the service account ------------------------------------------------------------
+
+
+def account_commands(manager: str, name: str, home: Path, uid: int | None = None) -> list[list[str]]:
+    """How the account is made: a system account with its own group, no login
+    shell, no password, its home the data dir (not created by the command)."""
+    if manager == "systemd":
+        nologin = next((p for p in ("/usr/sbin/nologin", "/sbin/nologin") if Path(p).exists()), "/bin/false")
+        return [["useradd", "--system", "--user-group", "--home-dir", str(home), "--no-create-home",
+                 "--shell", nologin, "--comment", "Impetus LLM server", name]]
+    group, user = f"/Groups/{name}", f"/Users/{name}"
+    return [["dscl", ".", "-create", group], ["dscl", ".", "-create", group, "PrimaryGroupID", str(uid)],
+            ["dscl", ".", "-create", group, "RealName", "Impetus LLM server"],
+            ["dscl", ".", "-create", user], ["dscl", ".", "-create", user, "UniqueID", str(uid)],
+            ["dscl", ".", "-create", user, "PrimaryGroupID", str(uid)],
+            ["dscl", ".", "-create", user, "UserShell", "/usr/bin/false"],
+            ["dscl", ".", "-create", user, "NFSHomeDirectory", str(home)],
+            ["dscl", ".", "-create", user, "RealName", "Impetus LLM server"],
+            ["dscl", ".", "-create", user, "Password", "*"], ["dscl", ".", "-create", user, "IsHidden", "1"]]
+
+
+def account_removal_commands(manager: str, name: str) -> list[list[str]]:
+    if manager == "systemd":
+        return [["userdel", name], ["groupdel", name]]  # the group may already be gone with the user
+    return [["dscl", ".", "-delete", f"/Users/{name}"], ["dscl", ".", "-delete", f"/Groups/{name}"]]
+
+
+def _free_macos_id() -> int:
+    """A user and group id in macOS' range for role accounts (200-400) that neither uses."""
+    taken = set()
+    for kind, attribute in (("/Users", "UniqueID"), ("/Groups", "PrimaryGroupID")):
+        listed = _run(["dscl", ".", "-list", kind, attribute]).stdout.split()
+        taken |= {int(word) for word in listed if word.isdigit()}
+    for candidate in range(200, 400):
+        if candidate not in taken:
+            return candidate
+    raise ServiceError("no free id between 200 and 400 for the service account; make one and pass --user")
+
+
+def ensure_account(layout: Layout, progress=print) -> bool:
+    """Make the service account if it does not exist; True if it was made."""
+    if _uid(layout.user) is not None:
+        return False
+    uid = _free_macos_id() if layout.manager == "launchd" else None
+    for command in account_commands(layout.manager, layout.user, layout.data_dir, uid):
+        _run(command)
+    progress(f"made the service account {layout.user} (no login, no password)")
+    return True
+
+
+def remove_account(layout: Layout, name: str, progress=print) -> None:
+    first, *rest = account_removal_commands(layout.manager, name)
+    _run(first)
+    for command in rest:
+        _run(command, check=False)
+    progress(f"removed the service account {name}")
+
+
+def give_to_account(account: str, *folders: Path) -> None:
+    """The account owns its folders (data: models, Redis, run; logs), all the way down."""
+    record = pwd.getpwnam(account)
+    for folder in folders:
+        for path in (folder, *folder.rglob("*")):
+            os.chown(path, record.pw_uid, record.pw_gid, follow_symlinks=False)
+
+
+def check_reachable(account: str, folder: Path) -> None:
+    """Every folder above the data dir must let the account through."""
+    uid = _uid(account)
+    for parent in reversed(folder.parents):
+        status = parent.stat()
+        if status.st_uid != uid and not status.st_mode & 0o001:
+            raise ServiceError(f"the service account {account!r} cannot enter {parent} (mode "
+                               f"{oct(status.st_mode & 0o777)}), which holds the data dir {folder}; "
+                               "choose a data dir it can reach, e.g. --data-dir "
+                               f"{'/var/lib/impetus' if sys.platform != 'darwin' else '/Library/Application Support/Impetus'}")
+
+
 def install(settings, layout: Layout, progress=print, **options) -> list[Path]:
     """Write what changed and (re)start those services; returns the files changed."""
     rendered = render(settings, layout, **options)
     created_dirs, changed = [], []
+    made_account = False
+    if layout.system and layout.root is None:
+        made_account = ensure_account(layout, progress)
 
     def make_dirs(directory: Path) -> None:
         created_dirs.extend(str(d) for d in (directory, *directory.parents) if not d.exists())
@@ -178,6 +299,9 @@ def install(settings, layout: Layout, progress=print, **options) -> list[Path]:
             changed.append(path)
     for directory in (layout.log_dir, layout.data_dir / "redis"):
         make_dirs(layout.real(directory))
+    if layout.system and layout.root is None:
+        check_reachable(layout.user, layout.data_dir)
+        give_to_account(layout.user, layout.data_dir, layout.log_dir)
     manifest = _manifest_path(layout)
     previous = json.loads(manifest.read_text()) if manifest.exists() else {}
     record = {
@@ -185,6 +309,9 @@ def install(settings, layout: Layout, progress=print, **options) -> list[Path]:
         "files": sorted(str(p) for p in rendered.files),
         # Folders the first install made (removed again if empty at uninstall).
         "created_dirs": previous.get("created_dirs") or sorted(set(created_dirs)),
+        "account": layout.user if layout.system else None,
+        # Uninstall removes the account only if an install made it.
+        "created_account": bool(previous.get("created_account") or made_account),
     }
     if previous != record:
         manifest.write_text(json.dumps(record, indent=2) + "\n")
@@ -221,6 +348,8 @@ def uninstall(settings, layout: Layout, progress=print) -> list[Path]:
             pass
     if layout.root is None and layout.manager == "systemd":
         _run(["systemctl", *_user(layout), "daemon-reload"], check=False)
+    if layout.root is None and record.get("created_account") and record.get("account"):
+        remove_account(layout, record["account"], progress)
     return removed
 
 

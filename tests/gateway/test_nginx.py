@@ -84,6 +84,25 @@ def test_body_over_the_limit_is_413_in_openai_form(proxy, key):
     assert response.json()["error"]["code"] == "request_too_large"
 
 
+def test_nginx_own_400_and_header_too_large_are_in_openai_form(proxy, key):
+    import socket
+
+    response = httpx.post(f"{proxy}/v1/chat/completions", json=CHAT, timeout=30,
+                          headers={"Authorization": f"Bearer {key}", "X-Padding": "x" * 20_000})
+    assert response.status_code == 431
+    error = response.json()["error"]
+    assert error["code"] == "request_header_too_large" and error["type"] == "invalid_request_error"
+    host, port = proxy.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as raw:  # not HTTP at all
+        raw.sendall(b"GARBAGE\r\n\r\n")
+        answer = b""
+        while chunk := raw.recv(4096):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400")
+    assert json.loads(body)["error"]["code"] == "bad_request"
+
+
 def test_operator_paths_only_from_this_machine(proxy, key, admin_key):
     outside = httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.2"), timeout=10)
     admin = {"Authorization": f"Bearer {admin_key}"}

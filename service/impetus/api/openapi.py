@@ -17,6 +17,8 @@ ROUTES = [
      schemas.ResponseObject, schemas.ResponseEvent),
     ("/v1/responses/{response_id}", "get", "Retrieve a stored response", None, schemas.ResponseObject, None),
     ("/v1/responses/{response_id}", "delete", "Delete a stored response", None, schemas.ResponseDeleted, None),
+    ("/v1/responses/{response_id}/input_items", "get", "The input items of a stored response", None,
+     schemas.ResponseInputItemList, None),
     ("/v1/messages", "post", "Create a message (Anthropic's Messages API)", messages_schemas.MessagesRequest,
      messages_schemas.MessageResponse, messages_schemas.MessageStreamEvent),
     ("/v1/messages/count_tokens", "post", "Count a message request's input tokens",
@@ -29,14 +31,45 @@ ROUTES = [
     ("/v1/admin/models/{model_id}/load", "post", "Load a model, pin it, set its keep-alive (admin)",
      schemas.AdminLoadRequest, schemas.LoadedModelState, None),
     ("/v1/admin/models/{model_id}/unload", "post", "Unload a model (admin)", None, schemas.AdminUnloaded, None),
+    ("/v1/admin/models/discover", "get", "Models found on this machine that can be imported (admin)", None,
+     schemas.DiscoveredModels, None),
+    ("/v1/admin/models/import", "post", "Import a model in the background (admin); answers 202", schemas.AdminImportRequest,
+     schemas.ImportJobState, None),
+    ("/v1/admin/models/imports", "get", "Imports and their progress (admin)", None, schemas.ImportJobList, None),
+    ("/v1/admin/keys", "get", "Every API key with its limits and usage (admin)", None, schemas.AdminKeyList, None),
+    ("/v1/admin/keys", "post", "Make a key; the key is in this answer only (admin)", schemas.AdminKeyCreate,
+     schemas.AdminKeyCreated, None),
+    ("/v1/admin/keys/{name}", "patch", "Change a key's limits, share, priority, models or budget (admin)",
+     schemas.AdminKeyUpdate, schemas.AdminKey, None),
+    ("/v1/admin/keys/{name}", "delete", "Revoke a key at once (admin)", None, schemas.AdminKeyRevoked, None),
+    ("/v1/admin/events", "get", "Live figures and model events as server-sent events (admin)", None,
+     None, schemas.AdminEvent),
+    ("/v1/admin/usage", "get", "Usage per day, key and model (admin)", None, schemas.UsageReport, None),
+    ("/v1/admin/audit", "get", "The audit trail of admin actions, newest first (admin)", None,
+     schemas.AuditList, None),
+    ("/v1/usage", "get", "The calling key's own usage and budget", None, schemas.UsageReport, None),
+    ("/v1/status", "get", "Versions, hardware, Redis and engines of the answering worker (admin)", None,
+     schemas.ServerStatus, None),
+    ("/metrics", "get", "Prometheus metrics, summed over every worker (loopback, IMPETUS_ADMIN_ALLOW or admin)",
+     None, "text/plain", None),
     ("/healthz", "get", "Liveness", None, schemas.Health, None),
     ("/readyz", "get", "Readiness", None, schemas.Health, None),
 ]
 
+_USAGE_QUERY = [("since", "string", "first day, YYYY-MM-DD (default: 30 days ago)"),
+                ("until", "string", "last day, YYYY-MM-DD (default: today)")]
+QUERY_PARAMETERS = {
+    "/v1/usage": _USAGE_QUERY,
+    "/v1/admin/usage": [*_USAGE_QUERY, ("key", "string", "one key's name")],
+    "/v1/admin/audit": [("limit", "integer", "newest entries, 1-1000 (default 100)"),
+                        ("action", "string", "only actions starting with this, e.g. key."),
+                        ("who", "string", "only this key name, or cli:USER")],
+}
+
 ERROR_STATUSES = {
-    "400": "Invalid request", "401": "No or wrong API key", "403": "The key lacks the admin scope",
+    "400": "Invalid request", "401": "No or wrong API key", "403": "The key lacks the admin scope, or may not use the model",
     "404": "Not found", "409": "The model is busy", "413": "Body too large", "415": "Not JSON",
-    "429": "Over a rate limit", "500": "The model could not be loaded",
+    "429": "Over a rate limit or the key's budget", "431": "A request header too large (nginx)", "500": "The model could not be loaded",
     "503": "Overloaded, not ready, or no room for the model",
     "507": "The model exceeds the memory budget",
 }
@@ -45,7 +78,7 @@ ERROR_STATUSES = {
 def build_openapi() -> dict:
     models = {schemas.ErrorResponse, messages_schemas.AnthropicError}
     for _, _, _, request, response, chunk in ROUTES:
-        models.update(m for m in (request, response, chunk) if m is not None)
+        models.update(m for m in (request, response, chunk) if isinstance(m, type))
     _, top = models_json_schema(
         [(m, "validation" if m.__name__.endswith("Request") else "serialization") for m in
          sorted(models, key=lambda m: m.__name__)],
@@ -58,10 +91,17 @@ def build_openapi() -> dict:
     paths: dict = {}
     for path, method, summary, request, response, chunk in ROUTES:
         error = messages_schemas.AnthropicError if path.startswith("/v1/messages") else schemas.ErrorResponse
-        ok = {"application/json": {"schema": ref(response)}}
+        if response == "text/plain":
+            ok = {"text/plain": {"schema": {"type": "string"},
+                                 "description": "Prometheus' text exposition format"}}
+        elif response is None:
+            ok = {}
+        else:
+            ok = {"application/json": {"schema": ref(response)}}
         if chunk is not None:
-            ok["text/event-stream"] = {"schema": ref(chunk),
-                                       "description": "with stream=true: one event per chunk, then [DONE]"}
+            ok["text/event-stream"] = {"schema": ref(chunk), "description": (
+                "with stream=true: one event per chunk, then [DONE]" if response is not None else
+                "server-sent events until the client leaves")}
         operation = {
             "summary": summary,
             "responses": {
@@ -73,10 +113,15 @@ def build_openapi() -> dict:
         if request is not None:
             operation["requestBody"] = {"required": True,
                                         "content": {"application/json": {"schema": ref(request)}}}
-        for name in ("model_id", "response_id"):
+        for name in ("model_id", "response_id", "name"):
             if "{" + name + "}" in path:
                 operation["parameters"] = [{"name": name, "in": "path", "required": True,
                                             "schema": {"type": "string"}}]
+        query = QUERY_PARAMETERS.get(path)
+        if query:
+            operation.setdefault("parameters", []).extend(
+                {"name": name, "in": "query", "required": False, "schema": {"type": kind}, "description": text}
+                for name, kind, text in query)
         paths.setdefault(path, {})[method] = operation
     return {
         "openapi": "3.1.0",

@@ -512,3 +512,149 @@ class AdminKeyUpdate(_Request):
     models: list[ModelName] | None = Field(None, max_length=256)
     budget_tokens: int | None = Field(None, ge=0)
     budget_period: Literal["day", "week", "month"] | None = None
+
+
+# -- admin and report answers (described in /openapi.json) -----------------------
+
+
+class KeyUsageTotals(_Response):
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    last_used: float | None = None
+
+
+class KeyBudget(_Response):
+    tokens: int
+    period: Literal["day", "week", "month"]
+
+
+class AdminKey(_Response):
+    """A key as the admin API shows it: never the key itself (but at creation)."""
+
+    name: str
+    prefix: str
+    scopes: list[str]
+    rpm: int | None
+    tpm: int | None
+    share: float
+    priority: Literal["interactive", "batch"]
+    created: float
+    expires: float | None
+    models: list[str] | None = Field(None, description="The models it may use; null: all.")
+    budget: KeyBudget | None = None
+    usage: KeyUsageTotals
+
+
+class AdminKeyCreated(AdminKey):
+    key: str = Field(..., description="The key itself, in this answer only.")
+
+
+class AdminKeyList(_Response):
+    object: Literal["list"]
+    default_rpm: int
+    default_tpm: int
+    data: list[AdminKey]
+
+
+class AdminKeyRevoked(_Response):
+    name: str
+    revoked: bool
+
+
+class ImportJobState(_Response):
+    """A background import: its source, name, status and progress."""
+
+    source: str
+    name: str
+    status: str
+
+
+class ImportJobList(_Response):
+    object: Literal["list"]
+    data: list[ImportJobState]
+
+
+class DiscoveredModels(_Response):
+    object: Literal["list"]
+    data: list[dict]
+
+
+class UsageRow(_Response):
+    date: str
+    key: str
+    model: str
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+
+
+class UsageTotals(_Response):
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+
+
+class BudgetState(_Response):
+    tokens: int
+    period: Literal["day", "week", "month"]
+    used: int
+    remaining: int
+    resets_in_s: int
+
+
+class UsageReport(_Response):
+    """Per day, key and model (server dates); GET /v1/usage adds the key's budget."""
+
+    object: Literal["list"]
+    since: str | None
+    until: str
+    key: str | None
+    totals: UsageTotals
+    data: list[UsageRow]
+    budget: BudgetState | None = None
+
+
+class AuditEntry(_Response):
+    id: str
+    at: float
+    who: str
+    action: str
+    target: str
+    address: str
+    detail: dict
+
+
+class AuditList(_Response):
+    object: Literal["list"]
+    data: list[AuditEntry]
+
+
+class ServerStatus(_Response):
+    """GET /v1/status: the answering worker's components."""
+
+    status: str
+    uptime_s: float
+    worker_pid: int
+    versions: dict[str, str | None]
+    hardware: dict
+    redis: str
+    engines: list[dict]
+
+
+class AdminEvent(_Response):
+    """One server-sent event of GET /v1/admin/events (`event: snapshot` each second, and model events)."""
+
+    type: str | None = None
+
+
+class ResponseInputItemList(_Response):
+    """GET /v1/responses/{response_id}/input_items"""
+
+    object: Literal["list"]
+    data: list[dict]
+    first_id: str | None = None
+    last_id: str | None = None
+    has_more: bool = False

@@ -36,9 +36,12 @@ def as_key(gateway_server, key):
     return httpx.Client(base_url=gateway_server, headers={"Authorization": f"Bearer {key}"}, timeout=60)
 
 
-def impetus(redis_url, *args):
+def impetus(redis_url, *args, data_dir=None):
+    env = {**os.environ, "IMPETUS_REDIS_URL": redis_url}
+    if data_dir is not None:
+        env["IMPETUS_DATA_DIR"] = str(data_dir)
     return subprocess.run([sys.executable, "-m", "impetus", *args], capture_output=True, text=True, timeout=60,
-                          env={**os.environ, "IMPETUS_REDIS_URL": redis_url})
+                          env=env)
 
 
 def test_a_budget_refuses_with_retry_after_to_the_next_reset_and_usage_adds_up(gateway_server, admin):
@@ -141,7 +144,8 @@ def test_the_allow_list_holds_on_every_route_and_filters_the_model_list(gateway_
         registry.remove_alias("team-chat")
 
 
-def test_the_cli_updates_keys_reports_usage_and_reads_the_audit_trail(gateway_server, admin, redis_server):
+def test_the_cli_updates_keys_reports_usage_and_reads_the_audit_trail(gateway_server, admin, redis_server,
+                                                                     data_dir):
     http, admin_key = admin
     made = impetus(redis_server.url, "keys", "create", "--name", "dana", "--models", DEFAULT_MODEL)
     assert made.returncode == 0, made.stderr
@@ -184,3 +188,10 @@ def test_the_cli_updates_keys_reports_usage_and_reads_the_audit_trail(gateway_se
     shown = impetus(redis_server.url, "audit", "--action", "key.", "--json")
     assert [e["action"] for e in json.loads(shown.stdout)][:3] == ["key.revoked", "key.updated", "key.created"]
     assert http.get("/v1/admin/audit", params={"limit": 0}).status_code == 400
+    # Model commands that work without the stack are recorded when its Redis runs.
+    assert impetus(redis_server.url, "models", "alias", "audited", DEFAULT_MODEL, data_dir=data_dir).returncode == 0
+    assert impetus(redis_server.url, "models", "alias", "audited", "--remove", data_dir=data_dir).returncode == 0
+    latest = http.get("/v1/admin/audit", params={"limit": 2, "action": "model."}).json()["data"]
+    assert [(e["action"], e["target"], e["detail"].get("target")) for e in latest] == [
+        ("model.alias_removed", "audited", None), ("model.aliased", "audited", DEFAULT_MODEL)]
+    assert all(e["who"].startswith("cli:") for e in latest)

@@ -221,7 +221,7 @@ def test_up_stops_after_five_failed_starts(data_dir, tmp_path):
         stack.output.append(stack.lines.get())
     text = "\n".join(stack.output)
     assert code == 1, text
-    assert "nginx failed to start 5 times in a row" in text
+    assert "nginx failed to start 5 times in a row" in text and "nginx-error.log); stopping" in text
     assert text.count("trying again in") == 4
     assert "impetus is up" not in text
     # Nothing is left running.

@@ -3,7 +3,6 @@ each change is also an entry in the audit trail (who: `cli:USER`)."""
 
 from __future__ import annotations
 
-import getpass
 import json
 import sys
 import time
@@ -14,7 +13,7 @@ from rich.table import Table
 
 from impetus.cli.output import table_console
 from impetus.gateway import connect
-from impetus.gateway.audit import AuditEntry, AuditLog, key_settings
+from impetus.gateway.audit import AuditEntry, AuditLog, cli_who, key_settings
 from impetus.gateway.keys import KeyExists, KeyNotFound, KeyStore
 
 
@@ -36,7 +35,7 @@ def run(args, settings) -> None:
     redis = connect(url)
     store = KeyStore(redis)
     audit = AuditLog(redis)
-    who = f"cli:{getpass.getuser()}"
+    who = cli_who()
     try:
         if args.keys_command == "create":
             key, record = store.create(args.name, admin=args.admin, rpm=args.rpm, tpm=args.tpm,

@@ -66,6 +66,7 @@ def run(args, settings) -> None:
                                     options=Options(args.bits, args.group_size, args.dtype))
         except (GGUFImportError, AliasError) as error:
             fail(error)
+        _audit(settings, "model.imported", path.name, source=args.source, bits=args.bits, dtype=args.dtype)
         print(path)
     elif command == "discover":
         _discover(args, settings)
@@ -78,8 +79,10 @@ def run(args, settings) -> None:
         from impetus.models.pull import PullError, pull
 
         try:
-            print(pull(args.repo_id, settings.models_dir, name=args.name, revision=args.revision, force=args.force,
-                       progress=progress))
+            path = pull(args.repo_id, settings.models_dir, name=args.name, revision=args.revision, force=args.force,
+                        progress=progress)
+            _audit(settings, "model.pulled", Path(path).name, repo=args.repo_id, revision=args.revision)
+            print(path)
         except PullError as error:
             fail(error)
     elif command == "alias":
@@ -87,20 +90,30 @@ def run(args, settings) -> None:
             template = Path(args.chat_template).read_text() if args.chat_template else None
             if args.remove:
                 registry.remove_alias(args.name)
+                _audit(settings, "model.alias_removed", args.name)
                 progress(f"removed the alias {args.name!r}")
             elif not args.target and template is not None:
                 registry.set_chat_template(args.name, template)
+                _audit(settings, "model.aliased", args.name, chat_template=args.chat_template)
                 progress(f"{args.name} has the chat template from {args.chat_template}")
             elif not args.target:
                 fail("give the TARGET model (or --remove, or --chat-template FILE)")
             else:
                 entry = registry.add_alias(args.name, args.target, args.weights, chat_template=template)
+                _audit(settings, "model.aliased", entry.name, target=args.target, weights=args.weights)
                 progress(f"{entry.name} -> {entry.alias_of}" + (f" ({entry.weights_dtype} weights)"
                                                                  if entry.weights_dtype else ""))
         except (AliasError, store.ModelNotFound, OSError) as error:
             fail(error)
     else:
         _server_command(args, settings, fail)
+
+
+def _audit(settings, action: str, subject: str, **detail) -> None:
+    """Into the stack's audit trail when its Redis runs (these commands also work without it)."""
+    from impetus.gateway.audit import AuditEntry, record_from_cli
+
+    record_from_cli(settings.effective_redis_url, AuditEntry(action, subject, detail))
 
 
 def _discover(args, settings) -> None:

@@ -28,7 +28,9 @@ log = logging.getLogger("impetus.gateway")
 
 MAX_ENTRIES = 100_000
 ACTIONS = ("key.created", "key.updated", "key.revoked", "keys.imported", "model.loaded", "model.pinned",
-           "model.unloaded", "model.import_started")
+           "model.unloaded", "model.import_started", "model.imported", "model.pulled", "model.aliased",
+           "model.alias_removed")
+
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,24 @@ class AuditLog:
                 break
             cursor = batch[-1][0]
         return found
+
+
+def cli_who() -> str:
+    import getpass
+
+    return f"cli:{getpass.getuser()}"
+
+
+def record_from_cli(redis_url: str, entry: AuditEntry) -> bool:
+    """For commands that work without the stack (models import, pull, alias):
+    recorded when the stack's Redis answers, skipped (False) when it is not running."""
+    from impetus.gateway import connect
+
+    try:
+        AuditLog(connect(redis_url)).record(cli_who(), entry, "local")
+    except RedisError:
+        return False
+    return True
 
 
 class AuditMiddleware:

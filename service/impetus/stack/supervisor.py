@@ -55,6 +55,7 @@ class Component:
     ready: Callable[[], bool]
     start_timeout: float = 60.0
     orphan_signal: int | None = None  # sent to the process group after the main process died
+    log_hint: str = ""  # where its own log says why it failed
 
     process: subprocess.Popen | None = None
     state: str = "waiting"  # waiting -> starting -> up -> (exited) waiting ...
@@ -145,8 +146,9 @@ class Supervisor:
         component.failed_starts += 1
         component.last_failure = reason
         if component.failed_starts >= MAX_FAILED_STARTS:
+            hint = f"; its log: {component.log_hint}" if component.log_hint else ""
             raise StackError(f"{component.name} failed to start {component.failed_starts} times in a row "
-                             f"(last: {reason}); stopping")
+                             f"(last: {reason}{hint}); stopping")
         self.log(f"{component.name} {reason}; trying again in {component.backoff:g}s "
                  f"(failed start {component.failed_starts} of {MAX_FAILED_STARTS})")
         self._schedule(component, now)

@@ -89,7 +89,7 @@ def components(settings, public_host: str, public_port: int, tls: bool, console)
         redis_url = settings.effective_redis_url
         parts.append(Component(
             "redis", lambda: spawn_redis(settings.data_dir, log_dir, settings.redis_appendfsync)[0],
-            lambda: redis_answers(redis_url)))
+            lambda: redis_answers(redis_url), log_hint=str(log_dir / "redis.log")))
     upstream = f"127.0.0.1:{settings.port}"
     server_env = {
         "IMPETUS_DATA_DIR": str(settings.data_dir), "IMPETUS_HOST": "127.0.0.1",
@@ -98,7 +98,8 @@ def components(settings, public_host: str, public_port: int, tls: bool, console)
     }
     parts.append(Component(
         "workers", lambda: spawn_server(settings.port, log_dir / "impetus.log", server_env),
-        lambda: _answers(f"http://{upstream}/readyz"), start_timeout=600, orphan_signal=signal.SIGTERM))
+        lambda: _answers(f"http://{upstream}/readyz"), start_timeout=600, orphan_signal=signal.SIGTERM,
+        log_hint=str(log_dir / "impetus.log")))
 
     cert = key = None
     if tls:
@@ -116,7 +117,8 @@ def components(settings, public_host: str, public_port: int, tls: bool, console)
     verify = ssl.create_default_context(cafile=cert) if cert else True
     parts.append(Component(
         "nginx", lambda: nginx.spawn(conf, start_new_session=True),
-        lambda: _answers(f"{endpoint}/healthz", verify=verify), orphan_signal=signal.SIGQUIT))
+        lambda: _answers(f"{endpoint}/healthz", verify=verify), orphan_signal=signal.SIGQUIT,
+        log_hint=str(log_dir / "nginx-error.log")))
     return parts, endpoint, redis_url
 
 

@@ -31,6 +31,7 @@ class RequestContext:
     account = None
     model: str = ""
     generation = None  # the api's Generation, once the model runs
+    audit = None  # the admin action a resource carried out, to record (impetus.gateway.audit)
     json = None  # the parsed body
     started: float | None = None
     access_started: float | None = None

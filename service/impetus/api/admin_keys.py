@@ -30,15 +30,16 @@ def describe(record, usage: dict | None = None) -> dict:
                       "last_used": float(usage["last_used"]) if usage.get("last_used") else None}}
 
 
-def _keys(gateway):
+def keys_enabled(gateway):
+    """The gateway; 404 when the server runs without keys (and so without Redis)."""
     if gateway is None:
         raise APIError(404, "API keys are not enabled on this server (IMPETUS_REQUIRE_API_KEYS=true enables them).",
                        code="keys_disabled")
-    return gateway.keys
+    return gateway
 
 
-def _redis_down(error) -> APIError:
-    return APIError(503, f"The key store (Redis) is unavailable: {error}. Please retry shortly.",
+def redis_unavailable(error, store: str = "key store") -> APIError:
+    return APIError(503, f"The {store} (Redis) is unavailable: {error}. Please retry shortly.",
                     type="server_error", code="redis_unavailable", headers={"Retry-After": "5"})
 
 
@@ -48,17 +49,17 @@ class AdminKeysResource:
         self.settings = settings
 
     def on_get(self, req, resp):
-        keys = _keys(self.gateway)
+        keys = keys_enabled(self.gateway).keys
         try:
             listed = keys.list()
         except RedisError as error:
-            raise _redis_down(error) from error
+            raise redis_unavailable(error) from error
         resp.media = {"object": "list", "default_rpm": self.settings.default_rpm,
                       "default_tpm": self.settings.default_tpm,
                       "data": [describe(record, usage) for record, usage in listed]}
 
     def on_post(self, req, resp):
-        keys = _keys(self.gateway)
+        keys = keys_enabled(self.gateway).keys
         body = parse(AdminKeyCreate, req.context.json)
         try:
             key, record = keys.create(body.name, admin=body.admin, rpm=body.rpm, tpm=body.tpm,
@@ -68,7 +69,7 @@ class AdminKeysResource:
         except KeyExists as error:
             raise APIError(409, str(error).capitalize() + ".", param="name", code="key_exists") from error
         except RedisError as error:
-            raise _redis_down(error) from error
+            raise redis_unavailable(error) from error
         req.context.audit = AuditEntry("key.created", record.name, key_settings(record))
         resp.status = 201
         resp.media = {**describe(record), "key": key}
@@ -79,7 +80,7 @@ class AdminKeyResource:
         self.gateway = gateway
 
     def on_patch(self, req, resp, name):
-        keys = _keys(self.gateway)
+        keys = keys_enabled(self.gateway).keys
         body = parse(AdminKeyUpdate, req.context.json)
         try:
             record = keys.update(name, rpm=body.rpm, tpm=body.tpm, share=body.share, priority=body.priority,
@@ -88,18 +89,18 @@ class AdminKeyResource:
         except KeyNotFound as error:
             raise APIError(404, str(error).capitalize() + ".", param="name", code="key_not_found") from error
         except RedisError as error:
-            raise _redis_down(error) from error
+            raise redis_unavailable(error) from error
         req.context.audit = AuditEntry("key.updated", record.name,
                                        {k: v for k, v in body.model_dump(exclude_none=True).items()})
         resp.media = describe(record)
 
     def on_delete(self, req, resp, name):
-        keys = _keys(self.gateway)
+        keys = keys_enabled(self.gateway).keys
         try:
             record = keys.revoke(name)
         except KeyNotFound as error:
             raise APIError(404, str(error).capitalize() + ".", param="name", code="key_not_found") from error
         except RedisError as error:
-            raise _redis_down(error) from error
+            raise redis_unavailable(error) from error
         req.context.audit = AuditEntry("key.revoked", record.name)
         resp.media = {"name": record.name, "revoked": True}

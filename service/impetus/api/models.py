@@ -30,11 +30,15 @@ def model_error(error: Exception, model: str) -> APIError:
     raise error
 
 
-def alias_targets(host, name: str) -> tuple[str, ...]:
+def alias_targets(host, name: str):
     """What an alias stands for (its target), for a key's allow-list: a key
-    allowed a model may use its aliases too."""
-    alias = host.registry.aliases().get(name)
-    return (alias["target"],) if alias else ()
+    allowed a model may use its aliases too. A function: the aliases file is
+    read only for a key that has an allow-list."""
+    def targets() -> tuple[str, ...]:
+        alias = host.registry.aliases().get(name)
+        return (alias["target"],) if alias else ()
+
+    return targets
 
 
 def model_entry(entry, slot=None) -> dict:
@@ -80,7 +84,7 @@ class ModelsResource:
         resp.media = {
             "object": "list",
             "data": [model_entry(e, self.host.slots.get(e.name)) for e in self.host.available()
-                     if account.allows(e.name, (e.alias_of,) if e.alias_of else ())]
+                     if account.allows(e.name, lambda e=e: (e.alias_of,) if e.alias_of else ())]
             + [e for e in embedding_entries(self.embeddings) if account.allows(e["id"])],
         }
 

@@ -11,26 +11,16 @@ days) and, for admins, `key` (a key's name).
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, timedelta
 
 from redis.exceptions import RedisError
 
+from impetus.api.admin_keys import keys_enabled, redis_unavailable
 from impetus.gateway.usage import totals
 from impetus.web import APIError, bad_request
 
+DEFAULT_DAYS = 30
 MAX_DAYS = 800
-
-
-def _gateway(gateway):
-    if gateway is None:
-        raise APIError(404, "Usage and audit need API keys (IMPETUS_REQUIRE_API_KEYS=true enables them).",
-                       code="keys_disabled")
-    return gateway
-
-
-def _redis_down(error) -> APIError:
-    return APIError(503, f"The usage store (Redis) is unavailable: {error}. Please retry shortly.",
-                    type="server_error", code="redis_unavailable", headers={"Retry-After": "5"})
 
 
 def _date(req, name: str) -> date | None:
@@ -45,18 +35,18 @@ def _date(req, name: str) -> date | None:
 
 
 def usage_report(gateway, req, key: str | None) -> dict:
-    since, until = _date(req, "since"), _date(req, "until")
-    if since and until and since > until:
+    until = _date(req, "until") or gateway.usage.clock().date()
+    since = _date(req, "since") or until - timedelta(days=DEFAULT_DAYS - 1)
+    if since > until:
         raise bad_request("'since' is after 'until'.", param="since", code="invalid_value")
-    if since and ((until or date.today()) - since).days > MAX_DAYS:
+    if (until - since).days >= MAX_DAYS:
         raise bad_request(f"A report covers at most {MAX_DAYS} days.", param="since", code="invalid_value")
     try:
         rows = gateway.usage.report(since=since, until=until, key=key)
     except RedisError as error:
-        raise _redis_down(error) from error
-    first = since.isoformat() if since else (rows[0].day if rows else None)
-    return {"object": "list", "since": first, "until": (until or gateway.usage.clock().date()).isoformat(),
-            "key": key, "totals": totals(rows), "data": [row.as_dict() for row in rows]}
+        raise redis_unavailable(error, "usage store") from error
+    return {"object": "list", "since": since.isoformat(), "until": until.isoformat(), "key": key,
+            "totals": totals(rows), "data": [row.as_dict() for row in rows]}
 
 
 class UsageResource:
@@ -66,7 +56,7 @@ class UsageResource:
         self.gateway = gateway
 
     def on_get(self, req, resp):
-        gateway = _gateway(self.gateway)
+        gateway = keys_enabled(self.gateway)
         account = req.context.account
         if req.get_param("key") not in (None, account.name):
             raise APIError(403, "A key can read only its own usage; GET /v1/admin/usage (admin scope) reads any.",
@@ -77,7 +67,7 @@ class UsageResource:
             try:
                 budget = gateway.usage.budget(key.hash, key.budget_tokens, key.budget_period)
             except RedisError as error:
-                raise _redis_down(error) from error
+                raise redis_unavailable(error, "usage store") from error
             report["budget"] = {"tokens": budget.limit, "period": budget.period, "used": budget.used,
                                 "remaining": budget.remaining, "resets_in_s": budget.reset_s}
         resp.media = report
@@ -88,7 +78,7 @@ class AdminUsageResource:
         self.gateway = gateway
 
     def on_get(self, req, resp):
-        resp.media = usage_report(_gateway(self.gateway), req, req.get_param("key"))
+        resp.media = usage_report(keys_enabled(self.gateway), req, req.get_param("key"))
 
 
 class AdminAuditResource:
@@ -98,10 +88,10 @@ class AdminAuditResource:
         self.gateway = gateway
 
     def on_get(self, req, resp):
-        gateway = _gateway(self.gateway)
+        gateway = keys_enabled(self.gateway)
         limit = req.get_param_as_int("limit", min_value=1, max_value=1000, default=100)
         try:
             entries = gateway.audit.latest(limit, action=req.get_param("action"), who=req.get_param("who"))
         except RedisError as error:
-            raise _redis_down(error) from error
+            raise redis_unavailable(error, "usage store") from error
         resp.media = {"object": "list", "data": entries}

@@ -609,7 +609,7 @@ class UsageReport(_Response):
     """Per day, key and model (server dates); GET /v1/usage adds the key's budget."""
 
     object: Literal["list"]
-    since: str | None
+    since: str
     until: str
     key: str | None
     totals: UsageTotals

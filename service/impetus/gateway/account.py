@@ -7,7 +7,7 @@ presented a valid key carries a `KeyAccount`: the key, its limits, its share
 of the machine and its priority, with
 
 - `take_request(resp)`: the requests-per-minute limit, on arrival;
-- `check_model(name, aliases)`: the key's model allow-list (403);
+- `check_model(name, targets)`: the key's model allow-list (403);
 - `admit(resp, enforce)`: the tokens-per-minute limit and the token budget,
   before the model runs (a cached answer costs no tokens, so `enforce=False`
   only reports them);
@@ -55,12 +55,13 @@ class Account:
     def take_request(self, resp) -> None:
         pass
 
-    def allows(self, model: str, aliases: tuple[str, ...] = ()) -> bool:
-        """Whether it may use `model` (reached also as `aliases`: an alias's target)."""
+    def allows(self, model: str, targets=tuple) -> bool:
+        """Whether it may use `model`; `targets()` gives what it stands for (an
+        alias's target), asked only when the key has an allow-list."""
         return True
 
-    def check_model(self, model: str, aliases: tuple[str, ...] = ()) -> None:
-        if not self.allows(model, aliases):
+    def check_model(self, model: str, targets=tuple) -> None:
+        if not self.allows(model, targets):
             raise APIError(403, f"The key '{self.name}' may not use the model '{model}'. GET /v1/models lists "
                                 "the models it may use.", type="permission_error", param="model",
                            code="model_not_allowed")
@@ -73,12 +74,10 @@ class Account:
 
 
 class AccountMiddleware:
-    """First of all middleware: every request starts with the null account,
-    and with no admin action to audit (`impetus.gateway.audit`)."""
+    """First of all middleware: every request starts with the null account."""
 
     def process_request(self, req, resp):
         req.context.account = Account(req.access_route[0] if req.access_route else req.remote_addr)
-        req.context.audit = None
 
 
 def count_redis_error(metrics, operation: str) -> None:
@@ -136,8 +135,9 @@ class KeyAccount(Account):
             self._metrics.rate_limited.labels("requests").inc()
             raise self._refuse("requests", requests, self._headers)
 
-    def allows(self, model: str, aliases: tuple[str, ...] = ()) -> bool:
-        return not self.key.models or any(name in self.key.models for name in (model, *aliases))
+    def allows(self, model: str, targets=tuple) -> bool:
+        allowed = self.key.models
+        return not allowed or model in allowed or any(name in allowed for name in targets())
 
     def admit(self, resp, enforce: bool = True) -> None:
         tokens = self._limit(self._limiter.check_tokens, self.tpm, "token limit")
@@ -161,9 +161,11 @@ class KeyAccount(Account):
         try:
             if prompt_tokens or completion_tokens:
                 self._limiter.charge_tokens(self.key.hash, self.tpm, prompt_tokens + completion_tokens)
-            self._keys.record_usage(self.key.hash, prompt_tokens, completion_tokens)
+            pipe = self._keys.redis.pipeline(transaction=False)  # one round trip for both records
+            self._keys.record_usage(self.key.hash, prompt_tokens, completion_tokens, pipe)
             self._ledger.record(self.key.hash, self.key.name, model, prompt_tokens, completion_tokens,
-                                cached_tokens)
+                                cached_tokens, pipe)
+            pipe.execute()
         except RedisError as error:
             count_redis_error(self._metrics, "usage")
             log.warning("redis unavailable (%s): usage of %r not recorded", error, self.key.name)

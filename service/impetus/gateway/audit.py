@@ -109,7 +109,7 @@ class AuditMiddleware:
         self.metrics = metrics
 
     def process_response(self, req, resp, resource, req_succeeded):
-        entry = req.context.audit  # None unless an admin resource acted
+        entry = req.context.audit  # None (RequestContext's default) unless an admin resource acted
         if entry is None or not req_succeeded or not 200 <= resp.status_code < 300:
             return
         account = req.context.account

@@ -255,11 +255,14 @@ class KeyStore:
             restored += 1
         return restored, skipped
 
-    def record_usage(self, key_hash: str, prompt_tokens: int, completion_tokens: int) -> None:
+    def record_usage(self, key_hash: str, prompt_tokens: int, completion_tokens: int, pipe=None) -> None:
+        """The key's lifetime totals; into `pipe` when given (its owner executes it)."""
         usage = f"{self.prefix}usage:{key_hash}"
-        pipe = self.redis.pipeline(transaction=False)
+        own = pipe is None
+        pipe = self.redis.pipeline(transaction=False) if own else pipe
         pipe.hincrby(usage, "requests", 1)
         pipe.hincrby(usage, "prompt_tokens", prompt_tokens)
         pipe.hincrby(usage, "completion_tokens", completion_tokens)
         pipe.hset(usage, "last_used", repr(time.time()))
-        pipe.execute()
+        if own:
+            pipe.execute()

@@ -106,11 +106,13 @@ class UsageLedger:
         return f"{self.prefix}spent:{key_hash}:{day.isoformat()}"
 
     def record(self, key_hash: str, key_name: str, model: str, prompt_tokens: int, completion_tokens: int,
-               cached_tokens: int = 0) -> None:
+               cached_tokens: int = 0, pipe=None) -> None:
+        """One finished request; into `pipe` when given (its owner executes it)."""
         today = self.clock().date()
         daily = self._daily(today)
         base = f"{key_name}|{model or '-'}|"
-        pipe = self.redis.pipeline(transaction=False)
+        own = pipe is None
+        pipe = self.redis.pipeline(transaction=False) if own else pipe
         pipe.hincrby(daily, base + "requests", 1)
         for metric, value in (("prompt_tokens", prompt_tokens), ("completion_tokens", completion_tokens),
                               ("cached_tokens", cached_tokens)):
@@ -121,7 +123,8 @@ class UsageLedger:
             spent = self._spent(key_hash, today)
             pipe.incrby(spent, prompt_tokens + completion_tokens)
             pipe.expire(spent, SPENT_TTL_S)
-        pipe.execute()
+        if own:
+            pipe.execute()
 
     def budget(self, key_hash: str, limit: int, period: str) -> BudgetState:
         now = self.clock()

@@ -105,6 +105,10 @@ class Settings(BaseSettings):
     redis_appendfsync: Literal["everysec", "always"] = "everysec"
     default_rpm: int = 120
     default_tpm: int = 200_000
+    # This host's address as other hosts and the gateway reach it (several Macs
+    # on one Redis): in the host registry and in each answer's x-impetus-host.
+    # Default: http://<hostname>:<port>.
+    advertise: str | None = None
     # Usage per key, model and day is kept this long (`impetus usage`).
     usage_retention_days: int = Field(400, ge=1)
     # Deterministic responses (temperature 0 or a seed) are kept this long.
@@ -144,6 +148,12 @@ class Settings(BaseSettings):
 
             total = int((total_memory_bytes() or 8 * 2**30) * self.memory_budget_fraction)
         return total // max(1, self.workers)
+
+    @property
+    def advertise_address(self) -> str:
+        import socket
+
+        return self.advertise or f"http://{socket.gethostname()}:{self.port}"
 
     @property
     def models_dir(self) -> Path:

@@ -4,6 +4,7 @@ dashboard. Screenshots of each page go to test-artifacts/dashboard/."""
 
 from __future__ import annotations
 
+import socket
 import sys
 from pathlib import Path
 
@@ -112,6 +113,10 @@ def test_sign_in_refuses_a_bad_key_and_shows_the_loaded_model(stack, page, admin
     card = page.locator("[data-test=models-card]")
     card.get_by_text(DEFAULT_MODEL).wait_for()
     assert "loaded" in card.inner_text()
+    # The host registry: this server heartbeats its host, with the model it has loaded.
+    host = page.locator(f"[data-test=hosts-card] tr[data-host='http://{socket.gethostname()}:{stack['server'].port}']")
+    host.wait_for()
+    assert DEFAULT_MODEL in host.inner_text()
     assert page.locator("[data-test=thermal]").inner_text() == ("unknown" if sys.platform == "linux" else
                                                                page.locator("[data-test=thermal]").inner_text())
     # The key lives in this tab's session storage, never in the address.

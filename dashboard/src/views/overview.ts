@@ -45,6 +45,7 @@ export function overview(): HTMLElement {
         `${live.models.available.length} available · ${bytes(live.models.used_bytes)} of ${bytes(live.models.budget_bytes)} budget (worker ${live.models.worker_pid})`,
       ),
     ),
+    hostsCard(live.hosts ?? []),
     h(
       "article",
       { class: "card" },
@@ -77,6 +78,38 @@ export function overview(): HTMLElement {
       live.redis !== "ok" && live.redis !== "not used"
         ? notice("warning", "Redis is unreachable: keys verified earlier still work, limits are not enforced.")
         : null,
+    ),
+  );
+}
+
+// Every host heartbeating into this Redis (one, unless several Macs share it).
+function hostsCard(hosts: any[]): HTMLElement | null {
+  if (!hosts.length) return null;
+  return h(
+    "article",
+    { class: "card wide", "data-test": "hosts-card" },
+    h("h2", {}, hosts.length === 1 ? "Host" : `Hosts (${hosts.length})`),
+    h(
+      "table",
+      {},
+      h("thead", {}, h("tr", {}, ["host", "workers", "loaded", "running", "waiting", "memory", "heartbeat"].map((c) => h("th", {}, c)))),
+      h(
+        "tbody",
+        {},
+        hosts.map((host) =>
+          h(
+            "tr",
+            { "data-host": host.address },
+            h("td", {}, h("strong", {}, host.address), h("span", { class: "tag" }, host.version)),
+            h("td", {}, host.workers),
+            h("td", {}, host.loaded.join(", ") || "–"),
+            h("td", {}, host.running),
+            h("td", {}, host.waiting),
+            h("td", {}, `${bytes(host.used_bytes)} of ${bytes(host.budget_bytes)}`),
+            h("td", {}, `${Math.round(host.heartbeat_age_s)} s ago`),
+          ),
+        ),
+      ),
     ),
   );
 }

@@ -16,7 +16,7 @@ import gevent
 
 from impetus.api.admin import worker_models
 from impetus.api.generation import start_stream
-from impetus.api.health import redis_state, status_snapshot
+from impetus.api.health import hosts_of, redis_state, status_snapshot
 from impetus.metrics.live import LiveRates
 
 INTERVAL_S = 1.0
@@ -41,5 +41,5 @@ class AdminEventsResource:
         yield sse("status", status_snapshot(self.host, self.gateway, self.started))
         while not self.host.stopping:
             yield sse("live", {"time": time.time(), **rates.read(), "redis": redis_state(self.gateway),
-                               "models": worker_models(self.host)})
+                               "models": worker_models(self.host), "hosts": hosts_of(self.gateway)})
             gevent.sleep(INTERVAL_S)

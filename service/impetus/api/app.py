@@ -42,7 +42,7 @@ def create_app(settings, host, waker, gateway=None, metrics=None, broadcast=None
     `broadcast` carries admin model actions to the other workers (with Redis)."""
     scraped = metrics is not None
     metrics = metrics if scraped else Metrics.null()
-    middleware = [AccountMiddleware(), MetricsMiddleware(metrics), RequestIdMiddleware(),
+    middleware = [AccountMiddleware(), MetricsMiddleware(metrics), RequestIdMiddleware(settings.advertise_address),
                   AccessLogMiddleware(settings.log_prompts)]
     if gateway is not None:
         middleware += gateway.middleware()

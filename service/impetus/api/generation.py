@@ -188,6 +188,7 @@ class Generation:
         self.resp = None  # the response whose queue header a collected answer updates
         self._metrics = metrics
         self._closed = False
+        self._charged = False
         self._started = started if started is not None else time.perf_counter()
         self._first_token_at = self._last_token_at = None
         self.id_suffix = new_id_suffix()
@@ -237,8 +238,7 @@ class Generation:
         if self._closed:
             return
         self._closed = True
-        cached = max((c.finish.cached_tokens for c in self.choices if c.finish is not None), default=0)
-        self.account.charge(self.engine.loaded.name, self.prompt_tokens, self.completion_tokens, cached)
+        self._charge()
         metrics, model, key = self._metrics, self.engine.loaded.name, self.account.name
         metrics.prompt_tokens.labels(model, key).inc(self.prompt_tokens)
         metrics.generation_tokens.labels(model, key).inc(self.completion_tokens)
@@ -250,6 +250,16 @@ class Generation:
             if self.completion_tokens > 1:
                 metrics.tpot_seconds.labels(model).observe(
                     (self._last_token_at - self._first_token_at) / (self.completion_tokens - 1))
+
+    def _charge(self) -> None:
+        """Charge the key once: as soon as every choice has finished, before
+        the last chunk leaves (so a worker killed after a client saw its answer
+        end cannot lose that usage), or at close for an answer cut short."""
+        if self._charged:
+            return
+        self._charged = True
+        cached = max((c.finish.cached_tokens for c in self.choices if c.finish is not None), default=0)
+        self.account.charge(self.engine.loaded.name, self.prompt_tokens, self.completion_tokens, cached)
 
     def events(self, heartbeat: float | None = None, notes: bool = True):
         """Yield (choice index, event) until every choice has finished; with
@@ -310,6 +320,8 @@ class Generation:
         else:
             choice.text += event.text
             choice.finish = event
+            if all(c.finish is not None for c in self.choices):
+                self._charge()
 
     @property
     def completed(self) -> bool:

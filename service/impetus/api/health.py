@@ -27,6 +27,18 @@ def redis_state(gateway) -> str:
         return "unreachable"
 
 
+def hosts_of(gateway) -> list[dict]:
+    """Every host heartbeating into this Redis (impetus.gateway.hosts); none without Redis."""
+    if gateway is None:
+        return []
+    from redis.exceptions import RedisError
+
+    try:
+        return [host.as_dict() for host in gateway.hosts.hosts()]
+    except RedisError:
+        return []
+
+
 class LivenessResource:
     def on_get(self, req, resp):
         resp.media = {"status": "ok"}
@@ -97,6 +109,7 @@ def status_snapshot(host, gateway, started: float) -> dict:
                      "mlx_peak_memory_bytes": mx.get_peak_memory(),
                      "mlx_cache_memory_bytes": mx.get_cache_memory()},
         "redis": redis_state(gateway),
+        "hosts": hosts_of(gateway),
         "engines": engines,
     }
 

@@ -11,12 +11,19 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 
 
 class RequestIdMiddleware:
-    """Echo the caller's X-Request-ID (nginx sets one), or make one up."""
+    """Echo the caller's X-Request-ID (nginx sets one), or make one up; and say
+    which host answered (`x-impetus-host`, its advertised address), for when
+    several Macs serve one endpoint."""
+
+    def __init__(self, host_address: str = ""):
+        self.host_address = host_address
 
     def process_request(self, req, resp):
         incoming = req.get_header("X-Request-ID")
         req.context.request_id = incoming if incoming and _REQUEST_ID.match(incoming) else uuid.uuid4().hex
         resp.set_header("X-Request-ID", req.context.request_id)
+        if self.host_address:
+            resp.set_header("x-impetus-host", self.host_address)
 
 
 class JSONBodyMiddleware:

@@ -172,6 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
     trail.add_argument("--action", help="only actions starting with this, e.g. key. or model.loaded")
     trail.add_argument("--who", help="only this key name (or cli:USER)")
     trail.add_argument("--json", action="store_true")
+    listing_hosts = commands.add_parser("hosts", help="the hosts serving this Redis: models, load, heartbeat")
+    _add_common(listing_hosts)
+    listing_hosts.add_argument("--json", action="store_true")
     revoke = key_commands.add_parser("revoke", help="revoke a key at once")
     _add_common(revoke)
     revoke.add_argument("name")
@@ -245,7 +248,7 @@ def main(argv: list[str] | None = None) -> None:
         from impetus.cli import keys
 
         keys.run(args, _settings(args))
-    elif args.command in ("usage", "audit"):
+    elif args.command in ("usage", "audit", "hosts"):
         from impetus.cli import reports
 
         getattr(reports, args.command)(args, _settings(args))

@@ -1,5 +1,6 @@
-"""`impetus usage` and `impetus audit`: usage per key, model and day, and the
-admin actions, read from the stack's Redis (as `impetus keys` does)."""
+"""`impetus usage`, `impetus audit` and `impetus hosts`: usage per key, model
+and day, the admin actions, and the hosts serving, read from the stack's Redis
+(as `impetus keys` does)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from rich.table import Table
 from impetus.cli.output import table_console
 from impetus.gateway import connect
 from impetus.gateway.audit import AuditLog
+from impetus.gateway.hosts import HostRegistry
 from impetus.gateway.usage import METRICS, UsageLedger, totals
 
 
@@ -60,6 +62,23 @@ def audit(args, settings) -> None:
                       entry["action"], entry["target"], entry["address"],
                       ", ".join(f"{k}={v}" for k, v in entry["detail"].items() if v not in (None, [], "")))
     table_console().print(table)
+
+
+def hosts(args, settings) -> None:
+    found = _read(lambda: HostRegistry(connect(settings.effective_redis_url)).hosts(), settings)
+    if args.json:
+        print(json.dumps([host.as_dict() for host in found], indent=2))
+        return
+    table = Table("host", "version", "workers", "loaded", "can serve", "running", "waiting", "memory", "heartbeat")
+    for host in found:
+        table.add_row(host.address, host.version, str(host.workers), ", ".join(host.loaded) or "-",
+                      str(len(host.models)), str(host.running), str(host.waiting),
+                      f"{host.used_bytes / 2**30:.1f} / {host.budget_bytes / 2**30:.1f} GiB",
+                      f"{host.heartbeat_age_s:.0f}s ago")
+    table_console().print(table)
+    if not found:
+        Console(stderr=True).print("no host is heartbeating into this Redis (is `impetus up` or `impetus serve` "
+                                   "with keys running?)")
 
 
 def _read(read, settings):

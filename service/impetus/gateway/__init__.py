@@ -5,6 +5,7 @@ from __future__ import annotations
 from impetus.gateway.account import KeyAccount
 from impetus.gateway.audit import AuditLog, AuditMiddleware
 from impetus.gateway.cache import ResponseCache
+from impetus.gateway.hosts import HostRegistry
 from impetus.gateway.keys import KeyStore
 from impetus.gateway.middleware import AuthMiddleware, RateLimitMiddleware
 from impetus.gateway.ratelimit import RateLimiter
@@ -25,12 +26,19 @@ class Gateway:
     def __init__(self, settings, metrics, redis=None, clock=local_now):
         self.metrics = metrics
         self.redis = redis if redis is not None else connect(settings.effective_redis_url)
+        # What is written once a response is over (usage, the tokens charged to
+        # the limit) must not be lost to a busy second: those writes wait up to
+        # 5 s (on the 2-core VM a worker's restart stalled a 1 s read), where
+        # the request path gives up after 1 s.
+        writer = connect(settings.effective_redis_url, read_timeout=5.0) if redis is None else redis
         self.keys = KeyStore(self.redis)
-        self.limiter = RateLimiter(self.redis)
+        self.limiter = RateLimiter(self.redis, writer=writer)
         self.cache = ResponseCache(self.redis, ttl_s=settings.cache_ttl_s)
         self.responses = ResponseStore(self.redis, ttl_s=settings.response_store_ttl_s)
         self.audit = AuditLog(self.redis)
-        self.usage = UsageLedger(self.redis, retention_days=settings.usage_retention_days, clock=clock)
+        self.hosts = HostRegistry(self.redis)
+        self.usage = UsageLedger(self.redis, retention_days=settings.usage_retention_days, clock=clock,
+                                 writer=writer)
         self.settings = settings
 
     def model_broadcast(self, host):

@@ -158,10 +158,8 @@ class KeyAccount(Account):
                 raise self._over_budget(budget)
 
     def charge(self, model: str, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> None:
-        try:
-            if prompt_tokens or completion_tokens:
-                self._limiter.charge_tokens(self.key.hash, self.tpm, prompt_tokens + completion_tokens)
-            pipe = self._keys.redis.pipeline(transaction=False)  # one round trip for both records
+        try:  # the key's totals and its daily ledger, in one round trip on the ledger's patient client
+            pipe = self._ledger.writer.pipeline(transaction=False)
             self._keys.record_usage(self.key.hash, prompt_tokens, completion_tokens, pipe)
             self._ledger.record(self.key.hash, self.key.name, model, prompt_tokens, completion_tokens,
                                 cached_tokens, pipe)
@@ -169,6 +167,12 @@ class KeyAccount(Account):
         except RedisError as error:
             count_redis_error(self._metrics, "usage")
             log.warning("redis unavailable (%s): usage of %r not recorded", error, self.key.name)
+        if prompt_tokens or completion_tokens:
+            try:
+                self._limiter.charge_tokens(self.key.hash, self.tpm, prompt_tokens + completion_tokens)
+            except RedisError as error:
+                count_redis_error(self._metrics, "rate_limit")
+                log.warning("redis unavailable (%s): tokens of %r not charged to its limit", error, self.key.name)
 
     def _over_budget(self, budget: BudgetState) -> APIError:
         return APIError(

@@ -83,13 +83,16 @@ def format_reset(ms: int) -> str:
 
 
 class RateLimiter:
-    def __init__(self, redis, prefix: str = "impetus:"):
+    def __init__(self, redis, prefix: str = "impetus:", writer=None):
+        """`writer`: the client for `charge_tokens`, which runs once a response
+        is over and may wait longer than a check on the request path."""
         self.redis = redis
         self.prefix = prefix
         self._script = redis.register_script(GCRA)
+        self._charge_script = (writer if writer is not None else redis).register_script(GCRA)
 
-    def _run(self, kind: str, key_hash: str, limit: int, cost: int, mode: str) -> LimitState:
-        allowed, remaining, reset_ms, retry_ms = self._script(
+    def _run(self, kind: str, key_hash: str, limit: int, cost: int, mode: str, script=None) -> LimitState:
+        allowed, remaining, reset_ms, retry_ms = (script or self._script)(
             keys=[f"{self.prefix}rl:{kind}:{key_hash}"], args=[limit, cost, mode]
         )
         return LimitState(limit, bool(allowed), int(remaining), int(reset_ms), int(retry_ms))
@@ -101,4 +104,4 @@ class RateLimiter:
         return self._run("tokens", key_hash, limit, 0, "check")
 
     def charge_tokens(self, key_hash: str, limit: int, tokens: int) -> LimitState:
-        return self._run("tokens", key_hash, limit, tokens, "charge")
+        return self._run("tokens", key_hash, limit, tokens, "charge", self._charge_script)

@@ -93,8 +93,9 @@ class UsageRow:
 
 class UsageLedger:
     def __init__(self, redis, prefix: str = "impetus:", retention_days: int = 400,
-                 clock: Callable[[], datetime] = local_now):
-        self.redis = redis
+                 clock: Callable[[], datetime] = local_now, writer=None):
+        self.redis = redis  # reads: budgets on the request path, reports
+        self.writer = writer if writer is not None else redis  # what `record` writes with
         self.prefix = prefix
         self.retention_s = retention_days * 86400
         self.clock = clock
@@ -112,7 +113,7 @@ class UsageLedger:
         daily = self._daily(today)
         base = f"{key_name}|{model or '-'}|"
         own = pipe is None
-        pipe = self.redis.pipeline(transaction=False) if own else pipe
+        pipe = self.writer.pipeline(transaction=False) if own else pipe
         pipe.hincrby(daily, base + "requests", 1)
         for metric, value in (("prompt_tokens", prompt_tokens), ("completion_tokens", completion_tokens),
                               ("cached_tokens", cached_tokens)):

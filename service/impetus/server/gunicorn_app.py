@@ -34,6 +34,8 @@ class ImpetusApplication(BaseApplication):
     def __init__(self, settings):
         self.settings = settings
         self.host = None
+        self.gateway = None
+        self._beating = None  # the heartbeat greenlet
         super().__init__()
 
     def load_config(self):
@@ -87,9 +89,10 @@ class ImpetusApplication(BaseApplication):
         if self.settings.require_api_keys:
             from impetus.gateway import Gateway
 
-            gateway = Gateway(self.settings, metrics=metrics)
+            gateway = self.gateway = Gateway(self.settings, metrics=metrics)
             broadcast = gateway.model_broadcast(self.host)
             gevent.spawn(broadcast.listen_forever)
+            self._beating = gevent.spawn(self._heartbeat, gateway.hosts)
         return create_app(self.settings, self.host, GeventWaker(), gateway, metrics, broadcast)
 
     def _housekeeping(self, metrics):
@@ -102,6 +105,25 @@ class ImpetusApplication(BaseApplication):
             except Exception:  # keep the loop; say what went wrong
                 logging.getLogger("impetus.server").exception("housekeeping failed")
             gevent.sleep(1.0)
+
+    def _heartbeat(self, hosts):
+        """This worker in the host registry (impetus.gateway.hosts), every few
+        seconds; while Redis is away the beats are skipped, and resume by themselves."""
+        from redis.exceptions import RedisError
+
+        from impetus import __version__
+        from impetus.gateway.hosts import HEARTBEAT_S
+
+        while True:
+            engines = self.host.engines.values()
+            try:
+                hosts.beat(self.settings.advertise_address, os.getpid(), __version__,
+                           [entry.name for entry in self.host.available()], [e.loaded.name for e in engines],
+                           self.host.budget_bytes, self.host.memory_used(), sum(e.stats.running for e in engines),
+                           sum(e.stats.waiting for e in engines))
+            except RedisError as error:
+                logging.getLogger("impetus.server").debug("heartbeat skipped: redis unavailable (%s)", error)
+            gevent.sleep(HEARTBEAT_S)
 
     def _child_exit(self, server, worker):
         from prometheus_client import multiprocess
@@ -116,6 +138,12 @@ class ImpetusApplication(BaseApplication):
             # Failed to boot: let Gunicorn's exit code tell the master to stop.
             return
         self.host.stop()
+        if self.gateway is not None:  # leave the host registry now, not after its TTL
+            self._beating.kill()  # first, or a beat in flight could add this worker again
+            try:
+                self.gateway.hosts.leave(self.settings.advertise_address, os.getpid())
+            except Exception:  # Redis away: the entry expires by itself
+                pass
         # The engine thread has drained and returned, but its OS thread may
         # still be running MLX's thread-local destructors; if the main thread
         # runs MLX's static destructors at the same moment the process aborts

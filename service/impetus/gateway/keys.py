@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass
 
 from impetus.engine.request import PRIORITY_NAMES
+from impetus.gateway.usage import PERIODS
 
 KEY_PREFIX = "imp_"
 
@@ -92,8 +93,6 @@ def _priority(name: str) -> str:
 
 
 def _period(name: str) -> str:
-    from impetus.gateway.usage import PERIODS
-
     if name not in PERIODS:
         raise ValueError(f"budget period must be one of {', '.join(PERIODS)}, not {name!r}")
     return name

@@ -74,9 +74,13 @@ class Rendered:
     services: list[str] = field(default_factory=list)  # labels / unit names, in start order
 
 
+def _platform_manager() -> str:
+    return "launchd" if sys.platform == "darwin" else "systemd"
+
+
 def layout_for(settings, system: bool, manager: str | None = None, root: Path | None = None,
                user: str | None = None) -> Layout:
-    manager = manager or ("launchd" if sys.platform == "darwin" else "systemd")
+    manager = manager or _platform_manager()
     if manager not in SERVICE_ACCOUNTS:
         raise ServiceError(f"unknown service manager {manager!r} (launchd or systemd)")
     home = Path.home()
@@ -267,7 +271,7 @@ def give_to_account(account: str, *folders: Path) -> None:
             os.chown(path, record.pw_uid, record.pw_gid, follow_symlinks=False)
 
 
-def check_reachable(account: str, folder: Path) -> None:
+def check_reachable(account: str, folder: Path, manager: str | None = None) -> None:
     """Every folder above the data dir must let the account through."""
     uid = _uid(account)
     for parent in reversed(folder.parents):
@@ -276,7 +280,7 @@ def check_reachable(account: str, folder: Path) -> None:
             raise ServiceError(f"the service account {account!r} cannot enter {parent} (mode "
                                f"{oct(status.st_mode & 0o777)}), which holds the data dir {folder}; "
                                "choose a data dir it can reach, e.g. --data-dir "
-                               f"{'/var/lib/impetus' if sys.platform != 'darwin' else '/Library/Application Support/Impetus'}")
+                               f"'{SYSTEM_DATA_DIRS[manager or _platform_manager()]}'")
 
 
 def install(settings, layout: Layout, progress=print, **options) -> list[Path]:
@@ -300,7 +304,7 @@ def install(settings, layout: Layout, progress=print, **options) -> list[Path]:
     for directory in (layout.log_dir, layout.data_dir / "redis"):
         make_dirs(layout.real(directory))
     if layout.system and layout.root is None:
-        check_reachable(layout.user, layout.data_dir)
+        check_reachable(layout.user, layout.data_dir, layout.manager)
         give_to_account(layout.user, layout.data_dir, layout.log_dir)
     manifest = _manifest_path(layout)
     previous = json.loads(manifest.read_text()) if manifest.exists() else {}

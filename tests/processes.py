@@ -3,8 +3,13 @@ each on a free loopback port, waited for until it answers."""
 
 from __future__ import annotations
 
+import os
+import queue
 import shutil
+import signal
 import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
 
@@ -62,3 +67,43 @@ def start_program(command: list[str], ready_url: str, log: Path, timeout: float 
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
     wait_until_answers(ready_url, process, log, timeout)
     return process
+
+
+class Foreground:
+    """An `impetus` command that runs in the foreground (up, serve --join), its
+    output read line by line as an operator's terminal shows it."""
+
+    def __init__(self, args: list[str], env: dict[str, str] | None = None):
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "impetus", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+        self.lines: queue.Queue = queue.Queue()
+        self.output: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        for line in self.process.stdout:
+            self.lines.put(line.rstrip("\n"))
+
+    def wait_for(self, text: str, timeout: float = 180) -> str:
+        """The first line (from here on) that holds `text`."""
+        while True:
+            try:
+                line = self.lines.get(timeout=timeout)
+            except queue.Empty:
+                raise AssertionError(f"no {text!r} in {timeout}s:\n" + "\n".join(self.output))
+            self.output.append(line)
+            if text in line:
+                return line
+
+    def admin_key(self) -> str | None:
+        found = [line.split("admin key: ", 1)[1] for line in self.output if "admin key: " in line]
+        return found[0] if found else None
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        code = self.process.wait(120)
+        while not self.lines.empty():
+            self.output.append(self.lines.get())
+        return code

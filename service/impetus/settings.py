@@ -18,6 +18,15 @@ from pydantic_settings import (
 )
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
+# The cluster's Redis password, under the data dir (impetus.stack.cluster).
+CLUSTER_PASSWORD_FILE = Path("cluster") / "redis.password"
+
+
+def read_password(data_dir: Path) -> str | None:
+    try:
+        return (data_dir / CLUSTER_PASSWORD_FILE).read_text().strip() or None
+    except (FileNotFoundError, PermissionError, NotADirectoryError):
+        return None
 
 
 def default_data_dir() -> Path:
@@ -109,6 +118,11 @@ class Settings(BaseSettings):
     # on one Redis): in the host registry and in each answer's x-impetus-host.
     # Default: http://<hostname>:<port>.
     advertise: str | None = None
+    # Several Macs: workers answer only requests that come through the gateway's
+    # nginx (its secret header, impetus.gateway.guard) or from these addresses.
+    # On for `impetus serve --join` and the workers of `impetus up --cluster`.
+    gateway_guard: bool = False
+    gateway_allow: list[str] = Field(default_factory=list)
     # Usage per key, model and day is kept this long (`impetus usage`).
     usage_retention_days: int = Field(400, ge=1)
     # Deterministic responses (temperature 0 or a seed) are kept this long.
@@ -133,7 +147,7 @@ class Settings(BaseSettings):
     # Linux: preload Debian's OpenBLAS into MLX's CPU backend (~15x faster prefill).
     use_openblas: bool = True
 
-    @field_validator("admin_allow")
+    @field_validator("admin_allow", "gateway_allow")
     @classmethod
     def _addresses(cls, value: list[str]) -> list[str]:
         for address in value:
@@ -161,7 +175,16 @@ class Settings(BaseSettings):
 
     @property
     def effective_redis_url(self) -> str:
-        return self.redis_url or f"unix://{self.data_dir / 'redis' / 'redis.sock'}"
+        """IMPETUS_REDIS_URL, or the stack's private Redis: its unix socket, with
+        the cluster password once `impetus up --cluster` has made one (the CLI
+        on the gateway Mac reaches it the same way)."""
+        if self.redis_url:
+            return self.redis_url
+        from urllib.parse import quote
+
+        socket = self.data_dir / "redis" / "redis.sock"
+        password = read_password(self.data_dir)
+        return f"unix://{socket}" + (f"?password={quote(password, safe='')}" if password else "")
 
     @classmethod
     def settings_customise_sources(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import queue
 import signal
 import subprocess
 import sys
@@ -17,47 +16,20 @@ import pytest
 from impetus.models.store import DEFAULT_MODEL
 from impetus.server.process import free_port
 
+from processes import Foreground
+
 pytestmark = pytest.mark.slow
 
 
-class Stack:
+class Stack(Foreground):
+    """`impetus up` on `port`, its workers on a free internal port."""
+
     def __init__(self, data_dir, port: int):
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
         self.internal_port = free_port()
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "impetus", "up", "--port", str(port), "--data-dir", str(data_dir)],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            env={**os.environ, "IMPETUS_PORT": str(self.internal_port), "PYTHONUNBUFFERED": "1"},
-        )
-        self.lines: queue.Queue = queue.Queue()
-        self.output: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self):
-        for line in self.process.stdout:
-            self.lines.put(line.rstrip("\n"))
-
-    def wait_for(self, text: str, timeout: float = 180) -> None:
-        while True:
-            try:
-                line = self.lines.get(timeout=timeout)
-            except queue.Empty:
-                raise AssertionError(f"no {text!r} in {timeout}s:\n" + "\n".join(self.output))
-            self.output.append(line)
-            if text in line:
-                return
-
-    def admin_key(self) -> str | None:
-        found = [line.split("admin key: ", 1)[1] for line in self.output if "admin key: " in line]
-        return found[0] if found else None
-
-    def stop(self) -> int:
-        self.process.send_signal(signal.SIGTERM)
-        code = self.process.wait(120)
-        while not self.lines.empty():
-            self.output.append(self.lines.get())
-        return code
+        super().__init__(["up", "--port", str(port), "--data-dir", str(data_dir)],
+                         {"IMPETUS_PORT": str(self.internal_port)})
 
 
 def impetus(*args):

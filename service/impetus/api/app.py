@@ -45,7 +45,7 @@ def create_app(settings, host, waker, gateway=None, metrics=None, broadcast=None
     middleware = [AccountMiddleware(), MetricsMiddleware(metrics), RequestIdMiddleware(settings.advertise_address),
                   AccessLogMiddleware(settings.log_prompts)]
     if gateway is not None:
-        middleware += gateway.middleware()
+        middleware += gateway.guard() + gateway.middleware()  # the guard: before the key is looked at
     middleware.append(JSONBodyMiddleware(settings.max_body_bytes))
     app = falcon.App(middleware=middleware, request_type=Request)
     app.req_options.strip_url_path_trailing_slash = True

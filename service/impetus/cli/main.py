@@ -37,6 +37,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="port (default 8081)")
     serve.add_argument("--workers", type=int, help="worker processes, each with its own model copy")
     serve.add_argument("--model", help="model name or MLX folder path")
+    serve.add_argument("--join", metavar="REDIS_URL",
+                       help="be one more host of a cluster: the gateway's Redis, as `impetus up --cluster` "
+                            "prints it (redis://:PASSWORD@GATEWAY:6390); listens on 0.0.0.0 unless --host")
+    serve.add_argument("--advertise", metavar="URL",
+                       help="this host's address as the gateway reaches it (default http://HOSTNAME:PORT)")
 
     up = commands.add_parser("up", help="the whole stack in the foreground: redis, workers, nginx")
     _add_common(up)
@@ -47,6 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--model", help="model name or MLX folder path")
     up.add_argument("--tls", action="store_true",
                     help="serve HTTPS with the data dir's certificate (made by `impetus tls` if missing)")
+    up.add_argument("--cluster", action="store_true",
+                    help="be the gateway of several Macs: Redis also listens on the LAN with a password, and "
+                         "nginx routes to every host that joins (prints the join command)")
+    up.add_argument("--cluster-address", help="with --cluster: the address Redis listens on and the join "
+                                              "command names (default: this Mac's LAN address)")
+    up.add_argument("--redis-port", type=int, default=6390, help="with --cluster: Redis' LAN port (default 6390)")
 
     service = commands.add_parser("service", help="run the stack as launchd services (macOS) or systemd units")
     service_commands = service.add_subparsers(dest="service_command", required=True)
@@ -66,6 +77,16 @@ def build_parser() -> argparse.ArgumentParser:
             command.add_argument("--port", dest="public_port", type=int, default=8080, help="nginx's port")
             command.add_argument("--workers", type=int, help="worker processes")
             command.add_argument("--model", help="the model loaded at start")
+
+    cluster = commands.add_parser("cluster", help="several Macs: the gateway's secret and join command")
+    cluster_commands = cluster.add_subparsers(dest="cluster_command", required=True)
+    rotate = cluster_commands.add_parser(
+        "rotate-secret", help="a new secret between the gateway's nginx and the workers (nginx reloads by itself)")
+    _add_common(rotate)
+    join_command = cluster_commands.add_parser("join-command", help="print the command that joins another Mac")
+    _add_common(join_command)
+    join_command.add_argument("--cluster-address", help="the gateway's LAN address (default: this Mac's)")
+    join_command.add_argument("--redis-port", type=int, default=6390)
 
     tls = commands.add_parser("tls", help="make a self-signed certificate for serving the LAN over HTTPS")
     _add_common(tls)
@@ -223,14 +244,32 @@ def main(argv: list[str] | None = None) -> None:
     from impetus.system.blas import preload_openblas
 
     preload_openblas()
-    if args.command == "serve":
+    if args.command == "serve" and args.join:
+        from impetus.cli.serve import join
+
+        settings = _settings(args)
+        updates = {"redis_url": args.join, "host": args.host or "0.0.0.0"}
+        if args.advertise:
+            updates["advertise"] = args.advertise
+        sys.exit(join(settings.model_copy(update=updates), args.join))
+    elif args.command == "serve":
         from impetus.cli.serve import run
 
         run(_settings(args))
     elif args.command == "up":
+        from impetus.stack.up import ClusterOptions
         from impetus.stack.up import main as up
 
-        up(_settings(args), args.public_host, args.public_port, args.tls)
+        options = None
+        if args.cluster:
+            from impetus.stack.cluster import lan_address
+
+            options = ClusterOptions(args.cluster_address or lan_address(), args.redis_port)
+        up(_settings(args), args.public_host, args.public_port, args.tls, options)
+    elif args.command == "cluster":
+        from impetus.cli import cluster
+
+        cluster.run(args, _settings(args))
     elif args.command == "tls":
         from impetus.stack.tls import make_certificate
 

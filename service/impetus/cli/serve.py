@@ -1,4 +1,12 @@
-"""`impetus serve`"""
+"""`impetus serve`, and `impetus serve --join` (one more Mac for a cluster).
+
+A joining host checks the gateway's Redis first, so a wrong password or an
+unreachable gateway is one line and exit code 1, not a traceback from every
+worker. It then runs its Gunicorn workers supervised as `impetus up` runs
+them (restarted with backoff after a crash: `kill -9` of the master brings a
+new one in ~4 s, which registers again by its heartbeat), listening on the
+LAN, requiring API keys and the gateway's secret (impetus.gateway.guard).
+"""
 
 from __future__ import annotations
 
@@ -45,3 +53,100 @@ def run(settings) -> None:
         f"with {settings.workers} worker(s); BLAS: {blas_in_use()}"
     )
     serve(settings)
+
+
+def join_environment(settings, redis_url: str) -> dict[str, str]:
+    """What a joined host's workers run with: the gateway's Redis for keys,
+    limits, cache, the Responses store and usage; keys required; only the
+    gateway's nginx let in."""
+    return {"IMPETUS_DATA_DIR": str(settings.data_dir), "IMPETUS_HOST": settings.host,
+            "IMPETUS_WORKERS": str(settings.workers), "IMPETUS_MODEL": settings.model,
+            "IMPETUS_REDIS_URL": redis_url, "IMPETUS_REQUIRE_API_KEYS": "true",
+            "IMPETUS_GATEWAY_GUARD": "true", "IMPETUS_ADVERTISE": settings.advertise_address}
+
+
+def check_join(redis_url: str) -> str | None:
+    """Why the gateway's Redis cannot be used (one line), or None."""
+    import redis
+
+    from impetus.gateway import connect
+    from impetus.stack.cluster import redacted
+
+    where = redacted(redis_url)
+    try:
+        connect(redis_url, read_timeout=3).ping()
+    except redis.AuthenticationError:
+        if "password" not in redis.Redis.from_url(redis_url).connection_pool.connection_kwargs:
+            return f"cannot join {where}: the gateway's Redis wants its password (redis://:PASSWORD@...)"
+        return f"cannot join {where}: the password is wrong (see the gateway's `impetus up --cluster` output)"
+    except redis.ResponseError as error:
+        return f"cannot join {where}: {error}"
+    except (redis.ConnectionError, redis.TimeoutError) as error:
+        reason = str(error).rstrip(".").split(". ")[-1] or type(error).__name__
+        return f"cannot join {where}: no Redis answers there ({reason})"
+    except ValueError as error:  # not a redis:// URL
+        return f"cannot join {where}: {error}"
+    return None
+
+
+def join(settings, redis_url: str) -> int:
+    import signal
+    import time
+
+    from impetus.server.process import spawn_server, stop_server
+    from impetus.stack.supervisor import Component, StackError, Supervisor
+
+    console = Console(stderr=True, soft_wrap=True)
+    problem = check_join(redis_url)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 1
+    log_dir, run_dir = settings.data_dir / "logs", settings.data_dir / "run"
+    for directory in (log_dir, run_dir):
+        directory.mkdir(parents=True, exist_ok=True)
+    local = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+    ready_url = f"http://{local}:{settings.port}/readyz"
+    environment = join_environment(settings, redis_url)
+    workers = Component(
+        "workers", lambda: spawn_server(settings.port, log_dir / "impetus.log", environment),
+        lambda: _answers(ready_url), start_timeout=600, orphan_signal=signal.SIGTERM,
+        log_hint=str(log_dir / "impetus.log"))
+
+    stopping = False
+
+    def on_signal(signum, frame):
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+
+    def on_ready(component, again):
+        if not again:
+            console.print(f"[green]✓[/] joined as {settings.advertise_address}: {settings.workers} × "
+                          f"{settings.model} on {settings.host}:{settings.port} (log: {log_dir / 'impetus.log'})")
+            print(f"impetus host is up: {settings.advertise_address}", flush=True)
+
+    supervisor = Supervisor([workers], log=lambda line: console.print(f"[yellow]![/] {line}"), run_dir=run_dir,
+                            on_ready=on_ready)
+    code = 0
+    try:
+        while not stopping:
+            supervisor.step()
+            time.sleep(0.2)
+    except StackError as error:
+        console.print(f"[red]error:[/] {error}")
+        code = 1
+    finally:
+        if workers.process is not None:
+            stop_server(workers.process, timeout=settings.graceful_timeout + 10)
+    return code
+
+
+def _answers(url: str) -> bool:
+    import httpx
+
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False

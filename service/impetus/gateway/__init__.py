@@ -50,6 +50,14 @@ class Gateway:
         return KeyAccount(key, self.limiter, self.keys, self.settings.default_rpm, self.settings.default_tpm,
                           self.metrics, self.usage)
 
+    def guard(self) -> list:
+        """Before everything, when this worker is one host of several."""
+        if not self.settings.gateway_guard:
+            return []
+        from impetus.gateway.guard import ClusterSecret, GatewayGuardMiddleware
+
+        return [GatewayGuardMiddleware(ClusterSecret(self.redis), self.settings.gateway_allow)]
+
     def middleware(self) -> list:
         return [AuthMiddleware(self.keys, self.account_for, self.metrics, self.settings.admin_allow),
                 RateLimitMiddleware(), AuditMiddleware(self.audit, self.metrics)]

@@ -46,7 +46,7 @@ def address_networks(addresses) -> tuple:
     return tuple(networks)
 
 
-def _address_in(address: str | None, networks) -> bool:
+def address_in(address: str | None, networks) -> bool:
     try:
         ip = ipaddress.ip_address((address or "").split("%")[0])
     except ValueError:  # a unix socket peer has no address
@@ -74,7 +74,7 @@ class AuthMiddleware:
         if req.path in PUBLIC_PATHS or req.method == "OPTIONS":
             return
         presented = _presented_key(req)
-        if presented is None and req.path == "/metrics" and _address_in(req.remote_addr, self.metrics_networks):
+        if presented is None and req.path == "/metrics" and address_in(req.remote_addr, self.metrics_networks):
             return
         if presented is None:
             self._count("missing")

@@ -12,6 +12,7 @@ from string import Template
 REPO = Path(__file__).resolve().parents[3]
 TEMPLATES = REPO / "nginx"
 DASHBOARD = REPO / "dashboard" / "dist"
+UPSTREAM_FILE = "impetus-upstream.conf"
 
 
 @dataclass
@@ -57,7 +58,7 @@ def render_files(config: NginxConfig, templates: Path = TEMPLATES) -> dict[str, 
         "DASHBOARD_DIR": str(config.dashboard_dir),
     }
     files = {}
-    for name in ("nginx.conf", "impetus-http.conf", "impetus-server.conf"):
+    for name in ("nginx.conf", "impetus-http.conf", UPSTREAM_FILE, "impetus-server.conf"):
         text = Template((templates / name).read_text()).safe_substitute(values)
         if "${" in text:
             raise ValueError(f"{name}: a placeholder was not filled: {text[text.index('${'):][:40]}")

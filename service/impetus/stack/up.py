@@ -16,12 +16,13 @@ import ssl
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
 
 from impetus.server.process import spawn_server, stop_server
-from impetus.stack import nginx
+from impetus.stack import cluster, nginx
 from impetus.stack.supervisor import Component, StackError, Supervisor
 from impetus.stack.tls import make_certificate, tls_paths
 
@@ -38,24 +39,35 @@ def wait_until(condition, what: str, process: subprocess.Popen, timeout: float =
         time.sleep(0.1)
 
 
-def redis_arguments(data_dir: Path, log_dir: Path, appendfsync: str = "everysec") -> list[str]:
+def redis_arguments(data_dir: Path, log_dir: Path, appendfsync: str = "everysec",
+                    listen: tuple[str, int] | None = None) -> list[str]:
     """The stack's private Redis: no TCP port, a unix socket only its user can
     open, and an append-only file (fsync every second by default, so a crash
     loses at most a second of usage; `always` loses none) so keys and usage
-    survive restarts. Also what the launchd/systemd services run."""
+    survive restarts. Also what the launchd/systemd services run.
+
+    Once a cluster password exists (impetus.stack.cluster) it is required on
+    every connection, read from a 0600 file (not the command line, which `ps`
+    shows); `listen` (address, port) adds the LAN port other Macs join on."""
     directory = data_dir / "redis"
-    return ["--port", "0", "--unixsocket", str(directory / "redis.sock"), "--unixsocketperm", "700",
-            "--dir", str(directory), "--appendonly", "yes", "--appendfsync", appendfsync, "--save", "",
-            "--logfile", str(log_dir / "redis.log")]
+    arguments = ["--port", "0", "--unixsocket", str(directory / "redis.sock"), "--unixsocketperm", "700",
+                 "--dir", str(directory), "--appendonly", "yes", "--appendfsync", appendfsync, "--save", "",
+                 "--logfile", str(log_dir / "redis.log")]
+    password_conf = cluster.redis_password_conf(data_dir)
+    if password_conf is not None:
+        arguments.insert(0, str(password_conf))  # a config file comes first, the flags override it
+    if listen is not None:
+        arguments[arguments.index("--port") + 1] = str(listen[1])
+        arguments += ["--bind", listen[0]]
+    return arguments
 
 
-def spawn_redis(data_dir: Path, log_dir: Path, appendfsync: str = "everysec") -> tuple[subprocess.Popen, str]:
-    """A private redis-server on a unix socket (not waited for)."""
-    directory = data_dir / "redis"
-    directory.mkdir(parents=True, exist_ok=True)
-    process = subprocess.Popen(["redis-server", *redis_arguments(data_dir, log_dir, appendfsync)],
-                               start_new_session=True)
-    return process, f"unix://{directory / 'redis.sock'}"
+def spawn_redis(data_dir: Path, log_dir: Path, appendfsync: str = "everysec",
+                listen: tuple[str, int] | None = None) -> subprocess.Popen:
+    """The stack's redis-server (not waited for)."""
+    (data_dir / "redis").mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen(["redis-server", *redis_arguments(data_dir, log_dir, appendfsync, listen)],
+                            start_new_session=True)
 
 
 def redis_answers(url: str) -> bool:
@@ -78,28 +90,46 @@ def _stop(process: subprocess.Popen | None, sig: int, timeout: float) -> None:
         process.wait()
 
 
-def components(settings, public_host: str, public_port: int, tls: bool, console) -> tuple[list[Component], str, str]:
-    """The stack's components in start order, its endpoint and Redis URL."""
+@dataclass
+class ClusterOptions:
+    """`impetus up --cluster`: Redis also on `address:redis_port` for the other Macs."""
+
+    address: str
+    redis_port: int = cluster.DEFAULT_REDIS_PORT
+
+
+def components(settings, public_host: str, public_port: int, tls: bool, console,
+               cluster_options: ClusterOptions | None = None):
+    """The stack's components in start order, its endpoint, its Redis URL and,
+    for a cluster, the watcher that keeps nginx's upstream equal to the hosts."""
     run_dir, log_dir = settings.data_dir / "run", settings.data_dir / "logs"
     parts = []
+    if cluster_options is not None:
+        cluster.ensure_password(settings.data_dir)
     if settings.redis_url:
         redis_url = settings.redis_url
-        console.print(f"[green]✓[/] redis    using {redis_url}")
+        console.print(f"[green]✓[/] redis    using {cluster.redacted(redis_url)}")
     else:
         redis_url = settings.effective_redis_url
+        listen = (cluster_options.address, cluster_options.redis_port) if cluster_options else None
         parts.append(Component(
-            "redis", lambda: spawn_redis(settings.data_dir, log_dir, settings.redis_appendfsync)[0],
+            "redis", lambda: spawn_redis(settings.data_dir, log_dir, settings.redis_appendfsync, listen),
             lambda: redis_answers(redis_url), log_hint=str(log_dir / "redis.log")))
     upstream = f"127.0.0.1:{settings.port}"
-    server_env = {
-        "IMPETUS_DATA_DIR": str(settings.data_dir), "IMPETUS_HOST": "127.0.0.1",
-        "IMPETUS_WORKERS": str(settings.workers), "IMPETUS_MODEL": settings.model,
-        "IMPETUS_REQUIRE_API_KEYS": "true", "IMPETUS_REDIS_URL": redis_url,
-    }
-    parts.append(Component(
-        "workers", lambda: spawn_server(settings.port, log_dir / "impetus.log", server_env),
-        lambda: _answers(f"http://{upstream}/readyz"), start_timeout=600, orphan_signal=signal.SIGTERM,
-        log_hint=str(log_dir / "impetus.log")))
+    if settings.workers > 0:
+        server_env = {
+            "IMPETUS_DATA_DIR": str(settings.data_dir), "IMPETUS_HOST": "127.0.0.1",
+            "IMPETUS_WORKERS": str(settings.workers), "IMPETUS_MODEL": settings.model,
+            "IMPETUS_REQUIRE_API_KEYS": "true", "IMPETUS_REDIS_URL": redis_url,
+        }
+        if cluster_options is not None:  # one host of the cluster, reached by nginx on loopback
+            server_env.update(IMPETUS_GATEWAY_GUARD="true", IMPETUS_ADVERTISE=f"http://{upstream}")
+        parts.append(Component(
+            "workers", lambda: spawn_server(settings.port, log_dir / "impetus.log", server_env),
+            lambda: _answers(f"http://{upstream}/readyz"), start_timeout=600, orphan_signal=signal.SIGTERM,
+            log_hint=str(log_dir / "impetus.log")))
+    elif cluster_options is None:
+        raise StackError("--workers 0 (a gateway with no model of its own) needs --cluster")
 
     cert = key = None
     if tls:
@@ -112,17 +142,46 @@ def components(settings, public_host: str, public_port: int, tls: bool, console)
         max_body=f"{max(1, settings.max_body_bytes // (1024 * 1024))}m",
         admin_allow=tuple(settings.admin_allow), tls_cert=cert, tls_key=key,
     ))
+    watcher = None
+    if cluster_options is not None:
+        watcher = _watcher(settings, redis_url, conf, upstream if settings.workers > 0 else None, parts, console)
     nginx.check(conf)
     endpoint = f"{'https' if tls else 'http'}://{public_host}:{public_port}"
     verify = ssl.create_default_context(cafile=cert) if cert else True
+    # A gateway with no workers of its own may have no host yet: nginx's own page says it runs.
+    check = "/healthz" if settings.workers > 0 else "/nginx_status"
+
+    def start_nginx() -> subprocess.Popen:
+        if watcher is not None:  # Redis is up by now: the secret, and the hosts known so far
+            watcher.prepare()
+        return nginx.spawn(conf, start_new_session=True)
+
     parts.append(Component(
-        "nginx", lambda: nginx.spawn(conf, start_new_session=True),
-        lambda: _answers(f"{endpoint}/healthz", verify=verify), orphan_signal=signal.SIGQUIT,
+        "nginx", start_nginx,
+        lambda: _answers(f"{endpoint}{check}", verify=verify), orphan_signal=signal.SIGQUIT,
         log_hint=str(log_dir / "nginx-error.log")))
-    return parts, endpoint, redis_url
+    return parts, endpoint, redis_url, watcher
 
 
-def run(settings, public_host: str, public_port: int, tls: bool = False) -> int:
+def _watcher(settings, redis_url: str, conf: Path, local: str | None, parts, console) -> cluster.ClusterWatcher:
+    from impetus.gateway import connect
+    from impetus.gateway.guard import ClusterSecret
+    from impetus.gateway.hosts import HostRegistry
+
+    client = connect(redis_url)
+
+    def nginx_process():
+        return next((c.process for c in parts if c.name == "nginx"), None)
+
+    watcher = cluster.ClusterWatcher(
+        HostRegistry(client), ClusterSecret(client), conf, settings.data_dir / "run" / "prometheus" / "hosts.json",
+        nginx_process, log=lambda line: console.print(f"[cyan]~[/] {line}"),
+        local={local: f"http://{local}"} if local else {})
+    return watcher
+
+
+def run(settings, public_host: str, public_port: int, tls: bool = False,
+        cluster_options: ClusterOptions | None = None) -> int:
     console = Console(stderr=True, soft_wrap=True)
     run_dir = settings.data_dir / "run"
     log_dir = settings.data_dir / "logs"
@@ -141,9 +200,10 @@ def run(settings, public_host: str, public_port: int, tls: bool = False) -> int:
     parts: list[Component] = []
     code = 0
     try:
-        parts, endpoint, redis_url = components(settings, public_host, public_port, tls, console)
+        parts, endpoint, redis_url, watcher = components(settings, public_host, public_port, tls, console,
+                                                         cluster_options)
         ready_lines = {
-            "redis": lambda: f"ready  {redis_url} (append-only file in {settings.data_dir / 'redis'}, "
+            "redis": lambda: f"ready  {cluster.redacted(redis_url)} (append-only file in {settings.data_dir / 'redis'}, "
                              f"fsync {settings.redis_appendfsync})",
             "workers": lambda: f"ready  {settings.workers} × {settings.model} on 127.0.0.1:{settings.port} "
                                f"(log: {log_dir / 'impetus.log'})",
@@ -162,8 +222,12 @@ def run(settings, public_host: str, public_port: int, tls: bool = False) -> int:
             time.sleep(0.1)
         if not stopping:
             _announce(endpoint, redis_url, console)
+            if cluster_options is not None:
+                _announce_cluster(settings, cluster_options, console)
         while not stopping:
             supervisor.step()
+            if watcher is not None:
+                watcher.step()
             time.sleep(0.2)
         console.print("stopping: nginx, then workers (running requests finish), then redis")
     except (StackError, RuntimeError, FileNotFoundError) as error:
@@ -192,6 +256,13 @@ def _announce(endpoint: str, redis_url: str, console) -> None:
         print(f"admin key: {admin_key}", flush=True)
 
 
+def _announce_cluster(settings, options: ClusterOptions, console) -> None:
+    url = cluster.join_url(cluster.read_password(settings.data_dir), options.address, options.redis_port)
+    console.print(f"cluster: Redis listens on {options.address}:{options.redis_port} (password in "
+                  f"{cluster.password_path(settings.data_dir)}); on each other Mac run:")
+    print(f"join: impetus serve --join {url} --advertise http://THIS-MAC:8081", flush=True)
+
+
 def _answers(url: str, verify=True) -> bool:
     import httpx
 
@@ -217,5 +288,6 @@ def _first_admin_key(redis_url: str) -> str | None:
     return key
 
 
-def main(settings, host: str, port: int, tls: bool = False) -> None:
-    sys.exit(run(settings, host, port, tls))
+def main(settings, host: str, port: int, tls: bool = False,
+         cluster_options: ClusterOptions | None = None) -> None:
+    sys.exit(run(settings, host, port, tls, cluster_options))

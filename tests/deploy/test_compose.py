@@ -49,6 +49,7 @@ def test_mounted_paths_exist_in_the_repository(compose):
     mounts = 0
     for name, service in compose["services"].items():
         for volume in service.get("volumes", []):
+            volume = re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", volume)  # compose's default when the variable is unset
             source, target = volume.split(":")[:2]
             if source.startswith("."):
                 assert (REPO / source).exists(), f"{name} mounts {source}, which is not in the repository"
@@ -88,7 +89,7 @@ def test_containers_reach_the_native_server_and_each_other(compose):
 
     # Every target Prometheus scrapes is a compose service or the native server.
     config = yaml.safe_load((REPO / "deploy/prometheus/prometheus.yml").read_text())
-    targets = {t for job in config["scrape_configs"] for c in job["static_configs"] for t in c["targets"]}
+    targets = {t for job in config["scrape_configs"] for c in job.get("static_configs", []) for t in c["targets"]}
     for target in targets:
         host = target.rsplit(":", 1)[0]
         assert host in services or host in ("host.docker.internal", "localhost"), target

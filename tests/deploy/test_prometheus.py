@@ -18,6 +18,7 @@ import yaml
 from impetus.gateway.keys import KeyStore
 from impetus.models.store import DEFAULT_MODEL
 from impetus.server.process import free_port
+from impetus.stack.cluster import service_discovery
 
 from processes import binary, start_nginx, start_program, stop
 
@@ -27,7 +28,7 @@ REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "deploy/prometheus/prometheus.yml"
 DASHBOARD = REPO / "deploy/grafana/dashboards/impetus.json"
 # What Grafana would put in place of its variables.
-GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__range": "5m", "$model": ".*"}
+GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__range": "5m", "$model": ".*", "$host": ".*"}
 
 
 def test_promtool_accepts_the_shipped_config():
@@ -83,14 +84,23 @@ def stack(gateway_server, redis_server, tmp_path_factory):
              f"--nginx.scrape-uri={proxy}/nginx_status", f"--web.listen-address=127.0.0.1:{nginx_port}"],
             f"http://127.0.0.1:{nginx_port}/metrics", work / "nginx-exporter.log"))
 
-        # The shipped config, each job pointed at its local counterpart.
-        local = {"impetus": gateway_server.removeprefix("http://"), "redis": f"127.0.0.1:{redis_port}",
-                 "nginx": f"127.0.0.1:{nginx_port}", "prometheus": f"127.0.0.1:{prometheus_port}"}
+        # The shipped config, each job pointed at its local counterpart. The
+        # server is found as a cluster's gateway finds its hosts: in the file
+        # it writes from the host registry (file-based service discovery).
+        local = {"redis": f"127.0.0.1:{redis_port}", "nginx": f"127.0.0.1:{nginx_port}",
+                 "prometheus": f"127.0.0.1:{prometheus_port}"}
         config = yaml.safe_load(CONFIG.read_text())
-        assert {job["job_name"] for job in config["scrape_configs"]} == set(local)
+        assert {job["job_name"] for job in config["scrape_configs"]} == {"impetus", "impetus-hosts", *local}
         config["global"]["scrape_interval"] = "1s"
         for job in config["scrape_configs"]:
-            job["static_configs"] = [{"targets": [local[job["job_name"]]]}]
+            if job["job_name"] == "impetus-hosts":
+                assert [c["files"] for c in job["file_sd_configs"]] == [["hosts/*.json"]]
+                job["file_sd_configs"][0]["refresh_interval"] = "1s"
+            else:  # a gateway with no workers of its own: `impetus` has no target
+                job["static_configs"] = [{"targets": [local[job["job_name"]]]}] if job["job_name"] in local else []
+        (work / "hosts").mkdir()
+        (work / "hosts" / "hosts.json").write_text(json.dumps(service_discovery([gateway_server])))
+        local["impetus-hosts"] = gateway_server.removeprefix("http://")
         (work / "prometheus.yml").write_text(yaml.safe_dump(config))
         for rules in config["rule_files"]:  # beside the config, as in the compose mount
             (work / rules).write_text((CONFIG.parent / rules).read_text())
@@ -100,7 +110,7 @@ def stack(gateway_server, redis_server, tmp_path_factory):
              f"--web.listen-address=127.0.0.1:{prometheus_port}"],
             f"{url}/-/ready", work / "prometheus.log"))
         wait_for(url, "count(up == 1)", lambda v: v == len(local), "every target to be up")
-        yield {"prometheus": url, "proxy": proxy}
+        yield {"prometheus": url, "proxy": proxy, "server": gateway_server}
     finally:
         for process in reversed(processes):
             stop(process)
@@ -191,6 +201,8 @@ def test_every_dashboard_panel_returns_data(stack, redis_client):
         return float(query(prometheus, expr)[0]["value"][1])
 
     assert one('max(impetus_thermal_state)') == -1  # "unknown" off macOS
+    [host] = query(prometheus, 'up{job="impetus-hosts"}')
+    assert host["metric"]["host"] == stack["server"]
     assert one(f'count(impetus_model_memory_bytes{{model="{DEFAULT_MODEL}"}} > 0)') == 2  # both workers
     assert one('sum(increase(impetus_cache_requests_total{result="hit"}[5m]))') > 0
     assert one('sum(impetus_rate_limited_total{kind="requests"})') >= 1

@@ -21,6 +21,7 @@ from impetus.gateway.guard import HEADER, ClusterSecret
 from impetus.gateway.hosts import TTL_S, HostRegistry
 from impetus.models.store import DEFAULT_MODEL
 from impetus.server.process import free_port
+
 from processes import Foreground
 
 pytestmark = pytest.mark.slow

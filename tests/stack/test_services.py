@@ -88,7 +88,7 @@ def test_installing_twice_changes_nothing_and_uninstall_leaves_nothing(settings,
     root = tmp_path / "root"
     root.mkdir()
     layout, first = install(settings, root, manager, system=True)
-    assert first and len(first) == 7  # 3 services, 3 nginx files, log rotation
+    assert first and len(first) == 8  # 3 services, 4 nginx files, log rotation
     before = tree(root)
     _, second = install(settings, root, manager, system=True)
     assert second == [] and tree(root) == before
@@ -97,9 +97,38 @@ def test_installing_twice_changes_nothing_and_uninstall_leaves_nothing(settings,
     assert [p.name for p in third] == [
         "com.impetus.server.plist" if manager == "launchd" else "impetus-server.service"]
     removed = services.uninstall(settings, layout, progress=lambda m: None)
-    assert len(removed) == 7
+    assert len(removed) == 8
     assert list(root.rglob("*")) == []  # not a file, not a folder
     assert services.uninstall(settings, layout, progress=lambda m: None) == []
+
+
+@pytest.mark.parametrize("manager", ["launchd", "systemd"])
+def test_a_joined_host_installs_only_its_workers_and_keeps_the_password_out_of_the_unit(settings, tmp_path,
+                                                                                        manager):
+    root = tmp_path / "root"
+    join = "redis://:s3cret-pw@10.0.0.2:6390"
+    layout, written = install(settings, root, manager, system=True, public_host="0.0.0.0", join=join,
+                              advertise="http://mac-2.local:8081")
+    units = [p for p in written if p.suffix in (".plist", ".service")]
+    assert [p.name for p in units] == ["com.impetus.server.plist" if manager == "launchd"
+                                       else "impetus-server.service"]
+    unit = layout.real(units[0]).read_text()
+    assert "s3cret-pw" not in unit
+    join_file = layout.real(settings.data_dir.resolve() / "cluster" / "join.url")
+    assert join_file.read_text().strip() == join and oct(join_file.stat().st_mode & 0o777) == "0o600"
+    if manager == "launchd":
+        arguments = plistlib.loads(unit.encode())["ProgramArguments"]
+    else:
+        arguments = next(line for line in unit.splitlines() if line.startswith("ExecStart=")).split()
+    assert arguments[1:] == ["serve", "--join-file", str(settings.data_dir.resolve() / "cluster" / "join.url"),
+                             "--host", "0.0.0.0", "--port", str(settings.port),
+                             "--advertise", "http://mac-2.local:8081"]
+    # What the unit runs reads the file as --join would take the URL.
+    from impetus.cli.serve import read_join_file
+
+    assert read_join_file(str(join_file)) == join
+    services.uninstall(settings, layout, progress=lambda m: None)
+    assert not join_file.exists()
 
 
 def test_uninstall_keeps_logs_and_redis_data(settings, tmp_path):

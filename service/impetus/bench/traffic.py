@@ -21,6 +21,7 @@ class StreamResult:
     status: int | None = None  # HTTP status; None when the connection failed
     error: str | None = None  # None, "429", "503", "HTTP 400", "ReadTimeout", ...
     cache: str | None = None  # x-impetus-cache header
+    host: str | None = None  # x-impetus-host: which host of a cluster answered
     retry_after: float | None = None
     start: float = 0.0
     first: float | None = None  # first content token
@@ -45,6 +46,7 @@ def stream_chat(http, url: str, body: dict, headers: dict | None = None) -> Stre
         with http.stream("POST", url, json=body, headers=headers or {}) as response:
             result.status = response.status_code
             result.cache = response.headers.get("x-impetus-cache")
+            result.host = response.headers.get("x-impetus-host")
             if response.status_code != 200:
                 response.read()
                 result.error = str(response.status_code) if response.status_code in (429, 503) \

@@ -40,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--join", metavar="REDIS_URL",
                        help="be one more host of a cluster: the gateway's Redis, as `impetus up --cluster` "
                             "prints it (redis://:PASSWORD@GATEWAY:6390); listens on 0.0.0.0 unless --host")
+    serve.add_argument("--join-file", metavar="PATH", help="--join's URL read from a file (what services use: "
+                                                           "the password stays out of the unit file)")
     serve.add_argument("--advertise", metavar="URL",
                        help="this host's address as the gateway reaches it (default http://HOSTNAME:PORT)")
 
@@ -73,10 +75,15 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--user", help="with --system: the unprivileged account to run as (default: _impetus "
                                             "on macOS, impetus on Linux, made if missing; never root)")
         if verb == "install":
-            command.add_argument("--host", dest="public_host", default="127.0.0.1", help="nginx's address")
+            command.add_argument("--host", dest="public_host",
+                                 help="nginx's address (default 127.0.0.1); with --join the workers' (0.0.0.0)")
             command.add_argument("--port", dest="public_port", type=int, default=8080, help="nginx's port")
             command.add_argument("--workers", type=int, help="worker processes")
             command.add_argument("--model", help="the model loaded at start")
+            command.add_argument("--join", metavar="REDIS_URL",
+                                 help="one more host of a cluster: only the workers, on the gateway's Redis "
+                                      "(as `impetus up --cluster` prints it)")
+            command.add_argument("--advertise", metavar="URL", help="with --join: this Mac's address for the gateway")
 
     cluster = commands.add_parser("cluster", help="several Macs: the gateway's secret and join command")
     cluster_commands = cluster.add_subparsers(dest="cluster_command", required=True)
@@ -206,9 +213,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser(
         "bench", help="benchmarks: core (raw mlx-lm vs the server), load (a ramp through nginx with keys), "
                       "peer (side by side with mlx_lm.server), soak (memory and open files over time), "
-                      "fairness (one key floods, another asks), shared-prefix (N agents, one system prompt)")
+                      "fairness (one key floods, another asks), shared-prefix (N agents, one system prompt), "
+                 "cluster (a gateway and one, then two hosts: the hop and the split)")
     _add_common(bench)
-    bench.add_argument("--scenario", choices=("core", "load", "peer", "soak", "fairness", "shared-prefix"),
+    bench.add_argument("--scenario", choices=("core", "load", "peer", "soak", "fairness", "shared-prefix", "cluster"),
                        default="core")
     bench.add_argument("--model", help="model name or MLX folder path")
     bench.add_argument("--json", action="store_true", help="print one JSON line on stdout")
@@ -218,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
                                         "peer 1,4,16,64)")
     bench.add_argument("--port", type=int, help="core: port for the server under test (default: a free one)")
     bench.add_argument("--duration", type=float,
-                       help="seconds per level (load, default 20) or in all (soak, default 600)")
+                       help="seconds per level (load and cluster, default 20) or in all (soak, default 600)")
     bench.add_argument("--concurrency", type=int, default=8, help="soak: concurrent clients (default 8)")
     bench.add_argument("--requests-per-client", type=int, default=2, help="peer: requests each client sends")
     bench.add_argument("--folder-levels", default="1,16",
@@ -244,14 +252,15 @@ def main(argv: list[str] | None = None) -> None:
     from impetus.system.blas import preload_openblas
 
     preload_openblas()
-    if args.command == "serve" and args.join:
-        from impetus.cli.serve import join
+    if args.command == "serve" and (args.join or args.join_file):
+        from impetus.cli.serve import join, read_join_file
 
         settings = _settings(args)
-        updates = {"redis_url": args.join, "host": args.host or "0.0.0.0"}
+        url = args.join or read_join_file(args.join_file)
+        updates = {"redis_url": url, "host": args.host or "0.0.0.0"}
         if args.advertise:
             updates["advertise"] = args.advertise
-        sys.exit(join(settings.model_copy(update=updates), args.join))
+        sys.exit(join(settings.model_copy(update=updates), url))
     elif args.command == "serve":
         from impetus.cli.serve import run
 

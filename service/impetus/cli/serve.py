@@ -65,6 +65,13 @@ def join_environment(settings, redis_url: str) -> dict[str, str]:
             "IMPETUS_GATEWAY_GUARD": "true", "IMPETUS_ADVERTISE": settings.advertise_address}
 
 
+def read_join_file(path: str) -> str:
+    try:
+        return open(path).read().strip()
+    except OSError as error:
+        raise SystemExit(f"error: cannot read the join URL: {error}") from None
+
+
 def check_join(redis_url: str) -> str | None:
     """Why the gateway's Redis cannot be used (one line), or None."""
     import redis

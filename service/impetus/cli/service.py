@@ -15,8 +15,9 @@ def run(args, settings) -> None:
     try:
         layout = services.layout_for(settings, args.system, args.manager, args.root, args.user)
         if args.service_command == "install":
-            services.install(settings, layout, progress=progress, public_host=args.public_host,
-                             public_port=args.public_port)
+            host = args.public_host or ("0.0.0.0" if args.join else "127.0.0.1")
+            services.install(settings, layout, progress=progress, public_host=host, public_port=args.public_port,
+                             join=args.join, advertise=args.advertise)
             console.print(f"[green]✓[/] installed for {layout.manager} "
                           f"({f'system, as {layout.user}' if layout.system else 'this user'}); data in "
                           f"{layout.data_dir}, logs in {layout.log_dir}")

@@ -16,9 +16,10 @@ holders of the join password can read: `impetus cluster rotate-secret`
 writes a new one, the gateway's `impetus up --cluster` sees it within two
 seconds and reloads nginx with it, and workers accept the previous secret
 for PREVIOUS_GRACE_S more (requests nginx's old workers are still passing
-on). Workers re-read the secret every REFRESH_S, or at once (at most once
-a second) when a request brings one they do not know; while Redis is away
-they keep the last one they read.
+on). Workers re-read the secret every REFRESH_S, or at once when a request
+brings one they do not know (at most every MISS_REFRESH_S: a stranger
+sending guesses costs Redis ten reads a second per worker, no more); while
+Redis is away they keep the last one they read.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from impetus.web import APIError
 
 HEADER = "X-Impetus-Gateway"
 REFRESH_S = 5.0
+MISS_REFRESH_S = 0.1
 PREVIOUS_GRACE_S = 120.0
 OPEN_PATHS = frozenset({"/", "/healthz", "/readyz", "/metrics"})
 
@@ -109,7 +111,7 @@ class GatewayGuardMiddleware:
         now = self.clock()
         if now - self._read_at >= REFRESH_S:
             self._refresh(now)
-        if presented and not self._matches(presented) and now - self._read_at >= 1.0:
+        if presented and not self._matches(presented) and now - self._read_at >= MISS_REFRESH_S:
             self._refresh(now)  # rotated just now?
         if presented and self._matches(presented):
             return

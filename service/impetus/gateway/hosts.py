@@ -16,6 +16,9 @@ Layout:
   {prefix}hostworkers             zset "{host}|{pid}" -> unix time of the last beat
   {prefix}hostworker:{host}|{pid} hash: host, pid, version, models (json), loaded (json),
                                   budget_bytes, used_bytes, running, waiting, at
+  {prefix}hostleft:{host}|{pid}   set by a clean stop, kept LEFT_S: the gateway tells a host
+                                  that was stopped from one that died (which Prometheus
+                                  should go on seeing down, so that ImpetusDown fires)
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from dataclasses import dataclass, field
 
 HEARTBEAT_S = 5.0
 TTL_S = 15  # three missed beats
+LEFT_S = 600
 
 
 @dataclass
@@ -42,6 +46,7 @@ class HostState:
     running: int = 0
     waiting: int = 0
     heartbeat_age_s: float = 0.0  # since its latest beat
+    pids: list[int] = field(default_factory=list)  # its workers'
 
     def as_dict(self) -> dict:
         return {"address": self.address, "version": self.version, "workers": self.workers,
@@ -77,7 +82,13 @@ class HostRegistry:
         pipe = self.redis.pipeline(transaction=False)
         pipe.delete(f"{self.prefix}hostworker:{member}")
         pipe.zrem(self.index, member)
+        pipe.set(f"{self.prefix}hostleft:{member}", 1, ex=LEFT_S)
         pipe.execute()
+
+    def left(self, address: str, pids) -> bool:
+        """Whether each of these workers of a host stopped cleanly."""
+        keys = [f"{self.prefix}hostleft:{address}|{pid}" for pid in pids]
+        return bool(keys) and self.redis.exists(*keys) == len(keys)
 
     def hosts(self) -> list[HostState]:
         now = time.time()
@@ -93,6 +104,7 @@ class HostRegistry:
             host = found.setdefault(fields["host"], HostState(fields["host"], fields.get("version", "?"),
                                                               heartbeat_age_s=float("inf")))
             host.workers += 1
+            host.pids.append(int(fields.get("pid", 0)))
             host.models = sorted(set(host.models) | set(json.loads(fields.get("models", "[]"))))
             host.loaded = sorted(set(host.loaded) | set(json.loads(fields.get("loaded", "[]"))))
             for name in ("budget_bytes", "used_bytes", "running", "waiting"):

@@ -48,6 +48,9 @@ from impetus.stack import nginx
 
 DEFAULT_REDIS_PORT = 6390
 WATCH_INTERVAL_S = 2.0
+# A host that stopped heartbeating without leaving stays a Prometheus target
+# this long, so that it is seen down and ImpetusDown fires (deploy/prometheus).
+LOST_KEEP_S = 3600
 FAIL_TIMEOUT_S = 5
 
 
@@ -98,10 +101,8 @@ def join_url(password: str, address: str, port: int) -> str:
 
 def redacted(url: str) -> str:
     """A Redis URL fit for a log line: the password replaced by ***."""
-    parts = urlsplit(url)
-    query = re.sub(r"(^|&)password=[^&]*", r"\1password=***", parts.query)
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1) if parts.password else parts.netloc
-    return parts._replace(netloc=netloc, query=query).geturl()
+    url = re.sub(r"^([a-z]+://[^/@:]*):[^@/]*@", r"\1:***@", url)
+    return re.sub(r"([?&])password=[^&]*", r"\1password=***", url)
 
 
 def upstream_target(address: str) -> str | None:
@@ -146,14 +147,14 @@ def write_private(path: Path, text: str) -> None:
     staging.replace(path)
 
 
-def service_discovery(hosts) -> list[dict]:
-    """Prometheus' file_sd format: one target group per host."""
+def service_discovery(addresses, skip=()) -> list[dict]:
+    """Prometheus' file_sd format: one target group per host, but those in
+    `skip` (the gateway's own workers: the `impetus` job scrapes them)."""
     groups = []
-    for host in hosts:
-        parts = urlsplit(host.address)
-        if parts.hostname:
-            target = f"{parts.hostname}:{parts.port or 80}"
-            groups.append({"targets": [target], "labels": {"host": host.address}})
+    for address in sorted(addresses):
+        parts = urlsplit(address)
+        if address not in skip and parts.hostname:
+            groups.append({"targets": [f"{parts.netloc.rsplit('@', 1)[-1]}"], "labels": {"host": address}})
     return groups
 
 
@@ -173,6 +174,11 @@ class ClusterWatcher:
     clock: Callable[[], float] = time.monotonic
     servers: dict[str, str] = field(default_factory=dict)
     secret_value: str | None = None
+    wall: Callable[[], float] = time.time
+    # Hosts seen: address -> (their workers' pids, when last seen); those that
+    # vanish without leaving stay Prometheus targets for LOST_KEEP_S.
+    seen: dict = field(default_factory=dict)
+    unresolved: set = field(default_factory=set)  # said once, not every pass
     _next: float = 0.0
 
     @property
@@ -201,16 +207,19 @@ class ClusterWatcher:
         try:
             hosts = self.registry.hosts()
             secret = self.secret.current() or self.secret_value
+            self._write_sd(self._scraped(hosts))
         except RedisError:
             return  # keep routing as it is until Redis is back
         servers = dict(self.local)
         for host in hosts:
             target = upstream_target(host.address)
             if target is None:
-                self.log(f"host {host.address} does not resolve; not routed to")
+                if host.address not in self.unresolved:
+                    self.log(f"host {host.address} does not resolve; not routed to")
+                self.unresolved.add(host.address)
                 continue
+            self.unresolved.discard(host.address)
             servers.setdefault(target, host.address)
-        self._write_sd(hosts)
         if servers == self.servers and secret == self.secret_value:
             return
         self._apply(servers, secret)
@@ -235,8 +244,20 @@ class ClusterWatcher:
             process.send_signal(signal.SIGHUP)  # graceful: old workers finish their streams
         self.log(f"hosts: {len(servers)} routed ({', '.join(what) or 'reordered'}); nginx reloaded")
 
-    def _write_sd(self, hosts) -> None:
-        text = json.dumps(service_discovery(hosts), indent=1)
+    def _scraped(self, hosts) -> list[str]:
+        """The hosts alive, and those that died (stopped beating without
+        leaving) within LOST_KEEP_S."""
+        now = self.wall()
+        for host in hosts:
+            self.seen[host.address] = (host.pids, now)
+        alive = {host.address for host in hosts}
+        for address, (pids, when) in list(self.seen.items()):
+            if address not in alive and (now - when > LOST_KEEP_S or self.registry.left(address, pids)):
+                del self.seen[address]
+        return list(self.seen)
+
+    def _write_sd(self, addresses) -> None:
+        text = json.dumps(service_discovery(addresses, skip=set(self.local.values())), indent=1)
         try:
             if self.sd_file.read_text() == text:
                 return

@@ -72,6 +72,7 @@ class Layout:
 class Rendered:
     files: dict[Path, str] = field(default_factory=dict)  # absolute path (as installed) -> text
     services: list[str] = field(default_factory=list)  # labels / unit names, in start order
+    private: set[Path] = field(default_factory=set)  # written readable by their owner only (a password)
 
 
 def _platform_manager() -> str:
@@ -123,8 +124,13 @@ def _which(program: str, *fallbacks: str) -> str:
 
 
 def render(settings, layout: Layout, public_host: str = "127.0.0.1", public_port: int = 8080,
-           impetus: str | None = None) -> Rendered:
-    """Every file the install writes, with its text."""
+           impetus: str | None = None, join: str | None = None, advertise: str | None = None) -> Rendered:
+    """Every file the install writes, with its text. With `join` (the gateway's
+    Redis URL) the Mac is one more host of a cluster: one service, `impetus
+    serve --join-file` on `public_host` (the LAN), no Redis or nginx of its own;
+    the URL, which holds the password, goes to a file only the account reads."""
+    if join is not None:
+        return _render_joined(settings, layout, public_host, impetus, join, advertise)
     impetus = impetus or str(Path(sys.executable).parent / "impetus")
     data, logs = layout.data_dir, layout.log_dir
     redis_url = f"unix://{data / 'redis' / 'redis.sock'}"
@@ -159,6 +165,29 @@ def render(settings, layout: Layout, public_host: str = "127.0.0.1", public_port
     rendered = Rendered()
     for name, text in nginx_files.items():
         rendered.files[nginx_conf.parent / name] = text
+    return _render_services(settings, layout, services, rendered)
+
+
+def _render_joined(settings, layout: Layout, host: str, impetus: str | None, join: str,
+                   advertise: str | None) -> Rendered:
+    impetus = impetus or str(Path(sys.executable).parent / "impetus")
+    data, logs = layout.data_dir, layout.log_dir
+    path = os.pathsep.join([str(Path(impetus).parent), "/opt/homebrew/bin", "/usr/local/bin", "/usr/bin", "/bin"])
+    join_file = data / "cluster" / "join.url"
+    arguments = [impetus, "serve", "--join-file", str(join_file), "--host", host, "--port", str(settings.port),
+                 "--advertise", advertise or settings.advertise_address]
+    environment = {"IMPETUS_DATA_DIR": str(data), "IMPETUS_WORKERS": str(settings.workers),
+                   "IMPETUS_MODEL": settings.model, "PATH": path}
+    if layout.manager == "launchd":
+        environment["IMPETUS_LOG_FILE"] = str(logs / "impetus.log")
+    rendered = Rendered(files={join_file: join + "\n"}, private={join_file})
+    services = {"server": ("LLM server, one host of a cluster (Gunicorn workers on MLX)", arguments, environment,
+                           [], layout.user if layout.system else None)}
+    return _render_services(settings, layout, services, rendered)
+
+
+def _render_services(settings, layout: Layout, services: dict, rendered: Rendered) -> Rendered:
+    data, logs = layout.data_dir, layout.log_dir
     exit_timeout = str(settings.graceful_timeout + 15)
     for name, (description, arguments, environment, after, run_as) in services.items():
         if layout.manager == "launchd":
@@ -299,6 +328,9 @@ def install(settings, layout: Layout, progress=print, **options) -> list[Path]:
         target = layout.real(path)
         make_dirs(target.parent)
         if not target.exists() or target.read_text() != text:
+            if path in rendered.private:
+                target.touch(mode=0o600)
+                target.chmod(0o600)
             target.write_text(text)
             changed.append(path)
     for directory in (layout.log_dir, layout.data_dir / "redis"):

@@ -1,10 +1,13 @@
-"""Tensor-parallel generation with mlx-lm over MLX's ring backend, one
-process per rank: `mlx.launch -n N benchmarks/distributed/sharded_generate.py
-MODEL_FOLDER` (on one machine over loopback, or across Macs with --hosts).
-Each rank loads the model, keeps its 1/N of every attention and MLP matrix
-(mlx-lm's `model.shard(group)`), and the ranks all-reduce twice per layer per
-token. Rank 0 prints the text and the tokens/s as one JSON line; with N=1 it
-is the single-process baseline on the same code path.
+"""Generation with mlx-lm split over processes on MLX's ring backend, one
+process per rank: `mlx.launch -n N --python PYTHON
+benchmarks/distributed/sharded_generate.py MODEL_FOLDER [TOKENS] [tensor|pipeline]`
+(on one machine over loopback, or across Macs with --hosts / --hostfile).
+- tensor: each rank keeps 1/N of every attention and MLP matrix (mlx-lm's
+  `model.shard(group)`); the ranks all-reduce twice per layer per token;
+- pipeline: each rank keeps 1/N of the layers (`model.model.pipeline(group)`)
+  and passes the hidden state on once per token per boundary.
+Rank 0 prints the text and the tokens/s as one JSON line; with N=1 it is the
+single-process baseline on the same code path.
 
 Used by docs/distributed.md; not part of the server.
 """
@@ -26,12 +29,15 @@ from impetus.system.blas import preload_openblas
 def main() -> None:
     path = sys.argv[1]
     max_tokens = int(sys.argv[2]) if len(sys.argv) > 2 else 64
+    mode = sys.argv[3] if len(sys.argv) > 3 else "tensor"
     preload_openblas()
     group = mx.distributed.init()
     model, _ = load_model(__import__("pathlib").Path(path), lazy=True)
     cast_model(model, "float32")  # on a CPU the server serves float32 too
-    if group.size() > 1:
+    if group.size() > 1 and mode == "tensor":
         model.shard(group)
+    elif group.size() > 1:
+        model.model.pipeline(group)
     mx.eval(model.parameters())
     tokenizer = load_tokenizer(__import__("pathlib").Path(path))
     messages = [{"role": "user", "content": "Write a short story about a lighthouse keeper."}]
@@ -44,7 +50,7 @@ def main() -> None:
         text += last.text
     wall = time.perf_counter() - started
     if group.rank() == 0:
-        print(json.dumps({"ranks": group.size(), "generation_tokens": last.generation_tokens,
+        print(json.dumps({"ranks": group.size(), "mode": mode, "generation_tokens": last.generation_tokens,
                           "generation_tps": round(last.generation_tps, 1), "prompt_tps": round(last.prompt_tps, 1),
                           "wall_s": round(wall, 2), "text": text}), flush=True)
 

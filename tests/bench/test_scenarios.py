@@ -141,3 +141,19 @@ def test_shared_prefix_counts_the_prefill_work_against_the_peer(data_dir, tmp_pa
     assert ours["shared_prefixes"] >= 1
     assert ours["prefilled_tokens"] < ours["prompt_tokens"] / 2, ours
     assert summary["ttft_p50_vs_mlx_lm_server"]["3"] == pytest.approx(peer["ttft_p50_s"] / ours["ttft_p50_s"])
+
+
+@pytest.mark.slow
+def test_cluster_measures_the_hop_and_the_split_over_two_hosts(data_dir, tmp_path):
+    summary = bench("--scenario", "cluster", "--levels", "16", "--duration", "4", "--max-tokens", "4",
+                    data_dir=data_dir, out=tmp_path)
+    written(tmp_path, "cluster")
+    hop = summary["hop"]
+    for name in ("models_direct", "models_gateway", "chat_direct", "chat_gateway"):
+        assert hop[f"{name}_p50_ms"] > 0
+    assert hop["models_hop_ms"] == pytest.approx(hop["models_gateway_p50_ms"] - hop["models_direct_p50_ms"])
+    [one], [two] = summary["one_host"], summary["two_hosts"]
+    assert one["errors"] == {} and two["errors"] == {} and one["ok"] > 0 and two["ok"] > 0
+    assert len(one["by_host"]) == 1 and sum(one["by_host"].values()) == one["ok"]
+    # Sixteen keys, hashed: all on one host once in 2^15 runs.
+    assert len(two["by_host"]) == 2 and sum(two["by_host"].values()) == two["ok"]

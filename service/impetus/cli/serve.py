@@ -100,8 +100,9 @@ def join(settings, redis_url: str) -> int:
     import signal
     import time
 
-    from impetus.server.process import spawn_server, stop_server
-    from impetus.stack.supervisor import Component, StackError, Supervisor
+    from impetus.server.process import stop_server
+    from impetus.stack.supervisor import StackError, Supervisor
+    from impetus.stack.up import workers_component
 
     console = Console(stderr=True, soft_wrap=True)
     problem = check_join(redis_url)
@@ -113,11 +114,7 @@ def join(settings, redis_url: str) -> int:
         directory.mkdir(parents=True, exist_ok=True)
     local = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
     ready_url = f"http://{local}:{settings.port}/readyz"
-    environment = join_environment(settings, redis_url)
-    workers = Component(
-        "workers", lambda: spawn_server(settings.port, log_dir / "impetus.log", environment),
-        lambda: _answers(ready_url), start_timeout=600, orphan_signal=signal.SIGTERM,
-        log_hint=str(log_dir / "impetus.log"))
+    workers = workers_component(settings.port, log_dir, join_environment(settings, redis_url), ready_url)
 
     stopping = False
 
@@ -149,11 +146,3 @@ def join(settings, redis_url: str) -> int:
             stop_server(workers.process, timeout=settings.graceful_timeout + 10)
     return code
 
-
-def _answers(url: str) -> bool:
-    import httpx
-
-    try:
-        return httpx.get(url, timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False

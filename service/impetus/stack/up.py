@@ -70,7 +70,7 @@ def spawn_redis(data_dir: Path, log_dir: Path, appendfsync: str = "everysec",
                             start_new_session=True)
 
 
-def redis_answers(url: str) -> bool:
+def redisanswers(url: str) -> bool:
     import redis
 
     try:
@@ -88,6 +88,14 @@ def _stop(process: subprocess.Popen | None, sig: int, timeout: float) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+
+
+def workers_component(port: int, log_dir: Path, env: dict[str, str], ready_url: str) -> Component:
+    """The Gunicorn master and its workers (`impetus serve` with `env`), as
+    `up` and a joined host (`serve --join`) supervise them: loading a large
+    model may take minutes; after a crash the orphaned workers get SIGTERM."""
+    return Component("workers", lambda: spawn_server(port, log_dir / "impetus.log", env), lambda: answers(ready_url),
+                     start_timeout=600, orphan_signal=signal.SIGTERM, log_hint=str(log_dir / "impetus.log"))
 
 
 @dataclass
@@ -114,7 +122,7 @@ def components(settings, public_host: str, public_port: int, tls: bool, console,
         listen = (cluster_options.address, cluster_options.redis_port) if cluster_options else None
         parts.append(Component(
             "redis", lambda: spawn_redis(settings.data_dir, log_dir, settings.redis_appendfsync, listen),
-            lambda: redis_answers(redis_url), log_hint=str(log_dir / "redis.log")))
+            lambda: redisanswers(redis_url), log_hint=str(log_dir / "redis.log")))
     upstream = f"127.0.0.1:{settings.port}"
     if settings.workers > 0:
         server_env = {
@@ -124,10 +132,7 @@ def components(settings, public_host: str, public_port: int, tls: bool, console,
         }
         if cluster_options is not None:  # one host of the cluster, reached by nginx on loopback
             server_env.update(IMPETUS_GATEWAY_GUARD="true", IMPETUS_ADVERTISE=f"http://{upstream}")
-        parts.append(Component(
-            "workers", lambda: spawn_server(settings.port, log_dir / "impetus.log", server_env),
-            lambda: _answers(f"http://{upstream}/readyz"), start_timeout=600, orphan_signal=signal.SIGTERM,
-            log_hint=str(log_dir / "impetus.log")))
+        parts.append(workers_component(settings.port, log_dir, server_env, f"http://{upstream}/readyz"))
     elif cluster_options is None:
         raise StackError("--workers 0 (a gateway with no model of its own) needs --cluster")
 
@@ -158,7 +163,7 @@ def components(settings, public_host: str, public_port: int, tls: bool, console,
 
     parts.append(Component(
         "nginx", start_nginx,
-        lambda: _answers(f"{endpoint}{check}", verify=verify), orphan_signal=signal.SIGQUIT,
+        lambda: answers(f"{endpoint}{check}", verify=verify), orphan_signal=signal.SIGQUIT,
         log_hint=str(log_dir / "nginx-error.log")))
     return parts, endpoint, redis_url, watcher
 
@@ -263,7 +268,7 @@ def _announce_cluster(settings, options: ClusterOptions, console) -> None:
     print(f"join: impetus serve --join {url} --advertise http://THIS-MAC:8081", flush=True)
 
 
-def _answers(url: str, verify=True) -> bool:
+def answers(url: str, verify=True) -> bool:
     import httpx
 
     try:

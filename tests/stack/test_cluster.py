@@ -4,6 +4,7 @@ own data dir and port, all real processes: redis-server, nginx, Gunicorn."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -145,8 +146,6 @@ def keys_by_host(cluster, prefix: str, each: int = 1) -> dict[str, list[str]]:
 def test_a_joined_host_is_listed_with_its_models(cluster):
     listed = impetus("hosts", "--json", "--data-dir", str(cluster.gateway_dir))
     assert listed.returncode == 0, listed.stderr
-    import json
-
     hosts = {h["address"]: h for h in json.loads(listed.stdout)}
     one, two = (hosts[h.url] for h in cluster.hosts)
     assert DEFAULT_MODEL in one["loaded"] and DEFAULT_MODEL in two["loaded"]
@@ -325,3 +324,30 @@ def test_a_host_killed_during_traffic_is_routed_around_dropped_and_rejoins(clust
           f"the host was back after {back:.1f} s, its dead workers dropped after {dropped:.1f} s")
     hosts = HostRegistry(cluster.redis).hosts()
     assert {h.address for h in hosts} >= {one.url, two.url}
+
+
+def test_a_gateway_with_its_own_workers_routes_to_them_with_the_secret(data_dir, tmp_path):
+    """`impetus up --cluster` as most teams start it: the gateway Mac serves too."""
+    gateway_dir = _data_dir(tmp_path, "gateway", data_dir)
+    internal, port = free_port(), free_port()
+    gateway = Foreground(["up", "--cluster", "--cluster-address", "127.0.0.1", "--redis-port", str(free_port()),
+                          "--port", str(port), "--data-dir", str(gateway_dir)], {"IMPETUS_PORT": str(internal)})
+    try:
+        gateway.wait_for("impetus is up")
+        gateway.wait_for("join: ")
+        admin = gateway.admin_key()
+        url, own = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{internal}"
+        answer = _models(url, admin)
+        assert answer.status_code == 200 and answer.headers["x-impetus-host"] == own
+        # On the gateway Mac too, only nginx reaches the workers.
+        skipped = _models(own, admin)
+        assert skipped.status_code == 403 and skipped.json()["error"]["code"] == "gateway_required"
+        # Its own workers are the `impetus` job's target: not repeated in the hosts file.
+        deadline = time.monotonic() + 20
+        sd = gateway_dir / "run" / "prometheus" / "hosts.json"
+        while not sd.exists():
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        assert json.loads(sd.read_text()) == []
+    finally:
+        assert gateway.stop() == 0, "\n".join(gateway.output)

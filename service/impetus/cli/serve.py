@@ -97,11 +97,10 @@ def check_join(redis_url: str) -> str | None:
 
 
 def join(settings, redis_url: str) -> int:
-    import signal
     import time
 
     from impetus.server.process import stop_server
-    from impetus.stack.supervisor import StackError, Supervisor
+    from impetus.stack.supervisor import StackError, StopOnSignal, Supervisor
     from impetus.stack.up import workers_component
 
     console = Console(stderr=True, soft_wrap=True)
@@ -116,14 +115,7 @@ def join(settings, redis_url: str) -> int:
     ready_url = f"http://{local}:{settings.port}/readyz"
     workers = workers_component(settings.port, log_dir, join_environment(settings, redis_url), ready_url)
 
-    stopping = False
-
-    def on_signal(signum, frame):
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+    stop = StopOnSignal()
 
     def on_ready(component, again):
         if not again:
@@ -135,7 +127,7 @@ def join(settings, redis_url: str) -> int:
                             on_ready=on_ready)
     code = 0
     try:
-        while not stopping:
+        while not stop.requested:
             supervisor.step()
             time.sleep(0.2)
     except StackError as error:

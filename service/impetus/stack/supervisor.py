@@ -45,6 +45,19 @@ class StackError(RuntimeError):
     pass
 
 
+class StopOnSignal:
+    """Ctrl-C or SIGTERM (launchd, systemd) asks a supervising loop to stop
+    after its current step; the loop then stops its components in order."""
+
+    def __init__(self):
+        self.requested = False
+        signal.signal(signal.SIGINT, self._on_signal)
+        signal.signal(signal.SIGTERM, self._on_signal)
+
+    def _on_signal(self, signum, frame) -> None:
+        self.requested = True
+
+
 @dataclass
 class Component:
     """One supervised program: how to start it, when it is ready, how long a

@@ -23,7 +23,7 @@ from rich.console import Console
 
 from impetus.server.process import spawn_server, stop_server
 from impetus.stack import cluster, nginx
-from impetus.stack.supervisor import Component, StackError, Supervisor
+from impetus.stack.supervisor import Component, StackError, StopOnSignal, Supervisor
 from impetus.stack.tls import make_certificate, tls_paths
 
 __all__ = ["StackError", "redis_arguments", "run", "main"]
@@ -193,15 +193,7 @@ def run(settings, public_host: str, public_port: int, tls: bool = False,
     for directory in (run_dir, log_dir):
         directory.mkdir(parents=True, exist_ok=True)
 
-    stopping = False
-
-    def on_signal(signum, frame):
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
-
+    stop = StopOnSignal()
     parts: list[Component] = []
     code = 0
     try:
@@ -222,14 +214,14 @@ def run(settings, public_host: str, public_port: int, tls: bool = False,
         supervisor = Supervisor(parts, log=lambda line: console.print(f"[yellow]![/] {line}"), run_dir=run_dir,
                                 on_ready=on_ready)
         supervisor.record_restarts()
-        while not stopping and not supervisor.all_up:
+        while not stop.requested and not supervisor.all_up:
             supervisor.step()
             time.sleep(0.1)
-        if not stopping:
+        if not stop.requested:
             _announce(endpoint, redis_url, console)
             if cluster_options is not None:
                 _announce_cluster(settings, cluster_options, console)
-        while not stopping:
+        while not stop.requested:
             supervisor.step()
             if watcher is not None:
                 watcher.step()

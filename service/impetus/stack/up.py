@@ -70,7 +70,7 @@ def spawn_redis(data_dir: Path, log_dir: Path, appendfsync: str = "everysec",
                             start_new_session=True)
 
 
-def redisanswers(url: str) -> bool:
+def redis_answers(url: str) -> bool:
     import redis
 
     try:
@@ -122,7 +122,7 @@ def components(settings, public_host: str, public_port: int, tls: bool, console,
         listen = (cluster_options.address, cluster_options.redis_port) if cluster_options else None
         parts.append(Component(
             "redis", lambda: spawn_redis(settings.data_dir, log_dir, settings.redis_appendfsync, listen),
-            lambda: redisanswers(redis_url), log_hint=str(log_dir / "redis.log")))
+            lambda: redis_answers(redis_url), log_hint=str(log_dir / "redis.log")))
     upstream = f"127.0.0.1:{settings.port}"
     if settings.workers > 0:
         server_env = {

@@ -12,7 +12,7 @@ def _settings(args):
     from impetus.settings import Settings
 
     overrides = {}
-    for field in ("data_dir", "model", "host", "port", "workers"):
+    for field in ("data_dir", "model", "host", "port", "workers", "advertise"):
         value = getattr(args, field, None)
         if value is not None:
             overrides[field] = value
@@ -214,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
         "bench", help="benchmarks: core (raw mlx-lm vs the server), load (a ramp through nginx with keys), "
                       "peer (side by side with mlx_lm.server), soak (memory and open files over time), "
                       "fairness (one key floods, another asks), shared-prefix (N agents, one system prompt), "
-                 "cluster (a gateway and one, then two hosts: the hop and the split)")
+                      "cluster (a gateway and one, then two hosts: the hop and the split)")
     _add_common(bench)
     bench.add_argument("--scenario", choices=("core", "load", "peer", "soak", "fairness", "shared-prefix", "cluster"),
                        default="core")
@@ -255,12 +255,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "serve" and (args.join or args.join_file):
         from impetus.cli.serve import join, read_join_file
 
-        settings = _settings(args)
         url = args.join or read_join_file(args.join_file)
-        updates = {"redis_url": url, "host": args.host or "0.0.0.0"}
-        if args.advertise:
-            updates["advertise"] = args.advertise
-        sys.exit(join(settings.model_copy(update=updates), url))
+        sys.exit(join(_settings(args).model_copy(update={"redis_url": url, "host": args.host or "0.0.0.0"})))
     elif args.command == "serve":
         from impetus.cli.serve import run
 

@@ -96,13 +96,15 @@ def check_join(redis_url: str) -> str | None:
     return None
 
 
-def join(settings, redis_url: str) -> int:
+def join(settings) -> int:
+    """`settings.redis_url` is the gateway's Redis (--join)."""
     import time
 
     from impetus.server.process import stop_server
     from impetus.stack.supervisor import StackError, StopOnSignal, Supervisor
     from impetus.stack.up import workers_component
 
+    redis_url = settings.redis_url
     console = Console(stderr=True, soft_wrap=True)
     problem = check_join(redis_url)
     if problem:

@@ -34,6 +34,15 @@ def default_data_dir() -> Path:
     return Path(platformdirs.user_data_dir("Impetus", appauthor=False))
 
 
+def private_redis_url(data_dir: Path) -> str:
+    """The stack's own Redis under `data_dir`: its unix socket, with the
+    cluster password once there is one."""
+    from urllib.parse import quote
+
+    password = read_password(data_dir)
+    return f"unix://{data_dir / 'redis' / 'redis.sock'}" + (f"?password={quote(password, safe='')}" if password else "")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="IMPETUS_", extra="ignore")
 
@@ -178,13 +187,7 @@ class Settings(BaseSettings):
         """IMPETUS_REDIS_URL, or the stack's private Redis: its unix socket, with
         the cluster password once `impetus up --cluster` has made one (the CLI
         on the gateway Mac reaches it the same way)."""
-        if self.redis_url:
-            return self.redis_url
-        from urllib.parse import quote
-
-        socket = self.data_dir / "redis" / "redis.sock"
-        password = read_password(self.data_dir)
-        return f"unix://{socket}" + (f"?password={quote(password, safe='')}" if password else "")
+        return self.redis_url or private_redis_url(self.data_dir)
 
     @classmethod
     def settings_customise_sources(

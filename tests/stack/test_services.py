@@ -55,7 +55,11 @@ def test_launchd_plists_hold_what_launchd_needs(settings, tmp_path, system):
     env = server["EnvironmentVariables"]
     assert server["ProgramArguments"][1:] == ["serve"]
     assert env["IMPETUS_WORKERS"] == "2" and env["IMPETUS_REQUIRE_API_KEYS"] == "true"
-    assert env["IMPETUS_REDIS_URL"] == f"unix://{settings.data_dir.resolve()}/redis/redis.sock"
+    # The server finds the Redis the redis service runs, under its data dir.
+    assert "IMPETUS_REDIS_URL" not in env
+    socket = plists["com.impetus.redis.plist"]["ProgramArguments"]
+    assert Settings(data_dir=env["IMPETUS_DATA_DIR"]).effective_redis_url == \
+        f"unix://{socket[socket.index('--unixsocket') + 1]}"
     assert Path(env["IMPETUS_LOG_FILE"]).parent == layout.log_dir
     nginx = plists["com.impetus.nginx.plist"]["ProgramArguments"]
     assert nginx[-2:] == ["-g", "daemon off;"] and (root / Path(nginx[2]).relative_to("/")).exists()

@@ -133,7 +133,6 @@ def render(settings, layout: Layout, public_host: str = "127.0.0.1", public_port
         return _render_joined(settings, layout, public_host, impetus, join, advertise)
     impetus = impetus or str(Path(sys.executable).parent / "impetus")
     data, logs = layout.data_dir, layout.log_dir
-    redis_url = f"unix://{data / 'redis' / 'redis.sock'}"
     upstream = f"127.0.0.1:{settings.port}"
     # Only root binds a port below 1024: then nginx's master starts as root and
     # its workers drop to the account; otherwise nginx runs as the account too.
@@ -147,7 +146,9 @@ def render(settings, layout: Layout, public_host: str = "127.0.0.1", public_port
     server_env = {
         "IMPETUS_DATA_DIR": str(data), "IMPETUS_HOST": "127.0.0.1", "IMPETUS_PORT": str(settings.port),
         "IMPETUS_WORKERS": str(settings.workers), "IMPETUS_MODEL": settings.model,
-        "IMPETUS_REQUIRE_API_KEYS": "true", "IMPETUS_REDIS_URL": redis_url, "PATH": path,
+        # No IMPETUS_REDIS_URL: the default is this data dir's Redis socket, with the
+        # cluster password read from its 0600 file when there is one (never in a unit).
+        "IMPETUS_REQUIRE_API_KEYS": "true", "PATH": path,
     }
     if layout.manager == "launchd":  # systemd keeps stderr in the journal instead
         server_env["IMPETUS_LOG_FILE"] = str(logs / "impetus.log")

@@ -81,6 +81,12 @@ class Settings(BaseSettings):
     # A request sharing a long prefix with one being prefilled waits for that
     # prefix and starts from it, instead of computing it again.
     share_prefix_in_flight: bool = True
+    # Speculative decoding by prompt lookup (impetus.engine.speculative): a lone
+    # greedy request is decoded with up to `speculative_max_draft` tokens guessed
+    # from its own prompt and output, checked in one forward pass. Output is
+    # unchanged; "off" until the benchmark shows where it helps.
+    speculative: Literal["off", "ngram"] = "off"
+    speculative_max_draft: int = Field(8, ge=1, le=64)
     default_max_tokens: int = 2048
     # The temperature of requests that name none (Claude Code and Codex send none).
     default_temperature: float = Field(1.0, ge=0.0, le=2.0)

@@ -444,6 +444,12 @@ def usage(prompt_tokens: int, finishes: list[FinishEvent]) -> dict:
         "completion_tokens": completion,
         "total_tokens": prompt_tokens + completion,
         "prompt_tokens_details": {"cached_tokens": max((f.cached_tokens for f in finishes), default=0)},
+        # Speculative decoding's guesses (IMPETUS_SPECULATIVE), in the fields OpenAI
+        # uses for Predicted Outputs: accepted ones cost no forward pass of their own.
+        "completion_tokens_details": {
+            "accepted_prediction_tokens": sum(f.accepted_prediction_tokens for f in finishes),
+            "rejected_prediction_tokens": sum(f.rejected_prediction_tokens for f in finishes),
+        },
     }
 
 

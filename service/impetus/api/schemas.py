@@ -243,6 +243,7 @@ class Usage(_Response):
     completion_tokens: int
     total_tokens: int
     prompt_tokens_details: dict | None = None
+    completion_tokens_details: dict | None = None
 
 
 class TopLogprob(_Response):

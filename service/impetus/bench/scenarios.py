@@ -1,4 +1,4 @@
-"""Runs one of the load, peer, soak, fairness, shared-prefix and cluster benchmarks and writes what it measured:
+"""Runs one of the load, peer, soak, fairness, shared-prefix, cluster and speculative benchmarks and writes what it measured:
 a JSON file and PNG plots named by date, scenario and machine, so results from
 different machines sit side by side under benchmarks/results/."""
 
@@ -28,7 +28,7 @@ def _levels(text: str) -> list[int]:
 
 
 def run_scenario(args, settings) -> dict:
-    from impetus.bench import cluster, fairness, load, peer, shared_prefix, soak
+    from impetus.bench import cluster, fairness, load, peer, shared_prefix, soak, speculative
 
     console = Console(stderr=True, soft_wrap=True)
     progress = console.print
@@ -52,6 +52,8 @@ def run_scenario(args, settings) -> dict:
     elif args.scenario == "cluster":
         result, module = cluster.run(settings, _levels(args.levels or "4,16"), args.duration or 20,
                                      args.max_tokens or 32, work, progress), cluster
+    elif args.scenario == "speculative":
+        result, module = speculative.run(settings, args.max_tokens or 128, work, progress), speculative
     elif args.scenario == "soak":
         result, module = soak.run(settings, args.duration or 600, args.concurrency, args.max_tokens or 32, work,
                                   progress), soak

@@ -27,6 +27,7 @@ class StreamResult:
     first: float | None = None  # first content token
     end: float = 0.0
     tokens: int = 0  # completion tokens as the usage chunk counts them
+    text: str = ""  # the answer's content, as streamed
 
     @property
     def ok(self) -> bool:
@@ -64,8 +65,10 @@ def stream_chat(http, url: str, body: dict, headers: dict | None = None) -> Stre
                 chunk = json.loads(line[6:])
                 if chunk.get("usage"):
                     result.tokens = chunk["usage"]["completion_tokens"]
-                if chunk.get("choices") and chunk["choices"][0].get("delta", {}).get("content"):
+                content = chunk["choices"][0].get("delta", {}).get("content") if chunk.get("choices") else None
+                if content:
                     result.first = result.first or time.perf_counter()
+                    result.text += content
             if not done:
                 result.error = "incomplete stream"
     except Exception as error:  # counted by kind, never raised: one failure must not end a run

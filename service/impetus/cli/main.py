@@ -214,9 +214,11 @@ def build_parser() -> argparse.ArgumentParser:
         "bench", help="benchmarks: core (raw mlx-lm vs the server), load (a ramp through nginx with keys), "
                       "peer (side by side with mlx_lm.server), soak (memory and open files over time), "
                       "fairness (one key floods, another asks), shared-prefix (N agents, one system prompt), "
-                      "cluster (a gateway and one, then two hosts: the hop and the split)")
+                      "cluster (a gateway and one, then two hosts: the hop and the split), "
+                      "speculative (prompt lookup off and on, and mlx_lm.server: editing and open-ended)")
     _add_common(bench)
-    bench.add_argument("--scenario", choices=("core", "load", "peer", "soak", "fairness", "shared-prefix", "cluster"),
+    bench.add_argument("--scenario", choices=("core", "load", "peer", "soak", "fairness", "shared-prefix", "cluster",
+                                                  "speculative"),
                        default="core")
     bench.add_argument("--model", help="model name or MLX folder path")
     bench.add_argument("--json", action="store_true", help="print one JSON line on stdout")

@@ -47,6 +47,7 @@ from mlx_lm.tokenizer_utils import BPEStreamingDetokenizer
 from impetus.engine.request import ANONYMOUS, FinishEvent, RequestHandle, SamplingParams, Tenant, TokenEvent
 from impetus.engine.sampling import make_processors, make_sampler
 from impetus.engine.scheduler import Scheduler
+from impetus.engine.speculative import DraftLength, NgramIndex
 from impetus.engine.structured import GrammarProcessor
 from impetus.models.loader import LoadedModel
 
@@ -112,6 +113,9 @@ class EngineStats:
     preempted: int = 0  # running requests paused to give their slot to another key
     shared_prefixes: int = 0  # prefixes of requests in flight put into the prefix cache for others
     first_tokens_now: int = 0  # first tokens computed before joining the batch (_first_token_now)
+    spec_steps: int = 0  # forward passes of a lone sequence decoded off the batch (_solo_step)
+    spec_proposed: int = 0  # draft tokens proposed by prompt lookup
+    spec_accepted: int = 0  # ... and accepted by the model
     started_at: float = field(default_factory=time.time)
 
 
@@ -133,6 +137,8 @@ class _Running:
     stop_string: str | None = None
     paused: tuple | None = None  # (KV cache, its tokens) while paused
     common: dict = field(default_factory=dict)  # waiting handle -> common prefix length
+    accepted_guesses: int = 0  # speculative decoding: drafts the model agreed with ...
+    rejected_guesses: int = 0  # ... and drafts it did not
 
     @property
     def prefilling(self) -> bool:
@@ -143,6 +149,23 @@ class _Running:
     def can_pause(self) -> bool:
         """Decoding (prefill done, a token out) and not finishing in the next step."""
         return self.generated >= 1 and self.paused is None
+
+
+@dataclass
+class _Solo:
+    """The one request the engine decodes itself, off the batch, with drafts
+    (`_solo_step`): its KV cache holds `in_cache`; `last` was sent and is
+    not in the cache yet (the next forward pass feeds it)."""
+
+    uid: int  # its key in `_running` (negative: not a generator uid)
+    state: _Running
+    cache: list
+    in_cache: list[int]
+    last: int
+    index: NgramIndex
+    draft: DraftLength
+    accepted_now: int = 0  # drafts accepted in the step being emitted
+    emitting: int = 0  # which token of that step `_on_token` is handling
 
 
 @dataclass
@@ -179,6 +202,15 @@ class Engine:
             max_size=settings.prompt_cache_entries, max_bytes=settings.prompt_cache_bytes
         )
         self._generator = None
+        # Prompt lookup speculation (impetus.engine.speculative): a lone greedy
+        # request is decoded off the batch, up to `speculative_max_draft`
+        # guesses checked per forward pass.
+        # Only where every layer's cache is a plain KVCache, which trims
+        # (a sliding window's rotating cache may not).
+        self._speculative = settings.speculative == "ngram" and all(
+            type(layer) is KVCache for layer in make_prompt_cache(self.model))
+        self._max_draft = settings.speculative_max_draft
+        self._solo: _Solo | None = None
         self.stats = EngineStats()
         self.waiting_by_key: dict[str, int] = {}  # replaced whole by the engine thread
         # Written by the submitting thread only / the engine thread only, so
@@ -255,6 +287,11 @@ class Engine:
             "preempted": s.preempted,
             "shared_prefixes": s.shared_prefixes,
             "first_tokens_now": s.first_tokens_now,
+            "speculative": "ngram" if self._speculative else "off",
+            "spec_steps": s.spec_steps,
+            "spec_proposed_tokens": s.spec_proposed,
+            "spec_accepted_tokens": s.spec_accepted,
+            "spec_acceptance_rate": round(s.spec_accepted / s.spec_proposed, 3) if s.spec_proposed else None,
             "scheduler": "fair" if self._queue.fair else "fifo",
             "waiting_by_key": dict(self.waiting_by_key),
             "prefix_cache_entries": len(self._prefix_cache),
@@ -282,8 +319,14 @@ class Engine:
             while not self._stopping:
                 busy = bool(self._running or self._queue)
                 self._take_commands(block=not busy)
+                if self._solo is not None and (self._queue or self._stopping):
+                    self._leave_solo()  # company: back into the batch
                 self._admit()
-                if self._running:
+                if self._solo is None and self._can_go_solo():
+                    self._go_solo()
+                if self._solo is not None:
+                    self._solo_step_or_fail()
+                elif self._running:
                     self._step()
                 self.stats.running = len(self._running)
                 self.stats.waiting = len(self._queue)
@@ -335,7 +378,10 @@ class Engine:
             return
         uid = self._uid_of(handle)
         if uid is not None:
-            self._generator.remove([uid])
+            if self._solo is not None and self._solo.uid == uid:
+                self._solo = None  # its KV cache goes with it
+            else:
+                self._generator.remove([uid])
             self.stats.cancelled += 1
             self._finish(self._running[uid], "cancelled", uid=uid)
 
@@ -665,7 +711,9 @@ class Engine:
         state.handle.push(TokenEvent(response.token, visible, logprob, top))
 
         if finish is not None:
-            if response.finish_reason is None:  # a stop string: still in the batch
+            if response.finish_reason is None and self._solo is not None and self._solo.uid == response.uid:
+                cache, tokens = self._solo_cache()  # a stop string, decoding off the batch
+            elif response.finish_reason is None:  # a stop string: still in the batch
                 caches = self._generator.remove([response.uid], return_prompt_caches=True)
                 cache, tokens = caches.get(response.uid, (None, None))
             else:
@@ -678,6 +726,108 @@ class Engine:
                 mx.eval([c.state for c in cache])
                 self._prefix_cache.insert_cache(self.loaded.name, list(tokens), cache)
             self._finish(state, finish, uid=response.uid)
+
+    # -- speculation: a lone request decoded off the batch ------------------------
+
+    def _can_go_solo(self) -> bool:
+        """Speculate when one request runs alone, decoding, greedy, with no
+        logits processors (penalties, biases, grammars see one token at a
+        time; they stay in the batch), and its cache can be trimmed."""
+        if not self._speculative or len(self._running) != 1 or self._queue or self._paused:
+            return False
+        (uid, state), = self._running.items()
+        return (uid >= 0 and state.generated >= 1 and not state.prefilling and state.sampler is None
+                and not state.processors and state.handle.params.max_tokens - state.generated > 1)
+
+    def _go_solo(self) -> None:
+        (uid, state), = self._running.items()
+        cache, tokens = self._generator.remove([uid], return_prompt_caches=True)[uid]
+        mx.eval([c.state for c in cache])
+        trim_prompt_cache(cache, 1)  # the last token sent is fed again (as `_resume` does)
+        index = NgramIndex()
+        index.extend(list(tokens))
+        del self._running[uid]
+        self._lone_uid -= 1
+        self._solo = _Solo(self._lone_uid, state, cache, list(tokens[:-1]), tokens[-1], index,
+                           DraftLength(self._max_draft))
+        self._running[self._lone_uid] = state
+
+    def _reinsert(self, state: _Running, cache, in_cache: list[int], last: int) -> None:
+        (uid,) = self._generator.insert(
+            [[last]],
+            max_tokens=[state.handle.params.max_tokens - state.generated],
+            caches=[cache],
+            all_tokens=[in_cache],
+            samplers=[state.sampler],
+            logits_processors=[state.processors],
+        )
+        self._running[uid] = state
+
+    def _leave_solo(self) -> None:
+        solo, self._solo = self._solo, None
+        del self._running[solo.uid]
+        self._reinsert(solo.state, solo.cache, solo.in_cache, solo.last)
+
+    def _solo_step_or_fail(self) -> None:
+        """As `_step`: a failed forward pass fails the request, not the engine."""
+        try:
+            self._solo_step()
+        except Exception:
+            log.exception("speculative step failed for %s", self.loaded.name)
+            self.stats.errors += 1
+            solo, self._solo = self._solo, None
+            if solo is not None and solo.uid in self._running:
+                self._finish(solo.state, "error", uid=solo.uid, error=traceback.format_exc(limit=3))
+
+    def _solo_step(self) -> None:
+        """One forward pass over the last token and up to K guesses; the
+        guesses the model's argmax agrees with are kept, then its own next
+        token. The rejected tail is trimmed from the KV cache, so the cache
+        holds exactly the tokens sent but the newest."""
+        solo, state = self._solo, self._solo.state
+        left = state.handle.params.max_tokens - state.generated
+        draft = solo.index.propose(min(solo.draft.current, left - 1))
+        with mx.stream(self._generator.stream):
+            logits = self.model(mx.array([[solo.last, *draft]]), cache=solo.cache)[0]
+            logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+            predicted = mx.argmax(logprobs, axis=-1)
+            mx.eval(predicted, logprobs)
+        predicted = predicted.tolist()
+        accepted = 0
+        while accepted < len(draft) and draft[accepted] == predicted[accepted]:
+            accepted += 1
+        if accepted < len(draft):
+            trim_prompt_cache(solo.cache, len(draft) - accepted)
+        solo.in_cache += [solo.last, *draft[:accepted]]
+        new = [*draft[:accepted], predicted[accepted]]
+        self.stats.spec_steps += 1
+        self.stats.spec_proposed += len(draft)
+        self.stats.spec_accepted += accepted
+        state.accepted_guesses += accepted
+        state.rejected_guesses += len(draft) - accepted
+        self.stats.steps += 1
+        solo.draft.update(len(draft), accepted)
+        solo.index.extend(new)
+        solo.last, solo.accepted_now = new[-1], accepted
+        eos = self.tokenizer.eos_token_ids
+        for position, token in enumerate(new):
+            solo.emitting = position
+            finish = "stop" if token in eos else ("length" if state.generated + 1 >= state.handle.params.max_tokens
+                                                  else None)
+            cache, tokens = self._solo_cache() if finish else (None, None)
+            self._on_token(_FirstToken(solo.uid, token, logprobs[position], finish, cache, tokens), state)
+            if solo.uid not in self._running:  # finished: by length, end of sequence or a stop string
+                self._solo = None
+                return
+
+    def _solo_cache(self) -> tuple[list, list[int]]:
+        """The KV cache and its tokens up to the token being emitted: a draft
+        token's KV is in the cache, the model's own last token's is not."""
+        solo = self._solo
+        beyond = max(0, solo.accepted_now - 1 - solo.emitting)
+        if beyond:
+            trim_prompt_cache(solo.cache, beyond)
+        return solo.cache, solo.in_cache[:len(solo.in_cache) - beyond]
 
     @staticmethod
     def _logprobs(response, k: int):
@@ -706,6 +856,8 @@ class Engine:
                 cached_tokens=state.cached_tokens,
                 error=error,
                 stop_string=state.stop_string,
+                accepted_prediction_tokens=state.accepted_guesses,
+                rejected_prediction_tokens=state.rejected_guesses,
             ),
         )
 

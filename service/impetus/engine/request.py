@@ -67,6 +67,10 @@ class FinishEvent:
     cached_tokens: int = 0
     error: str | None = None
     stop_string: str | None = None  # the stop string that ended it (Anthropic's stop_sequence)
+    # Speculative decoding: guessed tokens the model accepted / rejected
+    # (OpenAI's completion_tokens_details.accepted/rejected_prediction_tokens).
+    accepted_prediction_tokens: int = 0
+    rejected_prediction_tokens: int = 0
 
 
 class RequestHandle:

@@ -60,6 +60,10 @@ class Metrics:
                                             ("model", "priority"), buckets=LATENCY_BUCKETS, registry=registry)
         self.preempted = counter("impetus_requests_preempted_total",
                                  "Running requests paused to give their slot to another key", ("model",))
+        self.spec_proposed = counter("impetus_spec_proposed_tokens_total",
+                                     "Draft tokens proposed for speculative decoding (prompt lookup)", ("model",))
+        self.spec_accepted = counter("impetus_spec_accepted_tokens_total",
+                                     "Draft tokens the model accepted (each one a forward pass saved)", ("model",))
         self.model_load_seconds = gauge("impetus_model_load_seconds", "Time to load the model", ("model",),
                                         mode="liveall")
         self.model_bytes = gauge("impetus_model_memory_bytes", "Memory of the loaded model's weights",
@@ -87,7 +91,7 @@ class Metrics:
         for route in ("/v1/chat/completions", "/v1/completions"):
             self.request_seconds.labels(route)
         self._waiting_keys: dict[str, set[str]] = {}  # keys seen waiting, per model: back to 0 when none wait
-        self._preempted_seen: dict[str, int] = {}
+        self._counted: dict[tuple, int] = {}  # (counter, model) -> the engine's total already counted
 
     @classmethod
     def null(cls) -> "Metrics":
@@ -119,10 +123,14 @@ class Metrics:
             for key in set(waiting) | self._waiting_keys.setdefault(name, set()):
                 self.waiting_by_key.labels(name, key).set(waiting.get(key, 0))
             self._waiting_keys[name] |= set(waiting)
-            preempted = engine.stats.preempted - self._preempted_seen.get(name, 0)
-            if preempted > 0:
-                self.preempted.labels(name).inc(preempted)
-            self._preempted_seen[name] = engine.stats.preempted
+            # The engine keeps totals; the counters advance by what is new.
+            for metric, total in ((self.preempted, engine.stats.preempted),
+                                  (self.spec_proposed, engine.stats.spec_proposed),
+                                  (self.spec_accepted, engine.stats.spec_accepted)):
+                new = total - self._counted.get((metric, name), 0)
+                if new > 0:
+                    metric.labels(name).inc(new)
+                self._counted[(metric, name)] = total
         self.memory_budget_bytes.set(host.budget_bytes)
         self.mlx_active_bytes.set(mx.get_active_memory())
         self.mlx_cache_bytes.set(mx.get_cache_memory())

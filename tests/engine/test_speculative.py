@@ -48,6 +48,18 @@ def test_the_latest_occurrence_wins_and_the_suffix_itself_is_not_one():
     assert index.propose(3) == [4]  # "4 4" ended at 2 before: what followed is the last 4
 
 
+def test_a_passage_being_copied_is_followed_until_the_sequence_leaves_it():
+    index = NgramIndex()
+    index.extend([1, 2, 3, 4, 5, 6, 0, 4, 8, 0, 1, 2])
+    assert index.propose(2) == [3, 4]
+    index.accept([3, 4, 5])  # both guesses taken, and the model's own token continues the passage
+    assert index.following == 5
+    assert index.propose(2) == [6, 0]  # the passage goes on, without a lookup
+    index.accept([6, 7])  # the model left the passage
+    assert index.following is None
+    assert index.propose(2) == []  # "7" never came before
+
+
 def test_the_draft_length_grows_on_success_and_shrinks_on_failure():
     length = DraftLength(8)
     assert length.current == 4

@@ -2,9 +2,9 @@
 on, and `mlx_lm.server`, on the same float32 weights, in one run.
 
 Two workloads, greedy, each request its own prompt:
-- editing: "Repeat this text exactly:" and a ~400-token Python file (a
-  different variant per request), the shape of a coding agent's "give me
-  the file back with this change"; the model copies it, so most of the
+- editing: a ~400-token Python file (a different variant per request) and
+  the instruction to repeat it exactly, the shape of a coding agent's "give
+  me the file back with this change"; the model copies it, so most of the
   answer can be guessed from the prompt;
 - open-ended: a short story on a different topic per request, where little
   can be guessed, to show what speculation costs when it does not help.
@@ -57,8 +57,14 @@ def source_file(variant: int) -> str:
     return "\n\n".join(parts)
 
 
+COPY_INSTRUCTION = "You repeat the user's text exactly, with no other words."
+
+
 def editing_messages(variant: int) -> list[dict]:
-    return [{"role": "user", "content": f"Repeat this text exactly:\n\n{source_file(variant)}"}]
+    """The file as the user's message, the instruction as the system's: the
+    135M default model then gives the file back (asked in the user's message
+    it explains the code instead)."""
+    return [{"role": "system", "content": COPY_INSTRUCTION}, {"role": "user", "content": source_file(variant)}]
 
 
 def story_messages(variant: int) -> list[dict]:

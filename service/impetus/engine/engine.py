@@ -47,7 +47,7 @@ from mlx_lm.tokenizer_utils import BPEStreamingDetokenizer
 from impetus.engine.request import ANONYMOUS, FinishEvent, RequestHandle, SamplingParams, Tenant, TokenEvent
 from impetus.engine.sampling import make_processors, make_sampler
 from impetus.engine.scheduler import Scheduler
-from impetus.engine.speculative import DraftLength, NgramIndex
+from impetus.engine.speculative import BACKOFF_TOKENS, MISSES_BEFORE_BACKOFF, DraftLength, NgramIndex
 from impetus.engine.structured import GrammarProcessor
 from impetus.models.loader import LoadedModel
 
@@ -139,6 +139,7 @@ class _Running:
     common: dict = field(default_factory=dict)  # waiting handle -> common prefix length
     accepted_guesses: int = 0  # speculative decoding: drafts the model agreed with ...
     rejected_guesses: int = 0  # ... and drafts it did not
+    speculate_from: int = 0  # no speculation before this many tokens (a back-off)
 
     @property
     def prefilling(self) -> bool:
@@ -165,6 +166,7 @@ class _Solo:
     index: NgramIndex
     draft: DraftLength
     accepted_now: int = 0  # drafts accepted in the step being emitted
+    misses: int = 0  # steps in a row with no guess accepted
     emitting: int = 0  # which token of that step `_on_token` is handling
 
 
@@ -736,8 +738,9 @@ class Engine:
         if not self._speculative or len(self._running) != 1 or self._queue or self._paused:
             return False
         (uid, state), = self._running.items()
-        return (uid >= 0 and state.generated >= 1 and not state.prefilling and state.sampler is None
-                and not state.processors and state.handle.params.max_tokens - state.generated > 1)
+        return (uid >= 0 and state.generated >= max(1, state.speculate_from) and not state.prefilling
+                and state.sampler is None and not state.processors
+                and state.handle.params.max_tokens - state.generated > 1)
 
     def _go_solo(self) -> None:
         (uid, state), = self._running.items()
@@ -807,8 +810,9 @@ class Engine:
         state.rejected_guesses += len(draft) - accepted
         self.stats.steps += 1
         solo.draft.update(len(draft), accepted)
-        solo.index.extend(new)
+        solo.index.accept(new)
         solo.last, solo.accepted_now = new[-1], accepted
+        solo.misses = 0 if accepted else solo.misses + 1
         eos = self.tokenizer.eos_token_ids
         for position, token in enumerate(new):
             solo.emitting = position
@@ -819,6 +823,9 @@ class Engine:
             if solo.uid not in self._running:  # finished: by length, end of sequence or a stop string
                 self._solo = None
                 return
+        if solo.misses >= MISSES_BEFORE_BACKOFF:  # nothing to copy here: the batch decodes faster
+            state.speculate_from = state.generated + BACKOFF_TOKENS
+            self._leave_solo()
 
     def _solo_cache(self) -> tuple[list, list[int]]:
         """The KV cache and its tokens up to the token being emitted: a draft

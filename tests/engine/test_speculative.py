@@ -184,3 +184,18 @@ def test_sampling_and_processors_stay_in_the_batch(engines):
     run(on, EDITING, temperature=0.7, seed=3, max_tokens=30)
     run(on, EDITING, presence_penalty=0.5, max_tokens=30)
     assert on.snapshot()["spec_steps"] == before
+
+
+@pytest.mark.slow
+def test_a_request_with_nothing_to_copy_goes_back_to_the_batch(engines):
+    """Four steps in a row with no guess accepted: it decodes in the batch
+    (mlx-lm overlaps its steps there) for the next 48 tokens."""
+    on = engines["ngram"]
+    before = on.snapshot()
+    story = run(on, "Write a short story about a dragon who paints.", max_tokens=100)
+    after = on.snapshot()
+    steps = after["spec_steps"] - before["spec_steps"]
+    accepted = after["spec_accepted_tokens"] - before["spec_accepted_tokens"]
+    assert len(story["tokens"]) == 100
+    # Off the batch only while it looked worth it: far fewer steps there than tokens.
+    assert steps <= accepted + 3 * 4 + 4, (steps, accepted)

@@ -199,3 +199,21 @@ def test_a_request_with_nothing_to_copy_goes_back_to_the_batch(engines):
     assert len(story["tokens"]) == 100
     # Off the batch only while it looked worth it: far fewer steps there than tokens.
     assert steps <= accepted + 3 * 4 + 4, (steps, accepted)
+
+
+@pytest.mark.slow
+def test_a_prediction_is_one_more_source_of_guesses(engines):
+    """OpenAI's `prediction`: the expected answer, not in the prompt. Given
+    the very answer, nearly every guess is taken, and the answer is the same."""
+    off, on = engines["off"], engines["ngram"]
+    question = "Write a Python function that returns the squares of a list of numbers."
+    expected = run(off, question, max_tokens=80)
+    before = on.snapshot()
+    without = run(on, question, max_tokens=80)
+    middle = on.snapshot()
+    predicted = run(on, question, max_tokens=80, prediction=expected["tokens"])
+    after = on.snapshot()
+    assert without["tokens"] == predicted["tokens"] == expected["tokens"]
+    gained = after["spec_accepted_tokens"] - middle["spec_accepted_tokens"]
+    assert gained > middle["spec_accepted_tokens"] - before["spec_accepted_tokens"]
+    assert gained >= 60 and predicted["finish"].accepted_prediction_tokens == gained

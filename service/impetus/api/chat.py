@@ -78,6 +78,8 @@ def prepare(resp, engine, settings, chat: ChatCompletionRequest, requested: int 
                                           overflow)
     params = sampling_params(chat, max_tokens, engine, logprobs=chat.logprobs, top_logprobs=chat.top_logprobs or 0)
     params.grammar = output_grammar(chat, tool_mode, engine.tokenizer)
+    if chat.prediction is not None:
+        params.prediction = engine.tokenizer.encode(chat.prediction.text, add_special_tokens=False)
     return prompt, params, tool_mode
 
 

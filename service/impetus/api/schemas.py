@@ -169,6 +169,19 @@ class ResponseFormat(_Request):
 OutputTokens = Annotated[int, Field(ge=1, le=2**31 - 1)]
 
 
+class Prediction(_Request):
+    """OpenAI's Predicted Outputs: text the answer is expected to repeat (the
+    file being edited). Its tokens become one more source of speculative
+    guesses (IMPETUS_SPECULATIVE); the answer itself is unchanged."""
+
+    type: Literal["content"]
+    content: Union[str, Annotated[list[TextPart], Field(min_length=1)]]
+
+    @property
+    def text(self) -> str:
+        return self.content if isinstance(self.content, str) else "".join(part.text for part in self.content)
+
+
 class ChatCompletionRequest(_SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: OutputTokens | None = None
@@ -182,6 +195,7 @@ class ChatCompletionRequest(_SamplingFields):
     parallel_tool_calls: bool | None = None
     # Passed to the chat template, e.g. {"enable_thinking": false} (vLLM's and SGLang's field).
     chat_template_kwargs: dict | None = None
+    prediction: Prediction | None = None
 
     @model_validator(mode="after")
     def _top_logprobs_needs_logprobs(self):

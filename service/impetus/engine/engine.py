@@ -748,7 +748,8 @@ class Engine:
         mx.eval([c.state for c in cache])
         trim_prompt_cache(cache, 1)  # the last token sent is fed again (as `_resume` does)
         index = NgramIndex()
-        index.extend(list(tokens))
+        # The client's expected output (`prediction`) first, as if said before the prompt.
+        index.extend([*state.handle.params.prediction, *tokens])
         del self._running[uid]
         self._lone_uid -= 1
         self._solo = _Solo(self._lone_uid, state, cache, list(tokens[:-1]), tokens[-1], index,

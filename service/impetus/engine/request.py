@@ -44,6 +44,8 @@ class SamplingParams:
     top_logprobs: int = 0  # alternatives per position, as OpenAI counts them
     # An llguidance grammar the output must match (response_format, required tool calls).
     grammar: str | None = None
+    # Tokens the answer is expected to repeat (OpenAI's `prediction`): more to guess from.
+    prediction: list[int] = field(default_factory=list)
 
 
 @dataclass

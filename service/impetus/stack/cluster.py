@@ -64,7 +64,7 @@ def redis_password_conf(data_dir: Path) -> Path | None:
     if password is None:
         return None
     conf = password_path(data_dir).with_name("redis-auth.conf")
-    write_private(conf, f'requirepass "{password}"\n')
+    write_atomic(conf, f'requirepass "{password}"\n')
     return conf
 
 
@@ -77,9 +77,7 @@ def ensure_password(data_dir: Path) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.parent.chmod(0o700)
     password = secrets.token_urlsafe(24)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as out:
-        out.write(password + "\n")
+    write_atomic(path, password + "\n")
     return password
 
 
@@ -138,10 +136,11 @@ def render_upstream(servers: dict[str, str], secret: str | None) -> str:
     return "\n".join(lines)
 
 
-def write_private(path: Path, text: str) -> None:
-    """Atomically, readable only by this user (it holds the gateway secret)."""
+def write_atomic(path: Path, text: str, mode: int = 0o600) -> None:
+    """Atomically (a reader never sees half a file); by default readable only
+    by this user (the password, the gateway secret)."""
     staging = path.with_name(f".{path.name}.{os.getpid()}")
-    fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     with os.fdopen(fd, "w") as out:
         out.write(text)
     staging.replace(path)
@@ -195,7 +194,7 @@ class ClusterWatcher:
         except RedisError as error:
             self.log(f"cannot read the gateway secret ({error}); keeping the last one")
         self.servers = {**self.local, **self.servers}
-        write_private(self.upstream_file, render_upstream(self.servers, self.secret_value))
+        write_atomic(self.upstream_file, render_upstream(self.servers, self.secret_value))
 
     def step(self) -> None:
         now = self.clock()
@@ -226,11 +225,11 @@ class ClusterWatcher:
 
     def _apply(self, servers: dict[str, str], secret: str) -> None:
         previous = self.upstream_file.read_text()
-        write_private(self.upstream_file, render_upstream(servers, secret))
+        write_atomic(self.upstream_file, render_upstream(servers, secret))
         try:
             nginx.check(self.conf)
         except RuntimeError as error:
-            write_private(self.upstream_file, previous)
+            write_atomic(self.upstream_file, previous)
             self.log(f"nginx refused the new upstream, keeping the old one: {error}")
             return
         came = sorted(set(servers.values()) - set(self.servers.values()))
@@ -263,6 +262,4 @@ class ClusterWatcher:
                 return
         except FileNotFoundError:
             self.sd_file.parent.mkdir(parents=True, exist_ok=True)
-        staging = self.sd_file.with_name(f".{self.sd_file.name}.{os.getpid()}")
-        staging.write_text(text)
-        staging.replace(self.sd_file)
+        write_atomic(self.sd_file, text, mode=0o644)  # Prometheus may run as another user

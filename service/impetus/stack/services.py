@@ -131,7 +131,7 @@ def render(settings, layout: Layout, public_host: str = "127.0.0.1", public_port
     the URL, which holds the password, goes to a file only the account reads."""
     if join is not None:
         return _render_joined(settings, layout, public_host, impetus, join, advertise)
-    impetus = impetus or str(Path(sys.executable).parent / "impetus")
+    impetus, path = _program(impetus)
     data, logs = layout.data_dir, layout.log_dir
     upstream = f"127.0.0.1:{settings.port}"
     # Only root binds a port below 1024: then nginx's master starts as root and
@@ -142,7 +142,6 @@ def render(settings, layout: Layout, public_host: str = "127.0.0.1", public_port
         max_body=f"{max(1, settings.max_body_bytes // (1024 * 1024))}m", admin_allow=tuple(settings.admin_allow),
         worker_user=(layout.user if nginx_as_root else "") if layout.system else None))
     nginx_conf = data / "run" / "nginx" / "nginx.conf"
-    path = os.pathsep.join([str(Path(impetus).parent), "/opt/homebrew/bin", "/usr/local/bin", "/usr/bin", "/bin"])
     server_env = {
         "IMPETUS_DATA_DIR": str(data), "IMPETUS_HOST": "127.0.0.1", "IMPETUS_PORT": str(settings.port),
         "IMPETUS_WORKERS": str(settings.workers), "IMPETUS_MODEL": settings.model,
@@ -169,11 +168,18 @@ def render(settings, layout: Layout, public_host: str = "127.0.0.1", public_port
     return _render_services(settings, layout, services, rendered)
 
 
+def _program(impetus: str | None) -> tuple[str, str]:
+    """The `impetus` executable the services run, and the PATH they get (it
+    and Homebrew's programs first: launchd and systemd start with a bare one)."""
+    impetus = impetus or str(Path(sys.executable).parent / "impetus")
+    return impetus, os.pathsep.join([str(Path(impetus).parent), "/opt/homebrew/bin", "/usr/local/bin", "/usr/bin",
+                                     "/bin"])
+
+
 def _render_joined(settings, layout: Layout, host: str, impetus: str | None, join: str,
                    advertise: str | None) -> Rendered:
-    impetus = impetus or str(Path(sys.executable).parent / "impetus")
+    impetus, path = _program(impetus)
     data, logs = layout.data_dir, layout.log_dir
-    path = os.pathsep.join([str(Path(impetus).parent), "/opt/homebrew/bin", "/usr/local/bin", "/usr/bin", "/bin"])
     join_file = data / "cluster" / "join.url"
     arguments = [impetus, "serve", "--join-file", str(join_file), "--host", host, "--port", str(settings.port),
                  "--advertise", advertise or settings.advertise_address]

@@ -35,12 +35,19 @@ ORDER = {
 
 
 def test_twenty_requests_against_a_nested_schema_all_validate(client):
-    for i in range(20):
-        response = client.chat.completions.create(
+    """Sent together: twenty grammars masking rows of one batch."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def order(i: int):
+        return client.chat.completions.create(
             model=MODEL, messages=[{"role": "user", "content": f"Order number {i}: write it as JSON."}],
             response_format={"type": "json_schema", "json_schema": {"name": "order", "schema": ORDER,
                                                                     "strict": True}},
             temperature=1.0, seed=i, max_tokens=300)
+
+    with ThreadPoolExecutor(20) as pool:
+        responses = list(pool.map(order, range(20)))
+    for response in responses:
         choice = response.choices[0]
         assert choice.finish_reason == "stop", choice.message.content
         jsonschema.validate(json.loads(choice.message.content), ORDER)

@@ -6,6 +6,8 @@ Two workloads, greedy, each request its own prompt:
   the instruction to repeat it exactly, the shape of a coding agent's "give
   me the file back with this change"; the model copies it, so most of the
   answer can be guessed from the prompt;
+- prediction: the same, with the file also passed as OpenAI's `prediction`
+  (mlx_lm.server ignores the field);
 - open-ended: a short story on a different topic per request, where little
   can be guessed, to show what speculation costs when it does not help.
 
@@ -77,12 +79,14 @@ def measure(url: str, model: str, workload: str, concurrency: int, max_tokens: i
     results: dict[int, StreamResult] = {}
     texts: dict[int, str] = {}
     lock = threading.Lock()
-    make = editing_messages if workload == "editing" else story_messages
+    make = story_messages if workload == "open-ended" else editing_messages
     before = status() if status else None
 
     def client(index: int) -> None:
-        variant = concurrency * 100 + index
+        variant = concurrency * 100 + index + (50 if workload == "prediction" else 0)  # no prompt cached from another row
         body = {"model": model, "messages": make(variant), "temperature": 0, "max_tokens": max_tokens}
+        if workload == "prediction":  # the file is the client's expected output too
+            body["prediction"] = {"type": "content", "content": source_file(variant)}
         with httpx.Client(timeout=httpx.Timeout(900, connect=30)) as http:
             result = stream_chat(http, f"{url}/v1/chat/completions", body)
         with lock:
@@ -108,8 +112,10 @@ def measure(url: str, model: str, workload: str, concurrency: int, max_tokens: i
     return row
 
 
-# The workloads and their levels: editing at 1 and 4 streams, open-ended at 1, 4 and 16.
-PLAN = (("editing", 1), ("editing", 4), ("open-ended", 1), ("open-ended", 4), ("open-ended", 16))
+# The workloads and their levels: editing (also with the file as `prediction`) at 1
+# and 4 streams, open-ended at 1, 4 and 16.
+PLAN = (("editing", 1), ("editing", 4), ("prediction", 1), ("prediction", 4), ("open-ended", 1), ("open-ended", 4),
+        ("open-ended", 16))
 
 
 def _series(name: str, start, url: str, model: str, max_tokens: dict, plan, progress, ours: bool) -> list:
@@ -137,7 +143,7 @@ def run(settings, max_tokens: int, work: Path, progress, plan=PLAN) -> dict:
 
     source = store.resolve_model(settings.model, settings.models_dir, progress=progress)
     folder = float32_copy(source, work / f"{source.name}-float32")
-    limits = {"editing": max(max_tokens, 600), "open-ended": max_tokens}
+    limits = {"editing": max(max_tokens, 600), "prediction": max(max_tokens, 600), "open-ended": max_tokens}
     series = {}
     for name, mode in (("impetus", "off"), ("impetus-speculative", "ngram")):
         port = free_port()
@@ -155,7 +161,7 @@ def run(settings, max_tokens: int, work: Path, progress, plan=PLAN) -> dict:
             "workload": off["workload"], "concurrency": off["concurrency"],
             "vs_off": on["tokens_per_s"] / off["tokens_per_s"] if off["tokens_per_s"] else None,
             "vs_mlx_lm_server": on["tokens_per_s"] / peer["tokens_per_s"] if peer["tokens_per_s"] else None,
-            "same_text_as_off": on["texts"] == off["texts"] if off["workload"] == "editing" else None,
+            "same_text_as_off": on["texts"] == off["texts"] if off["workload"] != "open-ended" else None,
         })
     for rows in series.values():
         for row in rows:
@@ -166,7 +172,7 @@ def run(settings, max_tokens: int, work: Path, progress, plan=PLAN) -> dict:
 
 def plot(summary: dict, out: Path) -> list[Path]:
     fig, axes = plots.figure(2)
-    for ax, workload in zip(axes, ("editing", "open-ended")):
+    for ax, workload in zip(axes, ("editing", "open-ended")):  # prediction: beside editing in the table
         for name, rows in summary["series"].items():
             points = [(r["concurrency"], r["tokens_per_s"]) for r in rows if r["workload"] == workload]
             ax.plot([p[0] for p in points], [p[1] for p in points], "o-", label=name)

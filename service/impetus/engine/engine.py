@@ -16,6 +16,12 @@ A request's life:
 3. Each `BatchGenerator.next()` prefills newcomers and decodes one token for
    everyone running. Every token is detokenized, checked against the
    request's stop strings and pushed to its handle, which wakes the caller.
+   While at most `speculative_max_batch` requests run, all decoding and none
+   seeded, the engine takes them out of mlx-lm's batch and decodes them
+   itself (`_spec_step`): each request's next tokens are guessed from its own
+   prompt and output (prompt lookup), and one forward pass checks every
+   request's guesses; the cache rows keep what each accepted
+   (`SpecBatchCache`). A newcomer sends them all back into the batch.
 4. A finished request leaves the batch; its KV cache goes into the prefix
    cache. A cancelled one (client gone) is removed at the next step.
 
@@ -44,10 +50,18 @@ from mlx_lm.models.cache import (
 )
 from mlx_lm.tokenizer_utils import BPEStreamingDetokenizer
 
+from impetus.engine.draft import DraftModel
 from impetus.engine.request import ANONYMOUS, FinishEvent, RequestHandle, SamplingParams, Tenant, TokenEvent
-from impetus.engine.sampling import make_processors, make_sampler
+from impetus.engine.sampling import make_distribution, make_processors, make_sampler
 from impetus.engine.scheduler import Scheduler
-from impetus.engine.speculative import BACKOFF_TOKENS, MISSES_BEFORE_BACKOFF, DraftLength, NgramIndex
+from impetus.engine.spec_cache import SpecBatchCache
+from impetus.engine.speculative import (
+    LONG_PAUSE_TOKENS,
+    DraftLength,
+    NgramIndex,
+    Payoff,
+    sampled_verdict,
+)
 from impetus.engine.structured import GrammarProcessor
 from impetus.models.loader import LoadedModel
 
@@ -113,7 +127,7 @@ class EngineStats:
     preempted: int = 0  # running requests paused to give their slot to another key
     shared_prefixes: int = 0  # prefixes of requests in flight put into the prefix cache for others
     first_tokens_now: int = 0  # first tokens computed before joining the batch (_first_token_now)
-    spec_steps: int = 0  # forward passes of a lone sequence decoded off the batch (_solo_step)
+    spec_steps: int = 0  # forward passes decoded off mlx-lm's batch with guesses (_spec_step)
     spec_proposed: int = 0  # draft tokens proposed by prompt lookup
     spec_accepted: int = 0  # ... and accepted by the model
     started_at: float = field(default_factory=time.time)
@@ -140,6 +154,10 @@ class _Running:
     accepted_guesses: int = 0  # speculative decoding: drafts the model agreed with ...
     rejected_guesses: int = 0  # ... and drafts it did not
     speculate_from: int = 0  # no speculation before this many tokens (a back-off)
+    lookup: NgramIndex | None = None  # its prompt and output, for guesses (kept across speculation spells)
+    distribution: object = None  # a sampling request's, for speculative sampling (make_distribution)
+    payoff: Payoff = field(default_factory=Payoff)  # whether its guesses pay
+    draft_cache: list | None = None  # the draft model's KV cache of it, between speculation spells
 
     @property
     def prefilling(self) -> bool:
@@ -153,20 +171,17 @@ class _Running:
 
 
 @dataclass
-class _Solo:
-    """The one request the engine decodes itself, off the batch, with drafts
-    (`_solo_step`): its KV cache holds `in_cache`; `last` was sent and is
-    not in the cache yet (the next forward pass feeds it)."""
+class _Drafting:
+    """A request the engine decodes itself, off mlx-lm's batch, with guesses
+    (`_spec_step`): its row of the `SpecBatchCache` holds `in_cache`; `last`
+    was sent and is not in the cache yet (the next forward pass feeds it)."""
 
     uid: int  # its key in `_running` (negative: not a generator uid)
     state: _Running
-    cache: list
     in_cache: list[int]
     last: int
-    index: NgramIndex
     draft: DraftLength
-    accepted_now: int = 0  # drafts accepted in the step being emitted
-    misses: int = 0  # steps in a row with no guess accepted
+    accepted_now: int = 0  # guesses accepted in the step being emitted
     emitting: int = 0  # which token of that step `_on_token` is handling
 
 
@@ -183,7 +198,7 @@ class _FirstToken:
 
 
 class Engine:
-    def __init__(self, loaded: LoadedModel, settings):
+    def __init__(self, loaded: LoadedModel, settings, draft: LoadedModel | None = None):
         self.loaded = loaded
         self.model = loaded.model
         self.tokenizer = loaded.tokenizer
@@ -204,15 +219,22 @@ class Engine:
             max_size=settings.prompt_cache_entries, max_bytes=settings.prompt_cache_bytes
         )
         self._generator = None
-        # Prompt lookup speculation (impetus.engine.speculative): a lone greedy
-        # request is decoded off the batch, up to `speculative_max_draft`
-        # guesses checked per forward pass.
+        # Prompt lookup speculation (impetus.engine.speculative): while at
+        # most `speculative_max_batch` greedy requests run, all decoding, the
+        # engine decodes them itself, up to `speculative_max_draft` guesses
+        # per request checked in each forward pass.
         # Only where every layer's cache is a plain KVCache, which trims
         # (a sliding window's rotating cache may not).
-        self._speculative = settings.speculative == "ngram" and all(
-            type(layer) is KVCache for layer in make_prompt_cache(self.model))
+        plain = all(type(layer) is KVCache for layer in make_prompt_cache(self.model))
+        # `draft`: guesses from a small model of the same tokenizer (impetus.engine.draft) instead.
+        self._draft = DraftModel(draft.model) if settings.speculative == "draft" and draft is not None else None
+        if self._draft is not None and not all(type(c) is KVCache for c in make_prompt_cache(draft.model)):
+            self._draft = None
+        self._speculative = plain and settings.speculative != "off"
         self._max_draft = settings.speculative_max_draft
-        self._solo: _Solo | None = None
+        self._spec_max_batch = settings.speculative_max_batch or (16 if mx.default_device() == mx.gpu else 8)
+        self._drafting: list[_Drafting] = []  # the rows of `_spec_cache`, in order
+        self._spec_cache: SpecBatchCache | None = None
         self.stats = EngineStats()
         self.waiting_by_key: dict[str, int] = {}  # replaced whole by the engine thread
         # Written by the submitting thread only / the engine thread only, so
@@ -289,7 +311,9 @@ class Engine:
             "preempted": s.preempted,
             "shared_prefixes": s.shared_prefixes,
             "first_tokens_now": s.first_tokens_now,
-            "speculative": "ngram" if self._speculative else "off",
+            "speculative": ("draft" if self._draft else "ngram") if self._speculative else "off",
+            "speculative_max_batch": self._spec_max_batch,
+            "speculating": len(self._drafting),
             "spec_steps": s.spec_steps,
             "spec_proposed_tokens": s.spec_proposed,
             "spec_accepted_tokens": s.spec_accepted,
@@ -321,13 +345,13 @@ class Engine:
             while not self._stopping:
                 busy = bool(self._running or self._queue)
                 self._take_commands(block=not busy)
-                if self._solo is not None and (self._queue or self._stopping):
-                    self._leave_solo()  # company: back into the batch
+                if self._drafting and (self._queue or self._stopping):
+                    self._stop_speculating()  # newcomers: back into mlx-lm's batch
                 self._admit()
-                if self._solo is None and self._can_go_solo():
-                    self._go_solo()
-                if self._solo is not None:
-                    self._solo_step_or_fail()
+                if not self._drafting and self._can_speculate():
+                    self._start_speculating()
+                if self._drafting:
+                    self._spec_step_or_fail()
                 elif self._running:
                     self._step()
                 self.stats.running = len(self._running)
@@ -380,8 +404,9 @@ class Engine:
             return
         uid = self._uid_of(handle)
         if uid is not None:
-            if self._solo is not None and self._solo.uid == uid:
-                self._solo = None  # its KV cache goes with it
+            row = self._drafting_row(uid)
+            if row is not None:
+                self._drop_rows([row])  # its KV cache goes with it
             else:
                 self._generator.remove([uid])
             self.stats.cancelled += 1
@@ -713,8 +738,9 @@ class Engine:
         state.handle.push(TokenEvent(response.token, visible, logprob, top))
 
         if finish is not None:
-            if response.finish_reason is None and self._solo is not None and self._solo.uid == response.uid:
-                cache, tokens = self._solo_cache()  # a stop string, decoding off the batch
+            row = self._drafting_row(response.uid) if response.finish_reason is None else None
+            if row is not None:
+                cache, tokens = self._row_cache(row)  # a stop string, decoding off the batch
             elif response.finish_reason is None:  # a stop string: still in the batch
                 caches = self._generator.remove([response.uid], return_prompt_caches=True)
                 cache, tokens = caches.get(response.uid, (None, None))
@@ -729,113 +755,217 @@ class Engine:
                 self._prefix_cache.insert_cache(self.loaded.name, list(tokens), cache)
             self._finish(state, finish, uid=response.uid)
 
-    # -- speculation: a lone request decoded off the batch ------------------------
+    # -- speculation: requests decoded off the batch, with guesses ----------------
 
-    def _can_go_solo(self) -> bool:
-        """Speculate when one request runs alone, decoding, greedy, with no
-        logits processors (penalties, biases, grammars see one token at a
-        time; they stay in the batch), and its cache can be trimmed."""
-        if not self._speculative or len(self._running) != 1 or self._queue or self._paused:
-            return False
-        (uid, state), = self._running.items()
-        return (uid >= 0 and state.generated >= max(1, state.speculate_from) and not state.prefilling
-                and state.sampler is None and not state.processors
+    def _wants_guesses(self, state: _Running) -> bool:
+        """No logits processors (penalties, biases and grammars see one token
+        at a time), not backing off, and more than one token to go."""
+        return (not state.processors and state.generated >= state.speculate_from
                 and state.handle.params.max_tokens - state.generated > 1)
 
-    def _go_solo(self) -> None:
-        (uid, state), = self._running.items()
-        cache, tokens = self._generator.remove([uid], return_prompt_caches=True)[uid]
-        mx.eval([c.state for c in cache])
-        trim_prompt_cache(cache, 1)  # the last token sent is fed again (as `_resume` does)
-        index = NgramIndex()
-        # The client's expected output (`prediction`) first, as if said before the prompt.
-        index.extend([*state.handle.params.prediction, *tokens])
-        del self._running[uid]
-        self._lone_uid -= 1
-        self._solo = _Solo(self._lone_uid, state, cache, list(tokens[:-1]), tokens[-1], index,
-                           DraftLength(self._max_draft))
-        self._running[self._lone_uid] = state
+    def _can_speculate(self) -> bool:
+        """Nobody waiting, at most `speculative_max_batch` requests running,
+        all decoding, none with a seed (a seeded request's draws must not
+        depend on its company), and at least one worth guessing for.
+        Requests with processors ride along with no guesses."""
+        if not self._speculative or not self._running or self._queue or self._paused:
+            return False
+        if len(self._running) > self._spec_max_batch:
+            return False
+        if any(uid < 0 or state.prefilling or state.generated < 1
+               or (state.sampler is not None and state.handle.params.seed is not None)
+               for uid, state in self._running.items()):
+            return False
+        return any(self._wants_guesses(state) for state in self._running.values())
 
-    def _reinsert(self, state: _Running, cache, in_cache: list[int], last: int) -> None:
-        (uid,) = self._generator.insert(
-            [[last]],
-            max_tokens=[state.handle.params.max_tokens - state.generated],
-            caches=[cache],
-            all_tokens=[in_cache],
-            samplers=[state.sampler],
-            logits_processors=[state.processors],
+    def _start_speculating(self) -> None:
+        uids = list(self._running)
+        caches = self._generator.remove(uids, return_prompt_caches=True)
+        rows, row_caches = [], []
+        for uid in uids:
+            cache, tokens = caches[uid]
+            trim_prompt_cache(cache, 1)  # the last token sent is fed again (as `_resume` does)
+            state = self._running.pop(uid)
+            for processor in state.processors:
+                if isinstance(processor, GrammarProcessor):
+                    processor.resume()  # it has taken in the last token already
+            if state.sampler is not None and state.distribution is None:
+                state.distribution = make_distribution(state.handle.params)
+            if state.lookup is None:
+                # The client's expected output (`prediction`) first, as if said before the prompt.
+                state.lookup = NgramIndex()
+                state.lookup.extend(state.handle.params.prediction)
+            seen = len(state.lookup.tokens) - len(state.handle.params.prediction)
+            state.lookup.extend(tokens[seen:])
+            state.lookup.following = None
+            self._lone_uid -= 1
+            rows.append(_Drafting(self._lone_uid, state, list(tokens[:-1]), tokens[-1], DraftLength(self._max_draft)))
+            row_caches.append(cache)
+            self._running[self._lone_uid] = state
+        self._spec_cache = SpecBatchCache.merge(row_caches)
+        self._drafting = rows
+        if self._draft is not None:
+            with mx.stream(self._generator.stream):
+                self._draft.start([([*row.in_cache, row.last], row.state.draft_cache) for row in rows])
+
+    def _stop_speculating(self) -> None:
+        """Every row back into mlx-lm's batch, from its own tokens' KV."""
+        rows, cache = self._drafting, self._spec_cache
+        caches = [cache.extract(i) for i in range(len(rows))]
+        if self._draft is not None:  # kept for the next spell: its prompt is not prefilled again
+            for i, row in enumerate(rows):
+                row.state.draft_cache = self._draft.extract(i)
+        self._drafting, self._spec_cache = [], None
+        for row in rows:
+            del self._running[row.uid]
+        uids = self._generator.insert(
+            [[row.last] for row in rows],
+            max_tokens=[row.state.handle.params.max_tokens - row.state.generated for row in rows],
+            caches=caches,
+            all_tokens=[row.in_cache for row in rows],
+            samplers=[row.state.sampler for row in rows],
+            logits_processors=[row.state.processors for row in rows],
         )
-        self._running[uid] = state
+        for uid, row in zip(uids, rows):
+            self._running[uid] = row.state
 
-    def _leave_solo(self) -> None:
-        solo, self._solo = self._solo, None
-        del self._running[solo.uid]
-        self._reinsert(solo.state, solo.cache, solo.in_cache, solo.last)
+    def _drafting_row(self, uid: int) -> _Drafting | None:
+        return next((row for row in self._drafting if row.uid == uid), None)
 
-    def _solo_step_or_fail(self) -> None:
-        """As `_step`: a failed forward pass fails the request, not the engine."""
+    def _drop_rows(self, rows: list[_Drafting]) -> None:
+        if len(rows) == len(self._drafting):
+            self._drafting, self._spec_cache = [], None
+            return
+        indices = [self._drafting.index(row) for row in rows]
+        self._spec_cache.remove(indices)
+        if self._draft is not None:
+            self._draft.remove(indices)
+        self._drafting = [row for row in self._drafting if row not in rows]
+
+    def _spec_step_or_fail(self) -> None:
+        """As `_step`: a failed forward pass fails its requests, not the engine."""
         try:
-            self._solo_step()
+            self._spec_step()
         except Exception:
             log.exception("speculative step failed for %s", self.loaded.name)
             self.stats.errors += 1
-            solo, self._solo = self._solo, None
-            if solo is not None and solo.uid in self._running:
-                self._finish(solo.state, "error", uid=solo.uid, error=traceback.format_exc(limit=3))
+            message = traceback.format_exc(limit=3)
+            rows, self._drafting, self._spec_cache = self._drafting, [], None
+            for row in rows:
+                if row.uid in self._running:
+                    self._finish(row.state, "error", uid=row.uid, error=message)
 
-    def _solo_step(self) -> None:
-        """One forward pass over the last token and up to K guesses; the
-        guesses the model's argmax agrees with are kept, then its own next
-        token. The rejected tail is trimmed from the KV cache, so the cache
-        holds exactly the tokens sent but the newest."""
-        solo, state = self._solo, self._solo.state
-        left = state.handle.params.max_tokens - state.generated
-        draft = solo.index.propose(min(solo.draft.current, left - 1))
+    def _spec_step(self) -> None:
+        """One forward pass over every row's last token and its guesses
+        (up to K, each row its own K, none for some); a row keeps the guesses
+        the model's argmax agrees with, then the model's own next token. The
+        rejected positions become holes in the cache (`SpecBatchCache.keep`),
+        so each row's cache holds exactly the tokens it sent but the newest."""
+        rows, cache = self._drafting, self._spec_cache
+        wanted, paying = [], []
+        for row in rows:
+            state = row.state
+            paying.append(self._wants_guesses(state))
+            wanted.append(min(row.draft.current, state.handle.params.max_tokens - state.generated - 1)
+                          if paying[-1] else 0)
+        # The pass computes every row to the widest row's width anyway: a
+        # row pausing its guesses (`Payoff`) fills its padding with guesses,
+        # for free, and a good run of them ends its pause.
+        for i, row in enumerate(rows):
+            state = row.state
+            if not paying[i] and not state.processors:
+                wanted[i] = min(max(wanted), state.handle.params.max_tokens - state.generated - 1)
         with mx.stream(self._generator.stream):
-            logits = self.model(mx.array([[solo.last, *draft]]), cache=solo.cache)[0]
-            logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
-            predicted = mx.argmax(logprobs, axis=-1)
-            mx.eval(predicted, logprobs)
-        predicted = predicted.tolist()
-        accepted = 0
-        while accepted < len(draft) and draft[accepted] == predicted[accepted]:
-            accepted += 1
-        if accepted < len(draft):
-            trim_prompt_cache(solo.cache, len(draft) - accepted)
-        solo.in_cache += [solo.last, *draft[:accepted]]
-        new = [*draft[:accepted], predicted[accepted]]
+            if self._draft is not None:
+                drafts = self._draft.propose(wanted)
+            else:
+                drafts = [row.state.lookup.propose(k) for row, k in zip(rows, wanted)]
+            width = 1 + max(len(draft) for draft in drafts)
+            inputs = mx.array([[row.last, *draft] + [0] * (width - 1 - len(draft))
+                               for row, draft in zip(rows, drafts)])
+            logits = self.model(inputs, cache=cache.layers)
+            logprobs, chosen = [], []
+            for i, row in enumerate(rows):
+                state, row_logits = row.state, logits[i]
+                if state.processors:  # no guesses: one position, processed and sampled as the generator does
+                    context = mx.array([*row.in_cache, row.last])
+                    row_logits = row_logits[:1]
+                    for processor in state.processors:
+                        row_logits = processor(context, row_logits)
+                logprobs.append(row_logits - mx.logsumexp(row_logits, axis=-1, keepdims=True))
+                if state.sampler is None:
+                    chosen.append(mx.argmax(logprobs[-1], axis=-1))
+                elif state.processors:
+                    chosen.append(state.sampler(logprobs[-1]))
+                else:
+                    chosen.append(None)  # sampled_verdict, below
+            mx.eval([c for c in chosen if c is not None], logprobs)
+            kept, news = [], []
+            for i, (row, draft, row_chosen, row_logprobs) in enumerate(zip(rows, drafts, chosen, logprobs)):
+                if row_chosen is None:
+                    accepted, token = sampled_verdict(row.state.distribution(row_logprobs), draft)
+                else:
+                    row_chosen = row_chosen.tolist()
+                    accepted = 0
+                    while accepted < len(draft) and draft[accepted] == row_chosen[accepted]:
+                        accepted += 1
+                    token = row_chosen[accepted]
+                kept.append(1 + accepted)
+                news.append([*draft[:accepted], token])
+                row.in_cache += [row.last, *draft[:accepted]]
+                row.accepted_now = accepted
+                state = row.state
+                self.stats.spec_proposed += len(draft)
+                self.stats.spec_accepted += accepted
+                state.accepted_guesses += accepted
+                state.rejected_guesses += len(draft) - accepted
+                if paying[i]:
+                    row.draft.update(len(draft), accepted)
+                    pause = state.payoff.update(len(draft), accepted)
+                    if pause:  # little to copy here for now
+                        state.speculate_from = state.generated + len(news[-1]) + pause
+                elif draft and 2 * accepted >= len(draft) and accepted >= 2:
+                    state.speculate_from = 0  # copying again
+                state.lookup.accept(news[-1])
+                row.last = news[-1][-1]
+        cache.keep(kept, width)
+        if self._draft is not None:
+            self._draft.settle(news, [k - 1 for k in kept])
         self.stats.spec_steps += 1
-        self.stats.spec_proposed += len(draft)
-        self.stats.spec_accepted += accepted
-        state.accepted_guesses += accepted
-        state.rejected_guesses += len(draft) - accepted
         self.stats.steps += 1
-        solo.draft.update(len(draft), accepted)
-        solo.index.accept(new)
-        solo.last, solo.accepted_now = new[-1], accepted
-        solo.misses = 0 if accepted else solo.misses + 1
         eos = self.tokenizer.eos_token_ids
-        for position, token in enumerate(new):
-            solo.emitting = position
-            finish = "stop" if token in eos else ("length" if state.generated + 1 >= state.handle.params.max_tokens
-                                                  else None)
-            cache, tokens = self._solo_cache() if finish else (None, None)
-            self._on_token(_FirstToken(solo.uid, token, logprobs[position], finish, cache, tokens), state)
-            if solo.uid not in self._running:  # finished: by length, end of sequence or a stop string
-                self._solo = None
-                return
-        if solo.misses >= MISSES_BEFORE_BACKOFF:  # nothing to copy here: the batch decodes faster
-            state.speculate_from = state.generated + BACKOFF_TOKENS
-            self._leave_solo()
+        done = []
+        for row, new, row_logprobs in zip(rows, news, logprobs):
+            state = row.state
+            for position, token in enumerate(new):
+                row.emitting = position
+                finish = "stop" if token in eos else (
+                    "length" if state.generated + 1 >= state.handle.params.max_tokens else None)
+                row_cache, tokens = self._row_cache(row) if finish else (None, None)
+                self._on_token(_FirstToken(row.uid, token, row_logprobs[position], finish, row_cache, tokens), state)
+                if row.uid not in self._running:  # finished: by length, end of sequence or a stop string
+                    done.append(row)
+                    break
+        if done:
+            self._drop_rows(done)
+        if self._drafting and all(self._paused_for(row.state) >= LONG_PAUSE_TOKENS for row in self._drafting):
+            self._stop_speculating()  # nothing to guess for a while: mlx-lm's batch decodes faster
 
-    def _solo_cache(self) -> tuple[list, list[int]]:
-        """The KV cache and its tokens up to the token being emitted: a draft
-        token's KV is in the cache, the model's own last token's is not."""
-        solo = self._solo
-        beyond = max(0, solo.accepted_now - 1 - solo.emitting)
+    def _paused_for(self, state: _Running) -> float:
+        """Tokens before a request guesses again (inf: it never will)."""
+        if state.processors or state.handle.params.max_tokens - state.generated <= 1:
+            return math.inf
+        return state.speculate_from - state.generated
+
+    def _row_cache(self, row: _Drafting) -> tuple[list, list[int]]:
+        """A copy of a row's KV cache and its tokens up to the token being
+        emitted: an accepted guess's KV is in the cache, the model's own last
+        token's is not."""
+        cache = self._spec_cache.extract(self._drafting.index(row))
+        beyond = max(0, row.accepted_now - 1 - row.emitting)
         if beyond:
-            trim_prompt_cache(solo.cache, beyond)
-        return solo.cache, solo.in_cache[:len(solo.in_cache) - beyond]
+            trim_prompt_cache(cache, beyond)
+        return cache, row.in_cache[:len(row.in_cache) - beyond]
 
     @staticmethod
     def _logprobs(response, k: int):

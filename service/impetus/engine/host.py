@@ -104,6 +104,7 @@ class EngineHost:
         self.slots: dict[str, Slot] = {}
         self._loading: dict[str, threading.Event] = {}
         self._reserved: dict[str, int] = {}  # memory of loads in progress
+        self._drafts: dict = {}  # IMPETUS_DRAFT_MODEL, loaded once (None: it could not be)
         self._failures: dict[str, tuple[str, float]] = {}
         self.stopping = False  # set when the worker begins to shut down: long streams end
         self._released_at = float("-inf")  # see release_memory_when_idle
@@ -177,7 +178,7 @@ class EngineHost:
             self._failures.pop(entry.name, None)
             log.info("loaded %s from %s in %.1fs (%s weights, %.0f MB)", name, entry.path, loaded.load_seconds,
                      loaded.weights_dtype, loaded.nbytes / 1e6)
-            engine = Engine(loaded, self.settings)
+            engine = Engine(loaded, self.settings, draft=self._draft_for(loaded))
             engine.on_death = lambda error: self.on_engine_death(name, error)
             engine.start()
             pinned = pin if pin is not None else name in self.settings.pinned_models
@@ -189,6 +190,30 @@ class EngineHost:
             del self._reserved[name]
             del self._loading[name]
             done.set()
+
+    def _draft_for(self, loaded) -> object | None:
+        """IMPETUS_SPECULATIVE=draft: the draft model (loaded once, beside
+        every model it serves; its memory is not counted in the budget), or
+        None when there is none or its vocabulary is not the model's (the
+        engine then guesses by prompt lookup)."""
+        name = self.settings.draft_model
+        if self.settings.speculative != "draft" or not name:
+            return None
+        if name not in self._drafts:
+            try:
+                entry = self.registry.find(name)
+                self._drafts[name] = run_off_the_hub(lambda: _load_and_warm(entry, "auto"))
+            except Exception as error:
+                log.error("the draft model %s could not be loaded: %s", name, error)
+                self._drafts[name] = None
+        draft = self._drafts[name]
+        if draft is None or draft.name == loaded.name:
+            return None
+        if draft.tokenizer._tokenizer.get_vocab() != loaded.tokenizer._tokenizer.get_vocab():
+            log.warning("the draft model %s has another vocabulary than %s: prompt lookup instead",
+                        draft.name, loaded.name)
+            return None
+        return draft
 
     def _make_room(self, need: int, for_name: str) -> None:
         def used():

@@ -21,14 +21,7 @@ def make_sampler(params: SamplingParams):
     """
     if params.temperature == 0:
         return None
-    filters = []
-    if 0 < params.top_p < 1.0:
-        filters.append(lambda x: apply_top_p(x, params.top_p))
-    if params.min_p > 0:
-        filters.append(lambda x: apply_min_p(x, params.min_p))
-    if params.top_k > 0:
-        # top_k at or past the vocabulary keeps every token (mlx-lm's would fail).
-        filters.append(lambda x: apply_top_k(x, params.top_k) if params.top_k < x.shape[-1] else x)
+    filters = _filters(params)
     inverse_temperature = 1.0 / params.temperature
     # Any integer is a seed (OpenAI takes negative ones too); MLX keys are 64-bit unsigned.
     key = mx.random.key(params.seed % 2**64) if params.seed is not None else None
@@ -43,6 +36,34 @@ def make_sampler(params: SamplingParams):
         return mx.random.categorical(logprobs * inverse_temperature, key=step_key)
 
     return sample
+
+
+def _filters(params: SamplingParams) -> list:
+    filters = []
+    if 0 < params.top_p < 1.0:
+        filters.append(lambda x: apply_top_p(x, params.top_p))
+    if params.min_p > 0:
+        filters.append(lambda x: apply_min_p(x, params.min_p))
+    if params.top_k > 0:
+        # top_k at or past the vocabulary keeps every token (mlx-lm's would fail).
+        filters.append(lambda x: apply_top_k(x, params.top_k) if params.top_k < x.shape[-1] else x)
+    return filters
+
+
+def make_distribution(params: SamplingParams):
+    """The distribution a sampling request draws from, as normalized
+    log-probabilities ([positions, vocabulary] in, the same out): the
+    sampler's filters and temperature, for speculative sampling's rule."""
+    filters = _filters(params)
+    inverse_temperature = 1.0 / params.temperature
+
+    def distribution(logprobs: mx.array) -> mx.array:
+        for apply in filters:
+            logprobs = apply(logprobs)
+        tempered = logprobs * inverse_temperature
+        return tempered - mx.logsumexp(tempered, axis=-1, keepdims=True)
+
+    return distribution
 
 
 def make_processors(params: SamplingParams, tokenizer=None) -> list:

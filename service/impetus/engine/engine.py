@@ -858,23 +858,11 @@ class Engine:
     def _spec_step(self) -> None:
         """One forward pass over every row's last token and its guesses
         (up to K, each row its own K, none for some); a row keeps the guesses
-        the model's argmax agrees with, then the model's own next token. The
-        rejected positions become holes in the cache (`SpecBatchCache.keep`),
-        so each row's cache holds exactly the tokens it sent but the newest."""
+        the model agrees with, then the model's own next token. The rejected
+        positions become holes in the cache (`SpecBatchCache.keep`), so each
+        row's cache holds exactly the tokens it sent but the newest."""
         rows, cache = self._drafting, self._spec_cache
-        wanted, paying = [], []
-        for row in rows:
-            state = row.state
-            paying.append(self._wants_guesses(state))
-            wanted.append(min(row.draft.current, state.handle.params.max_tokens - state.generated - 1)
-                          if paying[-1] else 0)
-        # The pass computes every row to the widest row's width anyway: a
-        # row pausing its guesses (`Payoff`) fills its padding with guesses,
-        # for free, and a good run of them ends its pause.
-        for i, row in enumerate(rows):
-            state = row.state
-            if not paying[i] and not state.processors:
-                wanted[i] = min(max(wanted), state.handle.params.max_tokens - state.generated - 1)
+        wanted, paying = self._guesses_wanted(rows)
         with mx.stream(self._generator.stream):
             if self._draft is not None:
                 drafts = self._draft.propose(wanted)
@@ -883,54 +871,17 @@ class Engine:
             width = 1 + max(len(draft) for draft in drafts)
             inputs = mx.array([[row.last, *draft] + [0] * (width - 1 - len(draft))
                                for row, draft in zip(rows, drafts)])
-            logits = self.model(inputs, cache=cache.layers)
-            logprobs, chosen = [], []
-            for i, row in enumerate(rows):
-                state, row_logits = row.state, logits[i]
-                if state.processors:  # no guesses: one position, processed and sampled as the generator does
-                    context = mx.array([*row.in_cache, row.last])
-                    row_logits = row_logits[:1]
-                    for processor in state.processors:
-                        row_logits = processor(context, row_logits)
-                logprobs.append(row_logits - mx.logsumexp(row_logits, axis=-1, keepdims=True))
-                if state.sampler is None:
-                    chosen.append(mx.argmax(logprobs[-1], axis=-1))
-                elif state.processors:
-                    chosen.append(state.sampler(logprobs[-1]))
-                else:
-                    chosen.append(None)  # sampled_verdict, below
-            mx.eval([c for c in chosen if c is not None], logprobs)
-            kept, news = [], []
-            for i, (row, draft, row_chosen, row_logprobs) in enumerate(zip(rows, drafts, chosen, logprobs)):
-                if row_chosen is None:
-                    accepted, token = sampled_verdict(row.state.distribution(row_logprobs), draft)
-                else:
-                    row_chosen = row_chosen.tolist()
-                    accepted = 0
-                    while accepted < len(draft) and draft[accepted] == row_chosen[accepted]:
-                        accepted += 1
-                    token = row_chosen[accepted]
-                kept.append(1 + accepted)
-                news.append([*draft[:accepted], token])
-                row.in_cache += [row.last, *draft[:accepted]]
-                row.accepted_now = accepted
-                state = row.state
-                self.stats.spec_proposed += len(draft)
-                self.stats.spec_accepted += accepted
-                state.accepted_guesses += accepted
-                state.rejected_guesses += len(draft) - accepted
-                if paying[i]:
-                    row.draft.update(len(draft), accepted)
-                    pause = state.payoff.update(len(draft), accepted)
-                    if pause:  # little to copy here for now
-                        state.speculate_from = state.generated + len(news[-1]) + pause
-                elif draft and 2 * accepted >= len(draft) and accepted >= 2:
-                    state.speculate_from = 0  # copying again
-                state.lookup.accept(news[-1])
-                row.last = news[-1][-1]
-        cache.keep(kept, width)
+            logprobs, verdicts = self._check(rows, drafts, self.model(inputs, cache=cache.layers))
+        news = []
+        for row, draft, (accepted, token), pays in zip(rows, drafts, verdicts, paying):
+            news.append([*draft[:accepted], token])
+            row.in_cache += [row.last, *draft[:accepted]]
+            row.last, row.accepted_now = token, accepted
+            self._learn(row, draft, accepted, pays, len(news[-1]))
+            row.state.lookup.accept(news[-1])
+        cache.keep([1 + accepted for accepted, _ in verdicts], width)
         if self._draft is not None:
-            self._draft.settle(news, [k - 1 for k in kept])
+            self._draft.settle(news, [accepted for accepted, _ in verdicts])
         self.stats.spec_steps += 1
         self.stats.steps += 1
         eos = self.tokenizer.eos_token_ids
@@ -950,6 +901,66 @@ class Engine:
             self._drop_rows(done)
         if self._drafting and all(self._paused_for(row.state) >= LONG_PAUSE_TOKENS for row in self._drafting):
             self._stop_speculating()  # nothing to guess for a while: mlx-lm's batch decodes faster
+
+    def _guesses_wanted(self, rows: list[_Drafting]) -> tuple[list[int], list[bool]]:
+        """How many guesses each row gets, and whether it pays for them. The
+        pass computes every row to the widest row's width anyway: a row
+        pausing its guesses (`Payoff`) fills its padding with guesses, for
+        free, and a good run of them ends its pause."""
+        paying = [self._wants_guesses(row.state) for row in rows]
+        left = [row.state.handle.params.max_tokens - row.state.generated - 1 for row in rows]
+        wanted = [min(row.draft.current, n) if pays else 0 for row, n, pays in zip(rows, left, paying)]
+        widest = max(wanted)
+        for i, row in enumerate(rows):
+            if not paying[i] and not row.state.processors:
+                wanted[i] = min(widest, left[i])
+        return wanted, paying
+
+    def _check(self, rows: list[_Drafting], drafts: list[list[int]], logits: mx.array) -> tuple[list, list]:
+        """Each row's log-probabilities and verdict (guesses kept, the token
+        after them): greedy rows keep the guesses the argmax agrees with,
+        sampling rows follow `sampled_verdict`; a row with logits processors
+        has no guesses and is processed and sampled as the generator does."""
+        logprobs, chosen = [], []
+        for i, row in enumerate(rows):
+            state, row_logits = row.state, logits[i]
+            if state.processors:
+                context = mx.array([*row.in_cache, row.last])
+                row_logits = row_logits[:1]
+                for processor in state.processors:
+                    row_logits = processor(context, row_logits)
+            logprobs.append(row_logits - mx.logsumexp(row_logits, axis=-1, keepdims=True))
+            if state.sampler is None:
+                chosen.append(mx.argmax(logprobs[-1], axis=-1))
+            else:
+                chosen.append(state.sampler(logprobs[-1]) if state.processors else None)
+        mx.eval([c for c in chosen if c is not None], logprobs)
+        verdicts = []
+        for row, draft, row_chosen, row_logprobs in zip(rows, drafts, chosen, logprobs):
+            if row_chosen is None:
+                verdicts.append(sampled_verdict(row.state.distribution(row_logprobs), draft))
+                continue
+            row_chosen = row_chosen.tolist()
+            accepted = 0
+            while accepted < len(draft) and draft[accepted] == row_chosen[accepted]:
+                accepted += 1
+            verdicts.append((accepted, row_chosen[accepted]))
+        return logprobs, verdicts
+
+    def _learn(self, row: _Drafting, draft: list[int], accepted: int, paying: bool, new: int) -> None:
+        """Count a row's guesses, and adapt its K and its pauses to them."""
+        state = row.state
+        self.stats.spec_proposed += len(draft)
+        self.stats.spec_accepted += accepted
+        state.accepted_guesses += accepted
+        state.rejected_guesses += len(draft) - accepted
+        if paying:
+            row.draft.update(len(draft), accepted)
+            pause = state.payoff.update(len(draft), accepted)
+            if pause:  # little to copy here for now
+                state.speculate_from = state.generated + new + pause
+        elif draft and 2 * accepted >= len(draft) and accepted >= 2:
+            state.speculate_from = 0  # copying again
 
     def _paused_for(self, state: _Running) -> float:
         """Tokens before a request guesses again (inf: it never will)."""

@@ -154,3 +154,32 @@ def test_idle_release_can_be_turned_off(models_home):
         assert not host.release_memory_when_idle() and mx.get_cache_memory() > 0
     finally:
         host.stop()
+
+
+def test_a_draft_model_is_loaded_once_beside_the_models_it_serves(models_home):
+    """IMPETUS_SPECULATIVE=draft with IMPETUS_DRAFT_MODEL: the engine guesses
+    with the draft (loaded with its alias's own weights); a draft that cannot
+    be found leaves prompt lookup in place, and the model still answers."""
+    host = make_host(models_home, 2000, speculative="draft", draft_model=Q4)
+    try:
+        engine = host.acquire(F32)
+        assert engine.snapshot()["speculative"] == "draft"
+        assert host._drafts[Q4].weights_dtype == "stored"
+        plain = Engine(engine.loaded, host.settings.model_copy(update={"speculative": "off"}))
+        plain.start()
+        try:
+            assert answer(engine) == answer(plain)  # the draft changes no token
+        finally:
+            plain.stop()
+        assert host.acquire(F16).snapshot()["speculative"] == "draft"
+        assert list(host._drafts) == [Q4]
+        # The draft serving as a model is not its own draft.
+        assert host.acquire(Q4).snapshot()["speculative"] == "ngram"
+    finally:
+        host.stop()
+    host = make_host(models_home, 2000, speculative="draft", draft_model="no-such-model")
+    try:
+        engine = host.acquire(F32)
+        assert engine.snapshot()["speculative"] == "ngram" and answer(engine)
+    finally:
+        host.stop()

@@ -202,7 +202,8 @@ class EngineHost:
         if name not in self._drafts:
             try:
                 entry = self.registry.find(name)
-                self._drafts[name] = run_off_the_hub(lambda: _load_and_warm(entry, "auto"))
+                dtype = loader.choose_weights_dtype(entry.weights_dtype or self.settings.weights_dtype)
+                self._drafts[name] = run_off_the_hub(lambda: _load_and_warm(entry, dtype))
             except Exception as error:
                 log.error("the draft model %s could not be loaded: %s", name, error)
                 self._drafts[name] = None

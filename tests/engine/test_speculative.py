@@ -182,12 +182,21 @@ def test_cancel_while_speculating_frees_the_slot(engines):
 
 
 @pytest.mark.slow
-def test_sampling_and_processors_stay_in_the_batch(engines):
-    on = engines["ngram"]
+def test_seeds_and_grammars_stay_in_the_batch_and_penalties_guess(engines):
+    """A seeded sampling request and one held to a grammar decode in mlx-lm's
+    batch; penalties and `logit_bias` see each guessed position with the
+    tokens before it, and the tokens are the same as without speculation."""
+    off, on = engines["off"], engines["ngram"]
     before = on.snapshot()["spec_steps"]
     run(on, EDITING, temperature=0.7, seed=3, max_tokens=30)
-    run(on, EDITING, presence_penalty=0.5, max_tokens=30)
+    schema = {"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"]}
+    run(on, "Give me JSON.", grammar=json_schema_grammar(schema), max_tokens=20)
     assert on.snapshot()["spec_steps"] == before
+    bias = {on.tokenizer.encode(" running")[0]: -5.0}
+    for params in ({"presence_penalty": 0.5}, {"frequency_penalty": 0.3, "logit_bias": bias}):
+        middle = on.snapshot()
+        assert run(on, EDITING, max_tokens=80, **params)["tokens"] == run(off, EDITING, max_tokens=80, **params)["tokens"]
+        assert on.snapshot()["spec_accepted_tokens"] > middle["spec_accepted_tokens"], params
 
 
 @pytest.mark.slow
@@ -293,10 +302,10 @@ def test_rows_with_holes_compute_what_each_row_alone_computes(loaded_model):
 @pytest.mark.slow
 def test_a_batch_of_mixed_requests_speculates_with_the_same_tokens(engines):
     """Requests running together speculate together, each with its own
-    guesses (an editing one many, a story few); a greedy request with a
-    penalty and one held to a JSON schema (as a forced tool call is) ride
-    along without guesses; n=2 is two rows of one prompt. All as without
-    speculation, token for token."""
+    guesses (an editing one many, a story few, one with a penalty checked
+    per position); one held to a JSON schema (as a forced tool call is)
+    rides along without guesses; n=2 is two rows of one prompt. All as
+    without speculation, token for token."""
     off, on = engines["off"], engines["ngram"]
     schema = {"type": "object", "properties": {"name": {"type": "string"}, "rivers": {
         "type": "array", "items": {"type": "string"}}}, "required": ["name", "rivers"]}

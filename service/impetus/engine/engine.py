@@ -758,9 +758,9 @@ class Engine:
     # -- speculation: requests decoded off the batch, with guesses ----------------
 
     def _wants_guesses(self, state: _Running) -> bool:
-        """No logits processors (penalties, biases and grammars see one token
-        at a time), not backing off, and more than one token to go."""
-        return (not state.processors and state.generated >= state.speculate_from
+        """No grammar (its matcher takes one token at a time), not backing
+        off, and more than one token to go."""
+        return (not _has_grammar(state) and state.generated >= state.speculate_from
                 and state.handle.params.max_tokens - state.generated > 1)
 
     def _can_speculate(self) -> bool:
@@ -912,28 +912,35 @@ class Engine:
         wanted = [min(row.draft.current, n) if pays else 0 for row, n, pays in zip(rows, left, paying)]
         widest = max(wanted)
         for i, row in enumerate(rows):
-            if not paying[i] and not row.state.processors:
+            if not paying[i] and not _has_grammar(row.state):
                 wanted[i] = min(widest, left[i])
         return wanted, paying
 
     def _check(self, rows: list[_Drafting], drafts: list[list[int]], logits: mx.array) -> tuple[list, list]:
         """Each row's log-probabilities and verdict (guesses kept, the token
         after them): greedy rows keep the guesses the argmax agrees with,
-        sampling rows follow `sampled_verdict`; a row with logits processors
-        has no guesses and is processed and sampled as the generator does."""
+        sampling rows follow `sampled_verdict`. Logits processors (penalties,
+        `logit_bias`) see each position with the tokens before it, as the
+        generator would have shown them; a row with a grammar has no guesses
+        and is processed and sampled as the generator does."""
         logprobs, chosen = [], []
-        for i, row in enumerate(rows):
-            state, row_logits = row.state, logits[i]
-            if state.processors:
-                context = mx.array([*row.in_cache, row.last])
-                row_logits = row_logits[:1]
-                for processor in state.processors:
-                    row_logits = processor(context, row_logits)
+        for i, (row, draft) in enumerate(zip(rows, drafts)):
+            state, row_logits = row.state, logits[i, :1 + len(draft)]
+            if state.processors:  # each position sees the tokens before it, guesses included
+                context = [*row.in_cache, row.last, *draft]
+                positions = []
+                for position in range(1 + len(draft)):
+                    position_logits = row_logits[position:position + 1]
+                    before = mx.array(context[:len(row.in_cache) + 1 + position])
+                    for processor in state.processors:
+                        position_logits = processor(before, position_logits)
+                    positions.append(position_logits)
+                row_logits = mx.concatenate(positions, axis=0)
             logprobs.append(row_logits - mx.logsumexp(row_logits, axis=-1, keepdims=True))
             if state.sampler is None:
                 chosen.append(mx.argmax(logprobs[-1], axis=-1))
-            else:
-                chosen.append(state.sampler(logprobs[-1]) if state.processors else None)
+            else:  # a grammar's row has no guesses: its sampler draws as in the generator
+                chosen.append(state.sampler(logprobs[-1]) if _has_grammar(state) else None)
         mx.eval([c for c in chosen if c is not None], logprobs)
         verdicts = []
         for row, draft, row_chosen, row_logprobs in zip(rows, drafts, chosen, logprobs):
@@ -964,7 +971,7 @@ class Engine:
 
     def _paused_for(self, state: _Running) -> float:
         """Tokens before a request guesses again (inf: it never will)."""
-        if state.processors or state.handle.params.max_tokens - state.generated <= 1:
+        if _has_grammar(state) or state.handle.params.max_tokens - state.generated <= 1:
             return math.inf
         return state.speculate_from - state.generated
 
@@ -1019,6 +1026,10 @@ class Engine:
         self.last_done_at = time.monotonic()
         self._done += 1
         handle.push(event)
+
+
+def _has_grammar(state: _Running) -> bool:
+    return any(isinstance(processor, GrammarProcessor) for processor in state.processors)
 
 
 def _common_prefix(a: list[int], b: list[int], chunk: int) -> int:

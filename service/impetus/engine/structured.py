@@ -10,11 +10,12 @@ every time (unless max_tokens cuts it off: finish_reason "length", as OpenAI).
 from __future__ import annotations
 
 import json
-import threading
 import weakref
 
 import mlx.core as mx
 import numpy as np
+
+from impetus.engine.waiters import native_lock
 
 # The grammar's JSON is compact (no free whitespace between tokens): fewer
 # tokens to generate, and a small model cannot wander off into blank lines.
@@ -23,7 +24,8 @@ JSON_OPTIONS = {"whitespace_flexible": False}
 # Keyed by the tokenizer object itself: an id() could be reused by another
 # model's tokenizer after an unload.
 _tokenizers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-_tokenizers_lock = threading.Lock()
+# Taken in native threads (the API compiles grammars off the hub): a native lock.
+_tokenizers_lock = native_lock()
 
 
 class GrammarError(ValueError):

@@ -66,3 +66,18 @@ class GreenletWaiter:
         ok = self._event.wait(timeout)
         self._event.clear()
         return ok
+
+
+def native_lock():
+    """A lock for code that runs in native threads (the engine thread, the
+    hub's threadpool via `run_off_the_hub`). In a gevent worker
+    `threading.Lock` is gevent's, which belongs to one hub: native threads
+    contending for it can lose a wake-up and wait forever (seen: 1 of 20
+    concurrent first structured-output requests never reached the engine,
+    all 20 building llguidance's tokenizer table under such a lock)."""
+    try:
+        from gevent.monkey import get_original
+
+        return get_original("_thread", "allocate_lock")()
+    except ImportError:  # pragma: no cover - gevent is a dependency
+        return threading.Lock()

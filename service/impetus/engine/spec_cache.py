@@ -23,6 +23,8 @@ ragged cache, as vLLM's), so that a row can trim its own tail.
 
 from __future__ import annotations
 
+import weakref
+
 import mlx.core as mx
 import numpy as np
 from mlx_lm.models.base import create_causal_mask
@@ -37,11 +39,14 @@ class HoleyKVCache(BatchKVCache):
 
     def __init__(self, left_padding):
         super().__init__(left_padding)
-        self.batch: SpecBatchCache | None = None
+        # A weak reference: a cycle (batch -> layers -> batch) would keep the
+        # whole KV buffer alive until Python's cycle collector ran.
+        self.batch: weakref.ref | None = None
 
     def make_mask(self, N: int, return_array: bool = False, **kwargs):
+        valid = self.batch().valid
         mask = create_causal_mask(N, offset=self._idx)
-        valid = np.concatenate([self.batch.valid, np.ones((self.batch.valid.shape[0], N), dtype=bool)], axis=1)
+        valid = np.concatenate([valid, np.ones((valid.shape[0], N), dtype=bool)], axis=1)
         return mask & mx.array(valid)[:, None, None, :]
 
 
@@ -50,7 +55,7 @@ class SpecBatchCache:
         self.layers = layers
         self.valid = valid
         for layer in layers:
-            layer.batch = self
+            layer.batch = weakref.ref(self)
 
     @classmethod
     def merge(cls, rows: list[list[KVCache]]) -> SpecBatchCache:

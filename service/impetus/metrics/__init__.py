@@ -61,7 +61,7 @@ class Metrics:
         self.preempted = counter("impetus_requests_preempted_total",
                                  "Running requests paused to give their slot to another key", ("model",))
         self.spec_proposed = counter("impetus_spec_proposed_tokens_total",
-                                     "Draft tokens proposed for speculative decoding (prompt lookup)", ("model",))
+                                     "Tokens guessed for speculative decoding (prompt lookup or a draft model)", ("model",))
         self.spec_accepted = counter("impetus_spec_accepted_tokens_total",
                                      "Draft tokens the model accepted (each one a forward pass saved)", ("model",))
         self.model_load_seconds = gauge("impetus_model_load_seconds", "Time to load the model", ("model",),

@@ -45,12 +45,14 @@ cert: setup
 
 setup: system-deps $(STAMP) model dashboard
 
-# The operator's dashboard: TypeScript + Vite, built into dashboard/dist, which nginx serves.
+# The operator's dashboard: TypeScript + Vite, built into the package
+# (service/impetus/share/dashboard, so a wheel carries it), which nginx serves.
 DASHBOARD_SOURCES := $(wildcard dashboard/src/*.ts dashboard/src/*/*.ts dashboard/src/*.css) \
 	dashboard/index.html dashboard/package.json dashboard/package-lock.json dashboard/vite.config.js
-dashboard: dashboard/dist/index.html
+DASHBOARD_BUILT := service/impetus/share/dashboard/index.html
+dashboard: $(DASHBOARD_BUILT)
 
-dashboard/dist/index.html: $(DASHBOARD_SOURCES)
+$(DASHBOARD_BUILT): $(DASHBOARD_SOURCES)
 	cd dashboard && npm ci --no-audit --no-fund --loglevel=error && npm run build --silent
 
 # The dashboard's browser tests drive Debian's Chromium (Playwright's own browser
@@ -96,4 +98,4 @@ model: $(STAMP)
 	@$(BIN)/impetus models ensure >/dev/null
 
 clean:
-	rm -rf $(VENV) test-artifacts .pytest_cache dashboard/node_modules dashboard/dist tests/agents/node_modules
+	rm -rf $(VENV) test-artifacts .pytest_cache dashboard/node_modules service/impetus/share/dashboard tests/agents/node_modules

@@ -16,7 +16,7 @@ reloads nginx gracefully (SIGHUP: streams in flight go on in the old
 workers). The same pass writes Prometheus' file-based service discovery
 (run/prometheus/hosts.json), so every host is scraped.
 
-Why these nginx settings (nginx/impetus-server.conf and below):
+Why these nginx settings (impetus/share/nginx/impetus-server.conf and below):
 - `hash $impetus_affinity consistent`: a person's next turn lands on the host
   that has their prompt prefix cached (a Codex prompt is 6-10k tokens, a
   minute of prefill on a CPU); adding a host moves only ~1/N of the keys.

@@ -1,4 +1,12 @@
-"""Render nginx/*.conf for this stack and run nginx in the foreground."""
+"""Render nginx's configuration for this stack and run nginx in the foreground.
+
+The templates are impetus/share/nginx/*.conf. Every path goes into them
+through `quoted` (nginx's double-quoted string): a Mac's data dir is
+`~/Library/Application Support/Impetus`, and unquoted, `nginx -t` reads its
+space as the end of the argument (`invalid number of arguments in "pid"
+directive`). A path with `$` is refused: nginx would read a variable there
+(in `alias` and `access_log`), and its quotes have no escape for it.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from string import Template
 
-REPO = Path(__file__).resolve().parents[3]
-TEMPLATES = REPO / "nginx"
-DASHBOARD = REPO / "dashboard" / "dist"
+from impetus.share import DASHBOARD
+from impetus.share import NGINX as TEMPLATES
+
 UPSTREAM_FILE = "impetus-upstream.conf"
 
 
@@ -31,6 +39,16 @@ class NginxConfig:
     # Whom nginx's workers run as when its master starts as root: None decides
     # by who renders (see below), "" writes no `user` line, a name that account.
     worker_user: str | None = None
+    pid_file: Path | None = None  # None: run_dir/nginx/nginx.pid
+
+
+def quoted(path: Path | str) -> str:
+    """`path` as the inside of an nginx double-quoted string (the template
+    holds the quotes, so compose's envsubst fills the same template)."""
+    text = str(path)
+    if "$" in text or any(ord(c) < 32 for c in text):
+        raise ValueError(f"nginx cannot be given the path {text!r}: it holds '$' or a control character")
+    return text.replace("\\", "\\\\").replace('"', '\\"')
 
 
 def render_files(config: NginxConfig, templates: Path = TEMPLATES) -> dict[str, str]:
@@ -40,22 +58,24 @@ def render_files(config: NginxConfig, templates: Path = TEMPLATES) -> dict[str, 
     if ":" in config.listen_host:  # IPv6
         listen = f"listen [{config.listen_host}]:{config.listen_port}"
     if config.tls_cert and config.tls_key:
-        listen += (f" ssl;\n    ssl_certificate {config.tls_cert};\n    ssl_certificate_key {config.tls_key};\n"
+        listen += (f' ssl;\n    ssl_certificate "{quoted(config.tls_cert)}";\n'
+                   f'    ssl_certificate_key "{quoted(config.tls_key)}";\n'
                    "    ssl_protocols TLSv1.2 TLSv1.3;")
     else:
         listen += ";"
     allowed = ["127.0.0.1", "::1", *config.admin_allow]
     values = {
-        "RUN_DIR": str(conf_dir),
-        "LOG_DIR": str(config.log_dir),
-        "CONF_DIR": str(conf_dir),
+        "RUN_DIR": quoted(conf_dir),
+        "PID_FILE": quoted(config.pid_file or conf_dir / "nginx.pid"),
+        "LOG_DIR": quoted(config.log_dir),
+        "CONF_DIR": quoted(conf_dir),
         "UPSTREAM": config.upstream,
         "LISTEN": listen,
         "MAX_BODY": config.max_body,
         "CONN_PER_CLIENT": str(config.conn_per_client),
         "ADMIN_ALLOW": " ".join(f"allow {a};" for a in allowed),
         "ADMIN_ALLOW_NOTE": f" and {', '.join(config.admin_allow)}" if config.admin_allow else "",
-        "DASHBOARD_DIR": str(config.dashboard_dir),
+        "DASHBOARD_DIR": quoted(config.dashboard_dir),
     }
     files = {}
     for name in ("nginx.conf", "impetus-http.conf", UPSTREAM_FILE, "impetus-server.conf"):

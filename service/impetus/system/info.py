@@ -19,7 +19,8 @@ def cpu_name() -> str:
         import subprocess
 
         try:
-            return subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True,
+            # By its full path: launchd's jobs start with a PATH that may lack /usr/sbin.
+            return subprocess.run(["/usr/sbin/sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True,
                                   text=True, timeout=5).stdout.strip()
         except OSError:
             pass

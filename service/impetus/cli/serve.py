@@ -46,7 +46,11 @@ def run(settings) -> None:
     metrics_dir.mkdir(parents=True)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
     from impetus.server.gunicorn_app import serve
+    from impetus.system.awake import keep_awake
     from impetus.system.blas import blas_in_use
+
+    if settings.keep_awake and keep_awake() is not None:
+        console.print("keeping this Mac awake while it serves (caffeinate -i; IMPETUS_KEEP_AWAKE=false to let it sleep)")
 
     console.print(
         f"[bold green]impetus[/] serving [bold]{settings.model}[/] on http://{settings.host}:{settings.port} "

@@ -64,6 +64,7 @@ from impetus.engine.speculative import (
 )
 from impetus.engine.structured import GrammarProcessor
 from impetus.models.loader import LoadedModel
+from impetus.system import wired
 
 log = logging.getLogger("impetus.engine")
 
@@ -328,7 +329,7 @@ class Engine:
 
     def _new_generator(self) -> BatchGenerator:
         eos = [[t] for t in sorted(self.tokenizer.eos_token_ids)]
-        return BatchGenerator(
+        generator = BatchGenerator(
             self.model,
             stop_tokens=eos,
             # The engine decides who runs; mlx-lm must not hold a newcomer back
@@ -337,6 +338,8 @@ class Engine:
             prefill_batch_size=self._settings.prefill_batch_size,
             prefill_step_size=self._prefill_step,
         )
+        wired.disown(generator)  # the worker holds the wired limit, not one generator's lifetime
+        return generator
 
     def _run(self) -> None:
         died: BaseException | None = None

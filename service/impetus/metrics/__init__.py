@@ -9,10 +9,9 @@ gauges in `child_exit`. Names use base units and the `impetus_` prefix.
 
 from __future__ import annotations
 
-import os
-
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from impetus.system import info
 from impetus.system.info import thermal_state
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -155,13 +154,7 @@ def worker_exits() -> Counter:
 
 
 def resident_memory_bytes() -> int:
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except OSError:  # macOS: no /proc
-        import resource
-
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # bytes on macOS
+    return info.resident_memory_bytes() or 0
 
 
 def exposition(run_dir=None) -> tuple[bytes, str]:

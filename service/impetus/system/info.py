@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import os
 import platform
 import sys
@@ -49,7 +51,6 @@ def thermal_state() -> int | None:
     """0 (nominal) to 3 (critical) on macOS; None where the OS does not say."""
     if sys.platform != "darwin":
         return None
-    import ctypes
 
     try:
         objc = ctypes.cdll.LoadLibrary("/usr/lib/libobjc.A.dylib")
@@ -69,3 +70,50 @@ def thermal_state() -> int | None:
 
 def thermal_state_name(state: int | None) -> str:
     return THERMAL_STATES[state] if state is not None else "unknown"
+
+
+class ProcTaskInfo(ctypes.Structure):
+    """<sys/proc_info.h> struct proc_taskinfo (96 bytes), what proc_pidinfo(PROC_PIDTASKINFO) fills."""
+
+    _fields_ = [("pti_virtual_size", ctypes.c_uint64), ("pti_resident_size", ctypes.c_uint64),
+                ("pti_total_user", ctypes.c_uint64), ("pti_total_system", ctypes.c_uint64),
+                ("pti_threads_user", ctypes.c_uint64), ("pti_threads_system", ctypes.c_uint64),
+                ("pti_policy", ctypes.c_int32), ("pti_faults", ctypes.c_int32), ("pti_pageins", ctypes.c_int32),
+                ("pti_cow_faults", ctypes.c_int32), ("pti_messages_sent", ctypes.c_int32),
+                ("pti_messages_received", ctypes.c_int32), ("pti_syscalls_mach", ctypes.c_int32),
+                ("pti_syscalls_unix", ctypes.c_int32), ("pti_csw", ctypes.c_int32), ("pti_threadnum", ctypes.c_int32),
+                ("pti_numrunning", ctypes.c_int32), ("pti_priority", ctypes.c_int32)]
+
+
+PROC_PIDTASKINFO = 4
+
+
+@functools.cache
+def _proc_pidinfo():
+    """libproc's proc_pidinfo (macOS), or None."""
+    try:
+        function = ctypes.CDLL("/usr/lib/libproc.dylib").proc_pidinfo
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_uint64, ctypes.c_void_p, ctypes.c_int]
+    function.restype = ctypes.c_int
+    return function
+
+
+def resident_memory_bytes(pid: int | None = None, proc_pidinfo=None) -> int | None:
+    """This process's resident memory now (not its peak): /proc on Linux, the
+    kernel's task info on macOS (getrusage's ru_maxrss there is the largest
+    it ever was, so a graph of it never comes down after an idle release)."""
+    pid = os.getpid() if pid is None else pid
+    try:
+        with open(f"/proc/{pid}/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        pass
+    proc_pidinfo = proc_pidinfo or _proc_pidinfo()
+    if proc_pidinfo is None:
+        return None
+    info = ProcTaskInfo()
+    if proc_pidinfo(pid, PROC_PIDTASKINFO, 0, ctypes.byref(info), ctypes.sizeof(info)) != ctypes.sizeof(info):
+        return None
+    return info.pti_resident_size

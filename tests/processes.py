@@ -73,10 +73,11 @@ class Foreground:
     """An `impetus` command that runs in the foreground (up, serve --join), its
     output read line by line as an operator's terminal shows it."""
 
-    def __init__(self, args: list[str], env: dict[str, str] | None = None):
+    def __init__(self, args: list[str], env: dict[str, str] | None = None, program: list[str] | None = None,
+                 cwd: Path | None = None):
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "impetus", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+            [*(program or [sys.executable, "-m", "impetus"]), *args], stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True, cwd=cwd, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
         self.lines: queue.Queue = queue.Queue()
         self.output: list[str] = []
         threading.Thread(target=self._read, daemon=True).start()

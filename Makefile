@@ -46,6 +46,11 @@ bench: setup
 doctor: setup
 	$(BIN)/impetus doctor
 
+# Impetus as a package (dist/impetus-VERSION-py3-none-any.whl) with the nginx and
+# service templates and the built dashboard inside: for pipx and the Homebrew formula.
+wheel: setup
+	$(BIN)/python -m pip wheel -q --no-deps -w dist .
+
 # A self-signed certificate for `impetus up --tls` on the LAN.
 cert: setup
 	$(BIN)/impetus tls
@@ -64,10 +69,11 @@ $(DASHBOARD_BUILT): $(DASHBOARD_SOURCES)
 
 # The dashboard's browser tests drive Debian's Chromium (Playwright's own browser
 # download does not work offline); on macOS, an installed Chrome or Chromium.
+# Ruby checks the Homebrew formula's syntax (packaging/homebrew/impetus.rb).
 test-deps:
 ifeq ($(UNAME),Linux)
-	@dpkg -s chromium >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends chromium; }
+	@dpkg -s chromium >/dev/null 2>&1 && dpkg -s ruby >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends chromium ruby; }
 else ifeq ($(UNAME),Darwin)
 	@for p in $(BREW_TEST_PACKAGES); do brew list $$p >/dev/null 2>&1 || brew install $$p || \
 		echo "warning: brew install $$p failed; the tests that scrape the stack with it are skipped"; done

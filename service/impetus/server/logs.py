@@ -2,7 +2,7 @@
 
 Logs go to stderr (launchd and systemd keep them) or, with IMPETUS_LOG_FILE, to
 a file opened by a WatchedFileHandler: every process appends whole lines, and
-after newsyslog or logrotate renames the file (deploy/newsyslog, deploy/logrotate)
+after newsyslog or logrotate renames the file (impetus/share/services: newsyslog.conf, logrotate.conf)
 each process reopens it at its next line. No key and no prompt text is ever
 logged, unless IMPETUS_LOG_PROMPTS=true asks for the prompts (debugging only).
 """

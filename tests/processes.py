@@ -43,7 +43,7 @@ def stop(process: subprocess.Popen) -> None:
 
 
 def start_nginx(tmp_path: Path, upstream: str, **options) -> tuple[subprocess.Popen, str]:
-    """nginx rendered from the repository's nginx/*.conf, as `impetus up` runs it."""
+    """nginx rendered from impetus/share/nginx/*.conf, as `impetus up` runs it."""
     port = free_port()
     conf = nginx.render(nginx.NginxConfig("127.0.0.1", port, upstream, tmp_path / "run", tmp_path / "logs",
                                           **options))

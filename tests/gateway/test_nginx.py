@@ -1,4 +1,4 @@
-"""A real nginx, rendered from nginx/*.conf, in front of the real gateway server."""
+"""A real nginx, rendered from impetus/share/nginx/*.conf, in front of the real gateway server."""
 
 from __future__ import annotations
 

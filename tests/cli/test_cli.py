@@ -22,6 +22,8 @@ def test_doctor_reports_blas_and_model(data_dir):
     assert "OpenBLAS" in result.stdout or sys.platform == "darwin"
     assert "smollm2-135m-instruct" in result.stdout
     assert "everything needed is here" in result.stdout
+    for row in ("redis-server", "nginx", "port 8081"):
+        assert row in result.stdout, row
 
 
 def test_import_gguf_and_list(tmp_path, default_gguf):

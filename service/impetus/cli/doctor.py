@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from impetus.models import store
-from impetus.system import blas, info
+from impetus.system import blas, info, macos
 
 
 def _version(package: str) -> str | None:
@@ -33,8 +33,11 @@ def run(settings) -> int:
         mark = {True: "[green]ok[/]", False: "[red]missing[/]", None: "[yellow]note[/]"}[ok]
         table.add_row(name, mark, detail + (f"\n[dim]fix: {fix}[/]" if fix else ""))
 
-    row("platform", True, f"{platform.system()} {platform.release()} {platform.machine()}, "
-        f"Python {sys.version.split()[0]}")
+    if sys.platform == "darwin":
+        _mac_rows(row, settings)
+    else:
+        row("platform", True, f"{platform.system()} {platform.release()} {platform.machine()}, "
+            f"Python {sys.version.split()[0]}")
     row("cpu", True, f"{info.cpu_name()}, {os.cpu_count()} cores")
     memory = info.total_memory_bytes()
     row("memory", True, f"{memory / 2**30:.1f} GiB" if memory else "unknown")
@@ -62,9 +65,76 @@ def run(settings) -> int:
     row("model " + settings.model, imported or None,
         str(settings.models_dir / settings.model) if imported else "not imported yet (done on first start)")
     row("data dir", True, str(settings.data_dir))
+    for program, fix in (("redis-server", "brew install redis" if sys.platform == "darwin"
+                          else "sudo apt-get install redis-server"),
+                         ("nginx", "brew install nginx" if sys.platform == "darwin" else "sudo apt-get install nginx")):
+        found = _program(program)
+        row(program, found is not None, found or "not installed", None if found else fix)
+    for port, what in ((8080, "nginx (impetus up)"), (settings.port, "the workers")):
+        if _port_taken(port):
+            row(f"port {port}", None, f"in use: {what} cannot take it (another stack, or the service?)",
+                f"impetus service status; lsof -nP -iTCP:{port} -sTCP:LISTEN; or --port / IMPETUS_PORT")
+        else:
+            row(f"port {port}", True, f"free for {what}")
     console.print(table)
     if problems:
         console.print(f"[red]{problems} problem(s)[/]: see the fixes above, or run `make setup`.")
     else:
         console.print("[green]everything needed is here[/]")
     return 1 if problems else 0
+
+
+def _program(name: str) -> str | None:
+    import shutil
+    from pathlib import Path
+
+    found = shutil.which(name)
+    for candidate in (found, f"/opt/homebrew/bin/{name}", f"/usr/local/bin/{name}", f"/usr/sbin/{name}"):
+        if candidate and Path(candidate).exists():
+            return candidate
+    return None
+
+
+def _port_taken(port: int) -> bool:
+    import socket
+
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
+
+
+def _mac_rows(row, settings) -> None:
+    """macOS, the architecture, Metal and its memory, and sleep (impetus.system.macos)."""
+    version = macos.macos_version()
+    row("macOS", True if version else None, f"macOS {version or 'unknown'} (Darwin {platform.release()}), "
+        f"Python {sys.version.split()[0]}")
+    machine = platform.machine()
+    if macos.under_rosetta() or machine != "arm64":
+        row("architecture", False, f"this Python is {machine}{' under Rosetta' if macos.under_rosetta() else ''}: "
+            "MLX has no Metal build for it", "use an arm64 Python: /opt/homebrew/bin/python3.12 (brew install "
+            "python@3.12 with Homebrew in /opt/homebrew), then make clean && make run")
+    else:
+        row("architecture", True, "arm64 (Apple silicon), native")
+    try:
+        import mlx.core as mx
+
+        metal = mx.metal.is_available()
+        working_set = mx.device_info().get("max_recommended_working_set_size") if metal else None
+    except Exception:  # no MLX yet: its own row says so
+        metal, working_set = False, None
+    row("Metal", metal, f"available, recommended working set {working_set / 2**30:.1f} GiB" if working_set
+        else ("available" if metal else "not available"), None if metal else "MLX needs Apple silicon and macOS 14+")
+    wired = macos.wired_limit_mb()
+    row("wired limit", None, "macOS' default (iogpu.wired_limit_mb=0)" if not wired else f"{wired} MiB",
+        "for a model near the working set: sudo sysctl iogpu.wired_limit_mb=<MiB> (until a reboot)")
+    sleep = macos.idle_sleep_minutes()
+    if sleep == 0:
+        row("idle sleep", True, "never (pmset sleep 0)")
+    elif settings.keep_awake:
+        row("idle sleep", True, f"after {sleep} min idle; impetus serve holds it off while it serves (caffeinate)")
+    else:
+        row("idle sleep", False, f"after {sleep} min idle, and IMPETUS_KEEP_AWAKE is false: the server sleeps",
+            "sudo pmset -a sleep 0, or leave IMPETUS_KEEP_AWAKE at true")

@@ -249,6 +249,17 @@ def test_a_system_install_lists_what_its_account_must_read(tmp_path):
     programs = {Path(plistlib.loads(text.encode())["ProgramArguments"][0])
                 for path, text in rendered.files.items() if path.suffix == ".plist"}
     assert programs <= rendered.reads and len(programs) == 3
-    assert nginx.DASHBOARD in rendered.reads
+    assert nginx.DASHBOARD in rendered.reads and nginx.DASHBOARD.parent.parent in rendered.reads  # the package
     # The console script's interpreter too (a venv's python is a link into where Python lives).
-    assert services._interpreter(str(Path(sys.executable).parent / "impetus")) in rendered.reads
+    assert accounts.interpreter(str(Path(sys.executable).parent / "impetus")) in rendered.reads
+
+
+def test_a_homebrew_copy_is_run_by_its_opt_link_which_upgrades_keep(tmp_path):
+    keg = tmp_path / "homebrew" / "Cellar" / "impetus" / "0.1.0" / "libexec" / "bin" / "impetus"
+    assert services.stable_path(str(keg)) == str(keg)  # no opt link: as it is
+    keg.parent.mkdir(parents=True)
+    (tmp_path / "homebrew" / "opt").mkdir(parents=True)
+    (tmp_path / "homebrew" / "opt" / "impetus").symlink_to(tmp_path / "homebrew" / "Cellar" / "impetus" / "0.1.0")
+    assert services.stable_path(str(keg)) == str(tmp_path / "homebrew" / "opt" / "impetus" / "libexec" / "bin"
+                                                 / "impetus")
+    assert services.stable_path("/opt/homebrew/bin/impetus") == "/opt/homebrew/bin/impetus"

@@ -130,6 +130,16 @@ def check_reachable(account: str, folder: Path, manager: str | None = None) -> N
 # -- can the account read what it runs? -------------------------------------------------
 
 
+def interpreter(program: str) -> Path | None:
+    """The Python a console script runs (its #! line), which the account must read too."""
+    try:
+        with open(program, "rb") as f:
+            first = f.readline(512)
+    except OSError:
+        return None
+    return Path(first[2:].decode(errors="replace").strip().split()[0]) if first.startswith(b"#!/") else None
+
+
 def home_folders() -> set[Path]:
     """People's home folders: /Users/* on a Mac (but Shared), and every
     account's home with a login-range id, and the installer's own (under sudo)."""

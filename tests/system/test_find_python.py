@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,9 @@ SCRIPT = REPO / "scripts" / "find-python"
 
 
 def interpreter(folder: Path, name: str, version: str) -> Path:
-    """A stand-in that answers find-python's two questions as that version would."""
+    """A stand-in that answers find-python's and the Makefile's questions as
+    that version would; `-m venv DIR` makes DIR/bin/python, a stand-in of the
+    same version, and `-m pip ...` is written to the log beside it."""
     major, minor = (int(part) for part in version.split(".")[:2])
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / name
@@ -25,6 +28,9 @@ def interpreter(folder: Path, name: str, version: str) -> Path:
                     'case "$*" in\n'
                     f'  *version_info*) exit {0 if (major, minor) >= (3, 10) else 1} ;;\n'
                     f'  *python_version*) echo {version} ;;\n'
+                    f'  -V) echo "Python {version}" ;;\n'
+                    f'  "-m venv "*) mkdir -p "$3/bin" && cp "$0" "$3/bin/python" ;;\n'
+                    '  "-m pip "*) echo "$0 $*" >> "$(dirname "$0")/pip.log" ;;\n'
                     "esac\n")
     path.chmod(0o755)
     return path
@@ -89,3 +95,30 @@ def test_make_says_which_python_it_uses():
     version = subprocess.run([chosen, "-c", "import sys; print(sys.version_info >= (3, 10))"],
                              capture_output=True, text=True).stdout.strip()
     assert version == "True" and result.stderr.startswith("using ")
+
+
+def test_a_venv_made_with_an_old_python_is_made_again(tmp_path):
+    """The Makefile's own venv rule, run by make with stand-ins: a .venv that
+    Apple's 3.9 made (before find-python) is removed and made with 3.12. (A
+    make target cannot hold a space, so this venv is outside the Mac-like temp
+    dir; the Makefile's own paths are relative to the checkout.)"""
+    venv = Path(tempfile.mkdtemp(prefix="impetus-venv-")) / "venv"
+    interpreter(venv / "bin", "python", "3.9.6")
+    (venv / "made-by-3.9").touch()
+    brew = interpreter(tmp_path / "brew", "python3.12", "3.12.8")
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    for tool in ("uname", "rm", "touch", "id", "mkdir", "cp", "dirname"):
+        (tools / tool).symlink_to(shutil.which(tool))
+    environment = {"PATH": str(tools), "IMPETUS_PYTHON_DIRS": str(tmp_path / "brew"), "HOME": str(tmp_path)}
+    result = subprocess.run([shutil.which("make"), "-s", "-C", str(REPO), f"VENV={venv}", f"{venv}/.installed"],
+                            capture_output=True, text=True, env=environment)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"{venv} was made with Python 3.9.6, older than 3.10: making it again" in result.stdout
+    assert not (venv / "made-by-3.9").exists() and (venv / ".installed").exists()
+    made = subprocess.run([str(venv / "bin" / "python"), "-V"], capture_output=True, text=True).stdout
+    assert made.strip() == "Python 3.12.8"
+    installs = (venv / "bin" / "pip.log").read_text()
+    assert "install -q -e .[test]" in installs
+    assert brew.exists()
+    shutil.rmtree(venv.parent)

@@ -1,7 +1,8 @@
 """Impetus as a package, not a checkout: the wheel carries the nginx and
 service templates and the built dashboard (impetus.share), and `impetus up`
 from a venv it is installed into, run from a folder that is no checkout,
-serves an answer and the dashboard through nginx.
+serves an answer and the dashboard through nginx, over TLS, with its data
+dir at a Mac's `.../Library/Application Support/Impetus`.
 
 The venv gets the wheel itself with pip (--no-deps) and finds the
 dependencies in the checkout's venv through a .pth line, so no package is
@@ -9,6 +10,7 @@ downloaded twice; the checkout's own (editable) impetus is not on its path."""
 
 from __future__ import annotations
 
+import ssl
 import subprocess
 import sys
 import sysconfig
@@ -56,18 +58,20 @@ def test_the_installed_wheel_serves_an_answer_and_the_dashboard_through_nginx(da
     (stack_dir / "models").mkdir(parents=True)
     (stack_dir / "models" / DEFAULT_MODEL).symlink_to(data_dir / "models" / DEFAULT_MODEL)
     port = free_port()
-    stack = Foreground(["up", "--port", str(port), "--data-dir", str(stack_dir)],
+    # With TLS: the certificate and key lie under "Application Support" too, in nginx's config.
+    stack = Foreground(["up", "--tls", "--port", str(port), "--data-dir", str(stack_dir)],
                        {"IMPETUS_PORT": str(free_port())}, program=[str(venv / "bin" / "impetus")], cwd=tmp_path)
     try:
         stack.wait_for("impetus is up")
         key = stack.wait_for("admin key: ").split("admin key: ", 1)[1]
-        url = f"http://127.0.0.1:{port}"
-        reply = httpx.post(f"{url}/v1/chat/completions", headers={"Authorization": f"Bearer {key}"}, timeout=120,
-                           json={"model": DEFAULT_MODEL, "max_tokens": 8, "temperature": 0,
-                                 "messages": [{"role": "user", "content": "What is the capital of France?"}]})
+        url = f"https://127.0.0.1:{port}"
+        client = httpx.Client(verify=ssl.create_default_context(cafile=stack_dir / "tls" / "cert.pem"), timeout=120)
+        reply = client.post(f"{url}/v1/chat/completions", headers={"Authorization": f"Bearer {key}"},
+                            json={"model": DEFAULT_MODEL, "max_tokens": 8, "temperature": 0,
+                                  "messages": [{"role": "user", "content": "What is the capital of France?"}]})
         assert reply.status_code == 200, reply.text
         assert reply.json()["choices"][0]["message"]["content"]
-        page = httpx.get(f"{url}/dashboard/", timeout=10)
+        page = client.get(f"{url}/dashboard/")
         assert page.status_code == 200 and "<html" in page.text.lower()
         assert "dashboard: not built" not in "\n".join(stack.output)
     finally:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from impetus.server.process import port_free
 from impetus.settings import Settings
 from impetus.stack import services
 
@@ -243,7 +244,7 @@ def test_the_account_is_made_owns_the_data_and_runs_redis_and_nginx_workers(tmp_
         assert services.ensure_account(layout, progress=lambda m: None) is False  # idempotent
         with pytest.raises(services.ServiceError, match="cannot enter"):
             services.check_reachable(name, hidden)
-        port = next(p for p in range(900, 1000) if _port_free(p))
+        port = next(p for p in range(900, 1000) if port_free(p))
         services.install(settings, layout, progress=lambda m: None, public_port=port)
         for folder in (data, data / "redis", data / "run" / "nginx", data / "logs"):
             layout.real(folder).mkdir(parents=True, exist_ok=True)
@@ -289,15 +290,6 @@ def test_the_account_is_made_owns_the_data_and_runs_redis_and_nginx_workers(tmp_
         pwd.getpwnam(name)
 
 
-def _port_free(port: int) -> bool:
-    import socket
-
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def _owners(pattern: str, also: str) -> set[str]:

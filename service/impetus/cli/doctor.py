@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from impetus.models import store
+from impetus.server.process import port_free
 from impetus.system import blas, info, macos
 
 
@@ -71,7 +72,7 @@ def run(settings) -> int:
         found = _program(program)
         row(program, found is not None, found or "not installed", None if found else fix)
     for port, what in ((8080, "nginx (impetus up)"), (settings.port, "the workers")):
-        if _port_taken(port):
+        if not port_free(port):
             row(f"port {port}", None, f"in use: {what} cannot take it (another stack, or the service?)",
                 f"impetus service status; lsof -nP -iTCP:{port} -sTCP:LISTEN; or --port / IMPETUS_PORT")
         else:
@@ -93,17 +94,6 @@ def _program(name: str) -> str | None:
         if candidate and Path(candidate).exists():
             return candidate
     return None
-
-
-def _port_taken(port: int) -> bool:
-    import socket
-
-    with socket.socket() as probe:
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return True
-    return False
 
 
 def _mac_rows(row, settings) -> None:

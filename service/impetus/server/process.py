@@ -19,6 +19,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def port_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether nothing listens on (binds) host:port now."""
+    import socket
+
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
 def start_server(port: int, log: Path, env: dict[str, str], timeout: float = 180) -> subprocess.Popen:
     """Run `impetus serve --port PORT` with `env` added to the environment,
     output to `log`, in its own process group; return once /readyz says 200."""

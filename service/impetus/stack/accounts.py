@@ -12,7 +12,8 @@ launchd jobs out of ~/Documents, ~/Desktop, ~/Downloads, iCloud Drive and
 external volumes whatever the modes say. So `check_readable` refuses any
 path under a home folder or /Volumes, and any path whose folders or file the
 account's permission bits do not let through, and says to install Impetus
-where every account can read it (Homebrew, or `pipx install --global`).
+where every account can read it (Homebrew, or `pipx install --global`). On
+Linux only the permission bits count (there is no privacy protection).
 """
 
 from __future__ import annotations

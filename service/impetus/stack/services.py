@@ -276,7 +276,8 @@ def install(settings, layout: Layout, progress=print, join: str | None = None, *
         check_socket_path(layout.data_dir)
     if layout.system and live:
         made_account = ensure_account(layout, progress)
-        check_readable(layout.user, sorted(rendered.reads))
+        # A Mac keeps launchd jobs out of home folders whatever the modes say; Linux goes by the modes.
+        check_readable(layout.user, sorted(rendered.reads), homes=None if layout.manager == "launchd" else set())
 
     def make_dirs(directory: Path) -> None:
         created_dirs.extend(str(d) for d in (directory, *directory.parents) if not d.exists())

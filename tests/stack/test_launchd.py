@@ -133,6 +133,14 @@ def test_a_job_that_does_not_go_within_its_exit_timeout_is_an_error(settings, tm
     monkeypatch.setenv("FAKE_LAUNCHD_DRAIN_S", "30")
     with pytest.raises(services.ServiceError, match="still running 1 s after launchctl bootout"):
         fake.remove(f"{gui}/com.impetus.server", timeout=1)
+    # A refusal that waiting does not mend is said at once, not after the exit timeout.
+    broken = tmp_path / "broken.plist"
+    broken.write_bytes(plistlib.dumps({"Label": "com.impetus.broken", "ProgramArguments": ["/bin/true"]}))
+    monkeypatch.setenv("FAKE_LAUNCHD_NO_GUI", "1")
+    started = time.monotonic()
+    with pytest.raises(services.ServiceError, match="125: Domain does not support"):
+        fake.replace(gui, "com.impetus.broken", broken, timeout=30)
+    assert time.monotonic() - started < 5
 
 
 def test_over_ssh_with_nobody_at_the_screen_agents_go_to_the_user_domain(settings, tmp_path, fake, monkeypatch):

@@ -59,8 +59,8 @@ RESOURCE_LIMIT_KEYS = frozenset({"Core", "CPU", "Data", "FileSize", "MemoryLock"
 # for Gunicorn's 1000 and the keepalive pools; within macOS' kern.maxfilesperproc
 # (10,240 on the smallest Macs).
 OPEN_FILES = 10240
-# launchctl's exit status for EIO: the job is still being torn down.
-STILL_DRAINING = 5
+# launchctl's exit statuses while a job is still being torn down: EIO, and "operation in progress".
+TRANSIENT = (5, 37)
 
 
 def label(name: str) -> str:
@@ -154,10 +154,11 @@ class Launchctl:
             result = self("bootstrap", domain, str(plist_path))
             if result.returncode == 0:
                 return
-            if self.clock() > deadline:
+            # 5 (EIO) and 37 (in progress): still being torn down; anything else will not pass by waiting.
+            if result.returncode not in TRANSIENT or self.clock() > deadline:
                 raise ServiceError(f"launchctl bootstrap {domain} {plist_path} failed: "
                                    f"{(result.stderr or result.stdout).strip()}")
-            self.sleep(0.5)  # 5 (EIO): still being torn down; other errors get the same bounded retries
+            self.sleep(0.5)
 
     def state(self, target: str) -> str:
         result = self("print", target)

@@ -148,9 +148,9 @@ def home_folders() -> set[Path]:
     for record in pwd.getpwall():
         if record.pw_uid == 0 or record.pw_uid >= 500 and record.pw_dir not in ("/", "/nonexistent", "/var/empty"):
             homes.add(Path(record.pw_dir))
-    for name in (os.environ.get("SUDO_USER"),):
-        if name and uid_of(name) is not None:
-            homes.add(Path(pwd.getpwnam(name).pw_dir))
+    installer = os.environ.get("SUDO_USER")
+    if installer and uid_of(installer) is not None:
+        homes.add(Path(pwd.getpwnam(installer).pw_dir))
     return {home for home in homes if str(home) not in ("/", "")}
 
 
@@ -185,6 +185,7 @@ def unreadable(account: str, path: Path, homes: set[Path] | None = None) -> str 
 
 
 def check_readable(account: str, paths: list[Path], homes: set[Path] | None = None) -> None:
+    homes = home_folders() if homes is None else homes  # once for all paths (it reads every account)
     problems = [reason for reason in (unreadable(account, p, homes) for p in paths) if reason]
     if problems:
         raise ServiceError(f"the service account {account!r} could not run this copy of Impetus: "

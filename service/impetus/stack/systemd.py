@@ -53,12 +53,9 @@ def logrotate_conf(log_dir: Path) -> str:
     return Template((SERVICES / "logrotate.conf").read_text()).substitute(LOG_DIR=path)
 
 
-def _run(command: list[str]) -> subprocess.CompletedProcess:
-    return subprocess.run(command, capture_output=True, text=True)
-
-
 def systemctl(system: bool, *arguments: str, check: bool = True) -> subprocess.CompletedProcess:
-    result = _run(["systemctl", *([] if system else ["--user"]), *arguments])
+    result = subprocess.run(["systemctl", *([] if system else ["--user"]), *arguments], capture_output=True,
+                            text=True)
     if check and result.returncode != 0:
         raise ServiceError(f"systemctl {' '.join(arguments)} failed: {(result.stderr or result.stdout).strip()}")
     return result

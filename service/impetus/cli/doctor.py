@@ -69,7 +69,7 @@ def run(settings) -> int:
     for program, fix in (("redis-server", "brew install redis" if sys.platform == "darwin"
                           else "sudo apt-get install redis-server"),
                          ("nginx", "brew install nginx" if sys.platform == "darwin" else "sudo apt-get install nginx")):
-        found = _program(program)
+        found = info.find_program(program)
         row(program, found is not None, found or "not installed", None if found else fix)
     for port, what in ((8080, "nginx (impetus up)"), (settings.port, "the workers")):
         if not port_free(port):
@@ -83,17 +83,6 @@ def run(settings) -> int:
     else:
         console.print("[green]everything needed is here[/]")
     return 1 if problems else 0
-
-
-def _program(name: str) -> str | None:
-    import shutil
-    from pathlib import Path
-
-    found = shutil.which(name)
-    for candidate in (found, f"/opt/homebrew/bin/{name}", f"/usr/local/bin/{name}", f"/usr/sbin/{name}"):
-        if candidate and Path(candidate).exists():
-            return candidate
-    return None
 
 
 def _mac_rows(row, settings) -> None:

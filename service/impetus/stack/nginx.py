@@ -11,7 +11,6 @@ directive`). A path with `$` is refused: nginx would read a variable there
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from string import Template
 
 from impetus.share import DASHBOARD
 from impetus.share import NGINX as TEMPLATES
+from impetus.system.info import find_program
 
 UPSTREAM_FILE = "impetus-upstream.conf"
 
@@ -106,10 +106,10 @@ def render(config: NginxConfig, templates: Path = TEMPLATES) -> Path:
 
 
 def nginx_binary() -> str:
-    for candidate in (shutil.which("nginx"), "/usr/sbin/nginx", "/opt/homebrew/bin/nginx", "/usr/local/bin/nginx"):
-        if candidate and Path(candidate).exists():
-            return candidate
-    raise FileNotFoundError("nginx is not installed (apt-get install nginx, or brew install nginx)")
+    found = find_program("nginx")
+    if found is None:
+        raise FileNotFoundError("nginx is not installed (apt-get install nginx, or brew install nginx)")
+    return found
 
 
 def check(conf: Path) -> None:

@@ -34,7 +34,6 @@ from __future__ import annotations
 import getpass
 import json
 import os
-import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,6 +55,7 @@ from impetus.stack.accounts import (
     uid_of,
 )
 from impetus.stack.up import redis_arguments
+from impetus.system.info import find_program
 
 __all__ = ["ServiceError", "Layout", "layout_for", "render", "install", "uninstall", "status", "account_commands",
            "check_reachable", "ensure_account", "give_to_account", "remove_account", "SERVICE_ACCOUNTS",
@@ -125,13 +125,11 @@ def layout_for(settings, system: bool, manager: str | None = None, root: Path | 
     return Layout(manager, system, data_dir.resolve(), log_dir, unit_dir, account, root, domain)
 
 
-def _which(program: str, *fallbacks: str) -> str:
-    for candidate in (shutil.which(program), *fallbacks):
-        if candidate and Path(candidate).exists():
-            # Absolute, but not resolved: Debian's redis-server is a link to
-            # redis-check-rdb, which acts by the name it is started under.
-            return str(Path(candidate).absolute())
-    raise ServiceError(f"{program} is not installed (make setup installs it)")
+def _which(program: str) -> str:
+    found = find_program(program)
+    if found is None:
+        raise ServiceError(f"{program} is not installed (make setup installs it)")
+    return found
 
 
 def render(settings, layout: Layout, public_host: str = "127.0.0.1", public_port: int = 8080,
@@ -169,7 +167,7 @@ def render(settings, layout: Layout, public_host: str = "127.0.0.1", public_port
     account = layout.user if layout.system else None  # None: the installing user's own services
     services = {
         "redis": ("its private Redis (keys, limits, usage)",
-                  [_which("redis-server", "/opt/homebrew/bin/redis-server"),
+                  [_which("redis-server"),
                    *redis_arguments(data, logs, settings.redis_appendfsync)],
                   {"PATH": path}, [], account),
         "server": ("LLM server (Gunicorn workers on MLX)", [impetus, "serve"], server_env, ["redis"], account),

@@ -8,6 +8,22 @@ import os
 import platform
 import sys
 
+# Where programs are when PATH does not say (launchd's and systemd's PATH is bare):
+# Homebrew on Apple silicon, Homebrew on Intel, and the system's sbin.
+PROGRAM_DIRS = ("/opt/homebrew/bin", "/usr/local/bin", "/usr/sbin", "/usr/bin")
+
+
+def find_program(name: str) -> str | None:
+    """`name`'s absolute path on PATH or in PROGRAM_DIRS, not resolved
+    (Debian's redis-server is a link that acts by the name it is run under)."""
+    import shutil
+    from pathlib import Path
+
+    for candidate in (shutil.which(name), *(f"{d}/{name}" for d in PROGRAM_DIRS)):
+        if candidate and Path(candidate).exists():
+            return str(Path(candidate).absolute())
+    return None
+
 
 def total_memory_bytes() -> int | None:
     try:

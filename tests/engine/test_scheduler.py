@@ -111,17 +111,17 @@ def test_cancel_a_paused_request_frees_its_slot_and_cache(engine):
     flood = [submit(engine, f"Tell a long story number {i}.", max_tokens=200) for i in range(4)]
     wait_until(lambda: all(h.outbox for h in flood))
     others = [submit(engine, f"Say something long {i}.", tenant=B, max_tokens=100) for i in range(2)]
-    wait_until(lambda: engine._paused)
-    paused = next(iter(engine._paused))
+    wait_until(lambda: engine.batch.paused)
+    paused = next(iter(engine.batch.paused))
     paused.cancel()
     _, finish = tokens_of(paused)
     assert finish.reason == "cancelled" and finish.completion_tokens >= 1
-    assert paused not in engine._paused
+    assert paused not in engine.batch.paused
     for handle in flood + others:
         if handle is not paused:
             handle.cancel()
             tokens_of(handle)
-    wait_until(lambda: engine.in_flight == 0 and engine.stats.running == 0 and not engine._paused)
+    wait_until(lambda: engine.in_flight == 0 and engine.stats.running == 0 and not engine.batch.paused)
 
 
 def test_a_prefix_shared_by_requests_in_flight_is_prefilled_once(engine):
@@ -136,7 +136,7 @@ def test_a_prefix_shared_by_requests_in_flight_is_prefilled_once(engine):
 
     prompts = [prompt(q) for q in questions]
     shared = next(i for i in range(len(prompts[0])) if prompts[0][i] != prompts[1][i])
-    assert shared > 4 * engine._prefill_step
+    assert shared > 4 * engine.batch.prefill_step
     before = engine.snapshot()
     handles = [submit(engine, "", prompt=p, tenant=[A, B][i % 2], max_tokens=12) for i, p in enumerate(prompts)]
     together = [tokens_of(h)[0] for h in handles]
@@ -148,11 +148,11 @@ def test_a_prefix_shared_by_requests_in_flight_is_prefilled_once(engine):
     assert after["shared_prefixes"] > before["shared_prefixes"]
 
     # Each answer is its solo answer, computed without any cache.
-    engine._prefix_cache.trim_to(n_sequences=0)
+    engine.batch.prefix_cache.trim_to(n_sequences=0)
     solo = []
     for p in prompts:
         solo.append(tokens_of(submit(engine, "", prompt=p, max_tokens=12))[0])
-        engine._prefix_cache.trim_to(n_sequences=0)
+        engine.batch.prefix_cache.trim_to(n_sequences=0)
     assert together == solo
 
 

@@ -43,8 +43,8 @@ def test_mlx_lms_generators_unwire_the_weights_when_an_older_one_is_freed(loaded
 
 def test_the_engines_generators_leave_the_limit_to_the_worker(loaded_model, settings, metal_like):
     engines = [Engine(loaded_model, settings) for _ in range(2)]
-    generators = [engine._new_generator() for engine in engines]
-    generators.append(engines[0]._new_generator())  # an engine's restart: a new one while the old lives
+    generators = [engine.batch.new_generator() for engine in engines]
+    generators.append(engines[0].batch.new_generator())  # an engine's restart: a new one while the old lives
     for generator in generators:
         generator.close()
     del generators

@@ -9,8 +9,8 @@ import json
 
 import pytest
 
+from impetus.api.chat_schemas import Tool
 from impetus.api.output import REASONING, TEXT, OutputParser, starts_thinking
-from impetus.api.schemas import Tool
 
 WEATHER = Tool.model_validate({"type": "function", "function": {
     "name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}})

@@ -24,7 +24,7 @@ ADD = {"type": "function", "function": {
 
 
 def test_auto_output_is_parsed_into_calls_of_known_functions():
-    from impetus.api.schemas import Tool
+    from impetus.api.chat_schemas import Tool
 
     tools = [Tool.model_validate(WEATHER)]
     calls, text = parse_auto('<tool_call>{"name": "get_weather", "arguments": {"city": "Oslo", "unit": "celsius"}}'

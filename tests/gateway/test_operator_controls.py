@@ -15,7 +15,7 @@ import httpx
 import openai
 import pytest
 
-from impetus.api import schemas
+from impetus.api import admin_schemas
 from impetus.embeddings.model import DEFAULT_EMBEDDING_MODEL
 from impetus.gateway.keys import KeyStore
 from impetus.models.registry import Registry
@@ -48,7 +48,7 @@ def test_a_budget_refuses_with_retry_after_to_the_next_reset_and_usage_adds_up(g
     http, _ = admin
     created = http.post("/v1/admin/keys", json={"name": "intern", "budget_tokens": 120, "budget_period": "day"})
     assert created.status_code == 201 and created.json()["budget"] == {"tokens": 120, "period": "day"}
-    schemas.AdminKeyCreated.model_validate(created.json())  # the answer is what /openapi.json says
+    admin_schemas.AdminKeyCreated.model_validate(created.json())  # the answer is what /openapi.json says
     intern = as_key(gateway_server, created.json()["key"])
     spent, remaining, refused = 0, [], None
     for _ in range(40):
@@ -73,7 +73,7 @@ def test_a_budget_refuses_with_retry_after_to_the_next_reset_and_usage_adds_up(g
 
     # Its own usage: the sum of what the answers reported; another key's is not readable.
     own = intern.get("/v1/usage").json()
-    schemas.UsageReport.model_validate(own)
+    admin_schemas.UsageReport.model_validate(own)
     assert own["totals"]["prompt_tokens"] + own["totals"]["completion_tokens"] == spent
     assert own["totals"]["requests"] == len(remaining)
     assert own["budget"]["used"] == spent and own["budget"]["remaining"] == 0
@@ -81,8 +81,8 @@ def test_a_budget_refuses_with_retry_after_to_the_next_reset_and_usage_adds_up(g
     assert intern.get("/v1/admin/usage").status_code == 403
     # The operator sees it per key and model; raising the budget lets it go on at once.
     report = http.get("/v1/admin/usage", params={"key": "intern"}).json()
-    schemas.UsageReport.model_validate(report)
-    schemas.AdminKeyList.model_validate(http.get("/v1/admin/keys").json())
+    admin_schemas.UsageReport.model_validate(report)
+    admin_schemas.AdminKeyList.model_validate(http.get("/v1/admin/keys").json())
     assert [(r["key"], r["model"]) for r in report["data"]] == [("intern", DEFAULT_MODEL)]
     assert report["totals"] == own["totals"]
     assert http.patch("/v1/admin/keys/intern", json={"budget_tokens": 100_000}).status_code == 200
@@ -174,7 +174,7 @@ def test_the_cli_updates_keys_reports_usage_and_reads_the_audit_trail(gateway_se
     assert http.delete("/v1/admin/keys/erin").status_code == 404  # failed: not recorded
     assert http.post(f"/v1/admin/models/{DEFAULT_MODEL}/load", json={"pin": True}).status_code == 200
     trail = http.get("/v1/admin/audit", params={"limit": 20}).json()
-    schemas.AuditList.model_validate(trail)
+    admin_schemas.AuditList.model_validate(trail)
     entries = trail["data"]
     actions = [(e["who"], e["action"], e["target"]) for e in entries]
     assert actions[:4] == [("ops-lead", "model.pinned", DEFAULT_MODEL), ("ops-lead", "key.revoked", "erin"),

@@ -12,7 +12,7 @@ import time
 import httpx
 import pytest
 
-from impetus.api import schemas
+from impetus.api import admin_schemas, catalog_schemas
 from impetus.models.store import DEFAULT_MODEL
 
 from conftest import Server
@@ -39,7 +39,7 @@ def chat(base_url: str, model: str, **extra) -> httpx.Response:
 
 def loaded(base_url: str) -> dict:
     answer = httpx.get(f"{base_url}/v1/admin/models", timeout=10).json()
-    schemas.AdminModels.model_validate(answer)  # what /openapi.json promises
+    admin_schemas.AdminModels.model_validate(answer)  # what /openapi.json promises
     return {m["id"]: m for m in answer["loaded"]}
 
 
@@ -49,7 +49,7 @@ def admin(base_url: str, model: str, action: str, **body) -> httpx.Response:
 
 def test_every_model_is_listed_loaded_or_not(server):
     listing = httpx.get(f"{server.base_url}/v1/models", timeout=10).json()
-    schemas.ModelList.model_validate(listing)
+    catalog_schemas.ModelList.model_validate(listing)
     models = {m["id"]: m for m in listing["data"]}
     assert set(models) == {F32, F16, Q4, "broken", "broken-weights", "all-minilm-l6-v2"}
     assert models["all-minilm-l6-v2"]["type"] == "embedding" and models[F32]["type"] == "chat"

@@ -20,8 +20,8 @@ import os
 
 import gevent
 
+from impetus.api.admin_schemas import AdminFaultRequest, AdminImportRequest, AdminLoadRequest
 from impetus.api.models import model_error
-from impetus.api.schemas import AdminFaultRequest, AdminImportRequest, AdminLoadRequest
 from impetus.api.validation import parse
 from impetus.engine.host import ModelNotLoaded, run_off_the_hub
 from impetus.gateway.audit import AuditEntry

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from redis.exceptions import RedisError
 
-from impetus.api.schemas import AdminKeyCreate, AdminKeyUpdate
+from impetus.api.admin_schemas import AdminKeyCreate, AdminKeyUpdate
 from impetus.api.validation import parse
 from impetus.gateway.audit import AuditEntry, key_settings
 from impetus.gateway.keys import KeyExists, KeyNotFound

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from impetus.api import generation, tools
+from impetus.api.chat_schemas import ChatCompletionRequest
 from impetus.api.generation import Generation, GenerationResource, sampling_params, sse, stream_error, usage
 from impetus.api.output import REASONING, OutputParser, Parsed
-from impetus.api.schemas import ChatCompletionRequest
 from impetus.api.validation import parse
 from impetus.engine import structured
 from impetus.engine.host import run_off_the_hub

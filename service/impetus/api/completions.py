@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from impetus.api import generation
+from impetus.api.chat_schemas import CompletionRequest
 from impetus.api.generation import Generation, GenerationResource, sampling_params, sse, stream_error, usage
-from impetus.api.schemas import CompletionRequest
 from impetus.api.validation import parse
 from impetus.engine.request import TokenEvent
 from impetus.web import bad_request

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 
-from impetus.api.schemas import EmbeddingRequest
+from impetus.api.embeddings_schemas import EmbeddingRequest
 from impetus.api.validation import parse
 from impetus.embeddings.model import DEFAULT_EMBEDDING_MODEL, EmbeddingModelNotFound
 from impetus.web import APIError, bad_request

@@ -16,32 +16,30 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import Field, TypeAdapter, field_validator
 
-from impetus.api.schemas import (
+from impetus.api.chat_schemas import (
     ChatCompletionRequest,
     ChatMessage,
     FunctionName,
     NamedToolChoice,
     OutputTokens,
-    Priority,
     Tool,
-    _Request,
-    _Response,
 )
+from impetus.api.schema_base import Priority, RequestModel, ResponseModel
 from impetus.web import bad_request
 
 
-class CacheControl(_Response):
+class CacheControl(ResponseModel):
     """{"type": "ephemeral", "ttl": "1h"}: accepted; the prefix cache is automatic here."""
 
 
-class TextBlock(_Request):
+class TextBlock(RequestModel):
     type: Literal["text"]
     text: str
     cache_control: CacheControl | None = None
     citations: list | None = None
 
 
-class ImageBlock(_Request):
+class ImageBlock(RequestModel):
     type: Literal["image", "document"]
     source: dict
     cache_control: CacheControl | None = None
@@ -50,7 +48,7 @@ class ImageBlock(_Request):
     citations: dict | None = None
 
 
-class ToolUseBlock(_Request):
+class ToolUseBlock(RequestModel):
     type: Literal["tool_use"]
     id: str = Field(min_length=1)
     name: FunctionName
@@ -60,7 +58,7 @@ class ToolUseBlock(_Request):
     toolset_name: str | None = None
 
 
-class ToolResultBlock(_Request):
+class ToolResultBlock(RequestModel):
     type: Literal["tool_result"]
     tool_use_id: str = Field(min_length=1)
     content: Union[str, list[Union[TextBlock, ImageBlock]], None] = None
@@ -76,13 +74,13 @@ class ToolResultBlock(_Request):
         return "".join(b.text for b in self.content)
 
 
-class ThinkingBlock(_Request):
+class ThinkingBlock(RequestModel):
     type: Literal["thinking"]
     thinking: str
     signature: str | None = None
 
 
-class RedactedThinkingBlock(_Request):
+class RedactedThinkingBlock(RequestModel):
     type: Literal["redacted_thinking"]
     data: str
 
@@ -91,13 +89,13 @@ Block = Annotated[Union[TextBlock, ImageBlock, ToolUseBlock, ToolResultBlock, Th
                   Field(discriminator="type")]
 
 
-class Message(_Request):
+class Message(RequestModel):
     # Claude Code may put a "system" turn in the middle of the conversation.
     role: Literal["user", "assistant", "system"]
     content: Union[str, list[Block]]
 
 
-class CustomTool(_Request):
+class CustomTool(RequestModel):
     type: Literal["custom"] | None = None
     name: FunctionName
     description: str | None = None
@@ -114,23 +112,23 @@ class CustomTool(_Request):
 _CUSTOM_TOOL = TypeAdapter(CustomTool)
 
 
-class ToolChoice(_Request):
+class ToolChoice(RequestModel):
     type: Literal["auto", "any", "tool", "none"]
     name: FunctionName | None = None
     disable_parallel_tool_use: bool | None = None
 
 
-class Metadata(_Request):
+class Metadata(RequestModel):
     user_id: str | None = None
 
 
-class Thinking(_Request):
+class Thinking(RequestModel):
     type: Literal["enabled", "disabled", "adaptive"]
     budget_tokens: int | None = None
     display: str | None = None
 
 
-class MessagesCountRequest(_Request):
+class MessagesCountRequest(RequestModel):
     """POST /v1/messages/count_tokens: the body of a message request, less max_tokens."""
 
     model: str = Field(min_length=1)
@@ -249,7 +247,7 @@ class MessagesRequest(MessagesCountRequest):
 # -- responses (documented in /openapi.json) -----------------------------------
 
 
-class MessageResponse(_Response):
+class MessageResponse(ResponseModel):
     id: str
     type: Literal["message"]
     role: Literal["assistant"]
@@ -260,19 +258,19 @@ class MessageResponse(_Response):
     usage: dict
 
 
-class MessageStreamEvent(_Response):
+class MessageStreamEvent(ResponseModel):
     type: str
 
 
-class TokenCount(_Response):
+class TokenCount(ResponseModel):
     input_tokens: int
 
 
-class AnthropicErrorDetail(_Response):
+class AnthropicErrorDetail(ResponseModel):
     type: str
     message: str
 
 
-class AnthropicError(_Response):
+class AnthropicError(ResponseModel):
     type: Literal["error"]
     error: AnthropicErrorDetail

@@ -5,55 +5,63 @@ from __future__ import annotations
 from pydantic.json_schema import models_json_schema
 
 from impetus import __version__
-from impetus.api import messages_schemas, responses_schemas, schemas
+from impetus.api import (
+    admin_schemas,
+    catalog_schemas,
+    chat_schemas,
+    embeddings_schemas,
+    messages_schemas,
+    responses_schemas,
+    schema_base,
+)
 
 # (path, method, summary, request schema, response schema, streams)
 ROUTES = [
-    ("/v1/chat/completions", "post", "Create a chat completion", schemas.ChatCompletionRequest,
-     schemas.ChatCompletion, schemas.ChatCompletionChunk),
-    ("/v1/completions", "post", "Create a text completion", schemas.CompletionRequest,
-     schemas.Completion, schemas.Completion),
+    ("/v1/chat/completions", "post", "Create a chat completion", chat_schemas.ChatCompletionRequest,
+     chat_schemas.ChatCompletion, chat_schemas.ChatCompletionChunk),
+    ("/v1/completions", "post", "Create a text completion", chat_schemas.CompletionRequest,
+     chat_schemas.Completion, chat_schemas.Completion),
     ("/v1/responses", "post", "Create a model response", responses_schemas.ResponsesRequest,
-     schemas.ResponseObject, schemas.ResponseEvent),
-    ("/v1/responses/{response_id}", "get", "Retrieve a stored response", None, schemas.ResponseObject, None),
-    ("/v1/responses/{response_id}", "delete", "Delete a stored response", None, schemas.ResponseDeleted, None),
+     responses_schemas.ResponseObject, responses_schemas.ResponseEvent),
+    ("/v1/responses/{response_id}", "get", "Retrieve a stored response", None, responses_schemas.ResponseObject, None),
+    ("/v1/responses/{response_id}", "delete", "Delete a stored response", None, responses_schemas.ResponseDeleted, None),
     ("/v1/responses/{response_id}/input_items", "get", "The input items of a stored response", None,
-     schemas.ResponseInputItemList, None),
+     responses_schemas.ResponseInputItemList, None),
     ("/v1/messages", "post", "Create a message (Anthropic's Messages API)", messages_schemas.MessagesRequest,
      messages_schemas.MessageResponse, messages_schemas.MessageStreamEvent),
     ("/v1/messages/count_tokens", "post", "Count a message request's input tokens",
      messages_schemas.MessagesCountRequest, messages_schemas.TokenCount, None),
-    ("/v1/embeddings", "post", "Create embeddings", schemas.EmbeddingRequest, schemas.EmbeddingList, None),
-    ("/v1/models", "get", "List models", None, schemas.ModelList, None),
-    ("/v1/models/{model_id}", "get", "Retrieve a model", None, schemas.Model, None),
+    ("/v1/embeddings", "post", "Create embeddings", embeddings_schemas.EmbeddingRequest, embeddings_schemas.EmbeddingList, None),
+    ("/v1/models", "get", "List models", None, catalog_schemas.ModelList, None),
+    ("/v1/models/{model_id}", "get", "Retrieve a model", None, catalog_schemas.Model, None),
     ("/v1/admin/models", "get", "This worker's loaded models and memory budget (admin)", None,
-     schemas.AdminModels, None),
+     admin_schemas.AdminModels, None),
     ("/v1/admin/models/{model_id}/load", "post", "Load a model, pin it, set its keep-alive (admin)",
-     schemas.AdminLoadRequest, schemas.LoadedModelState, None),
-    ("/v1/admin/models/{model_id}/unload", "post", "Unload a model (admin)", None, schemas.AdminUnloaded, None),
+     admin_schemas.AdminLoadRequest, admin_schemas.LoadedModelState, None),
+    ("/v1/admin/models/{model_id}/unload", "post", "Unload a model (admin)", None, admin_schemas.AdminUnloaded, None),
     ("/v1/admin/models/discover", "get", "Models found on this machine that can be imported (admin)", None,
-     schemas.DiscoveredModels, None),
-    ("/v1/admin/models/import", "post", "Import a model in the background (admin); answers 202", schemas.AdminImportRequest,
-     schemas.ImportJobState, None),
-    ("/v1/admin/models/imports", "get", "Imports and their progress (admin)", None, schemas.ImportJobList, None),
-    ("/v1/admin/keys", "get", "Every API key with its limits and usage (admin)", None, schemas.AdminKeyList, None),
-    ("/v1/admin/keys", "post", "Make a key; the key is in this answer only (admin)", schemas.AdminKeyCreate,
-     schemas.AdminKeyCreated, None),
+     admin_schemas.DiscoveredModels, None),
+    ("/v1/admin/models/import", "post", "Import a model in the background (admin); answers 202", admin_schemas.AdminImportRequest,
+     admin_schemas.ImportJobState, None),
+    ("/v1/admin/models/imports", "get", "Imports and their progress (admin)", None, admin_schemas.ImportJobList, None),
+    ("/v1/admin/keys", "get", "Every API key with its limits and usage (admin)", None, admin_schemas.AdminKeyList, None),
+    ("/v1/admin/keys", "post", "Make a key; the key is in this answer only (admin)", admin_schemas.AdminKeyCreate,
+     admin_schemas.AdminKeyCreated, None),
     ("/v1/admin/keys/{name}", "patch", "Change a key's limits, share, priority, models or budget (admin)",
-     schemas.AdminKeyUpdate, schemas.AdminKey, None),
-    ("/v1/admin/keys/{name}", "delete", "Revoke a key at once (admin)", None, schemas.AdminKeyRevoked, None),
+     admin_schemas.AdminKeyUpdate, admin_schemas.AdminKey, None),
+    ("/v1/admin/keys/{name}", "delete", "Revoke a key at once (admin)", None, admin_schemas.AdminKeyRevoked, None),
     ("/v1/admin/events", "get", "Live figures and model events as server-sent events (admin)", None,
-     None, schemas.AdminEvent),
-    ("/v1/admin/usage", "get", "Usage per day, key and model (admin)", None, schemas.UsageReport, None),
+     None, admin_schemas.AdminEvent),
+    ("/v1/admin/usage", "get", "Usage per day, key and model (admin)", None, admin_schemas.UsageReport, None),
     ("/v1/admin/audit", "get", "The audit trail of admin actions, newest first (admin)", None,
-     schemas.AuditList, None),
-    ("/v1/usage", "get", "The calling key's own usage and budget", None, schemas.UsageReport, None),
+     admin_schemas.AuditList, None),
+    ("/v1/usage", "get", "The calling key's own usage and budget", None, admin_schemas.UsageReport, None),
     ("/v1/status", "get", "Versions, hardware, Redis and engines of the answering worker (admin)", None,
-     schemas.ServerStatus, None),
+     catalog_schemas.ServerStatus, None),
     ("/metrics", "get", "Prometheus metrics, summed over every worker (loopback, IMPETUS_ADMIN_ALLOW or admin)",
      None, "text/plain", None),
-    ("/healthz", "get", "Liveness", None, schemas.Health, None),
-    ("/readyz", "get", "Readiness", None, schemas.Health, None),
+    ("/healthz", "get", "Liveness", None, catalog_schemas.Health, None),
+    ("/readyz", "get", "Readiness", None, catalog_schemas.Health, None),
 ]
 
 _USAGE_QUERY = [("since", "string", "first day, YYYY-MM-DD (default: 30 days ago)"),
@@ -76,7 +84,7 @@ ERROR_STATUSES = {
 
 
 def build_openapi() -> dict:
-    models = {schemas.ErrorResponse, messages_schemas.AnthropicError}
+    models = {schema_base.ErrorResponse, messages_schemas.AnthropicError}
     for _, _, _, request, response, chunk in ROUTES:
         models.update(m for m in (request, response, chunk) if isinstance(m, type))
     _, top = models_json_schema(
@@ -90,7 +98,7 @@ def build_openapi() -> dict:
 
     paths: dict = {}
     for path, method, summary, request, response, chunk in ROUTES:
-        error = messages_schemas.AnthropicError if path.startswith("/v1/messages") else schemas.ErrorResponse
+        error = messages_schemas.AnthropicError if path.startswith("/v1/messages") else schema_base.ErrorResponse
         if response == "text/plain":
             ok = {"text/plain": {"schema": {"type": "string"},
                                  "description": "Prometheus' text exposition format"}}

@@ -28,11 +28,11 @@ from pydantic import ValidationError
 
 from impetus.api import generation
 from impetus.api.chat import prepare
+from impetus.api.chat_schemas import ChatMessage
 from impetus.api.errors import from_validation_error
 from impetus.api.generation import GenerationResource, new_id_suffix, start_stream, typed_sse
 from impetus.api.output import CALL, END, ERROR, QUEUED, REASONING, OutputParser, parsed_stream
 from impetus.api.responses_schemas import ResponsesRequest
-from impetus.api.schemas import ChatMessage
 from impetus.api.validation import parse
 from impetus.gateway.responses import StoreUnavailable
 from impetus.web import APIError

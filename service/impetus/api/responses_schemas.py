@@ -25,33 +25,32 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import ConfigDict, Field, PrivateAttr, StringConstraints, TypeAdapter, field_validator, model_validator
 
-from impetus.api.schemas import (
+from impetus.api.chat_schemas import (
     ChatCompletionRequest,
     ChatMessage,
     FunctionName,
     NamedToolChoice,
     OutputTokens,
-    Priority,
     ResponseFormat,
     Tool,
-    _Request,
 )
+from impetus.api.schema_base import Priority, RequestModel, ResponseModel
 from impetus.web import bad_request
 
 
-class InputText(_Request):
+class InputText(RequestModel):
     type: Literal["input_text", "output_text", "text"]
     text: str
     annotations: list | None = None
     logprobs: list | None = None
 
 
-class Refusal(_Request):
+class Refusal(RequestModel):
     type: Literal["refusal"]
     refusal: str
 
 
-class Media(_Request):
+class Media(RequestModel):
     """Images, files and audio: recognised, to be refused by name."""
 
     model_config = ConfigDict(extra="allow")
@@ -61,7 +60,7 @@ class Media(_Request):
 Part = Annotated[Union[InputText, Refusal, Media], Field(discriminator="type")]
 
 
-class InputMessage(_Request):
+class InputMessage(RequestModel):
     type: Literal["message"] = "message"
     role: Literal["system", "developer", "user", "assistant"]
     content: Union[str, list[Part]]
@@ -79,7 +78,7 @@ class InputMessage(_Request):
         return "".join(p.text if isinstance(p, InputText) else p.refusal for p in self.content)
 
 
-class FunctionCallItem(_Request):
+class FunctionCallItem(RequestModel):
     type: Literal["function_call"]
     call_id: str = Field(min_length=1)
     name: FunctionName
@@ -89,7 +88,7 @@ class FunctionCallItem(_Request):
     namespace: str | None = None
 
 
-class FunctionCallOutputItem(_Request):
+class FunctionCallOutputItem(RequestModel):
     type: Literal["function_call_output"]
     call_id: str = Field(min_length=1)
     output: Union[str, list[Part]]
@@ -102,7 +101,7 @@ class FunctionCallOutputItem(_Request):
         return InputMessage(role="user", content=self.output).text(where)
 
 
-class ReasoningItem(_Request):
+class ReasoningItem(RequestModel):
     type: Literal["reasoning"]
     id: str | None = None
     summary: list = Field(default_factory=list)
@@ -115,7 +114,7 @@ def _item_type(value) -> str:
     return value.get("type", "message") if isinstance(value, dict) else "message"
 
 
-class FunctionTool(_Request):
+class FunctionTool(RequestModel):
     type: Literal["function"]
     name: FunctionName
     description: str | None = None
@@ -125,7 +124,7 @@ class FunctionTool(_Request):
     _namespace: str | None = PrivateAttr(default=None)  # the namespace it came in, if any
 
 
-class NamespaceTool(_Request):
+class NamespaceTool(RequestModel):
     type: Literal["namespace"]
     name: str = Field(min_length=1)
     description: str | None = None
@@ -136,18 +135,18 @@ _FUNCTION_TOOL = TypeAdapter(FunctionTool)
 _NAMESPACE_TOOL = TypeAdapter(NamespaceTool)
 
 
-class FunctionChoice(_Request):
+class FunctionChoice(RequestModel):
     type: Literal["function"]
     name: FunctionName
 
 
-class AllowedTools(_Request):
+class AllowedTools(RequestModel):
     type: Literal["allowed_tools"]
     mode: Literal["auto", "required"]
     tools: list[dict]
 
 
-class TextFormat(_Request):
+class TextFormat(RequestModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
     type: Literal["text", "json_object", "json_schema"] = "text"
     name: Annotated[str, StringConstraints(pattern=r"^[a-zA-Z0-9_-]{1,64}$")] | None = None
@@ -162,18 +161,18 @@ class TextFormat(_Request):
         return self
 
 
-class TextOptions(_Request):
+class TextOptions(RequestModel):
     format: TextFormat = Field(default_factory=TextFormat)
     verbosity: Literal["low", "medium", "high"] | None = None
 
 
-class Reasoning(_Request):
+class Reasoning(RequestModel):
     effort: Literal["none", "minimal", "low", "medium", "high", "xhigh"] | None = None
     summary: Literal["auto", "concise", "detailed"] | None = None
     generate_summary: Literal["auto", "concise", "detailed"] | None = None
 
 
-class ResponsesRequest(_Request):
+class ResponsesRequest(RequestModel):
     """POST /v1/responses."""
 
     model: str = Field(min_length=1)
@@ -317,3 +316,37 @@ def _validate_item(value):
 
 _ITEM_TYPES = {"message": InputMessage, "function_call": FunctionCallItem,
                "function_call_output": FunctionCallOutputItem, "reasoning": ReasoningItem}
+
+
+# -- answers (described in /openapi.json) ---------------------------------------
+
+
+class ResponseObject(ResponseModel):
+    id: str
+    object: Literal["response"] = "response"
+    created_at: int
+    status: Literal["completed", "incomplete", "in_progress", "failed"]
+    model: str
+    output: list[dict]
+    usage: dict | None = None
+
+
+class ResponseDeleted(ResponseModel):
+    id: str
+    object: Literal["response"] = "response"
+    deleted: bool
+
+
+class ResponseEvent(ResponseModel):
+    type: str
+    sequence_number: int
+
+
+class ResponseInputItemList(ResponseModel):
+    """GET /v1/responses/{response_id}/input_items"""
+
+    object: Literal["list"]
+    data: list[dict]
+    first_id: str | None = None
+    last_id: str | None = None
+    has_more: bool = False

@@ -1,0 +1,52 @@
+"""What the server offers and how it stands: GET /v1/models, /healthz,
+/readyz and /v1/status (answers only)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from impetus.api.schema_base import ResponseModel
+
+
+class Model(ResponseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "impetus"
+    # Extensions: a request for a model that is not loaded loads it.
+    loaded: bool = False
+    pinned: bool = False
+    alias_of: str | None = None
+    parameters: int | None = None
+    quantization: str | None = None
+    context_length: int | None = None
+    size_bytes: int | None = None
+    chat_template: bool | None = None
+    source: str | None = None
+    memory_bytes: int | None = None
+    weights_dtype: str | None = None
+    # "chat" (completions and responses) or "embedding" (/v1/embeddings)
+    type: Literal["chat", "embedding"] = "chat"
+    dimensions: int | None = None
+
+
+class ModelList(ResponseModel):
+    object: Literal["list"] = "list"
+    data: list[Model]
+
+
+class Health(ResponseModel):
+    status: str
+    engines: list[dict] | None = None
+
+
+class ServerStatus(ResponseModel):
+    """GET /v1/status: the answering worker's components."""
+
+    status: str
+    uptime_s: float
+    worker_pid: int
+    versions: dict[str, str | None]
+    hardware: dict
+    redis: str
+    engines: list[dict]

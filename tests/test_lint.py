@@ -1,14 +1,68 @@
 """The code reads clean: ruff's pyflakes rules (unused imports and names,
 undefined names) and isort over the service, the tests and the benchmarks,
-as configured in pyproject.toml ([tool.ruff]). Under a second."""
+as configured in pyproject.toml ([tool.ruff]); and the house rules of
+docs/architecture.md: rooms of at most 400 lines and classes of at most 300,
+layers that only point down, the engine's rooms in their order. Under a
+second."""
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+SERVICE = ROOT / "service" / "impetus"
+MAX_MODULE_LINES = 400
+MAX_CLASS_LINES = 300
+# The packages of impetus from the bottom up: each may import only from
+# lower ranks (docs/architecture.md). Same rank: not from each other.
+LAYERS = (
+    ("__init__", "system", "web", "share"),
+    ("settings",),
+    ("models", "metrics"),
+    ("engine",),
+    ("embeddings", "gateway"),
+    ("api",),
+    ("server",),
+    ("stack",),
+    ("bench",),
+    ("cli",),
+    ("__main__",),
+)
+# The engine's rooms from the bottom up, the same way.
+ENGINE_ROOMS = (
+    ("request", "waiters", "speculative", "spec_cache"),  # import no other room
+    ("structured", "scheduler", "draft"),
+    ("sampling",),
+    ("running",),
+    ("tokens",),
+    ("batch",),
+    ("sharing",),
+    ("admission", "speculator"),
+    ("engine",),
+    ("host",),
+)
+
+
+def _modules():
+    return sorted(SERVICE.rglob("*.py"))
+
+
+def _imports(path: Path) -> set[str]:
+    """The impetus modules a file imports (`from impetus import x` as impetus.x)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "impetus":
+            found.update([f"impetus.{a.name}" for a in node.names] if node.module == "impetus" else [node.module])
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.split(".")[0] == "impetus")
+    return found
+
+
+def _rank(name: str, ranks) -> int:
+    return next(i for i, names in enumerate(ranks) if name in names)
 
 
 def test_ruff_finds_nothing():
@@ -26,3 +80,42 @@ def test_layers_only_point_down():
                                                            "system")
               for path in (service / layer).rglob("*.py") if "impetus.api" in path.read_text()]
     assert upward == []
+
+
+def test_no_room_over_400_lines_and_no_class_over_300():
+    long_modules, long_classes = [], []
+    for path in _modules():
+        text = path.read_text()
+        name = str(path.relative_to(SERVICE))
+        if text.count("\n") > MAX_MODULE_LINES:
+            long_modules.append(f"{name}: {text.count(chr(10))} lines")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.ClassDef) and node.end_lineno - node.lineno + 1 > MAX_CLASS_LINES:
+                long_classes.append(f"{name}: {node.name} {node.end_lineno - node.lineno + 1} lines")
+    assert long_modules == [] and long_classes == [], (long_modules, long_classes)
+
+
+def test_packages_import_only_from_lower_layers():
+    wrong = []
+    for path in _modules():
+        own = path.relative_to(SERVICE).parts[0].removesuffix(".py")
+        for module in _imports(path):
+            other = module.split(".")[1] if "." in module else "__init__"
+            if other == "__version__":
+                other = "__init__"
+            if other != own and _rank(other, LAYERS) >= _rank(own, LAYERS):
+                wrong.append(f"{path.relative_to(SERVICE)} imports {module}")
+    assert wrong == []
+
+
+def test_the_engines_rooms_import_only_from_lower_rooms():
+    wrong = []
+    for path in sorted((SERVICE / "engine").glob("*.py")):
+        if path.stem == "__init__":
+            continue
+        for module in _imports(path):
+            if module.startswith("impetus.engine."):
+                other = module.split(".")[2]
+                if _rank(other, ENGINE_ROOMS) >= _rank(path.stem, ENGINE_ROOMS):
+                    wrong.append(f"engine/{path.name} imports {module}")
+    assert wrong == []

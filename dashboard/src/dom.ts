@@ -54,3 +54,8 @@ export function notice(kind: "error" | "info" | "warning", text: string): HTMLEl
 export function empty(text: string): HTMLElement {
   return h("p", { class: "empty" }, text);
 }
+
+// A table: its column headings, then one row per item.
+export function table(props: Record<string, any>, columns: string[], rows: Node[]): HTMLTableElement {
+  return h("table", props, h("thead", {}, h("tr", {}, columns.map((c) => h("th", {}, c)))), h("tbody", {}, rows));
+}

@@ -125,7 +125,7 @@ class Settings(BaseSettings):
     default_temperature: float = Field(1.0, ge=0.0, le=2.0)
     # A max_tokens beyond the room the prompt leaves in the context: "clamp" it
     # to that room (agents ask for 32000 whatever the model), or "reject" it
-    # with OpenAI's 400 (api.generation.output_budget).
+    # with OpenAI's 400 (api.budget.output_budget).
     max_tokens_overflow: Literal["clamp", "reject"] = "clamp"
     prompt_cache_entries: int = 16
     prompt_cache_bytes: int = 512 * 1024 * 1024

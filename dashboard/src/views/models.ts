@@ -3,7 +3,7 @@
 // an import runs in the background and its progress comes on the event stream.
 
 import { api, ApiError } from "../api";
-import { bytes, empty, h, notice } from "../dom";
+import { bytes, empty, h, notice, table } from "../dom";
 import { onUpdate, state } from "../state";
 
 export function models(): { element: HTMLElement; dispose: () => void } {
@@ -24,53 +24,49 @@ export function models(): { element: HTMLElement; dispose: () => void } {
     await load();
   }
 
-  async function load(): Promise<void> {
+  // One GET of a list into `target`: its table, `none` when it is empty, or the error.
+  async function fill(target: HTMLElement, path: string, none: string, render: (data: any[]) => Node): Promise<void> {
     try {
-      const answer = await api("GET", "/v1/models");
-      if (!answer.data.length) {
-        list.replaceChildren(empty("No models yet: impetus models import / pull adds them, or import one found below."));
-        return;
-      }
-      list.replaceChildren(
-        h(
-          "table",
-          { "data-test": "models-table" },
-          h("thead", {}, h("tr", {}, ["model", "parameters", "quantization", "context", "state", ""].map((c) => h("th", {}, c)))),
+      const answer = await api("GET", path);
+      target.replaceChildren(answer.data.length ? render(answer.data) : empty(none));
+    } catch (error) {
+      target.replaceChildren(notice("error", (error as ApiError).message));
+    }
+  }
+
+  async function load(): Promise<void> {
+    await fill(list, "/v1/models", "No models yet: impetus models import / pull adds them, or import one found below.", (data) =>
+      table(
+        { "data-test": "models-table" },
+        ["model", "parameters", "quantization", "context", "state", ""],
+        data.map((m: any) =>
           h(
-            "tbody",
-            {},
-            answer.data.map((m: any) =>
-              h(
-                "tr",
-                { "data-model": m.id },
-                h("td", {}, h("strong", {}, m.id), m.alias_of ? h("span", { class: "muted" }, ` → ${m.alias_of}`) : null),
-                h("td", {}, m.parameters ? `${(m.parameters / 1e6).toFixed(0)} M` : "–"),
-                h("td", {}, m.quantization ?? "–"),
-                h("td", {}, m.context_length ?? "–"),
-                h(
-                  "td",
-                  {},
-                  m.loaded ? h("span", { class: "tag ok" }, `loaded · ${bytes(m.memory_bytes)}`) : h("span", { class: "tag" }, "on disk"),
-                  m.pinned ? h("span", { class: "tag" }, "pinned") : null,
-                ),
-                h(
-                  "td",
-                  { class: "actions" },
-                  m.loaded
-                    ? [
-                        h("button", { class: "small", onclick: () => act(m.id, "load", { pin: !m.pinned }) }, m.pinned ? "Unpin" : "Pin"),
-                        h("button", { class: "small danger", onclick: () => act(m.id, "unload") }, "Unload"),
-                      ]
-                    : h("button", { class: "small", onclick: () => act(m.id, "load") }, "Load"),
-                ),
-              ),
+            "tr",
+            { "data-model": m.id },
+            h("td", {}, h("strong", {}, m.id), m.alias_of ? h("span", { class: "muted" }, ` → ${m.alias_of}`) : null),
+            h("td", {}, m.parameters ? `${(m.parameters / 1e6).toFixed(0)} M` : "–"),
+            h("td", {}, m.quantization ?? "–"),
+            h("td", {}, m.context_length ?? "–"),
+            h(
+              "td",
+              {},
+              m.loaded ? h("span", { class: "tag ok" }, `loaded · ${bytes(m.memory_bytes)}`) : h("span", { class: "tag" }, "on disk"),
+              m.pinned ? h("span", { class: "tag" }, "pinned") : null,
+            ),
+            h(
+              "td",
+              { class: "actions" },
+              m.loaded
+                ? [
+                    h("button", { class: "small", onclick: () => act(m.id, "load", { pin: !m.pinned }) }, m.pinned ? "Unpin" : "Pin"),
+                    h("button", { class: "small danger", onclick: () => act(m.id, "unload") }, "Unload"),
+                  ]
+                : h("button", { class: "small", onclick: () => act(m.id, "load") }, "Load"),
             ),
           ),
         ),
-      );
-    } catch (error) {
-      list.replaceChildren(notice("error", (error as ApiError).message));
-    }
+      ),
+    );
   }
 
   async function startImport(source: string): Promise<void> {
@@ -83,38 +79,24 @@ export function models(): { element: HTMLElement; dispose: () => void } {
   }
 
   async function discover(): Promise<void> {
-    try {
-      const answer = await api("GET", "/v1/admin/models/discover");
-      if (!answer.data.length) {
-        found.replaceChildren(empty("Nothing in ~/.ollama, ~/.lmstudio or the Hugging Face cache."));
-        return;
-      }
-      found.replaceChildren(
-        h(
-          "table",
-          { "data-test": "discovered" },
-          h("thead", {}, h("tr", {}, ["source", "architecture", "type", "size", "memory", ""].map((c) => h("th", {}, c)))),
+    await fill(found, "/v1/admin/models/discover", "Nothing in ~/.ollama, ~/.lmstudio or the Hugging Face cache.", (data) =>
+      table(
+        { "data-test": "discovered" },
+        ["source", "architecture", "type", "size", "memory", ""],
+        data.map((d: any) =>
           h(
-            "tbody",
-            {},
-            answer.data.map((d: any) =>
-              h(
-                "tr",
-                { "data-source": d.source },
-                h("td", {}, h("strong", {}, d.source), h("span", { class: "muted" }, ` ${d.kind === "mlx" ? "served in place" : "GGUF"}`)),
-                h("td", {}, d.architecture ?? "–"),
-                h("td", {}, d.type ?? "–"),
-                h("td", {}, bytes(d.size_bytes)),
-                h("td", {}, bytes(d.memory_bytes), d.fits ? null : h("span", { class: "tag warn" }, "too big")),
-                h("td", { class: "actions" }, h("button", { class: "small", onclick: () => startImport(d.source) }, "Import")),
-              ),
-            ),
+            "tr",
+            { "data-source": d.source },
+            h("td", {}, h("strong", {}, d.source), h("span", { class: "muted" }, ` ${d.kind === "mlx" ? "served in place" : "GGUF"}`)),
+            h("td", {}, d.architecture ?? "–"),
+            h("td", {}, d.type ?? "–"),
+            h("td", {}, bytes(d.size_bytes)),
+            h("td", {}, bytes(d.memory_bytes), d.fits ? null : h("span", { class: "tag warn" }, "too big")),
+            h("td", { class: "actions" }, h("button", { class: "small", onclick: () => startImport(d.source) }, "Import")),
           ),
         ),
-      );
-    } catch (error) {
-      found.replaceChildren(notice("error", (error as ApiError).message));
-    }
+      ),
+    );
   }
 
   function showImports(): void {

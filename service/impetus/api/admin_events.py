@@ -15,7 +15,7 @@ import time
 import gevent
 
 from impetus.api.admin import worker_models
-from impetus.api.generation import start_stream
+from impetus.api.generation_resource import start_stream
 from impetus.api.health import hosts_of, redis_state, status_snapshot
 from impetus.metrics.live import LiveRates
 

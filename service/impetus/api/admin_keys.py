@@ -8,6 +8,8 @@ DELETE /v1/admin/keys/{name}   revoke it, at once in every worker
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 from redis.exceptions import RedisError
 
 from impetus.api.admin_schemas import AdminKeyCreate, AdminKeyUpdate
@@ -43,6 +45,20 @@ def redis_unavailable(error, store: str = "key store") -> APIError:
                     type="server_error", code="redis_unavailable", headers={"Retry-After": "5"})
 
 
+@contextmanager
+def key_store_errors():
+    """The key store's refusals in the API's shape: 404 and 409 naming the
+    key, 503 while Redis is away."""
+    try:
+        yield
+    except KeyNotFound as error:
+        raise APIError(404, str(error).capitalize() + ".", param="name", code="key_not_found") from error
+    except KeyExists as error:
+        raise APIError(409, str(error).capitalize() + ".", param="name", code="key_exists") from error
+    except RedisError as error:
+        raise redis_unavailable(error) from error
+
+
 class AdminKeysResource:
     def __init__(self, gateway, settings):
         self.gateway = gateway
@@ -50,10 +66,8 @@ class AdminKeysResource:
 
     def on_get(self, req, resp):
         keys = keys_enabled(self.gateway).keys
-        try:
+        with key_store_errors():
             listed = keys.list()
-        except RedisError as error:
-            raise redis_unavailable(error) from error
         resp.media = {"object": "list", "default_rpm": self.settings.default_rpm,
                       "default_tpm": self.settings.default_tpm,
                       "data": [describe(record, usage) for record, usage in listed]}
@@ -61,15 +75,11 @@ class AdminKeysResource:
     def on_post(self, req, resp):
         keys = keys_enabled(self.gateway).keys
         body = parse(AdminKeyCreate, req.context.json)
-        try:
+        with key_store_errors():
             key, record = keys.create(body.name, admin=body.admin, rpm=body.rpm, tpm=body.tpm,
                                       expires_days=body.expires_days, share=body.share, priority=body.priority,
                                       models=body.models, budget_tokens=body.budget_tokens,
                                       budget_period=body.budget_period)
-        except KeyExists as error:
-            raise APIError(409, str(error).capitalize() + ".", param="name", code="key_exists") from error
-        except RedisError as error:
-            raise redis_unavailable(error) from error
         req.context.audit = AuditEntry("key.created", record.name, key_settings(record))
         resp.status = 201
         resp.media = {**describe(record), "key": key}
@@ -82,25 +92,17 @@ class AdminKeyResource:
     def on_patch(self, req, resp, name):
         keys = keys_enabled(self.gateway).keys
         body = parse(AdminKeyUpdate, req.context.json)
-        try:
+        with key_store_errors():
             record = keys.update(name, rpm=body.rpm, tpm=body.tpm, share=body.share, priority=body.priority,
                                  models=body.models, budget_tokens=body.budget_tokens,
                                  budget_period=body.budget_period)
-        except KeyNotFound as error:
-            raise APIError(404, str(error).capitalize() + ".", param="name", code="key_not_found") from error
-        except RedisError as error:
-            raise redis_unavailable(error) from error
         req.context.audit = AuditEntry("key.updated", record.name,
                                        {k: v for k, v in body.model_dump(exclude_none=True).items()})
         resp.media = describe(record)
 
     def on_delete(self, req, resp, name):
         keys = keys_enabled(self.gateway).keys
-        try:
+        with key_store_errors():
             record = keys.revoke(name)
-        except KeyNotFound as error:
-            raise APIError(404, str(error).capitalize() + ".", param="name", code="key_not_found") from error
-        except RedisError as error:
-            raise redis_unavailable(error) from error
         req.context.audit = AuditEntry("key.revoked", record.name)
         resp.media = {"name": record.name, "revoked": True}

@@ -57,37 +57,41 @@ def create_app(settings, host, waker, gateway=None, metrics=None, broadcast=None
         from impetus.embeddings.host import EmbeddingHost
 
         embeddings = EmbeddingHost(settings)
-    app.add_route("/v1/chat/completions", ChatCompletionsResource(host, waker, settings, cache, metrics))
-    app.add_route("/v1/completions", CompletionsResource(host, waker, settings, cache, metrics))
-    # Not cached: a Responses object is not replayed from the chat cache's form.
     responses = gateway.responses if gateway is not None else None
-    app.add_route("/v1/responses", ResponsesResource(host, waker, settings, responses, metrics))
-    app.add_route("/v1/responses/{response_id}", ResponseResource(responses))
-    app.add_route("/v1/responses/{response_id}/input_items", ResponseInputItemsResource(responses))
-    app.add_route("/v1/messages", MessagesResource(host, waker, settings, None, metrics))
-    app.add_route("/v1/messages/count_tokens", CountTokensResource(host))
+    routes = {
+        "/v1/chat/completions": ChatCompletionsResource(host, waker, settings, cache, metrics),
+        "/v1/completions": CompletionsResource(host, waker, settings, cache, metrics),
+        # Not cached: a Responses object is not replayed from the chat cache's form.
+        "/v1/responses": ResponsesResource(host, waker, settings, responses, metrics),
+        "/v1/responses/{response_id}": ResponseResource(responses),
+        "/v1/responses/{response_id}/input_items": ResponseInputItemsResource(responses),
+        "/v1/messages": MessagesResource(host, waker, settings, None, metrics),
+        "/v1/messages/count_tokens": CountTokensResource(host),
+        "/v1/embeddings": EmbeddingsResource(embeddings, host, metrics),
+        "/v1/models": ModelsResource(host, embeddings),
+        "/v1/models/{model_id:path}": ModelResource(host, embeddings),
+        "/v1/admin/models": AdminModelsResource(host),
+        "/v1/admin/models/discover": AdminDiscoverResource(host),
+        "/v1/admin/models/import": AdminImportsResource(host),
+        "/v1/admin/models/imports": AdminImportsResource(host),
+        "/v1/admin/models/{model_id}/load": AdminModelLoadResource(host, broadcast),
+        "/v1/admin/models/{model_id}/unload": AdminModelUnloadResource(host, broadcast),
+        "/v1/admin/keys": AdminKeysResource(gateway, settings),
+        "/v1/admin/keys/{name}": AdminKeyResource(gateway),
+        "/v1/usage": UsageResource(gateway),
+        "/v1/admin/usage": AdminUsageResource(gateway),
+        "/v1/admin/audit": AdminAuditResource(gateway),
+        "/v1/admin/events": AdminEventsResource(host, gateway),
+        "/healthz": LivenessResource(),
+        "/": LivenessResource(),
+        "/readyz": ReadinessResource(host, gateway),
+        "/v1/status": StatusResource(host, gateway),
+        "/openapi.json": OpenAPIResource(),
+    }
     if scraped:
-        app.add_route("/metrics", MetricsResource(settings.data_dir / "run"))
-    app.add_route("/v1/embeddings", EmbeddingsResource(embeddings, host, metrics))
-    app.add_route("/v1/models", ModelsResource(host, embeddings))
-    app.add_route("/v1/models/{model_id:path}", ModelResource(host, embeddings))
-    app.add_route("/v1/admin/models", AdminModelsResource(host))
-    app.add_route("/v1/admin/models/discover", AdminDiscoverResource(host))
-    app.add_route("/v1/admin/models/import", AdminImportsResource(host))
-    app.add_route("/v1/admin/models/imports", AdminImportsResource(host))
+        routes["/metrics"] = MetricsResource(settings.data_dir / "run")
     if settings.debug_faults:
-        app.add_route("/v1/admin/debug/fault", AdminFaultResource(host))
-    app.add_route("/v1/admin/models/{model_id}/load", AdminModelLoadResource(host, broadcast))
-    app.add_route("/v1/admin/models/{model_id}/unload", AdminModelUnloadResource(host, broadcast))
-    app.add_route("/v1/admin/keys", AdminKeysResource(gateway, settings))
-    app.add_route("/v1/admin/keys/{name}", AdminKeyResource(gateway))
-    app.add_route("/v1/usage", UsageResource(gateway))
-    app.add_route("/v1/admin/usage", AdminUsageResource(gateway))
-    app.add_route("/v1/admin/audit", AdminAuditResource(gateway))
-    app.add_route("/v1/admin/events", AdminEventsResource(host, gateway))
-    app.add_route("/healthz", LivenessResource())
-    app.add_route("/", LivenessResource())
-    app.add_route("/readyz", ReadinessResource(host, gateway))
-    app.add_route("/v1/status", StatusResource(host, gateway))
-    app.add_route("/openapi.json", OpenAPIResource())
+        routes["/v1/admin/debug/fault"] = AdminFaultResource(host)
+    for path, resource in routes.items():
+        app.add_route(path, resource)
     return app

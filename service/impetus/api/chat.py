@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from impetus.api import generation, tools
+from impetus.api import tools
+from impetus.api.budget import output_budget, sampling_params
 from impetus.api.chat_schemas import ChatCompletionRequest
-from impetus.api.generation import Generation, GenerationResource, sampling_params, sse, stream_error, usage
+from impetus.api.generation import Generation, stream_error, usage
+from impetus.api.generation_resource import CompletionResource
 from impetus.api.output import REASONING, OutputParser, Parsed
-from impetus.api.validation import parse
 from impetus.engine import structured
 from impetus.engine.host import run_off_the_hub
 from impetus.engine.request import SamplingParams, TokenEvent
@@ -74,7 +75,7 @@ def prepare(resp, engine, settings, chat: ChatCompletionRequest, requested: int 
     is the output length asked for, clamped to the room (output_budget)."""
     tool_mode = tools.mode(chat)
     prompt = render_chat(engine.tokenizer, chat.messages, chat.tools, chat.chat_template_kwargs)
-    max_tokens = generation.output_budget(resp, engine, settings, len(prompt), requested, prompt_param, max_param,
+    max_tokens = output_budget(resp, engine, settings, len(prompt), requested, prompt_param, max_param,
                                           overflow)
     params = sampling_params(chat, max_tokens, engine, logprobs=chat.logprobs, top_logprobs=chat.top_logprobs or 0)
     params.grammar = output_grammar(chat, tool_mode, engine.tokenizer)
@@ -132,7 +133,7 @@ def tool_call_deltas(index: int, calls: list[dict]):
             "arguments": call["function"]["arguments"]}}]}, "finish_reason": None, "logprobs": None}
 
 
-def replay_chat(response: dict, include_usage: bool):
+def replay_chat(response: dict):
     """A complete (cached) chat.completion as the chunks a stream would have sent."""
     base = {k: response[k] for k in ("id", "created", "model", "system_fingerprint")}
     base["object"] = "chat.completion.chunk"
@@ -151,23 +152,13 @@ def replay_chat(response: dict, include_usage: bool):
             yield {**base, "choices": [delta]}
         yield {**base, "choices": [{"index": index, "delta": {}, "finish_reason": choice["finish_reason"],
                                     "logprobs": None}]}
-    if include_usage:
-        yield {**base, "choices": [], "usage": response["usage"]}
 
 
-class ChatCompletionsResource(GenerationResource):
-    route = "chat"
-    id_prefix = "chatcmpl"
+class ChatCompletionsResource(CompletionResource):
+    route, id_prefix, schema = "chat", "chatcmpl", ChatCompletionRequest
     replay = staticmethod(replay_chat)
 
-    def on_post(self, req, resp):
-        body = generation.with_defaults(parse(ChatCompletionRequest, req.context.json), self.settings)
-        engine = generation.engine_for(self.host, body.model, req.context.account)
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        lookup = self.admit(req, resp, body, engine)
-        if self.served_from_cache(resp, lookup, body.stream, include_usage):
-            return
-
+    def run(self, req, resp, body, engine, lookup, include_usage):
         tokenizer = engine.tokenizer
         prompt, params, tool_mode = prepare(
             resp, engine, self.settings, body, body.max_completion_tokens or body.max_tokens, "messages",
@@ -184,12 +175,8 @@ class ChatCompletionsResource(GenerationResource):
             self.cache_store(lookup, gen, response)
             return response
 
-        if body.stream:
-            chunks = self._chunks(gen, meta, tokenizer, include_usage, body.logprobs, complete, new_parser)
-            generation.start_stream(resp, sse(chunks))
-            return
-        gen.collect()
-        resp.media = complete()
+        chunks = self._chunks(gen, meta, tokenizer, include_usage, body.logprobs, complete, new_parser)
+        self.answer(resp, gen, body.stream, chunks, complete)
 
     def _chunks(self, gen, meta, tokenizer, include_usage, logprobs, complete, new_parser):
         base = {**meta, "object": "chat.completion.chunk"}

@@ -148,7 +148,7 @@ class ResponseFormat(RequestModel):
         return self
 
 
-# Output lengths past the context are clamped to it (api.generation.output_budget);
+# Output lengths past the context are clamped to it (api.budget.output_budget);
 # past a 32-bit integer they are nonsense, not a wish: a 400 naming the field.
 OutputTokens = Annotated[int, Field(ge=1, le=2**31 - 1)]
 
@@ -262,12 +262,17 @@ class ChatChoice(ResponseModel):
     logprobs: ChoiceLogprobs | None = None
 
 
-class ChatCompletion(ResponseModel):
+class _CompletionObject(ResponseModel):
+    """What every completion, chunk and answer of chat and text completions carries."""
+
     id: str
-    object: Literal["chat.completion"] = "chat.completion"
     created: int
     model: str
     system_fingerprint: str | None = None
+
+
+class ChatCompletion(_CompletionObject):
+    object: Literal["chat.completion"] = "chat.completion"
     choices: list[ChatChoice]
     usage: Usage
 
@@ -286,12 +291,8 @@ class ChatChunkChoice(ResponseModel):
     logprobs: ChoiceLogprobs | None = None
 
 
-class ChatCompletionChunk(ResponseModel):
-    id: str
+class ChatCompletionChunk(_CompletionObject):
     object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
-    created: int
-    model: str
-    system_fingerprint: str | None = None
     choices: list[ChatChunkChoice]
     usage: Usage | None = None
 
@@ -310,11 +311,7 @@ class CompletionChoice(ResponseModel):
     logprobs: CompletionLogprobs | None = None
 
 
-class Completion(ResponseModel):
-    id: str
+class Completion(_CompletionObject):
     object: Literal["text_completion"] = "text_completion"
-    created: int
-    model: str
-    system_fingerprint: str | None = None
     choices: list[CompletionChoice]
     usage: Usage | None = None

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from impetus.api import generation
+from impetus.api.budget import output_budget, sampling_params
 from impetus.api.chat_schemas import CompletionRequest
-from impetus.api.generation import Generation, GenerationResource, sampling_params, sse, stream_error, usage
-from impetus.api.validation import parse
+from impetus.api.generation import Generation, stream_error, usage
+from impetus.api.generation_resource import CompletionResource
 from impetus.engine.request import TokenEvent
 from impetus.web import bad_request
 
@@ -65,7 +65,7 @@ def completion_response(meta: dict, gen: Generation, tokenizer, n: int, echoes: 
     }
 
 
-def replay_completion(response: dict, include_usage: bool):
+def replay_completion(response: dict):
     """A complete (cached) text_completion as the chunks a stream would have sent."""
     base = {k: response[k] for k in ("id", "object", "created", "model", "system_fingerprint")}
     for choice in response["choices"]:
@@ -73,30 +73,19 @@ def replay_completion(response: dict, include_usage: bool):
                                     "logprobs": choice.get("logprobs")}]}
         yield {**base, "choices": [{"index": choice["index"], "text": "",
                                     "finish_reason": choice["finish_reason"], "logprobs": None}]}
-    if include_usage:
-        yield {**base, "choices": [], "usage": response["usage"]}
 
 
-class CompletionsResource(GenerationResource):
-    route = "completions"
-    id_prefix = "cmpl"
+class CompletionsResource(CompletionResource):
+    route, id_prefix, schema = "completions", "cmpl", CompletionRequest
     replay = staticmethod(replay_completion)
 
-    def on_post(self, req, resp):
-        body = generation.with_defaults(parse(CompletionRequest, req.context.json), self.settings)
-        engine = generation.engine_for(self.host, body.model, req.context.account)
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        lookup = self.admit(req, resp, body, engine)
-        if self.served_from_cache(resp, lookup, body.stream, include_usage):
-            return
-
+    def run(self, req, resp, body, engine, lookup, include_usage):
         tokenizer = engine.tokenizer
         prompts = prompt_tokens(tokenizer, body.prompt, engine.loaded.config.get("vocab_size", 0))
         want_logprobs = body.logprobs is not None
         all_prompts, all_params = [], []
         for p in prompts:
-            max_tokens = generation.output_budget(resp, engine, self.settings, len(p), body.max_tokens, "prompt",
-                                                  "max_tokens")
+            max_tokens = output_budget(resp, engine, self.settings, len(p), body.max_tokens, "prompt", "max_tokens")
             params = sampling_params(body, max_tokens, engine, logprobs=want_logprobs,
                                      top_logprobs=body.logprobs or 0)
             all_prompts += [p] * body.n
@@ -111,12 +100,8 @@ class CompletionsResource(GenerationResource):
             self.cache_store(lookup, gen, response)
             return response
 
-        if body.stream:
-            generation.start_stream(resp, sse(self._chunks(gen, meta, tokenizer, body.n, echoes, include_usage,
-                                                           want_logprobs, complete)))
-            return
-        gen.collect()
-        resp.media = complete()
+        chunks = self._chunks(gen, meta, tokenizer, body.n, echoes, include_usage, want_logprobs, complete)
+        self.answer(resp, gen, body.stream, chunks, complete)
 
     def _chunks(self, gen, meta, tokenizer, n, echoes, include_usage, want_logprobs, complete):
         try:

@@ -1,5 +1,12 @@
-"""What chat and text completions share: turning a validated request into
-engine work, watching the client, and gathering the results."""
+"""One API request's choices running in an engine, as the request sees them.
+
+`Generation` submits each choice for the request's key, yields their events
+as they come (with queue notes for streams, pings for Anthropic, a 504 after
+a long silence), gathers text, tokens and log-probabilities, watches the
+client's socket and cancels when it leaves, and charges the key exactly
+once. It knows nothing of HTTP resources or protocols' shapes
+(`generation_resource` and the faces do).
+"""
 
 from __future__ import annotations
 
@@ -11,132 +18,26 @@ from dataclasses import dataclass, field
 import gevent
 import gevent.socket
 
-from impetus import __version__
-from impetus.api.models import alias_targets, model_error
 from impetus.engine.engine import Engine, QueueFull
 from impetus.engine.request import PRIORITY_NAMES, FinishEvent, SamplingParams, TokenEvent
 from impetus.web import APIError, bad_request
 
 PRIORITY_LABELS = {value: name for name, value in PRIORITY_NAMES.items()}
 
+
 # How long a request may see no output at all before we give up on it.
 STALL_TIMEOUT_S = 600
+
+
 # A stream still waiting for a batch slot says so this often (an SSE comment).
 QUEUE_NOTE_S = 3.0
+
+
 QUEUE_HEADER = "x-impetus-queue-seconds"
-
-
-def engine_for(host, model: str, account) -> Engine:
-    """The model's engine, loaded first if it is not (other requests go on
-    meanwhile), if the request's key may use it (403 before any loading)."""
-    account.check_model(model, alias_targets(host, model))
-    try:
-        return host.acquire(model)
-    except Exception as error:
-        raise model_error(error, model) from error
-
-
-def fingerprint(engine: Engine) -> str:
-    return f"impetus-{__version__}-{engine.loaded.weights_dtype}"
 
 
 def new_id_suffix() -> str:
     return uuid.uuid4().hex[:24]
-
-
-def start_stream(resp, chunks) -> None:
-    resp.content_type = "text/event-stream"
-    resp.set_header("Cache-Control", "no-cache")
-    # nginx must pass each event on as it comes rather than buffer the stream.
-    resp.set_header("X-Accel-Buffering", "no")
-    resp.stream = chunks
-
-
-def room_after_prompt(engine: Engine, prompt_length: int, param: str) -> int:
-    """Tokens the context leaves for the output; a 400 naming `param` when
-    the prompt alone fills it."""
-    context = engine.loaded.context_length
-    if prompt_length >= context:
-        raise APIError(
-            400,
-            f"This model's maximum context length is {context} tokens. However, your prompt "
-            f"has {prompt_length} tokens.",
-            param=param,
-            code="context_length_exceeded",
-        )
-    return context - prompt_length
-
-
-MAX_TOKENS_HEADER = "x-impetus-max-tokens"
-
-
-def with_defaults(body, settings):
-    """The request with the server's defaults filled in where it named none,
-    before anything reads it (the response cache keys on the result): a
-    temperature, IMPETUS_DEFAULT_TEMPERATURE (1.0, as OpenAI and Anthropic
-    have it; coding agents send none, and an operator serving small models
-    may want them greedy)."""
-    if body.temperature is None:
-        body.temperature = settings.default_temperature
-    return body
-
-
-def output_budget(resp, engine: Engine, settings, prompt_length: int, requested: int | None,
-                  prompt_param: str, max_param: str, overflow: str | None = None) -> int:
-    """How many tokens the answer may have: what the request asked for (or
-    IMPETUS_DEFAULT_MAX_TOKENS), within the room the context leaves after the
-    prompt. Agents ask for far more than a local model's context leaves
-    (Claude Code always sends max_tokens 32000; the default model has 8,192
-    tokens), so by default (IMPETUS_MAX_TOKENS_OVERFLOW=clamp) an ask beyond
-    the room is cut to it, the answer ends with "length" if it runs out, and
-    the response header x-impetus-max-tokens says what was granted; "reject"
-    answers OpenAI's 400 naming `max_param` instead. A prompt that alone fills
-    the context is a 400 naming `prompt_param` either way. With several
-    prompts (completions) the header names the tightest grant. `overflow`
-    overrides the setting (the Messages API always clamps)."""
-    room = room_after_prompt(engine, prompt_length, prompt_param)
-    if requested is None:
-        return min(settings.default_max_tokens, room)
-    if requested <= room:
-        return requested
-    if (overflow or settings.max_tokens_overflow) == "reject":
-        raise APIError(
-            400,
-            f"This model's maximum context length is {engine.loaded.context_length} tokens. However, you "
-            f"requested {prompt_length + requested} tokens ({prompt_length} in the prompt, {requested} "
-            f"in the completion). Please reduce the prompt or {max_param}.",
-            param=max_param,
-            code="context_length_exceeded",
-        )
-    granted = resp.get_header(MAX_TOKENS_HEADER)
-    resp.set_header(MAX_TOKENS_HEADER, str(min(room, int(granted)) if granted else room))
-    return room
-
-
-def sampling_params(body, max_tokens: int, engine: Engine, logprobs: bool, top_logprobs: int) -> SamplingParams:
-    vocab = engine.loaded.config.get("vocab_size") or 0
-    logit_bias = {}
-    for key, value in (body.logit_bias or {}).items():
-        token = int(key)
-        if not 0 <= token < vocab:
-            raise bad_request(f"logit_bias token {token} is outside the vocabulary (0..{vocab - 1}).",
-                              param="logit_bias")
-        logit_bias[token] = value
-    return SamplingParams(
-        max_tokens=max_tokens,
-        temperature=body.temperature,
-        top_p=body.top_p,
-        top_k=body.top_k,
-        min_p=body.min_p,
-        seed=body.seed,
-        stop=list(body.stop),
-        repetition_penalty=body.repetition_penalty,
-        presence_penalty=body.presence_penalty,
-        frequency_penalty=body.frequency_penalty,
-        logit_bias=logit_bias,
-        logprobs=logprobs,
-        top_logprobs=top_logprobs,
-    )
 
 
 @dataclass
@@ -340,87 +241,6 @@ class Generation:
         return self.choices
 
 
-class GenerationResource:
-    """Base of the resources that run the model. `cache` is the gateway's
-    response cache, or None when the server runs without Redis."""
-
-    route = ""  # names the endpoint in cache keys
-    id_prefix = ""  # "chatcmpl", "cmpl"
-
-    @staticmethod
-    def replay(response: dict, include_usage: bool):
-        """A complete response as the chunks a stream would have sent."""
-        raise NotImplementedError
-
-    def __init__(self, host, waker, settings, cache=None, metrics=None):
-        self.host = host
-        self.waker = waker
-        self.settings = settings
-        self.cache = cache
-        self.metrics = metrics
-
-    def generation(self, req, resp, engine: Engine, prompts, params, prompt_tokens: int,
-                   priority: int | None = None) -> "Generation":
-        """Start the request's choices in the engine for the request's
-        account, wired to its charge and to the metrics. `priority` (the
-        request's extension field) can only make it later than its key's.
-        The queue header is set now (a stream's headers leave now) and again
-        when a collected answer is complete."""
-        req.context.model = engine.loaded.name
-        gen = req.context.generation = Generation(
-            engine, self.waker.waiter(), prompts, params, req.env, prompt_tokens=prompt_tokens,
-            account=req.context.account, metrics=self.metrics, started=req.context.started, priority=priority)
-        resp.set_header(QUEUE_HEADER, f"{gen.queue_seconds:.3f}")
-        gen.resp = resp
-        return gen
-
-    def admit(self, req, resp, body, engine: Engine):
-        """Before any generation: the cached answer if there is one (a hit counts
-        as a request of the key, but costs no tokens, so a key whose token
-        budget is spent still gets it), else the key's token gate."""
-        lookup = None
-        req.context.model = engine.loaded.name
-        if self.cache is not None:
-            lookup = self.cache.lookup(req, self.route, body, engine.loaded.name, engine.loaded.revision)
-            resp.set_header("x-impetus-cache", lookup.status)
-            self.metrics.cache.labels(lookup.status).inc()
-        hit = lookup is not None and lookup.status == "hit"
-        req.context.account.admit(resp, enforce=not hit)
-        if hit:
-            req.context.account.charge(engine.loaded.name, 0, 0)
-            resp.set_header(QUEUE_HEADER, "0.000")
-        return lookup
-
-    def response_meta(self, gen: "Generation") -> dict:
-        """The fields every response and chunk of this request starts with."""
-        return {
-            "id": f"{self.id_prefix}-{gen.id_suffix}",
-            "created": gen.created,
-            "model": gen.engine.loaded.name,
-            "system_fingerprint": fingerprint(gen.engine),
-        }
-
-    def served_from_cache(self, resp, lookup, stream: bool, include_usage: bool) -> bool:
-        """Send the cached answer (replayed as a stream if asked for); False on a miss."""
-        if lookup is None or lookup.status != "hit":
-            return False
-        response = fresh_copy(lookup.response, self.id_prefix)
-        if stream:
-            start_stream(resp, sse(self.replay(response, include_usage)))
-        else:
-            resp.media = response
-        return True
-
-    def cache_store(self, lookup, gen: "Generation", response: dict) -> None:
-        if lookup is not None and gen.completed:
-            self.cache.store(lookup, response)
-
-
-def fresh_copy(response: dict, id_prefix: str) -> dict:
-    """A cached response under a new id and time, as any new response has."""
-    return {**response, "id": f"{id_prefix}-{new_id_suffix()}", "created": int(time.time())}
-
-
 def _engine_failure() -> APIError:
     return APIError(500, "Generation failed inside the engine.", type="server_error", code="engine_error")
 
@@ -473,29 +293,3 @@ def _watch_disconnect(env, on_disconnect):
             on_disconnect()
 
     return gevent.spawn(watch)
-
-
-def typed_sse(events):
-    """Event streams that name each event's type (the Responses and Messages
-    APIs; no [DONE] at the end). A `Comment` is sent as a comment line."""
-    import json
-
-    for event in events:
-        if isinstance(event, Comment):
-            yield f": {event}\n\n".encode()
-            continue
-        yield (f"event: {event['type']}\ndata: ".encode() + json.dumps(event, separators=(",", ":")).encode()
-               + b"\n\n")
-
-
-def sse(events):
-    """Server-sent events framing for an iterator of JSON-able dicts (and
-    `Comment`s, sent as comment lines)."""
-    import json
-
-    for event in events:
-        if isinstance(event, Comment):
-            yield f": {event}\n\n".encode()
-            continue
-        yield b"data: " + json.dumps(event, separators=(",", ":")).encode() + b"\n\n"
-    yield b"data: [DONE]\n\n"

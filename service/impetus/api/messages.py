@@ -25,10 +25,10 @@ import uuid
 
 from pydantic import ValidationError
 
-from impetus.api import generation
+from impetus.api.budget import with_defaults
 from impetus.api.chat import prepare, render_chat
 from impetus.api.errors import from_validation_error
-from impetus.api.generation import GenerationResource, typed_sse
+from impetus.api.generation_resource import GenerationResource, engine_for, start_stream, typed_sse
 from impetus.api.messages_schemas import MessagesCountRequest, MessagesRequest
 from impetus.api.output import CALL, END, ERROR, PING, QUEUED, REASONING, TEXT, OutputParser, parsed_stream
 from impetus.api.validation import parse
@@ -73,9 +73,9 @@ class MessagesResource(GenerationResource):
     id_prefix = "msg"
 
     def on_post(self, req, resp):
-        body = generation.with_defaults(parse(MessagesRequest, req.context.json), self.settings)
+        body = with_defaults(parse(MessagesRequest, req.context.json), self.settings)
         chat = to_chat(body)
-        engine = generation.engine_for(self.host, body.model, req.context.account)
+        engine = engine_for(self.host, body.model, req.context.account)
         self.admit(req, resp, body, engine)
         tokenizer = engine.tokenizer
         prompt, params, tool_mode = prepare(resp, engine, self.settings, chat, body.max_tokens, "messages",
@@ -95,7 +95,7 @@ class MessagesResource(GenerationResource):
             resp.media = {**head, "content": content, "stop_reason": reason, "stop_sequence": sequence,
                           "usage": messages_usage(gen.prompt_tokens, choice.finish)}
             return
-        generation.start_stream(resp, typed_sse(self._events(gen, head, parser)))
+        start_stream(resp, typed_sse(self._events(gen, head, parser)))
 
     def _events(self, gen, head, parser):
         blocks = _Blocks()
@@ -178,7 +178,7 @@ class CountTokensResource:
 
     def on_post(self, req, resp):
         body = parse(MessagesCountRequest, req.context.json)
-        engine = generation.engine_for(self.host, body.model, req.context.account)
+        engine = engine_for(self.host, body.model, req.context.account)
         tool_list, _ = body.chat_tools()
         resp.media = {"input_tokens": len(render_chat(engine.tokenizer, body.chat_messages(), tool_list,
                                                       body.template_kwargs()))}

@@ -26,11 +26,12 @@ from contextlib import closing
 
 from pydantic import ValidationError
 
-from impetus.api import generation
+from impetus.api.budget import with_defaults
 from impetus.api.chat import prepare
 from impetus.api.chat_schemas import ChatMessage
 from impetus.api.errors import from_validation_error
-from impetus.api.generation import GenerationResource, new_id_suffix, start_stream, typed_sse
+from impetus.api.generation import new_id_suffix
+from impetus.api.generation_resource import GenerationResource, engine_for, start_stream, typed_sse
 from impetus.api.output import CALL, END, ERROR, QUEUED, REASONING, OutputParser, parsed_stream
 from impetus.api.responses_schemas import ResponsesRequest
 from impetus.api.validation import parse
@@ -169,14 +170,14 @@ class ResponsesResource(GenerationResource):
         self.store = store
 
     def on_post(self, req, resp):
-        body = generation.with_defaults(parse(ResponsesRequest, req.context.json), self.settings)
+        body = with_defaults(parse(ResponsesRequest, req.context.json), self.settings)
         owner = owner_of(req)
         history = self._history(body, owner)
         try:
             chat = body.to_chat(history)
         except ValidationError as error:
             raise from_validation_error(error) from None
-        engine = generation.engine_for(self.host, body.model, req.context.account)
+        engine = engine_for(self.host, body.model, req.context.account)
         self.admit(req, resp, body, engine)
         tokenizer = engine.tokenizer
         prompt, params, tool_mode = prepare(resp, engine, self.settings, chat, body.max_output_tokens, "input",

@@ -119,3 +119,19 @@ def test_the_engines_rooms_import_only_from_lower_rooms():
                 if _rank(other, ENGINE_ROOMS) >= _rank(path.stem, ENGINE_ROOMS):
                     wrong.append(f"engine/{path.name} imports {module}")
     assert wrong == []
+
+
+def test_a_test_with_a_server_of_its_own_says_why():
+    """Starting a server costs seconds of the suite's budget: a test module
+    that starts one (rather than sharing conftest's) is marked `own_server`
+    with its reason."""
+    unmarked = []
+    for path in sorted((ROOT / "tests").rglob("test_*.py")):
+        if "node_modules" in path.parts:
+            continue
+        text = path.read_text()
+        starts = "Server(" in text.replace("RedisServer(", "").replace("HTTPServer(", "")
+        uses_endpoint = "agent_endpoint(" in text
+        if (starts or uses_endpoint) and "own_server(" not in text:
+            unmarked.append(str(path.relative_to(ROOT)))
+    assert unmarked == []

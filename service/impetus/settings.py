@@ -139,6 +139,10 @@ class Settings(BaseSettings):
     # on the next first token). 0: never.
     idle_release_s: float = Field(30.0, ge=0)
 
+    # `impetus up`: the first wait before a component that exited (or failed
+    # to start) is started again; it doubles each time, up to 30 s.
+    restart_backoff_s: float = Field(1.0, gt=0, le=30)
+
     # On a Mac, hold off idle sleep while serving (impetus.system.awake: caffeinate -i -w).
     keep_awake: bool = True
 

@@ -23,7 +23,7 @@ from impetus.models.store import DEFAULT_MODEL
 
 from agent_endpoint import agent_endpoint
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.own_server("an agent's endpoint: greedy by default (Claude Code sends no temperature), keys and nginx")]
 
 CLAUDE = Path(__file__).parent / "node_modules" / ".bin" / "claude"
 # Its small prompt (~600 tokens); with this system prompt the default model's

@@ -20,7 +20,7 @@ from impetus.models.store import DEFAULT_MODEL
 
 from agent_endpoint import agent_endpoint
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.own_server("an agent's endpoint: greedy by default (Codex sends no temperature), keys and nginx")]
 
 CODEX = Path(__file__).parent / "node_modules" / ".bin" / "codex"
 CONFIG = """\

@@ -15,7 +15,7 @@ from impetus.models.gguf import import_gguf
 
 from conftest import Server
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.own_server("a tiny model whose short context the tests fill, clamping and rejecting")]
 
 TINY, CONTEXT = "tiny", 256
 QUESTION = [{"role": "user", "content": "the bell"}]

@@ -19,7 +19,7 @@ from impetus.models.gguf import import_gguf
 
 from conftest import Server
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.own_server("a tiny model with a reasoning chat template")]
 
 TINY, TOKENS = "thinker", 24
 OPEN = "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n<think>\n"

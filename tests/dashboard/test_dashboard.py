@@ -18,7 +18,7 @@ from impetus.stack.nginx import DASHBOARD
 from conftest import Server
 from processes import start_nginx, stop
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.own_server("restarts its server during a test, with an Ollama store to discover")]
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "dashboard"
 BROWSERS = ["/usr/bin/chromium", "/usr/bin/chromium-browser",

@@ -45,6 +45,7 @@ def test_workers_add_up_per_host_and_a_silent_one_drops_out(redis_client):
 
 
 @pytest.mark.slow
+@pytest.mark.own_server("a second host on the same Redis, advertising another address")
 def test_servers_on_one_redis_are_listed_and_answers_name_their_host(gateway_server, redis_server, redis_client,
                                                                      data_dir, tmp_path):
     admin, _ = KeyStore(redis_client).create("hosts-admin", admin=True)

@@ -14,7 +14,7 @@ import pytest
 from conftest import GEMMA_TEMPLATE as TEMPLATE
 from conftest import Server
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.own_server("Gemma 3 270M, the long-context model")]
 
 GEMMA = "gemma3-270m"
 

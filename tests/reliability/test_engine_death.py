@@ -25,6 +25,7 @@ def worker_pid(url: str) -> int | None:
     return answer.json()["worker_pid"] if answer.status_code == 200 else None
 
 
+@pytest.mark.own_server("kills its engine thread (IMPETUS_DEBUG_FAULTS)")
 def test_a_dead_engine_thread_takes_its_worker_down_and_a_fresh_one_serves(data_dir, tmp_path):
     server = Server(data_dir, tmp_path / "server.log", debug_faults="true")
     try:

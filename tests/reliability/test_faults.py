@@ -23,7 +23,7 @@ from impetus.models.store import DEFAULT_MODEL
 from conftest import RedisServer, Server
 from processes import start_nginx, stop
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.own_server("kills its workers, Redis and nginx under traffic")]
 
 STORY = {"model": DEFAULT_MODEL, "temperature": 0, "messages": [{"role": "user", "content": "Tell me a story."}]}
 

@@ -18,7 +18,7 @@ from impetus.models.store import DEFAULT_MODEL
 from conftest import Server
 from processes import start_nginx, stop
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.own_server("a 4-token default output, so that the fuzzer's hundreds of requests stay short")]
 
 TOKEN_CAP = 4
 # Hypothesis reports several failures as one group (a builtin from Python 3.11).

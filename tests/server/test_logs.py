@@ -15,7 +15,7 @@ from impetus.models.store import DEFAULT_MODEL
 
 from conftest import Server
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.own_server("its request log goes to a file of its own (IMPETUS_LOG_FILE)")]
 
 SECRET_PROMPT = "Tell me about the zebra named Quillifax."
 

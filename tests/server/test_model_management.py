@@ -17,7 +17,7 @@ from impetus.models.store import DEFAULT_MODEL
 
 from conftest import Server
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.own_server("a memory budget sized for two models, over a models folder of its own")]
 
 F32, F16, Q4 = DEFAULT_MODEL, "smol-f16", "smol-q4"  # ~538, ~269, ~98 MB of weights
 BUDGET = 850 * 10**6  # F32 + Q4 fit, F32 + F16 fit, all three do not

@@ -25,12 +25,15 @@ pytestmark = pytest.mark.slow
 class Stack(Foreground):
     """`impetus up` on `port`, its workers on a free internal port."""
 
-    def __init__(self, data_dir, port: int):
+    def __init__(self, data_dir, port: int, backoff_s: float | None = None):
+        """`backoff_s`: IMPETUS_RESTART_BACKOFF_S (the first wait before a restart)."""
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
         self.internal_port = free_port()
-        super().__init__(["up", "--port", str(port), "--data-dir", str(data_dir)],
-                         {"IMPETUS_PORT": str(self.internal_port)})
+        env = {"IMPETUS_PORT": str(self.internal_port)}
+        if backoff_s is not None:
+            env["IMPETUS_RESTART_BACKOFF_S"] = str(backoff_s)
+        super().__init__(["up", "--port", str(port), "--data-dir", str(data_dir)], env)
 
 
 def impetus(*args):
@@ -189,7 +192,8 @@ def test_up_stops_after_five_failed_starts(data_dir, tmp_path):
     with socket.socket() as taken:  # nginx's port is someone else's
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        stack = Stack(stack_dir, taken.getsockname()[1])
+        # Waits of 0.1, 0.2, 0.4 and 0.8 s instead of 1, 2, 4 and 8: the count is what is tested.
+        stack = Stack(stack_dir, taken.getsockname()[1], backoff_s=0.1)
         code = stack.process.wait(180)
     while not stack.lines.empty():
         stack.output.append(stack.lines.get())
@@ -197,6 +201,7 @@ def test_up_stops_after_five_failed_starts(data_dir, tmp_path):
     assert code == 1, text
     assert "nginx failed to start 5 times in a row" in text and "nginx-error.log); stopping" in text
     assert text.count("trying again in") == 4
+    assert "trying again in 0.8s" in text  # the setting doubles as 1 s does
     assert "impetus is up" not in text
     # Nothing is left running.
     assert subprocess.run(["pgrep", "-f", str(stack_dir)], capture_output=True).returncode == 1

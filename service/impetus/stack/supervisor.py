@@ -92,7 +92,12 @@ class Supervisor:
     run_dir: Path
     clock: Callable[[], float] = time.monotonic
     on_ready: Callable[[Component, bool], None] = lambda component, again: None
+    first_backoff: float = BACKOFF_FIRST_S  # IMPETUS_RESTART_BACKOFF_S
     _first_start_done: set = field(default_factory=set)
+
+    def __post_init__(self):
+        for component in self.components:
+            component.backoff = self.first_backoff
 
     def step(self) -> None:
         """One look at every component. Components start in order the first
@@ -130,7 +135,7 @@ class Supervisor:
         elif component.state == "up" and component.process.poll() is not None:
             code = component.process.returncode
             if now - component.up_since >= HEALTHY_RESET_S:
-                component.backoff = BACKOFF_FIRST_S
+                component.backoff = self.first_backoff
             self._stop_orphans(component)
             component.restarts += 1
             self.record_restarts()

@@ -221,7 +221,7 @@ def run(settings, public_host: str, public_port: int, tls: bool = False,
                 console.print(f"[green]✓[/] {component.name:<8} {ready_lines[component.name]()}")
 
         supervisor = Supervisor(parts, log=lambda line: console.print(f"[yellow]![/] {line}"), run_dir=run_dir,
-                                on_ready=on_ready)
+                                on_ready=on_ready, first_backoff=settings.restart_backoff_s)
         supervisor.record_restarts()
         while not stop.requested and not supervisor.all_up:
             supervisor.step()

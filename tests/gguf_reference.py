@@ -18,10 +18,13 @@ class Reference:
     def __init__(self, path, dtype=np.float64):
         import gguf
 
-        reader = gguf.GGUFReader(str(path))
+        from impetus.models.gguf.reader import open_reader
+
+        reader = open_reader(path)  # gguf-py's reader, over a plain view of the mapped file
         self.meta = {k: f.contents() for k, f in reader.fields.items()}
         self.arch = self.meta["general.architecture"]
         self.t = {}
+        self._computed: dict[tuple[int, ...], np.ndarray] = {}  # tokens -> logits: a greedy run asked again
         for tensor in reader.tensors:
             values = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
             shape = tuple(int(d) for d in reversed(tensor.shape.tolist()))
@@ -31,6 +34,15 @@ class Reference:
         return self.meta.get(f"{self.arch}.{key}", default)
 
     def logits(self, tokens: list[int]) -> np.ndarray:
+        """The logits at every position; the same tokens are computed once
+        (tests compare several imports of one file with the same prompt)."""
+        key = tuple(int(token) for token in tokens)
+        if key not in self._computed:
+            self._computed[key] = self._forward(list(key))
+            self._computed[key].flags.writeable = False  # shared by every caller
+        return self._computed[key]
+
+    def _forward(self, tokens: list[int]) -> np.ndarray:
         t, arch = self.t, self.arch
         hidden = self.hp("embedding_length")
         heads = self.hp("attention.head_count")

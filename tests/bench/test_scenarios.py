@@ -146,9 +146,10 @@ def test_shared_prefix_counts_the_prefill_work_against_the_peer(data_dir, tmp_pa
 @pytest.mark.slow
 def test_cluster_measures_the_hop_and_the_split_over_two_hosts(data_dir, tmp_path):
     summary = bench("--scenario", "cluster", "--levels", "16", "--duration", "4", "--max-tokens", "4",
-                    data_dir=data_dir, out=tmp_path)
+                    "--hop-rounds", "8", data_dir=data_dir, out=tmp_path)
     written(tmp_path, "cluster")
     hop = summary["hop"]
+    assert hop["rounds"] == 8
     for name in ("models_direct", "models_gateway", "chat_direct", "chat_gateway"):
         assert hop[f"{name}_p50_ms"] > 0
     assert hop["models_hop_ms"] == pytest.approx(hop["models_gateway_p50_ms"] - hop["models_direct_p50_ms"])

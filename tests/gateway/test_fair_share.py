@@ -48,7 +48,7 @@ def test_a_flood_from_one_key_does_not_hold_another_keys_request(stack):
     lock = threading.Lock()
 
     def flood(i: int) -> None:
-        body = {"model": DEFAULT_MODEL, "stream": True, "max_tokens": 150, "temperature": 0, "logit_bias": NO_END,
+        body = {"model": DEFAULT_MODEL, "stream": True, "max_tokens": 100, "temperature": 0, "logit_bias": NO_END,
                 "messages": [{"role": "user", "content": f"Write a long story about ship {i}."}]}
         with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=300,
                           headers={"Authorization": f"Bearer {keys['a']}"}) as response:

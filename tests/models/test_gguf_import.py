@@ -109,12 +109,18 @@ def test_import_writes_an_mlx_model_folder(data_dir):
     assert tokenizer_config["eos_token"] == "<|im_end|>"
 
 
+@pytest.fixture(scope="module")
+def default_reference(default_gguf):
+    """The default model's GGUF read directly, once for both weight choices."""
+    return Reference(default_gguf, np.float32)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("weights_dtype", ["stored", "float32"])
-def test_default_model_matches_the_gguf_read_directly(data_dir, default_gguf, weights_dtype):
+def test_default_model_matches_the_gguf_read_directly(data_dir, default_reference, weights_dtype):
     converted = load(data_dir / "models" / DEFAULT_MODEL, weights_dtype=weights_dtype)
     prompt = converted.tokenizer.encode("The capital of France is")
-    reference = Reference(default_gguf, np.float32)
+    reference = default_reference
     expected = reference_greedy(reference, prompt, 8)
     assert greedy(converted.model, prompt, 8) == expected
     assert converted.tokenizer.decode(expected).startswith(" Paris")
@@ -188,16 +194,14 @@ def test_gemma_default_import_stays_close(gemma_models, gemma_reference):
     assert model.tokenizer.decode(greedy(model.model, prompt, 3)).startswith(" Paris")
 
 
-def test_sentencepiece_tokenizer_matches_llama_cpp_merging(gemma_models, gemma_gguf):
+def test_sentencepiece_tokenizer_matches_llama_cpp_merging(gemma_models, gemma_reference):
     """Against a direct implementation of llama.cpp's SentencePiece tokenizer:
     user-defined pieces whole, then join the best-scored adjacent pair until
-    none is a piece; bytes for the rest."""
-    import gguf
-
-    reader = gguf.GGUFReader(str(gemma_gguf))
-    tokens = reader.fields["tokenizer.ggml.tokens"].contents()
-    scores = reader.fields["tokenizer.ggml.scores"].contents()
-    types = reader.fields["tokenizer.ggml.token_type"].contents()
+    none is a piece; bytes for the rest. The vocabulary is the file's, as the
+    reference read it."""
+    tokens = gemma_reference.meta["tokenizer.ggml.tokens"]
+    scores = gemma_reference.meta["tokenizer.ggml.scores"]
+    types = gemma_reference.meta["tokenizer.ggml.token_type"]
     piece = {t: i for i, t in enumerate(tokens) if types[i] == 1}
 
     user = sorted((t for i, t in enumerate(tokens) if types[i] == 4), key=len, reverse=True)
@@ -227,7 +231,9 @@ def test_sentencepiece_tokenizer_matches_llama_cpp_merging(gemma_models, gemma_g
             out += [piece[s]] if s in piece else [tokens.index(f"<0x{b:02X}>") for b in s.encode()]
         return out
 
-    tokenizer = load(gemma_models / "models" / "gemma3-270m", weights_dtype="float32").tokenizer
+    from mlx_lm.utils import load_tokenizer
+
+    tokenizer = load_tokenizer(gemma_models / "models" / "gemma3-270m")  # as the loader does, without the weights
     for text in ["Héllo wörld — naïve café", "emoji 🙂🎉 and 日本語のテキスト",
                  "def f(x):\n    return x**2  # code", "  two spaces, CamelCase_snake"]:
         ids = tokenizer.encode(text, add_special_tokens=False)

@@ -51,7 +51,7 @@ def run_scenario(args, settings) -> dict:
                                            servers=tuple(s.strip() for s in args.servers.split(","))), shared_prefix
     elif args.scenario == "cluster":
         result, module = cluster.run(settings, _levels(args.levels or "4,16"), args.duration or 20,
-                                     args.max_tokens or 32, work, progress), cluster
+                                     args.max_tokens or 32, work, progress, hop_rounds=args.hop_rounds), cluster
     elif args.scenario == "speculative":
         result, module = speculative.run(settings, args.max_tokens or 128, work, progress), speculative
     elif args.scenario == "soak":

@@ -239,6 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--probes", type=int, default=8, help="fairness: key B's requests alone, the reference")
     bench.add_argument("--probe-interval", type=float, default=3.0,
                        help="fairness: seconds between key B's requests under the flood")
+    bench.add_argument("--hop-rounds", type=int, default=40,
+                       help="cluster: rounds of the hop's four requests (straight and through the gateway)")
     bench.add_argument("--prompt-tokens", type=int, default=3500, help="shared-prefix: the system prompt's size")
     bench.add_argument("--servers", default="impetus,impetus-fifo,mlx_lm.server",
                        help="shared-prefix: which servers to measure (comma-separated)")

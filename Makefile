@@ -38,7 +38,7 @@ run: setup
 	$(BIN)/impetus up
 
 test: setup test-deps agents
-	$(BIN)/python -m pytest -v --durations=15
+	$(BIN)/python -m pytest -v --durations=40
 
 bench: setup
 	$(BIN)/impetus bench

@@ -24,49 +24,51 @@ export function models(): { element: HTMLElement; dispose: () => void } {
     await load();
   }
 
-  // One GET of a list into `target`: its table, `none` when it is empty, or the error.
-  async function fill(target: HTMLElement, path: string, none: string, render: (data: any[]) => Node): Promise<void> {
+  // One GET of a list into `target`: a table with a row per item, `none` when it is empty, or the error.
+  async function fill(target: HTMLElement, path: string, none: string, test: string, columns: string[],
+                      row: (item: any) => Node): Promise<void> {
     try {
       const answer = await api("GET", path);
-      target.replaceChildren(answer.data.length ? render(answer.data) : empty(none));
+      target.replaceChildren(answer.data.length ? table({ "data-test": test }, columns, answer.data.map(row)) : empty(none));
     } catch (error) {
       target.replaceChildren(notice("error", (error as ApiError).message));
     }
   }
 
-  async function load(): Promise<void> {
-    await fill(list, "/v1/models", "No models yet: impetus models import / pull adds them, or import one found below.", (data) =>
-      table(
-        { "data-test": "models-table" },
-        ["model", "parameters", "quantization", "context", "state", ""],
-        data.map((m: any) =>
-          h(
-            "tr",
-            { "data-model": m.id },
-            h("td", {}, h("strong", {}, m.id), m.alias_of ? h("span", { class: "muted" }, ` → ${m.alias_of}`) : null),
-            h("td", {}, m.parameters ? `${(m.parameters / 1e6).toFixed(0)} M` : "–"),
-            h("td", {}, m.quantization ?? "–"),
-            h("td", {}, m.context_length ?? "–"),
-            h(
-              "td",
-              {},
-              m.loaded ? h("span", { class: "tag ok" }, `loaded · ${bytes(m.memory_bytes)}`) : h("span", { class: "tag" }, "on disk"),
-              m.pinned ? h("span", { class: "tag" }, "pinned") : null,
-            ),
-            h(
-              "td",
-              { class: "actions" },
-              m.loaded
-                ? [
-                    h("button", { class: "small", onclick: () => act(m.id, "load", { pin: !m.pinned }) }, m.pinned ? "Unpin" : "Pin"),
-                    h("button", { class: "small danger", onclick: () => act(m.id, "unload") }, "Unload"),
-                  ]
-                : h("button", { class: "small", onclick: () => act(m.id, "load") }, "Load"),
-            ),
-          ),
-        ),
-      ),
+  function modelRow(m: any): Node {
+    const held = m.loaded ? h("span", { class: "tag ok" }, `loaded · ${bytes(m.memory_bytes)}`) : h("span", { class: "tag" }, "on disk");
+    const actions = m.loaded
+      ? [
+          h("button", { class: "small", onclick: () => act(m.id, "load", { pin: !m.pinned }) }, m.pinned ? "Unpin" : "Pin"),
+          h("button", { class: "small danger", onclick: () => act(m.id, "unload") }, "Unload"),
+        ]
+      : h("button", { class: "small", onclick: () => act(m.id, "load") }, "Load");
+    return h(
+      "tr",
+      { "data-model": m.id },
+      h("td", {}, h("strong", {}, m.id), m.alias_of ? h("span", { class: "muted" }, ` → ${m.alias_of}`) : null),
+      h("td", {}, m.parameters ? `${(m.parameters / 1e6).toFixed(0)} M` : "–"),
+      h("td", {}, m.quantization ?? "–"),
+      h("td", {}, m.context_length ?? "–"),
+      h("td", {}, held, m.pinned ? h("span", { class: "tag" }, "pinned") : null),
+      h("td", { class: "actions" }, actions),
     );
+  }
+
+  // A model found on this Mac: where it is, what it is, whether it fits, and its Import button.
+  function foundRow(d: any): Node {
+    const where = h("span", { class: "muted" }, ` ${d.kind === "mlx" ? "served in place" : "GGUF"}`);
+    const fits = d.fits ? null : h("span", { class: "tag warn" }, "too big");
+    const button = h("button", { class: "small", onclick: () => startImport(d.source) }, "Import");
+    return h("tr", { "data-source": d.source }, ...[
+      [h("strong", {}, d.source), where], [d.architecture ?? "–"], [d.type ?? "–"], [bytes(d.size_bytes)],
+      [bytes(d.memory_bytes), fits],
+    ].map((cells) => h("td", {}, ...cells)), h("td", { class: "actions" }, button));
+  }
+
+  async function load(): Promise<void> {
+    await fill(list, "/v1/models", "No models yet: impetus models import / pull adds them, or import one found below.",
+      "models-table", ["model", "parameters", "quantization", "context", "state", ""], modelRow);
   }
 
   async function startImport(source: string): Promise<void> {
@@ -79,24 +81,8 @@ export function models(): { element: HTMLElement; dispose: () => void } {
   }
 
   async function discover(): Promise<void> {
-    await fill(found, "/v1/admin/models/discover", "Nothing in ~/.ollama, ~/.lmstudio or the Hugging Face cache.", (data) =>
-      table(
-        { "data-test": "discovered" },
-        ["source", "architecture", "type", "size", "memory", ""],
-        data.map((d: any) =>
-          h(
-            "tr",
-            { "data-source": d.source },
-            h("td", {}, h("strong", {}, d.source), h("span", { class: "muted" }, ` ${d.kind === "mlx" ? "served in place" : "GGUF"}`)),
-            h("td", {}, d.architecture ?? "–"),
-            h("td", {}, d.type ?? "–"),
-            h("td", {}, bytes(d.size_bytes)),
-            h("td", {}, bytes(d.memory_bytes), d.fits ? null : h("span", { class: "tag warn" }, "too big")),
-            h("td", { class: "actions" }, h("button", { class: "small", onclick: () => startImport(d.source) }, "Import")),
-          ),
-        ),
-      ),
-    );
+    await fill(found, "/v1/admin/models/discover", "Nothing in ~/.ollama, ~/.lmstudio or the Hugging Face cache.",
+      "discovered", ["source", "architecture", "type", "size", "memory", ""], foundRow);
   }
 
   function showImports(): void {

@@ -11,7 +11,16 @@ from typing import Annotated, Literal, Union
 
 from pydantic import ConfigDict, Field, StringConstraints, ValidationInfo, field_validator, model_validator
 
-from impetus.api.schema_base import Penalty, Priority, Probability, RequestModel, ResponseModel
+from impetus.api.schema_base import (
+    OpenAIHints,
+    Penalty,
+    Priority,
+    Probability,
+    RequestModel,
+    ResponseModel,
+    Temperature,
+    TopP,
+)
 
 
 class StreamOptions(RequestModel):
@@ -63,11 +72,10 @@ class ChatMessage(RequestModel):
         return "".join(part.text for part in self.content)
 
 
-class _SamplingFields(RequestModel):
+class _SamplingFields(OpenAIHints):
     model: str = Field(min_length=1)
-    temperature: float | None = Field(default=None, ge=0.0, le=2.0,
-                                      description="none: the server's IMPETUS_DEFAULT_TEMPERATURE (1.0, as OpenAI)")
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    temperature: Temperature = None
+    top_p: TopP = 1.0
     top_k: int = Field(default=0, ge=0, description="Impetus extension: 0 disables")
     min_p: Probability = Field(default=0.0, description="Impetus extension")
     n: int = Field(default=1, ge=1, le=16)
@@ -82,10 +90,7 @@ class _SamplingFields(RequestModel):
                      Annotated[float, Field(ge=-100, le=100)]] | None = None
     seed: int | None = None
     priority: Priority = None
-    user: str | None = None
-    metadata: dict[str, str] | None = None
-    store: bool | None = None
-    service_tier: str | None = None
+    store: bool | None = None  # accepted and ignored, as the hints
 
     @field_validator("stop")
     @classmethod

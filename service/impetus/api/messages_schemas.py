@@ -32,38 +32,40 @@ class CacheControl(ResponseModel):
     """{"type": "ephemeral", "ttl": "1h"}: accepted; the prefix cache is automatic here."""
 
 
-class TextBlock(RequestModel):
+class _Cacheable(RequestModel):
+    """What a request, its content blocks and its tools may carry: a cache breakpoint, accepted and ignored."""
+
+    cache_control: CacheControl | None = None
+
+
+class TextBlock(_Cacheable):
     type: Literal["text"]
     text: str
-    cache_control: CacheControl | None = None
     citations: list | None = None
 
 
-class ImageBlock(RequestModel):
+class ImageBlock(_Cacheable):
     type: Literal["image", "document"]
     source: dict
-    cache_control: CacheControl | None = None
     title: str | None = None
     context: str | None = None
     citations: dict | None = None
 
 
-class ToolUseBlock(RequestModel):
+class ToolUseBlock(_Cacheable):
     type: Literal["tool_use"]
     id: str = Field(min_length=1)
     name: FunctionName
     input: dict
-    cache_control: CacheControl | None = None
     caller: dict | None = None
     toolset_name: str | None = None
 
 
-class ToolResultBlock(RequestModel):
+class ToolResultBlock(_Cacheable):
     type: Literal["tool_result"]
     tool_use_id: str = Field(min_length=1)
     content: Union[str, list[Union[TextBlock, ImageBlock]], None] = None
     is_error: bool = False
-    cache_control: CacheControl | None = None
     toolset_name: str | None = None
 
     def text(self) -> str:
@@ -95,12 +97,11 @@ class Message(RequestModel):
     content: Union[str, list[Block]]
 
 
-class CustomTool(RequestModel):
+class CustomTool(_Cacheable):
     type: Literal["custom"] | None = None
     name: FunctionName
     description: str | None = None
     input_schema: dict
-    cache_control: CacheControl | None = None
     strict: bool | None = None
     # Tool-search and programmatic-calling hints: nothing to do here.
     defer_loading: bool | None = None
@@ -128,7 +129,7 @@ class Thinking(RequestModel):
     display: str | None = None
 
 
-class MessagesCountRequest(RequestModel):
+class MessagesCountRequest(_Cacheable):
     """POST /v1/messages/count_tokens: the body of a message request, less max_tokens."""
 
     model: str = Field(min_length=1)
@@ -140,8 +141,7 @@ class MessagesCountRequest(RequestModel):
     tool_choice: ToolChoice | None = None
     thinking: Thinking | None = None
     # Documented by Anthropic (the API and its betas), no meaning here:
-    # accepted and ignored. Top-level cache_control: the prefix cache is automatic.
-    cache_control: CacheControl | None = None
+    # accepted and ignored (and cache_control, from _Cacheable: the prefix cache is automatic).
     output_config: dict | None = None
     output_format: dict | None = None
     context_management: dict | None = None

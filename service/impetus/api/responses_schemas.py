@@ -34,7 +34,7 @@ from impetus.api.chat_schemas import (
     ResponseFormat,
     Tool,
 )
-from impetus.api.schema_base import Priority, RequestModel, ResponseModel
+from impetus.api.schema_base import OpenAIHints, Priority, RequestModel, ResponseModel, Temperature, TopP
 from impetus.web import bad_request
 
 
@@ -172,7 +172,7 @@ class Reasoning(RequestModel):
     generate_summary: Literal["auto", "concise", "detailed"] | None = None
 
 
-class ResponsesRequest(RequestModel):
+class ResponsesRequest(OpenAIHints):
     """POST /v1/responses."""
 
     model: str = Field(min_length=1)
@@ -180,9 +180,8 @@ class ResponsesRequest(RequestModel):
     instructions: str | None = None
     previous_response_id: str | None = Field(default=None, min_length=1)
     max_output_tokens: OutputTokens | None = None
-    temperature: float | None = Field(default=None, ge=0.0, le=2.0,
-                                      description="none: the server's IMPETUS_DEFAULT_TEMPERATURE (1.0, as OpenAI)")
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    temperature: Temperature = None
+    top_p: TopP = 1.0
     stream: bool = False
     text: TextOptions | None = None
     tools: list[dict] | None = None
@@ -193,10 +192,7 @@ class ResponsesRequest(RequestModel):
     # Kept (in Redis) unless false, so previous_response_id can continue it.
     store: bool | None = None
     priority: Priority = None
-    # Accepted and ignored (see the module's docstring).
-    user: str | None = None
-    metadata: dict[str, str] | None = None
-    service_tier: str | None = None
+    # Accepted and ignored (see the module's docstring), beside OpenAIHints'.
     truncation: Literal["auto", "disabled"] | None = None
     include: list[str] | None = None
     prompt_cache_key: str | None = None

@@ -2,8 +2,8 @@
 
 Requests forbid unknown fields, so a typo or an unsupported feature is a 400
 naming the field rather than being silently ignored. Fields that OpenAI itself
-treats as optional hints (`user`, `metadata`, `store`, `service_tier`) are
-accepted and ignored. Answers allow extra fields (ours, documented as
+treats as optional hints (`user`, `metadata`, `service_tier`: `OpenAIHints`;
+`store` on chat) are accepted and ignored. Answers allow extra fields (ours, documented as
 extensions). Each protocol family has its schemas beside this one:
 `chat_schemas` (chat and text completions), `embeddings_schemas`,
 `responses_schemas`, `messages_schemas` (Anthropic), `catalog_schemas`
@@ -28,8 +28,22 @@ Priority = Annotated[int | None, Field(ge=-100, le=100, description=(
     "(0 interactive, 1 batch)"))]
 
 
+# OpenAI's sampling bounds: chat, completions and responses take the same.
+Temperature = Annotated[float | None, Field(ge=0.0, le=2.0, description=(
+    "none: the server's IMPETUS_DEFAULT_TEMPERATURE (1.0, as OpenAI)"))]
+TopP = Annotated[float, Field(gt=0.0, le=1.0)]
+
+
 class RequestModel(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+class OpenAIHints(RequestModel):
+    """OpenAI's optional hints on chat, completions and responses: accepted and ignored."""
+
+    user: str | None = None
+    metadata: dict[str, str] | None = None
+    service_tier: str | None = None
 
 
 class ResponseModel(BaseModel):

@@ -240,3 +240,16 @@ def gateway_server(data_dir, redis_server, tmp_path_factory):
     yield f"http://127.0.0.1:{port}"
     stop_server(process)
     assert process.returncode == 0, log.read_text()
+
+
+GEMMA_FIXTURES = {"gemma_gguf", "gemma_models", "gemma_reference"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist's --dist loadgroup (make test): a module's tests on
+    one worker, so that its module-scoped servers start once, and every test
+    that reads Gemma on one worker, so that its 254 MB file is assembled and
+    imported once (about 25 s)."""
+    for item in items:
+        group = "gemma" if GEMMA_FIXTURES & set(item.fixturenames) else item.module.__name__
+        item.add_marker(pytest.mark.xdist_group(group))

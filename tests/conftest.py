@@ -16,8 +16,16 @@ from pathlib import Path
 
 import pytest
 
+# Under pytest-xdist, each worker's BLAS gets its share of the cores (and the
+# servers it starts inherit it): OpenBLAS' threads spin while they wait, so two
+# workers of two threads each on two cores ran a speculative module pair in 123 s,
+# of one thread each in 98 s (one run alone: 72 s with two threads, 87 s with one).
+_workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _workers > 1:
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _workers)))
+
 # Before anything imports mlx (as `impetus serve` does for the server).
-from impetus.system.blas import preload_openblas
+from impetus.system.blas import preload_openblas  # noqa: E402
 
 preload_openblas()
 

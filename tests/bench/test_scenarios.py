@@ -71,7 +71,7 @@ def test_process_use_counts_a_process_tree():
 
 @pytest.mark.slow
 def test_load_ramp_through_nginx_counts_tokens_limits_and_memory(data_dir, tmp_path):
-    summary = bench("--scenario", "load", "--levels", "1,20", "--duration", "8", "--max-tokens", "4",
+    summary = bench("--scenario", "load", "--levels", "1,20", "--duration", "4", "--max-tokens", "4",
                     data_dir=data_dir, out=tmp_path)
     assert summary == written(tmp_path, "load")
     one, twenty = summary["levels"]
@@ -145,7 +145,7 @@ def test_shared_prefix_counts_the_prefill_work_against_the_peer(data_dir, tmp_pa
 
 @pytest.mark.slow
 def test_cluster_measures_the_hop_and_the_split_over_two_hosts(data_dir, tmp_path):
-    summary = bench("--scenario", "cluster", "--levels", "16", "--duration", "4", "--max-tokens", "4",
+    summary = bench("--scenario", "cluster", "--levels", "16", "--duration", "2", "--max-tokens", "4",
                     "--hop-rounds", "8", data_dir=data_dir, out=tmp_path)
     written(tmp_path, "cluster")
     hop = summary["hop"]

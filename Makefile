@@ -37,12 +37,13 @@ endif
 run: setup
 	$(BIN)/impetus up
 
-# Two pytest workers: the suite leaves a quarter of two cores idle run alone
+# Two pytest workers, a test file on one (and the files that read Gemma on one:
+# tests/conftest.py): run alone, the suite left a quarter of two cores idle
 # (processes starting, timers, Node agents); -n 2 ran it in 1,014 s, not 1,399.
 # TEST_WORKERS=0 runs it in one process.
 TEST_WORKERS ?= 2
 test: setup test-deps agents
-	$(BIN)/python -m pytest -v --durations=40 -n $(TEST_WORKERS) --dist loadgroup
+	$(BIN)/python -m pytest -v --durations=40 -n $(TEST_WORKERS) --dist loadfile
 
 bench: setup
 	$(BIN)/impetus bench

@@ -8,6 +8,7 @@ second."""
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -135,3 +136,14 @@ def test_a_test_with_a_server_of_its_own_says_why():
         if (starts or uses_endpoint) and "own_server(" not in text:
             unmarked.append(str(path.relative_to(ROOT)))
     assert unmarked == []
+
+
+def test_the_files_that_read_gemma_are_one_xdist_scope():
+    """tests/conftest.py runs the files that ask for a Gemma fixture on one
+    pytest-xdist worker, so that Gemma is imported once: the list is whole."""
+    from conftest import GEMMA_FILES
+
+    asking = re.compile(r"\bgemma_(gguf|models|reference)\b")
+    found = {path.relative_to(ROOT).as_posix() for path in (ROOT / "tests").rglob("test_*.py")
+             if asking.search(path.read_text())}
+    assert found == GEMMA_FILES

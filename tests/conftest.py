@@ -223,8 +223,8 @@ def server(data_dir, tmp_path_factory):
     srv = Server(data_dir, log, max_queue=8, max_batch_size=16)
     yield srv
     srv.stop()
-    assert srv.process.returncode == 0, "the server did not shut down cleanly on SIGTERM"
     logs = srv.logs()
+    assert srv.process.returncode == 0, f"the server did not shut down cleanly on SIGTERM:\n{logs[-4000:]}"
     for bad in ("Traceback", "terminate called", "SIGABRT"):
         assert bad not in logs, logs
 

@@ -23,9 +23,9 @@ def test_hardware_facts():
 
 
 def test_resident_memory_is_now_not_the_peak():
-    from impetus.system.info import resident_memory_bytes
-
     import mmap
+
+    from impetus.system.info import resident_memory_bytes
 
     # Pages of their own (a bytearray may reuse freed, still resident heap,
     # as it did after other tests in one pytest-xdist worker).

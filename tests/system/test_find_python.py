@@ -20,7 +20,7 @@ SCRIPT = REPO / "scripts" / "find-python"
 def interpreter(folder: Path, name: str, version: str) -> Path:
     """A stand-in that answers find-python's and the Makefile's questions as
     that version would; `-m venv DIR` makes DIR/bin/python, a stand-in of the
-    same version, and `-m pip ...` is written to the log beside it."""
+    same version, and `-m pip ...` or `-m uv ...` is written to the log beside it."""
     major, minor = (int(part) for part in version.split(".")[:2])
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / name
@@ -30,7 +30,7 @@ def interpreter(folder: Path, name: str, version: str) -> Path:
                     f'  *python_version*) echo {version} ;;\n'
                     f'  -V) echo "Python {version}" ;;\n'
                     f'  "-m venv "*) mkdir -p "$3/bin" && cp "$0" "$3/bin/python" ;;\n'
-                    '  "-m pip "*) echo "$0 $*" >> "$(dirname "$0")/pip.log" ;;\n'
+                    '  "-m pip "*|"-m uv "*) echo "$0 $*" >> "$(dirname "$0")/pip.log" ;;\n'
                     "esac\n")
     path.chmod(0o755)
     return path
@@ -119,6 +119,7 @@ def test_a_venv_made_with_an_old_python_is_made_again(tmp_path):
     made = subprocess.run([str(venv / "bin" / "python"), "-V"], capture_output=True, text=True).stdout
     assert made.strip() == "Python 3.12.8"
     installs = (venv / "bin" / "pip.log").read_text()
-    assert "install -q -e .[test]" in installs
+    assert "-m pip install -q --upgrade pip uv" in installs
+    assert f"-m uv pip install -q --python {venv}/bin/python -e .[test]" in installs
     assert brew.exists()
     shutil.rmtree(venv.parent)

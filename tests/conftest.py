@@ -29,6 +29,8 @@ from impetus.system.blas import preload_openblas  # noqa: E402
 
 preload_openblas()
 
+import scheduling  # noqa: E402
+
 from impetus.models.store import DEFAULT_MODEL, ensure_default_model, packaged_default_gguf  # noqa: E402
 from impetus.server.process import free_port, start_server, stop_server  # noqa: E402
 from impetus.settings import Settings  # noqa: E402
@@ -159,6 +161,24 @@ def gemma_models(gemma_gguf, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def gemma_endpoint(gemma_models, redis_server, tmp_path_factory):
+    """Gemma 3 270M served as an agent's endpoint (keys, nginx, greedy by
+    default), with a chat template attached as the alias `gemma-agent`: room
+    for Claude Code's full default prompt (32,768 tokens of context). One for
+    the session: test_gemma_served asks it with a key of its own (a server of
+    its own cost a start and a 7-12 s load of Gemma's float32 weights)."""
+    from impetus.models.registry import Registry
+
+    from agent_endpoint import agent_endpoint
+
+    registry = Registry(gemma_models / "models")
+    if "gemma-agent" not in registry.aliases():
+        registry.add_alias("gemma-agent", "gemma3-270m", chat_template=GEMMA_TEMPLATE)
+    with agent_endpoint(gemma_models, redis_server, tmp_path_factory.mktemp("gemma-endpoint")) as served:
+        yield served
+
+
+@pytest.fixture(scope="session")
 def models_home(data_dir, tmp_path_factory) -> Path:
     """A data dir of its own (its aliases must not show in other tests' model
     lists) sharing the default model's folder, with two aliases that serve it
@@ -255,20 +275,46 @@ GEMMA_FILES = {"tests/agents/test_claude_code.py", "tests/models/test_gemma_serv
                "tests/models/test_gguf_import.py", "tests/models/test_sources.py"}
 
 
+def xdist_scope(path: str) -> str:
+    return "gemma" if path in GEMMA_FILES else path
+
+
+def _loadfile(config) -> bool:
+    return config.getvalue("dist") == "loadfile"
+
+
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config, log):
     """`make test TEST_WORKERS=2` runs pytest-xdist's --dist loadfile (a file's tests on one
     worker, in their order, its module-scoped servers started once), with the
     files that read Gemma as one file: its 254 MB GGUF is assembled and
     imported once (about 25 s), not on both workers. (--dist loadgroup's
-    xdist_group marks are not read under pytest 9.2 with xdist 3.8.)"""
-    if config.getvalue("dist") != "loadfile":
+    xdist_group marks are not read under pytest 9.2 with xdist 3.8.) The files
+    are handed out longest first, as collected (tests/scheduling.py)."""
+    if not _loadfile(config):
         return None
     from xdist.scheduler import LoadScopeScheduling
 
     class Scheduling(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            path = nodeid.split("::")[0]
-            return "gemma" if path in GEMMA_FILES else path
+            return xdist_scope(scheduling.file_of(nodeid))
 
+    config.option.loadscopereorder = False  # upstream's order: by how many tests a file has
     return Scheduling(config, log)
+
+
+def pytest_collection_modifyitems(config, items):
+    if _loadfile(config):
+        scheduling.longest_first(items, xdist_scope)
+
+
+_file_seconds = scheduling.FileSeconds()
+
+
+def pytest_runtest_logreport(report):
+    _file_seconds.add(report)
+
+
+def pytest_sessionfinish(session):
+    if _loadfile(session.config) and not hasattr(session.config, "workerinput"):
+        _file_seconds.write()

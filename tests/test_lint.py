@@ -143,7 +143,7 @@ def test_the_files_that_read_gemma_are_one_xdist_scope():
     pytest-xdist worker, so that Gemma is imported once: the list is whole."""
     from conftest import GEMMA_FILES
 
-    asking = re.compile(r"\bgemma_(gguf|models|reference)\b")
+    asking = re.compile(r"\bgemma_(gguf|models|reference|endpoint)\b")
     found = {path.relative_to(ROOT).as_posix() for path in (ROOT / "tests").rglob("test_*.py")
              if asking.search(path.read_text())}
     assert found == GEMMA_FILES

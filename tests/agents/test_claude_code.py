@@ -37,21 +37,6 @@ def endpoint(data_dir, redis_server, tmp_path_factory):
         yield served
 
 
-@pytest.fixture(scope="module")
-def long_context_endpoint(gemma_models, redis_server, tmp_path_factory):
-    """Gemma 3 270M (32,768 tokens of context), with a chat template attached
-    as the alias `gemma-agent`: room for Claude Code's full default prompt."""
-    from impetus.models.registry import Registry
-
-    from conftest import GEMMA_TEMPLATE
-
-    registry = Registry(gemma_models / "models")
-    if "gemma-agent" not in registry.aliases():
-        registry.add_alias("gemma-agent", "gemma3-270m", chat_template=GEMMA_TEMPLATE)
-    with agent_endpoint(gemma_models, redis_server, tmp_path_factory.mktemp("claude-code-gemma")) as served:
-        yield served
-
-
 def claude(endpoint, key: str, prompt: str, *options: str, max_output: int | None = None,
            model: str = DEFAULT_MODEL):
     if not CLAUDE.exists():
@@ -90,16 +75,16 @@ def test_its_default_prompt_gets_a_clean_context_error(endpoint, redis_client):
     assert "maximum context length is 8192 tokens" in shown, shown
 
 
-def test_its_full_default_prompt_fits_the_long_context_model(long_context_endpoint, redis_client):
+def test_its_full_default_prompt_fits_the_long_context_model(gemma_endpoint, redis_client):
     """The same defaults against Gemma 3 270M imported from its GGUF: the whole
     prompt is prefilled and answered. A base model does not end its turn, so the
     answer runs to the 8 tokens allowed, which Claude Code reports as such (not
     as a context error)."""
     key, record = KeyStore(redis_client).create("claude-code-gemma")
-    done = claude(long_context_endpoint, key, "Say hello", max_output=8, model="gemma-agent")
+    done = claude(gemma_endpoint, key, "Say hello", max_output=8, model="gemma-agent")
     shown = done.stdout + done.stderr
     assert "context length" not in shown and "exceeded the 8 output token maximum" in shown, shown
-    turns = [json.loads(line) for line in long_context_endpoint["server"].logs().splitlines()
+    turns = [json.loads(line) for line in gemma_endpoint["server"].logs().splitlines()
              if '"key": "claude-code-gemma"' in line and '"/v1/messages"' in line]
     assert turns and all(8192 < t["prompt_tokens"] < 32768 and t["completion_tokens"] == 8 for t in turns), turns
     # Claude Code asks again to continue: the prefix cache answers those in a fraction of the first.

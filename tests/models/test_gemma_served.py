@@ -11,26 +11,22 @@ import sys
 import openai
 import pytest
 
-from conftest import GEMMA_TEMPLATE as TEMPLATE
-from conftest import Server
+from impetus.gateway.keys import KeyStore
 
-pytestmark = [pytest.mark.slow, pytest.mark.own_server("Gemma 3 270M, the long-context model")]
+from conftest import GEMMA_TEMPLATE as TEMPLATE
+
+pytestmark = pytest.mark.slow
 
 GEMMA = "gemma3-270m"
 
 
-
 @pytest.fixture(scope="module")
-def gemma_server(gemma_models):
-    server = Server(gemma_models, gemma_models / "server.log", model=GEMMA, max_batch_size=4)
-    yield server
-    server.stop()
-    assert "Traceback" not in server.logs()
-
-
-@pytest.fixture(scope="module")
-def gemma(gemma_server):
-    return openai.OpenAI(base_url=f"{gemma_server.base_url}/v1", api_key="unused", max_retries=0, timeout=600)
+def gemma(gemma_endpoint, redis_server):
+    """The session's Gemma endpoint (tests/conftest.py), asked straight (not
+    through its nginx) with a key of this module's."""
+    key, _ = KeyStore(redis_server.client()).create("gemma-served")
+    return openai.OpenAI(base_url=f"{gemma_endpoint['server'].base_url}/v1", api_key=key, max_retries=0,
+                         timeout=600)
 
 
 def test_completions_continue_with_paris(gemma):

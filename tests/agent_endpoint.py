@@ -2,7 +2,8 @@
 personal keys on the real Redis, behind the stack's nginx, answering greedily
 (IMPETUS_DEFAULT_TEMPERATURE=0: the agents send no temperature, so the 135M
 default model's answer is the same every run). Each agent's test module
-starts its own (a module fixture over `agent_endpoint`)."""
+starts its own (a module fixture over `agent_endpoint`); Gemma's is the
+session's `gemma_endpoint` (tests/conftest.py)."""
 
 from __future__ import annotations
 

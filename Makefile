@@ -37,14 +37,12 @@ endif
 run: setup
 	$(BIN)/impetus up
 
-# TEST_WORKERS=2 runs the suite on two pytest-xdist workers, a test file on one
-# (and the files that read Gemma on one: tests/conftest.py). Run alone, the suite
-# leaves a quarter of two cores idle: -n 2 took 805-856 s of pytest against
-# 1,221-1,399 in one process. Not yet the default: in one of two such runs two
-# tests failed that pass alone (a shared server's 20 grammar requests past the
-# client's 120 s while three bench stacks ran beside it, and that server's
-# shutdown past 30 s). 0: one process.
-TEST_WORKERS ?= 0
+# The suite runs on two pytest-xdist workers, a test file on one (and the files
+# that read Gemma on one), the longest files first (tests/conftest.py,
+# tests/scheduling.py). Run alone it leaves a quarter of two cores idle: -n 2
+# took 805-856 s of pytest against 1,221-1,399 in one process. Each worker's
+# OpenBLAS gets one thread. TEST_WORKERS=0: one process.
+TEST_WORKERS ?= 2
 test: setup test-deps agents
 	$(BIN)/python -m pytest -v --durations=40 -n $(TEST_WORKERS) --dist loadfile
 

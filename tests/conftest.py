@@ -233,7 +233,8 @@ class Server:
         return self.log.read_text(errors="replace")
 
     def stop(self) -> None:
-        stop_server(self.process)
+        # As `impetus serve` and `up` wait: Gunicorn's graceful timeout, then 10 s.
+        stop_server(self.process, timeout=Settings.model_fields["graceful_timeout"].default + 10)
 
 
 @pytest.fixture(scope="session")
@@ -253,7 +254,10 @@ def server(data_dir, tmp_path_factory):
 def client(server):
     import openai
 
-    return openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0, timeout=120)
+    # A timeout only for a server that hangs: under two workers the session server
+    # shares two cores with up to three other model servers, and twenty grammar
+    # requests that take 15-21 s alone once passed 120 s (speed is a benchmark's).
+    return openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0, timeout=600)
 
 
 @pytest.fixture(scope="session")
@@ -285,7 +289,7 @@ def _loadfile(config) -> bool:
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config, log):
-    """`make test TEST_WORKERS=2` runs pytest-xdist's --dist loadfile (a file's tests on one
+    """`make test` runs pytest-xdist's --dist loadfile (a file's tests on one
     worker, in their order, its module-scoped servers started once), with the
     files that read Gemma as one file: its 254 MB GGUF is assembled and
     imported once (about 25 s), not on both workers. (--dist loadgroup's

@@ -161,7 +161,7 @@ def gemma_models(gemma_gguf, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def gemma_endpoint(gemma_models, redis_server, tmp_path_factory):
+def gemma_endpoint(gemma_models, tmp_path_factory):
     """Gemma 3 270M served as an agent's endpoint (keys, nginx, greedy by
     default), with a chat template attached as the alias `gemma-agent`: room
     for Claude Code's full default prompt (32,768 tokens of context). One for
@@ -174,8 +174,15 @@ def gemma_endpoint(gemma_models, redis_server, tmp_path_factory):
     registry = Registry(gemma_models / "models")
     if "gemma-agent" not in registry.aliases():
         registry.add_alias("gemma-agent", "gemma3-270m", chat_template=GEMMA_TEMPLATE)
-    with agent_endpoint(gemma_models, redis_server, tmp_path_factory.mktemp("gemma-endpoint")) as served:
-        yield served
+    # A Redis of its own: this server lives on after its tests, and must not
+    # show in the shared Redis (as one more subscriber to the model broadcast).
+    work = tmp_path_factory.mktemp("gemma-endpoint")
+    redis = RedisServer(work)
+    try:
+        with agent_endpoint(gemma_models, redis, work) as served:
+            yield {**served, "redis": redis}
+    finally:
+        redis.stop()
 
 
 @pytest.fixture(scope="session")
@@ -308,7 +315,8 @@ def pytest_xdist_make_scheduler(config, log):
 
 
 def pytest_collection_modifyitems(config, items):
-    if _loadfile(config):
+    # xdist's workers collect (and run their share in this order); they see dist "no".
+    if hasattr(config, "workerinput") or _loadfile(config):
         scheduling.longest_first(items, xdist_scope)
 
 

@@ -75,12 +75,13 @@ def test_its_default_prompt_gets_a_clean_context_error(endpoint, redis_client):
     assert "maximum context length is 8192 tokens" in shown, shown
 
 
-def test_its_full_default_prompt_fits_the_long_context_model(gemma_endpoint, redis_client):
+def test_its_full_default_prompt_fits_the_long_context_model(gemma_endpoint):
     """The same defaults against Gemma 3 270M imported from its GGUF: the whole
     prompt is prefilled and answered. A base model does not end its turn, so the
     answer runs to the 8 tokens allowed, which Claude Code reports as such (not
     as a context error)."""
-    key, record = KeyStore(redis_client).create("claude-code-gemma")
+    redis = gemma_endpoint["redis"].client()
+    key, record = KeyStore(redis).create("claude-code-gemma")
     done = claude(gemma_endpoint, key, "Say hello", max_output=8, model="gemma-agent")
     shown = done.stdout + done.stderr
     assert "context length" not in shown and "exceeded the 8 output token maximum" in shown, shown
@@ -88,7 +89,7 @@ def test_its_full_default_prompt_fits_the_long_context_model(gemma_endpoint, red
              if '"key": "claude-code-gemma"' in line and '"/v1/messages"' in line]
     assert turns and all(8192 < t["prompt_tokens"] < 32768 and t["completion_tokens"] == 8 for t in turns), turns
     # Claude Code asks again to continue: the prefix cache answers those in a fraction of the first.
-    billed = int(redis_client.hget(f"impetus:usage:{record.hash}", "prompt_tokens"))
+    billed = int(redis.hget(f"impetus:usage:{record.hash}", "prompt_tokens"))
     assert billed == sum(t["prompt_tokens"] for t in turns)
 
 

@@ -21,10 +21,10 @@ GEMMA = "gemma3-270m"
 
 
 @pytest.fixture(scope="module")
-def gemma(gemma_endpoint, redis_server):
+def gemma(gemma_endpoint):
     """The session's Gemma endpoint (tests/conftest.py), asked straight (not
     through its nginx) with a key of this module's."""
-    key, _ = KeyStore(redis_server.client()).create("gemma-served")
+    key, _ = KeyStore(gemma_endpoint["redis"].client()).create("gemma-served")
     return openai.OpenAI(base_url=f"{gemma_endpoint['server'].base_url}/v1", api_key=key, max_retries=0,
                          timeout=600)
 

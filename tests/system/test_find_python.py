@@ -120,6 +120,6 @@ def test_a_venv_made_with_an_old_python_is_made_again(tmp_path):
     assert made.strip() == "Python 3.12.8"
     installs = (venv / "bin" / "pip.log").read_text()
     assert "-m pip install -q --upgrade pip uv" in installs
-    assert f"-m uv pip install -q --python {venv}/bin/python -e .[test]" in installs
+    assert f"-m uv pip install -q --compile-bytecode --python {venv}/bin/python -e .[test]" in installs
     assert brew.exists()
     shutil.rmtree(venv.parent)

@@ -37,10 +37,10 @@ def longest_first(items: list, scope_of) -> None:
     weight: Counter = Counter()
     for path in {file_of(item.nodeid) for item in items}:
         weight[scope_of(path)] += seconds.get(path, usual)
-    first_seen: dict[str, int] = {}
-    for index, item in enumerate(items):
-        first_seen.setdefault(scope_of(file_of(item.nodeid)), index)
-    items.sort(key=lambda item: (-weight[scope_of(file_of(item.nodeid))], first_seen[scope_of(file_of(item.nodeid))]))
+    scopes = [scope_of(file_of(item.nodeid)) for item in items]
+    first_seen = {scope: scopes.index(scope) for scope in weight}
+    order = sorted(range(len(items)), key=lambda i: (-weight[scopes[i]], first_seen[scopes[i]]))
+    items[:] = [items[i] for i in order]
 
 
 class FileSeconds:

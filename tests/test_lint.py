@@ -147,3 +147,20 @@ def test_the_files_that_read_gemma_are_one_xdist_scope():
     found = {path.relative_to(ROOT).as_posix() for path in (ROOT / "tests").rglob("test_*.py")
              if asking.search(path.read_text())}
     assert found == GEMMA_FILES
+
+
+def test_xdist_hands_out_the_longest_files_first():
+    """tests/scheduling.py: scopes by their measured seconds, longest first, a
+    scope's tests together and in their order; the table names real files."""
+    import json
+    from types import SimpleNamespace
+
+    import scheduling
+
+    measured = json.loads(scheduling.MEASURED.read_text())
+    assert all((ROOT / path).is_file() for path in measured), "tests/file_seconds.json names a file that is gone"
+    short, long, other = sorted(measured, key=measured.get)[0], max(measured, key=measured.get), "tests/test_new.py"
+    items = [SimpleNamespace(nodeid=f"{path}::test_{i}") for i, path in enumerate([short, other, long, short, long])]
+    scheduling.longest_first(items, lambda path: path)
+    assert [item.nodeid for item in items] == [f"{long}::test_2", f"{long}::test_4", f"{other}::test_1",
+                                               f"{short}::test_0", f"{short}::test_3"]

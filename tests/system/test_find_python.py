@@ -119,7 +119,7 @@ def test_a_venv_made_with_an_old_python_is_made_again(tmp_path):
     made = subprocess.run([str(venv / "bin" / "python"), "-V"], capture_output=True, text=True).stdout
     assert made.strip() == "Python 3.12.8"
     installs = (venv / "bin" / "pip.log").read_text()
-    assert "-m pip install -q --upgrade pip uv" in installs
+    assert "-m pip install -q uv" in installs
     assert f"-m uv pip install -q --compile-bytecode --python {venv}/bin/python -e .[test]" in installs
     assert brew.exists()
     shutil.rmtree(venv.parent)

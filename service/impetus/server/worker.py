@@ -7,26 +7,14 @@ keepalive) parks its handler in "read the next request" and so holds the
 worker for the whole graceful timeout. Here each handler is known to be either
 inside a request (let it finish: a stream drains to its end) or idle between
 requests (close it now).
-
-Gunicorn's loop also looks at its `alive` flag, and then at its open
-handlers, once a second: a stop of an idle server took 1.0-1.3 s, nearly all
-of it these sleeps. Here the loop wakes when the stop is asked for and looks
-at the handlers every 0.1 s (a test suite stops ~70 servers; `impetus up`'s
-restarts and a HUP reload wait on the same loop).
 """
 
 from __future__ import annotations
 
 import os
 import socket
-import time
-from functools import partial
 
 import gevent
-from gevent.event import Event
-from gevent.pool import Pool
-from gevent.server import StreamServer
-from gunicorn.sock import ssl_context
 from gunicorn.workers.ggevent import GeventWorker
 
 
@@ -34,36 +22,7 @@ class ImpetusGeventWorker(GeventWorker):
     def init_process(self):
         self._connections: dict = {}  # handler greenlet -> its client socket
         self._in_request: set = set()
-        self._stop_asked = Event()
         super().init_process()
-
-    def run(self):
-        """GeventWorker.run (gunicorn 23-27: a StreamServer per socket, then wait,
-        then drain up to graceful_timeout), with the two waits above shortened."""
-        ssl_args = {"ssl_context": ssl_context(self.cfg)} if self.cfg.is_ssl else {}
-        servers = []
-        for listener in self.sockets:
-            listener.setblocking(1)
-            server = StreamServer(listener, handle=partial(self.handle, listener), spawn=Pool(self.worker_connections),
-                                  **ssl_args)
-            if self.cfg.workers > 1:
-                server.max_accept = 1
-            server.start()
-            servers.append(server)
-        while self.alive:  # also False after max_requests: seen within the second
-            self.notify()
-            self._stop_asked.wait(1.0)
-        for server in servers:
-            server.close()  # accept nothing more
-        deadline = time.monotonic() + self.cfg.graceful_timeout
-        while any(server.pool.free_count() != server.pool.size for server in servers):
-            if time.monotonic() > deadline:
-                self.log.warning("Worker graceful timeout (pid:%s)", self.pid)
-                for server in servers:
-                    server.stop(timeout=1)
-                return
-            self.notify()
-            gevent.sleep(0.1)
 
     def handle(self, listener, client, addr):
         current = gevent.getcurrent()
@@ -96,7 +55,6 @@ class ImpetusGeventWorker(GeventWorker):
         gevent.spawn(self._close_idle_connections)
 
     def _close_idle_connections(self):
-        self._stop_asked.set()  # run() stops waiting
         # A handler not inside a request is blocked reading the next one; no
         # request can be lost by ending it (the client sees a closed idle
         # connection, as with any keep-alive timeout). Shutting the socket

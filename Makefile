@@ -40,8 +40,8 @@ run: setup
 # The suite runs on two pytest-xdist workers, a test file on one (and the files
 # that read Gemma on one), the longest files first (tests/conftest.py,
 # tests/scheduling.py). Run alone it leaves a quarter of two cores idle: -n 2
-# took 805-856 s of pytest against 1,221-1,399 in one process. Each worker's
-# OpenBLAS gets one thread. TEST_WORKERS=0: one process.
+# took 737-769 s of pytest on fresh clones here, against 1,221-1,399 in one
+# process. Each worker's OpenBLAS gets one thread. TEST_WORKERS=0: one process.
 TEST_WORKERS ?= 2
 test: setup test-deps agents
 	$(BIN)/python -m pytest -v --durations=40 -n $(TEST_WORKERS) --dist loadfile

@@ -129,6 +129,20 @@ class Settings(BaseSettings):
     max_tokens_overflow: Literal["clamp", "reject"] = "clamp"
     prompt_cache_entries: int = 16
     prompt_cache_bytes: int = 512 * 1024 * 1024
+    # A prompt's KV cache is kept at the points where other prompts part from
+    # it (after the tools, after the system prompt, before its last token;
+    # api.prompt), when the point is at least this many tokens in: a shorter
+    # prefix is recomputed in a few prefill steps.
+    prefix_checkpoint_min_tokens: int = Field(512, ge=1)
+    # Those prefixes are also written to disk (data_dir/prefix-cache, shared
+    # by the host's workers, kept across restarts; engine.prefix_disk), the
+    # least recently used removed beyond this many bytes. 0 or false: RAM only.
+    prefix_cache_disk: bool = True
+    prefix_cache_disk_bytes: int = Field(8 * 1024**3, ge=0)
+    # Claude Code's first system block (x-anthropic-billing-header: ...) is
+    # billing metadata that changes with the question; kept, no two sessions
+    # share a prompt past its 47th character (api.messages_schemas).
+    keep_billing_header: bool = False
 
     # Freed MLX buffers kept for reuse, per worker. MLX's default keeps up to its
     # memory limit: a 135M model's worker grew to 6 GB resident in a soak while

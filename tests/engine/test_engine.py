@@ -167,14 +167,14 @@ def test_finished_requests_hold_no_more_memory_than_the_prefix_cache_counts(engi
     import mlx.core as mx
 
     gc.collect()
-    before, counted_before = mx.get_active_memory(), engine.batch.prefix_cache.nbytes
+    before, counted_before = mx.get_active_memory(), engine.batch.prefixes.nbytes
     filler = "The harbour committee met to review the budget, the roads and the market. " * 12
     handles = [chat(engine, f"{i}: {filler} Summarize.", max_tokens=8, temperature=0.7) for i in range(12)]
     for handle in handles:
         assert collect(handle)[2].reason in ("stop", "length")
     gc.collect()
     grown = mx.get_active_memory() - before
-    counted = engine.batch.prefix_cache.nbytes - counted_before
+    counted = engine.batch.prefixes.nbytes - counted_before
     # What the prefix cache keeps is all that stays: no batch KV buffers held
     # through lazy slices (those were ~10x what the cache counted).
     assert counted > 0

@@ -148,11 +148,11 @@ def test_a_prefix_shared_by_requests_in_flight_is_prefilled_once(engine):
     assert after["shared_prefixes"] > before["shared_prefixes"]
 
     # Each answer is its solo answer, computed without any cache.
-    engine.batch.prefix_cache.trim_to(n_sequences=0)
+    engine.batch.prefixes.ram.trim_to(n_sequences=0)
     solo = []
     for p in prompts:
         solo.append(tokens_of(submit(engine, "", prompt=p, max_tokens=12))[0])
-        engine.batch.prefix_cache.trim_to(n_sequences=0)
+        engine.batch.prefixes.ram.trim_to(n_sequences=0)
     assert together == solo
 
 

@@ -66,7 +66,7 @@ def create_app(settings, host, waker, gateway=None, metrics=None, broadcast=None
         "/v1/responses/{response_id}": ResponseResource(responses),
         "/v1/responses/{response_id}/input_items": ResponseInputItemsResource(responses),
         "/v1/messages": MessagesResource(host, waker, settings, None, metrics),
-        "/v1/messages/count_tokens": CountTokensResource(host),
+        "/v1/messages/count_tokens": CountTokensResource(host, settings),
         "/v1/embeddings": EmbeddingsResource(embeddings, host, metrics),
         "/v1/models": ModelsResource(host, embeddings),
         "/v1/models/{model_id:path}": ModelResource(host, embeddings),

@@ -8,36 +8,11 @@ from impetus.api.chat_schemas import ChatCompletionRequest
 from impetus.api.generation import Generation, stream_error, usage
 from impetus.api.generation_resource import CompletionResource
 from impetus.api.output import REASONING, OutputParser, Parsed
+from impetus.api.prompt import prefix_points, render_chat
 from impetus.engine import structured
 from impetus.engine.host import run_off_the_hub
 from impetus.engine.request import SamplingParams, TokenEvent
 from impetus.web import bad_request
-
-# Template arguments the server sets itself; chat_template_kwargs may not.
-RESERVED_TEMPLATE_ARGUMENTS = {"conversation", "messages", "tools", "add_generation_prompt", "tokenize",
-                               "return_dict", "continue_final_message", "documents", "chat_template"}
-
-
-def render_chat(tokenizer, messages, tool_list=None, template_kwargs: dict | None = None) -> list[int]:
-    """The prompt's tokens; `template_kwargs` (chat_template_kwargs, e.g.
-    {"enable_thinking": false}) go to the template as they are."""
-    if getattr(tokenizer, "chat_template", None) is None:
-        raise bad_request("This model has no chat template (a base model): use /v1/completions, or attach a "
-                          "template with `impetus models alias MODEL --chat-template FILE`.", param="model",
-                          code="model_has_no_chat_template")
-    reserved = RESERVED_TEMPLATE_ARGUMENTS.intersection(template_kwargs or {})
-    if reserved:
-        raise bad_request(f"chat_template_kwargs may not set {', '.join(sorted(reserved))}; the server does.",
-                          param="chat_template_kwargs")
-    conversation, extra = tools.conversation(messages, tool_list, tokenizer)
-    try:
-        tokens = tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=True,
-                                               **(template_kwargs or {}), **extra)
-    except Exception as error:  # the template itself rejects the conversation
-        raise bad_request(f"The model's chat template rejected the messages: {error}", param="messages")
-    if isinstance(tokens, dict):  # some transformers versions return a BatchEncoding
-        tokens = tokens["input_ids"]
-    return list(tokens)
 
 
 def output_grammar(body, tool_mode: str | None, tokenizer) -> str | None:
@@ -79,6 +54,8 @@ def prepare(resp, engine, settings, chat: ChatCompletionRequest, requested: int 
                                           overflow)
     params = sampling_params(chat, max_tokens, engine, logprobs=chat.logprobs, top_logprobs=chat.top_logprobs or 0)
     params.grammar = output_grammar(chat, tool_mode, engine.tokenizer)
+    params.keep_prefixes = prefix_points(engine.tokenizer, chat.messages, chat.tools, chat.chat_template_kwargs,
+                                         prompt, settings.prefix_checkpoint_min_tokens)
     if chat.prediction is not None:
         params.prediction = engine.tokenizer.encode(chat.prediction.text, add_special_tokens=False)
     return prompt, params, tool_mode

@@ -26,11 +26,12 @@ import uuid
 from pydantic import ValidationError
 
 from impetus.api.budget import with_defaults
-from impetus.api.chat import prepare, render_chat
+from impetus.api.chat import prepare
 from impetus.api.errors import from_validation_error
 from impetus.api.generation_resource import GenerationResource, engine_for, start_stream, typed_sse
 from impetus.api.messages_schemas import MessagesCountRequest, MessagesRequest
 from impetus.api.output import CALL, END, ERROR, PING, QUEUED, REASONING, TEXT, OutputParser, parsed_stream
+from impetus.api.prompt import render_chat
 from impetus.api.validation import parse
 
 PING_S = 5.0
@@ -38,9 +39,9 @@ PING_S = 5.0
 STOP_REASONS = {"length": "max_tokens", "stop": "end_turn"}
 
 
-def to_chat(body: MessagesRequest):
+def to_chat(body: MessagesRequest, keep_billing_header: bool):
     try:
-        return body.to_chat()
+        return body.to_chat(keep_billing_header)
     except ValidationError as error:
         raise from_validation_error(error) from None
 
@@ -74,7 +75,7 @@ class MessagesResource(GenerationResource):
 
     def on_post(self, req, resp):
         body = with_defaults(parse(MessagesRequest, req.context.json), self.settings)
-        chat = to_chat(body)
+        chat = to_chat(body, self.settings.keep_billing_header)
         engine = engine_for(self.host, body.model, req.context.account)
         self.admit(req, resp, body, engine)
         tokenizer = engine.tokenizer
@@ -173,13 +174,14 @@ class _Blocks:
 class CountTokensResource:
     """POST /v1/messages/count_tokens: the prompt tokens the same message request would have."""
 
-    def __init__(self, host):
+    def __init__(self, host, settings):
         self.host = host
+        self.settings = settings
 
     def on_post(self, req, resp):
         body = parse(MessagesCountRequest, req.context.json)
         engine = engine_for(self.host, body.model, req.context.account)
         tool_list, _ = body.chat_tools()
-        resp.media = {"input_tokens": len(render_chat(engine.tokenizer, body.chat_messages(), tool_list,
-                                                      body.template_kwargs()))}
+        messages = body.chat_messages(self.settings.keep_billing_header)
+        resp.media = {"input_tokens": len(render_chat(engine.tokenizer, messages, tool_list, body.template_kwargs()))}
 

@@ -129,6 +129,20 @@ class Thinking(RequestModel):
     display: str | None = None
 
 
+BILLING_HEADER = "x-anthropic-billing-header:"
+
+
+def billing_header(text: str) -> bool:
+    """Claude Code's first system block, `x-anthropic-billing-header:
+    cc_version=2.1.332.8d3; cc_entrypoint=sdk-cli;`: metadata for Anthropic's
+    billing, not instructions. Its last three characters follow the first
+    question asked (measured: "What does this project do?" gave 8d3 for two
+    users, "List the files please" 307), so left in it makes two sessions'
+    prompts part at their 47th character and nothing after it is shared.
+    Dropped unless IMPETUS_KEEP_BILLING_HEADER=true."""
+    return text.startswith(BILLING_HEADER)
+
+
 class MessagesCountRequest(_Cacheable):
     """POST /v1/messages/count_tokens: the body of a message request, less max_tokens."""
 
@@ -164,12 +178,14 @@ class MessagesCountRequest(_Cacheable):
                 tools.append(_CUSTOM_TOOL.validate_python(tool))
         return tools
 
-    def chat_messages(self) -> list[ChatMessage]:
+    def chat_messages(self, keep_billing_header: bool = False) -> list[ChatMessage]:
         """The conversation as chat completions' messages: tool_use blocks become
-        tool_calls, tool_result blocks tool messages; thinking is not rendered."""
+        tool_calls, tool_result blocks tool messages; thinking is not rendered.
+        Claude Code's billing header block is left out (`billing_header`)."""
         out = []
-        if self.system:
-            system = self.system if isinstance(self.system, str) else "".join(b.text for b in self.system)
+        blocks = [TextBlock(type="text", text=self.system)] if isinstance(self.system, str) else self.system or []
+        system = "".join(b.text for b in blocks if keep_billing_header or not billing_header(b.text))
+        if system:
             out.append(ChatMessage(role="system", content=system))
         for number, message in enumerate(self.messages):
             if isinstance(message.content, str):
@@ -234,11 +250,11 @@ class MessagesRequest(MessagesCountRequest):
     thread: dict | None = None
     priority: Priority = None
 
-    def to_chat(self) -> ChatCompletionRequest:
+    def to_chat(self, keep_billing_header: bool = False) -> ChatCompletionRequest:
         """The same request as chat completions take it."""
         tools, tool_choice = self.chat_tools()
         return ChatCompletionRequest(
-            model=self.model, messages=self.chat_messages(), max_tokens=self.max_tokens,
+            model=self.model, messages=self.chat_messages(keep_billing_header), max_tokens=self.max_tokens,
             temperature=self.temperature, top_p=self.top_p or 1.0, top_k=self.top_k or 0,
             stop=[s for s in self.stop_sequences or [] if s], tools=tools, tool_choice=tool_choice,
             chat_template_kwargs=self.template_kwargs(), priority=self.priority)

@@ -4,9 +4,9 @@ output comes back as OpenAI `tool_calls`.
 The model's chat template decides the format where it knows tools: mlx-lm
 reads the template's tool-call markers and parser (Qwen's `<tool_call>` JSON,
 Mistral's, ...) and the tools are handed to the template. A template that
-knows no tools (SmolLM2's) gets them described in the system message in the
-common Hermes form, with `<tool_call>{"name": ..., "arguments": {...}}</tool_call>`
-as the way to call one; earlier calls and their results are written back into
+knows no tools (SmolLM2's) gets them described in the system message, before
+the system prompt (shared by everybody), in the common Hermes form, with
+`<tool_call>{"name": ..., "arguments": {...}}</tool_call>` as the way to call one; earlier calls and their results are written back into
 the conversation the same way.
 
 - tool_choice "auto" (the default with tools): the model writes freely; text
@@ -87,16 +87,26 @@ def conversation(messages, tools, tokenizer) -> tuple[list[dict], dict]:
         return out, {}
     if native:
         return out, {"tools": [_tool_json(t) for t in tools]}
-    described = "\n".join(json.dumps(_tool_json(t)) for t in tools)
-    instructions = (
-        "You can call these functions:\n<tools>\n" + described + "\n</tools>\n"
-        f"To call a function, reply with only {open_}{{\"name\": <function name>, "
-        f"\"arguments\": <arguments as a JSON object>}}{close}. Otherwise answer normally.")
+    # The tools first, then the system prompt: the tools are the same for
+    # everybody, the instructions after them are not (Claude Code's name the
+    # user's memory folder 3,562 characters in, before its 61,512 characters
+    # of tool definitions), so this order lets one person's session start
+    # from another's tools in the prefix cache.
+    instructions = described(tools, tokenizer)
     if out and out[0]["role"] == "system":
-        out[0] = {**out[0], "content": out[0]["content"] + "\n\n" + instructions}
+        out[0] = {**out[0], "content": instructions + "\n\n" + out[0]["content"]}
     else:
         out.insert(0, {"role": "system", "content": instructions})
     return out, {}
+
+
+def described(tools, tokenizer) -> str:
+    """The tools as a template without tools of its own is told of them (Hermes' form)."""
+    open_, close = markers(tokenizer)
+    listed = "\n".join(json.dumps(_tool_json(t)) for t in tools)
+    return ("You can call these functions:\n<tools>\n" + listed + "\n</tools>\n"
+            f"To call a function, reply with only {open_}{{\"name\": <function name>, "
+            f"\"arguments\": <arguments as a JSON object>}}{close}. Otherwise answer normally.")
 
 
 def closed(parameters: dict | None) -> dict:

@@ -2,8 +2,9 @@
 
 `Batch` owns mlx-lm's `BatchGenerator`, the `running` requests (by uid) and
 the `paused` ones with their KV caches, and the prefix cache they start from
-and end in. It inserts a request from the longest cached prefix of its
-prompt (computing a short one's first token itself, `first_token_now`),
+and end in (`Prefixes`). It inserts a request from the longest cached prefix
+of its prompt (computing a short one's first token itself, `first_token_now`),
+keeps its cache at its prompt's points as the prefill reaches them,
 runs a step, turns each token into its client's text (`tokens.emit`) and
 ends each request exactly once (`finish`). Who gets a slot, who is paused
 and who speculates are decided elsewhere (`admission`, `speculator`): this
@@ -18,8 +19,9 @@ import traceback
 
 import mlx.core as mx
 from mlx_lm.generate import BatchGenerator
-from mlx_lm.models.cache import LRUPromptCache, make_prompt_cache, trim_prompt_cache
+from mlx_lm.models.cache import make_prompt_cache, trim_prompt_cache
 
+from impetus.engine.prefixes import Prefixes
 from impetus.engine.request import FinishEvent, RequestHandle
 from impetus.engine.running import EngineStats, Running, Token
 from impetus.engine.sampling import make_processors, make_sampler
@@ -44,9 +46,7 @@ class Batch:
         self.headroom = max(1, settings.max_batch_size // 8)
         self.running: dict[int, Running] = {}
         self.paused: dict[RequestHandle, Running] = {}
-        self.prefix_cache = LRUPromptCache(
-            max_size=settings.prompt_cache_entries, max_bytes=settings.prompt_cache_bytes
-        )
+        self.prefixes = Prefixes(loaded, settings, stats)
         self.generator: BatchGenerator | None = None
         self._lone_uid = 0  # negative uids: requests in `running` that are not the generator's
         self.done = 0  # requests ended (written by the engine thread only)
@@ -83,11 +83,7 @@ class Batch:
         (`first_token_now`)."""
         prompt = handle.prompt_tokens
         params = handle.params
-        cache, rest = self.prefix_cache.fetch_nearest_cache(self.name, prompt)
-        if cache is not None and not rest:
-            # Whole prompt cached: recompute its last token to get logits.
-            trim_prompt_cache(cache, 1)
-            rest = prompt[-1:]
+        cache, rest = self.prefixes.fetch(prompt)
         cached = len(prompt) - len(rest)
         sampler, processors = make_sampler(params), make_processors(params, self.tokenizer)
         stops = [s for s in params.stop if s]
@@ -101,6 +97,7 @@ class Batch:
             sampler=sampler,
             processors=processors,
             in_cache=cached,
+            points={p for p in params.keep_prefixes if cached < p < len(prompt)},
         )
         self.stats.prompt_tokens += len(prompt)
         self.stats.cached_prompt_tokens += cached
@@ -109,8 +106,11 @@ class Batch:
         if now and len(rest) <= self.prefill_step:
             self.first_token_now(state, cache, rest)
             return
-        (uid,) = self.generator.insert(
-            [rest],
+        # The prompt in segments that end at its points: mlx-lm stops its
+        # prefill chunks there, and `keep_points` keeps the cache of each.
+        ends = sorted(p - cached for p in state.points) + [len(rest)]
+        (uid,) = self.generator.insert_segments(
+            [[rest[start:end] for start, end in zip([0] + ends, ends)]],
             max_tokens=[params.max_tokens],
             caches=[cache],
             all_tokens=[prompt[:cached]],
@@ -216,15 +216,30 @@ class Batch:
             self.generator = self.new_generator()
             return
         self.stats.steps += 1
+        ended = []
         for progress in prompt_responses:
             state = self.running.get(progress.uid)
             if state is not None:
                 state.in_cache = state.cached_tokens + progress.progress[0]
+                if progress.end_of_segment and state.in_cache in state.points:
+                    ended.append(progress.uid)
+        if ended:
+            self.keep_points(ended)
         for response in responses:
             state = self.running.get(response.uid)
             if state is None:  # removed (cancelled) while this step ran
                 continue
             self.on_token(response, state)
+
+    def keep_points(self, uids: list[int]) -> None:
+        """The caches of prompts whose prefill has just reached one of their
+        points, into the prefix cache (and its disk tier)."""
+        for uid, (cache, tokens) in self.generator.extract_cache(uids).items():
+            state = self.running[uid]
+            prompt = state.handle.prompt_tokens[:state.in_cache]
+            if list(tokens) == prompt:
+                self.prefixes.keep(prompt, cache, point=True)
+                self.stats.prefix_points += 1
 
     def on_token(self, response, state: Running, cache_of=None) -> None:
         """Count and send one token; at the end, its KV cache into the prefix
@@ -245,12 +260,7 @@ class Batch:
             caches = self.generator.remove([response.uid], return_prompt_caches=True)
             cache, tokens = caches.get(response.uid, (None, None))
         if cache is not None:
-            # The extracted cache is a lazy slice of the whole batch's KV
-            # buffers: until evaluated it keeps all of them alive. Copy it
-            # out now (measured: 40 mixed streams left 3.8 GB held by a
-            # prefix cache that counted 0.35 GB; 0.5 GB after this).
-            mx.eval([c.state for c in cache])
-            self.prefix_cache.insert_cache(self.name, list(tokens), cache)
+            self.prefixes.keep(tokens, cache)
         self.finish(state, finish, uid=response.uid)
 
     # -- out -----------------------------------------------------------------

@@ -139,7 +139,7 @@ class Engine:
         return handle
 
     def snapshot(self) -> dict:
-        s, speculator, prefix_cache = self.stats, self.speculator, self.batch.prefix_cache
+        s, speculator = self.stats, self.speculator
         return {
             "model": self.loaded.name,
             "alive": self._alive,
@@ -168,8 +168,8 @@ class Engine:
             "spec_acceptance_rate": round(s.spec_accepted / s.spec_proposed, 3) if s.spec_proposed else None,
             "scheduler": "fair" if self._queue.fair else "fifo",
             "waiting_by_key": dict(self.waiting_by_key),
-            "prefix_cache_entries": len(prefix_cache),
-            "prefix_cache_bytes": prefix_cache.nbytes,
+            "prefix_points": s.prefix_points,
+            **self.batch.prefixes.snapshot(),
         }
 
     # -- engine thread --------------------------------------------------------

@@ -46,6 +46,10 @@ class SamplingParams:
     grammar: str | None = None
     # Tokens the answer is expected to repeat (OpenAI's `prediction`): more to guess from.
     prediction: list[int] = field(default_factory=list)
+    # Prompt lengths whose KV cache is kept in the prefix cache as the prompt
+    # is computed: where other prompts are likely to part from this one
+    # (api.prompt.prefix_points).
+    keep_prefixes: list[int] = field(default_factory=list)
 
 
 @dataclass

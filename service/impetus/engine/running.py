@@ -31,6 +31,14 @@ class EngineStats:
     steps: int = 0
     preempted: int = 0  # running requests paused to give their slot to another key
     shared_prefixes: int = 0  # prefixes of requests in flight put into the prefix cache for others
+    prefix_points: int = 0  # prompts' caches kept at their points (api.prompt.prefix_points)
+    prefix_hits_ram: int = 0  # requests started from a prefix in RAM ...
+    disk_hits: int = 0  # ... and from the disk tier (engine.prefix_disk)
+    disk_bytes_read: int = 0
+    disk_bytes_written: int = 0
+    disk_writes: int = 0
+    disk_skipped: int = 0  # files that did not load (damaged, another model's), removed
+    disk_evicted: int = 0  # files removed to keep the disk budget
     first_tokens_now: int = 0  # first tokens computed before joining the batch (Batch.first_token_now)
     spec_steps: int = 0  # forward passes decoded off mlx-lm's batch with guesses (Speculator.step)
     spec_proposed: int = 0  # draft tokens proposed by prompt lookup
@@ -56,6 +64,7 @@ class Running:
     stop_string: str | None = None
     paused: tuple | None = None  # (KV cache, its tokens) while paused
     common: dict = field(default_factory=dict)  # waiting handle -> common prefix length
+    points: set = field(default_factory=set)  # prompt lengths whose cache is kept as the prefill passes them
     accepted_guesses: int = 0  # speculative decoding: drafts the model agreed with ...
     rejected_guesses: int = 0  # ... and drafts it did not
     speculate_from: int = 0  # no speculation before this many tokens (a back-off)

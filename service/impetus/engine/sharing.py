@@ -7,7 +7,10 @@ tokens computed instead of 3,701; benchmarks/README.md, shared-prefix).
 because a running (or just admitted) request is computing a long prefix
 of its prompt; once that prefix is computed it is copied into the prefix
 cache (`snapshot`), and the waiting request starts from it like any other
-cached prefix. It decides only "wait or go": admission decides the slots,
+cached prefix. A model whose cache cannot be cut back (Gemma 3) shares only
+what the running request keeps at its prompt's points (`Batch.keep_points`):
+the waiting request waits for the longest such point within their common
+prefix. It decides only "wait or go": admission decides the slots,
 and the batch inserts.
 """
 
@@ -52,19 +55,19 @@ class InFlightPrefixes:
             if state.common[handle] > common:
                 best, common = state, state.common[handle]
         common = min(common, len(prompt) - 1)
+        if not self._batch.prefixes.trims:  # only a point of its prompt can be shared (Batch.keep_points)
+            common = max((p for p in best.points if p <= common), default=0) if best is not None else 0
         if common < chunk or common - (self.cached_length(prompt) if cached is None else cached) < chunk:
             return False
         if best.in_cache < common:
             return True
-        self.snapshot(best, common)
+        if self._batch.prefixes.trims:
+            self.snapshot(best, common)
         return False
 
     def cached_length(self, prompt: list[int]) -> int:
         """How much of the prompt the prefix cache can give (without copying anything)."""
-        found = self._batch.prefix_cache._trie.search(self._batch.name, prompt)
-        if found.exact is not None:
-            return len(prompt)
-        return max(len(found.shorter or ()), found.common_prefix if found.longer is not None else 0)
+        return self._batch.prefixes.cached_length(prompt)
 
     def snapshot(self, state: Running, length: int) -> None:
         """Put the first `length` tokens of a running request's KV cache into
@@ -80,8 +83,7 @@ class InFlightPrefixes:
             if type(layer) is KVCache:  # drop the trimmed tail from memory too
                 layer.keys = mx.contiguous(layer.keys[..., :layer.offset, :])
                 layer.values = mx.contiguous(layer.values[..., :layer.offset, :])
-        mx.eval([c.state for c in cache])
-        batch.prefix_cache.insert_cache(batch.name, list(prefix), cache)
+        batch.prefixes.keep(prefix, cache)
         batch.stats.shared_prefixes += 1
 
 

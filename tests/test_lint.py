@@ -34,11 +34,11 @@ LAYERS = (
 )
 # The engine's rooms from the bottom up, the same way.
 ENGINE_ROOMS = (
-    ("request", "waiters", "speculative", "spec_cache"),  # import no other room
+    ("request", "waiters", "speculative", "spec_cache", "prefix_disk"),  # import no other room
     ("structured", "scheduler", "draft"),
     ("sampling",),
     ("running",),
-    ("tokens",),
+    ("tokens", "prefixes"),
     ("batch",),
     ("sharing",),
     ("admission", "speculator"),

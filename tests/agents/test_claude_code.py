@@ -38,10 +38,12 @@ def endpoint(data_dir, redis_server, tmp_path_factory):
 
 
 def claude(endpoint, key: str, prompt: str, *options: str, max_output: int | None = None,
-           model: str = DEFAULT_MODEL):
+           model: str = DEFAULT_MODEL, user: str = "claude-home"):
+    """`user`: a home of its own (Claude Code's memory folder and working
+    directory are named after it, as two people's are)."""
     if not CLAUDE.exists():
         pytest.fail("Claude Code is not installed: `make agents` (make test does it)")
-    home = endpoint["work"] / "claude-home"
+    home = endpoint["work"] / user
     home.mkdir(exist_ok=True)
     env = {
         "PATH": os.environ["PATH"], "HOME": str(home), "ANTHROPIC_BASE_URL": endpoint["url"],
@@ -91,6 +93,26 @@ def test_its_full_default_prompt_fits_the_long_context_model(gemma_endpoint):
     # Claude Code asks again to continue: the prefix cache answers those in a fraction of the first.
     billed = int(redis.hget(f"impetus:usage:{record.hash}", "prompt_tokens"))
     assert billed == sum(t["prompt_tokens"] for t in turns)
+
+
+def test_a_second_person_starts_from_the_first_persons_prompt(gemma_endpoint):
+    """Two people's sessions, each with its own key, home and question: their
+    prompts differ in Claude Code's billing header (it follows the question)
+    and in the instructions (the memory folder, the working directory), but
+    not in the 21 tools. With the header dropped and the described tools put
+    first, the second person's first request reads most of its prompt from
+    the prefix cache (0 of 20,549 tokens before)."""
+    redis = gemma_endpoint["redis"].client()
+    firsts = {}
+    for person, question in (("alice", "What does this project do?"), ("bob", "List the files please")):
+        key, _ = KeyStore(redis).create(f"claude-code-{person}")
+        done = claude(gemma_endpoint, key, question, max_output=8, model="gemma-agent", user=person)
+        assert "exceeded the 8 output token maximum" in done.stdout + done.stderr, done.stdout + done.stderr
+        turns = [json.loads(line) for line in gemma_endpoint["server"].logs().splitlines()
+                 if f'"key": "claude-code-{person}"' in line and '"/v1/messages"' in line]
+        firsts[person] = turns[0]
+    bob = firsts["bob"]
+    assert bob["prompt_tokens"] > 8192 and bob["cached_tokens"] >= 0.5 * bob["prompt_tokens"], firsts
 
 
 def test_a_wrong_key_is_refused_in_its_words(endpoint):

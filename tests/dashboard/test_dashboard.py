@@ -113,6 +113,7 @@ def test_sign_in_refuses_a_bad_key_and_shows_the_loaded_model(stack, page, admin
     card = page.locator("[data-test=models-card]")
     card.get_by_text(DEFAULT_MODEL).wait_for()
     assert "loaded" in card.inner_text()
+    assert " disk · hits " in card.locator("[data-test=prefix-cache]").first.inner_text()
     # The host registry: this server heartbeats its host, with the model it has loaded.
     host = page.locator(f"[data-test=hosts-card] tr[data-host='http://{socket.gethostname()}:{stack['server'].port}']")
     host.wait_for()

@@ -20,7 +20,7 @@ export function overview(): HTMLElement {
         ? h(
             "table",
             {},
-            h("thead", {}, h("tr", {}, ["model", "weights", "memory", "running", "waiting", "batch"].map((c) => h("th", {}, c)))),
+            h("thead", {}, h("tr", {}, ["model", "weights", "memory", "running", "waiting", "batch", "prefix cache"].map((c) => h("th", {}, c)))),
             h(
               "tbody",
               {},
@@ -34,6 +34,11 @@ export function overview(): HTMLElement {
                   h("td", {}, m.running),
                   h("td", {}, m.waiting),
                   h("td", {}, `≤ ${m.max_batch_size}`),
+                  h(
+                    "td",
+                    { "data-test": "prefix-cache", title: "prompt prefixes kept in RAM and on disk; requests started from each" },
+                    `${bytes(m.prefix_cache_bytes ?? 0)} RAM · ${m.prefix_cache_disk ? bytes(m.prefix_cache_disk_bytes ?? 0) : "off"} disk · hits ${m.prefix_hits_ram ?? 0} / ${m.prefix_hits_disk ?? 0}`,
+                  ),
                 ),
               ),
             ),

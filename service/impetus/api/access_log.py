@@ -36,6 +36,7 @@ class AccessLogMiddleware:
                 "key": account.key.name if account.key is not None else None,
                 "prompt_tokens": generation.prompt_tokens if generation else None,
                 "completion_tokens": generation.completion_tokens if generation else None,
+                "cached_tokens": generation.cached_tokens if generation else None,
                 "cache": resp.get_header("x-impetus-cache"),
                 "queue_seconds": float(resp.get_header("x-impetus-queue-seconds") or 0) or None,
                 "seconds": round(time.perf_counter() - started, 4),

@@ -159,8 +159,12 @@ class Generation:
         if self._charged:
             return
         self._charged = True
-        cached = max((c.finish.cached_tokens for c in self.choices if c.finish is not None), default=0)
-        self.account.charge(self.engine.loaded.name, self.prompt_tokens, self.completion_tokens, cached)
+        self.account.charge(self.engine.loaded.name, self.prompt_tokens, self.completion_tokens, self.cached_tokens)
+
+    @property
+    def cached_tokens(self) -> int:
+        """Prompt tokens read from the prefix cache (the most of any choice)."""
+        return max((c.finish.cached_tokens for c in self.choices if c.finish is not None), default=0)
 
     def events(self, heartbeat: float | None = None, notes: bool = True):
         """Yield (choice index, event) until every choice has finished; with

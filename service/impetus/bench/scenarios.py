@@ -1,4 +1,4 @@
-"""Runs one of the load, peer, soak, fairness, shared-prefix, cluster and speculative benchmarks and writes what it measured:
+"""Runs one of the load, peer, soak, fairness, shared-prefix, agents, cluster and speculative benchmarks and writes what it measured:
 a JSON file and PNG plots named by date, scenario and machine, so results from
 different machines sit side by side under benchmarks/results/."""
 
@@ -27,8 +27,12 @@ def _levels(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x.strip()]
 
 
+def _servers(text: str) -> tuple[str, ...]:
+    return tuple(s.strip() for s in text.split(",") if s.strip())
+
+
 def run_scenario(args, settings) -> dict:
-    from impetus.bench import cluster, fairness, load, peer, shared_prefix, soak, speculative
+    from impetus.bench import agents, cluster, fairness, load, peer, shared_prefix, soak, speculative
 
     console = Console(stderr=True, soft_wrap=True)
     progress = console.print
@@ -48,7 +52,11 @@ def run_scenario(args, settings) -> dict:
     elif args.scenario == "shared-prefix":
         result, module = shared_prefix.run(settings, _levels(args.levels or "8,16"), args.prompt_tokens,
                                            args.max_tokens or 16, work, progress,
-                                           servers=tuple(s.strip() for s in args.servers.split(","))), shared_prefix
+                                           servers=_servers(args.servers or "impetus,impetus-fifo,mlx_lm.server")
+                                           ), shared_prefix
+    elif args.scenario == "agents":
+        result, module = agents.run(settings, args.sessions, args.max_tokens or 16, args.gap, work, progress,
+                                    servers=_servers(args.servers or ",".join(agents.SERVERS))), agents
     elif args.scenario == "cluster":
         result, module = cluster.run(settings, _levels(args.levels or "4,16"), args.duration or 20,
                                      args.max_tokens or 32, work, progress, hop_rounds=args.hop_rounds), cluster

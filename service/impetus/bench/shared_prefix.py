@@ -72,7 +72,8 @@ def measure(url: str, model: str, n: int, system: str, max_tokens: int, ours: bo
     if ours:
         with httpx.Client() as http:
             after = _status(http, url)
-        for counter in ("prefilled_tokens", "cached_prompt_tokens", "prompt_tokens", "shared_prefixes"):
+        for counter in ("prefilled_tokens", "cached_prompt_tokens", "prompt_tokens", "shared_prefixes",
+                        "prefix_points"):
             row[counter] = after[counter] - before[counter]
     return row
 
@@ -106,7 +107,8 @@ def run(settings, levels: list[int], prompt_tokens: int, max_tokens: int, work: 
                 row = measure(url, model, n, system, max_tokens, name != "mlx_lm.server")
                 rows.append(row)
                 extra = (f"; prefilled {row['prefilled_tokens']} of {row['prompt_tokens']} prompt tokens, "
-                         f"{row['shared_prefixes']} prefixes shared") if "prefilled_tokens" in row else ""
+                         f"{row['shared_prefixes']} prefixes shared, {row['prefix_points']} kept at points"
+                         ) if "prefilled_tokens" in row else ""
                 progress(f"  {name:<14} N={n:<3} TTFT p50 {row['ttft_p50_s']:.1f} s p95 {row['ttft_p95_s']:.1f} s, "
                          f"total {row['total_s']:.1f} s, errors {row['errors']}{extra}")
             series[name] = rows

@@ -214,11 +214,12 @@ def build_parser() -> argparse.ArgumentParser:
         "bench", help="benchmarks: core (raw mlx-lm vs the server), load (a ramp through nginx with keys), "
                       "peer (side by side with mlx_lm.server), soak (memory and open files over time), "
                       "fairness (one key floods, another asks), shared-prefix (N agents, one system prompt), "
+                      "agents (N Claude Code sessions of different people, three turns, a restart, one more), "
                       "cluster (a gateway and one, then two hosts: the hop and the split), "
                       "speculative (prompt lookup off and on, and mlx_lm.server: editing and open-ended)")
     _add_common(bench)
-    bench.add_argument("--scenario", choices=("core", "load", "peer", "soak", "fairness", "shared-prefix", "cluster",
-                                                  "speculative"),
+    bench.add_argument("--scenario", choices=("core", "load", "peer", "soak", "fairness", "shared-prefix", "agents",
+                                                  "cluster", "speculative"),
                        default="core")
     bench.add_argument("--model", help="model name or MLX folder path")
     bench.add_argument("--json", action="store_true", help="print one JSON line on stdout")
@@ -242,8 +243,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--hop-rounds", type=int, default=40,
                        help="cluster: rounds of the hop's four requests (straight and through the gateway)")
     bench.add_argument("--prompt-tokens", type=int, default=3500, help="shared-prefix: the system prompt's size")
-    bench.add_argument("--servers", default="impetus,impetus-fifo,mlx_lm.server",
-                       help="shared-prefix: which servers to measure (comma-separated)")
+    bench.add_argument("--servers", help="shared-prefix (default impetus,impetus-fifo,mlx_lm.server) and agents "
+                                         "(default impetus,impetus-billing-header,impetus-no-disk,mlx_lm.server): "
+                                         "which servers to measure (comma-separated)")
+    bench.add_argument("--sessions", type=int, default=8, help="agents: coding-agent sessions, one per person")
+    bench.add_argument("--gap", type=float, default=3.0, help="agents: seconds between two sessions' starts")
     bench.add_argument("--tag", help="load/peer/soak/fairness/shared-prefix: added to the result's file name")
     bench.add_argument("--out", type=Path,
                        help="load/peer/soak: folder for the JSON result and PNG plots (default benchmarks/results)")

@@ -63,6 +63,16 @@ class Metrics:
                                      "Tokens guessed for speculative decoding (prompt lookup or a draft model)", ("model",))
         self.spec_accepted = counter("impetus_spec_accepted_tokens_total",
                                      "Draft tokens the model accepted (each one a forward pass saved)", ("model",))
+        self.prefix_hits = counter("impetus_prefix_cache_hits_total",
+                                   "Requests started from a cached prompt prefix, by tier (ram, disk)",
+                                   ("model", "tier"))
+        self.prefix_disk_bytes = counter("impetus_prefix_cache_disk_io_bytes_total",
+                                         "Bytes of prefix caches read from and written to disk",
+                                         ("model", "direction"))
+        self.prefix_ram_bytes = gauge("impetus_prefix_cache_ram_bytes", "Prefix caches held in RAM", ("model",))
+        # The disk tier is one folder shared by the host's workers: each sees all of it.
+        self.prefix_stored_bytes = gauge("impetus_prefix_cache_disk_bytes", "Prefix caches stored on disk",
+                                         ("model",), mode="livemax")
         self.model_load_seconds = gauge("impetus_model_load_seconds", "Time to load the model", ("model",),
                                         mode="liveall")
         self.model_bytes = gauge("impetus_model_memory_bytes", "Memory of the loaded model's weights",
@@ -90,7 +100,7 @@ class Metrics:
         for route in ("/v1/chat/completions", "/v1/completions"):
             self.request_seconds.labels(route)
         self._waiting_keys: dict[str, set[str]] = {}  # keys seen waiting, per model: back to 0 when none wait
-        self._counted: dict[tuple, int] = {}  # (counter, model) -> the engine's total already counted
+        self._counted: dict[tuple, int] = {}  # (counter, labels) -> the engine's total already counted
 
     @classmethod
     def null(cls) -> "Metrics":
@@ -108,7 +118,7 @@ class Metrics:
     def model_unloaded(self, name: str) -> None:
         # Multiprocess gauges live in files: a removed label would keep its last
         # value there, so an unloaded model reads 0.
-        for gauge in (self.model_bytes, self.running, self.waiting):
+        for gauge in (self.model_bytes, self.running, self.waiting, self.prefix_ram_bytes, self.prefix_stored_bytes):
             gauge.labels(name).set(0)
 
     def sample_engines(self, host) -> None:
@@ -123,13 +133,21 @@ class Metrics:
                 self.waiting_by_key.labels(name, key).set(waiting.get(key, 0))
             self._waiting_keys[name] |= set(waiting)
             # The engine keeps totals; the counters advance by what is new.
-            for metric, total in ((self.preempted, engine.stats.preempted),
-                                  (self.spec_proposed, engine.stats.spec_proposed),
-                                  (self.spec_accepted, engine.stats.spec_accepted)):
-                new = total - self._counted.get((metric, name), 0)
+            stats = engine.stats
+            for metric, labels, total in ((self.preempted, (name,), stats.preempted),
+                                          (self.spec_proposed, (name,), stats.spec_proposed),
+                                          (self.spec_accepted, (name,), stats.spec_accepted),
+                                          (self.prefix_hits, (name, "ram"), stats.prefix_hits_ram),
+                                          (self.prefix_hits, (name, "disk"), stats.disk_hits),
+                                          (self.prefix_disk_bytes, (name, "read"), stats.disk_bytes_read),
+                                          (self.prefix_disk_bytes, (name, "written"), stats.disk_bytes_written)):
+                new = total - self._counted.get((metric, labels), 0)
                 if new > 0:
-                    metric.labels(name).inc(new)
-                self._counted[(metric, name)] = total
+                    metric.labels(*labels).inc(new)
+                self._counted[(metric, labels)] = total
+            prefixes = engine.batch.prefixes
+            self.prefix_ram_bytes.labels(name).set(prefixes.nbytes)
+            self.prefix_stored_bytes.labels(name).set(prefixes.disk.usage()[1] if prefixes.disk is not None else 0)
         self.memory_budget_bytes.set(host.budget_bytes)
         self.mlx_active_bytes.set(mx.get_active_memory())
         self.mlx_cache_bytes.set(mx.get_cache_memory())

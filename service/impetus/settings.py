@@ -137,6 +137,12 @@ class Settings(BaseSettings):
     # Those prefixes are also written to disk (data_dir/prefix-cache, shared
     # by the host's workers, kept across restarts; engine.prefix_disk), the
     # least recently used removed beyond this many bytes. 0 or false: RAM only.
+    # Running requests' KV caches in 8 or 4 bits (their full-attention layers;
+    # engine.kv_quant): about half (8) or a quarter (4) of a bfloat16 cache's
+    # memory per token. None: as the model computes them. Speculative
+    # decoding is off with it.
+    kv_bits: Literal[4, 8] | None = None
+    kv_group_size: Literal[32, 64, 128] = 64
     prefix_cache_disk: bool = True
     prefix_cache_disk_bytes: int = Field(8 * 1024**3, ge=0)
     # Claude Code's first system block (x-anthropic-billing-header: ...) is

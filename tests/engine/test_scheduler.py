@@ -87,6 +87,24 @@ def test_a_second_key_gets_a_slot_within_one_step_of_a_flood(engine):
     assert max(h.admitted_step for h in flood) > short.admitted_step  # A's queue waited behind B
 
 
+def test_a_paused_request_resumes_with_its_own_answer(engine):
+    """Each of a flood gives its answer alone, the paused one too: it was
+    speculating (four greedy requests), went back into mlx-lm's batch for
+    B's, was paused, resumed, and speculated again. Taken out again for
+    speculation before the batch had stepped it (its cache still without its
+    last token), it lost a token and answered something else from there."""
+    texts = [f"Tell a long story number {i}." for i in range(1, 5)]
+    alone = [tokens_of(submit(engine, t, max_tokens=30))[0] for t in texts]
+    flood = [submit(engine, t, max_tokens=30) for t in texts]
+    wait_until(lambda: all(h.outbox for h in flood))
+    preempted = engine.stats.preempted
+    others = [submit(engine, f"Say hi {i}.", tenant=B, max_tokens=8) for i in range(2)]
+    assert [tokens_of(h)[0] for h in flood] == alone
+    for handle in others:
+        tokens_of(handle)
+    assert engine.stats.preempted > preempted and engine.stats.spec_steps > 0
+
+
 def test_batch_priority_yields_to_interactive_and_cannot_be_raised(engine):
     clamped = submit(engine, "Hello", tenant=NIGHTLY, max_tokens=1, priority=0)
     assert clamped.priority == BATCH  # a batch key cannot ask for interactive

@@ -1,4 +1,4 @@
-"""Runs one of the load, peer, soak, fairness, shared-prefix, agents, cluster and speculative benchmarks and writes what it measured:
+"""Runs one of the load, peer, soak, fairness, shared-prefix, agents, kv-quality, cluster and speculative benchmarks and writes what it measured:
 a JSON file and PNG plots named by date, scenario and machine, so results from
 different machines sit side by side under benchmarks/results/."""
 
@@ -32,7 +32,7 @@ def _servers(text: str) -> tuple[str, ...]:
 
 
 def run_scenario(args, settings) -> dict:
-    from impetus.bench import agents, cluster, fairness, load, peer, shared_prefix, soak, speculative
+    from impetus.bench import agents, cluster, fairness, kv_quality, load, peer, shared_prefix, soak, speculative
 
     console = Console(stderr=True, soft_wrap=True)
     progress = console.print
@@ -57,6 +57,8 @@ def run_scenario(args, settings) -> dict:
     elif args.scenario == "agents":
         result, module = agents.run(settings, args.sessions, args.max_tokens or 16, args.gap, work, progress,
                                     servers=_servers(args.servers or ",".join(agents.SERVERS))), agents
+    elif args.scenario == "kv-quality":
+        result, module = kv_quality.run(settings, work, progress), kv_quality
     elif args.scenario == "cluster":
         result, module = cluster.run(settings, _levels(args.levels or "4,16"), args.duration or 20,
                                      args.max_tokens or 32, work, progress, hop_rounds=args.hop_rounds), cluster

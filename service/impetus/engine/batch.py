@@ -21,6 +21,7 @@ import mlx.core as mx
 from mlx_lm.generate import BatchGenerator
 from mlx_lm.models.cache import make_prompt_cache, trim_prompt_cache
 
+from impetus.engine.kv_quant import quantized_cache
 from impetus.engine.prefixes import Prefixes
 from impetus.engine.request import FinishEvent, RequestHandle
 from impetus.engine.running import EngineStats, Running, Token
@@ -46,7 +47,11 @@ class Batch:
         self.headroom = max(1, settings.max_batch_size // 8)
         self.running: dict[int, Running] = {}
         self.paused: dict[RequestHandle, Running] = {}
-        self.prefixes = Prefixes(loaded, settings, stats)
+        bits, group = settings.kv_bits, settings.kv_group_size
+        # A new request's KV cache: float, or its full-attention layers in `kv_bits` (engine.kv_quant).
+        self.new_cache = ((lambda: quantized_cache(self.model, bits, group)) if bits
+                          else (lambda: make_prompt_cache(self.model)))
+        self.prefixes = Prefixes(loaded, settings, stats, self.new_cache)
         self.generator: BatchGenerator | None = None
         self._lone_uid = 0  # negative uids: requests in `running` that are not the generator's
         self.done = 0  # requests ended (written by the engine thread only)
@@ -112,7 +117,7 @@ class Batch:
         (uid,) = self.generator.insert_segments(
             [[rest[start:end] for start, end in zip([0] + ends, ends)]],
             max_tokens=[params.max_tokens],
-            caches=[cache],
+            caches=[cache if cache is not None else self.new_cache()],
             all_tokens=[prompt[:cached]],
             samplers=[sampler],
             logits_processors=[processors],
@@ -134,7 +139,7 @@ class Batch:
         generator calls them, so the output is the same."""
         handle, prompt = state.handle, state.handle.prompt_tokens
         if cache is None:
-            cache = make_prompt_cache(self.model)
+            cache = self.new_cache()
         with mx.stream(self.generator.stream):
             logits = self.model(mx.array([rest]), cache=cache)[:, -1, :]
             context = mx.array(prompt, dtype=mx.int32)
@@ -162,6 +167,7 @@ class Batch:
         self.running[uid] = state
         self.on_token(Token(uid, token, logprobs[0], finish, cache if finish else None,
                             list(prompt) if finish else None), state)
+        state.joining = finish is None
 
     # -- pausing (preemption) ------------------------------------------------
 
@@ -199,6 +205,7 @@ class Batch:
             logits_processors=[state.processors],
         )
         self.running[uid] = state
+        state.joining = True
 
     # -- a step and its tokens -----------------------------------------------
 
@@ -246,6 +253,7 @@ class Batch:
         cache. `cache_of()`: where a request decoded off mlx-lm's batch keeps
         its cache, should a stop string end it (the speculator's row)."""
         state.generated += 1
+        state.joining = False
         state.in_cache = state.prompt_tokens + state.generated
         self.stats.generated_tokens += 1
         self._queue.charge(state.handle.tenant, 1)

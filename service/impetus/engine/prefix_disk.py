@@ -46,7 +46,7 @@ SUFFIX = ".safetensors"
 STALE_TEMPORARY_S = 600  # a temporary file this old was left by a killed writer
 
 
-def fingerprint(revision: str, weights_dtype: str, kv_bits: int | None = None) -> str:
+def fingerprint(revision: str, weights_dtype: str, kv_bits: str | None = None) -> str:
     """What makes a stored KV cache valid for a loaded model."""
     key = f"{revision}|{weights_dtype}|kv{kv_bits or 'float'}|mlx {mx.__version__}|mlx-lm {mlx_lm.__version__}"
     return hashlib.sha256(key.encode()).hexdigest()[:16]

@@ -19,21 +19,23 @@ worth keeping (the API's points, the batch's calls) nor touch the batch.
 from __future__ import annotations
 
 import mlx.core as mx
-from mlx_lm.models.cache import KVCache, LRUPromptCache, make_prompt_cache, trim_prompt_cache
+from mlx_lm.models.cache import KVCache, LRUPromptCache, trim_prompt_cache
 
+from impetus.engine.kv_quant import QuantizedKV, adopt, portable
 from impetus.engine.prefix_disk import DiskTier, fingerprint
 
 
 class Prefixes:
-    def __init__(self, loaded, settings, stats):
+    def __init__(self, loaded, settings, stats, new_cache):
         self.name = loaded.name
         self.stats = stats
         self.ram = LRUPromptCache(max_size=settings.prompt_cache_entries, max_bytes=settings.prompt_cache_bytes)
-        self.trims = all(type(c) is KVCache for c in make_prompt_cache(loaded.model))
+        self.trims = all(type(c) in (KVCache, QuantizedKV) for c in new_cache())
         self.disk: DiskTier | None = None
         if settings.prefix_cache_disk and settings.prefix_cache_disk_bytes > 0:
             self.disk = DiskTier(settings.data_dir / "prefix-cache",
-                                 fingerprint(loaded.revision, loaded.weights_dtype),
+                                 fingerprint(loaded.revision, loaded.weights_dtype,
+                                             settings.kv_bits and f"{settings.kv_bits}/{settings.kv_group_size}"),
                                  settings.prefix_cache_disk_bytes, stats)
         self.disk_min_tokens = settings.prefix_checkpoint_min_tokens
 
@@ -59,6 +61,7 @@ class Prefixes:
             found = self.disk.fetch(prompt, longer_than=len(prompt) - len(rest))
             if found is not None:
                 stored, length = found
+                adopt(stored)
                 self.ram.insert_cache(self.name, list(prompt[:length]), stored)
                 return self.ram.fetch_nearest_cache(self.name, prompt[:length])[0], prompt[length:]  # a copy
         if cache is not None:
@@ -80,7 +83,7 @@ class Prefixes:
         a prompt's point long enough also to disk."""
         mx.eval([c.state for c in cache])
         if point and self.disk is not None and len(tokens) >= self.disk_min_tokens:
-            self.disk.store(tokens, cache)
+            self.disk.store(tokens, portable(cache))
         self.ram.insert_cache(self.name, list(tokens), cache)
 
     def snapshot(self) -> dict:

@@ -63,6 +63,10 @@ class Running:
     generated: int = 0
     stop_string: str | None = None
     paused: tuple | None = None  # (KV cache, its tokens) while paused
+    # Back in mlx-lm's batch (resumed, from the speculator, after its first
+    # token) but not stepped there yet: its cache lacks the last token sent,
+    # which waits in the generator's queue, so it cannot be paused yet.
+    joining: bool = False
     common: dict = field(default_factory=dict)  # waiting handle -> common prefix length
     points: set = field(default_factory=set)  # prompt lengths whose cache is kept as the prefill passes them
     accepted_guesses: int = 0  # speculative decoding: drafts the model agreed with ...
@@ -80,8 +84,9 @@ class Running:
 
     @property
     def can_pause(self) -> bool:
-        """Decoding (prefill done, a token out) and not finishing in the next step."""
-        return self.generated >= 1 and self.paused is None
+        """Decoding in mlx-lm's batch (prefill done, a token out, stepped
+        there since it joined) and not paused."""
+        return self.generated >= 1 and self.paused is None and not self.joining
 
     @property
     def has_grammar(self) -> bool:

@@ -52,10 +52,12 @@ class Speculator:
     def __init__(self, batch: Batch, queue: Scheduler, settings, draft=None):
         self._batch = batch
         self._queue = queue
-        model = batch.model
         # Only where every layer's cache is a plain KVCache, which trims
-        # (a sliding window's rotating cache may not).
-        plain = all(type(layer) is KVCache for layer in make_prompt_cache(model))
+        # (a sliding window's rotating cache may not), and is float
+        # (`SpecBatchCache` has no quantized form: kv_bits turns speculation off).
+        plain = all(type(layer) is KVCache for layer in batch.new_cache())
+        if settings.speculative != "off" and settings.kv_bits:
+            log.info("speculative decoding is off for %s: its KV cache is in %d bits", batch.name, settings.kv_bits)
         # `draft`: guesses from a small model of the same tokenizer (impetus.engine.draft) instead.
         self._draft = DraftModel(draft.model) if settings.speculative == "draft" and draft is not None else None
         if self._draft is not None and not all(type(c) is KVCache for c in make_prompt_cache(draft.model)):
@@ -74,7 +76,8 @@ class Speculator:
 
     def can_start(self) -> bool:
         """Nobody waiting, at most `speculative_max_batch` requests running,
-        all decoding, none with a seed (a seeded request's draws must not
+        all decoding in mlx-lm's batch (none `joining`: the cache of one
+        that is has not taken its last token in yet), none with a seed (a seeded request's draws must not
         depend on its company), and at least one worth guessing for.
         Requests with processors ride along with no guesses."""
         running = self._batch.running
@@ -82,7 +85,7 @@ class Speculator:
             return False
         if len(running) > self.max_batch:
             return False
-        if any(uid < 0 or state.prefilling or state.generated < 1
+        if any(uid < 0 or state.prefilling or state.generated < 1 or state.joining
                or (state.sampler is not None and state.handle.params.seed is not None)
                for uid, state in running.items()):
             return False
@@ -140,6 +143,7 @@ class Speculator:
         )
         for uid, row in zip(uids, rows):
             batch.running[uid] = row.state
+            row.state.joining = True
 
     def drop(self, rows: list[Row]) -> None:
         """Rows whose requests ended (or were cancelled): their KV goes with them."""

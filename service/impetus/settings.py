@@ -149,6 +149,10 @@ class Settings(BaseSettings):
     # billing metadata that changes with the question; kept, no two sessions
     # share a prompt past its 47th character (api.messages_schemas).
     keep_billing_header: bool = False
+    # Tools described by Impetus (a template without tools of its own) go
+    # before the system prompt: they are the same for everybody, the
+    # instructions after them are not (api.tools.conversation). False: after it.
+    tools_before_system: bool = True
 
     # Freed MLX buffers kept for reuse, per worker. MLX's default keeps up to its
     # memory limit: a 135M model's worker grew to 6 GB resident in a soak while

@@ -49,13 +49,14 @@ def prepare(resp, engine, settings, chat: ChatCompletionRequest, requested: int 
     Responses faces (which turn themselves into chat requests). `requested`
     is the output length asked for, clamped to the room (output_budget)."""
     tool_mode = tools.mode(chat)
-    prompt = render_chat(engine.tokenizer, chat.messages, chat.tools, chat.chat_template_kwargs)
+    first = settings.tools_before_system
+    prompt = render_chat(engine.tokenizer, chat.messages, chat.tools, chat.chat_template_kwargs, first)
     max_tokens = output_budget(resp, engine, settings, len(prompt), requested, prompt_param, max_param,
                                           overflow)
     params = sampling_params(chat, max_tokens, engine, logprobs=chat.logprobs, top_logprobs=chat.top_logprobs or 0)
     params.grammar = output_grammar(chat, tool_mode, engine.tokenizer)
     params.keep_prefixes = prefix_points(engine.tokenizer, chat.messages, chat.tools, chat.chat_template_kwargs,
-                                         prompt, settings.prefix_checkpoint_min_tokens)
+                                         prompt, settings.prefix_checkpoint_min_tokens, first)
     if chat.prediction is not None:
         params.prediction = engine.tokenizer.encode(chat.prediction.text, add_special_tokens=False)
     return prompt, params, tool_mode

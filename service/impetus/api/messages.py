@@ -183,5 +183,6 @@ class CountTokensResource:
         engine = engine_for(self.host, body.model, req.context.account)
         tool_list, _ = body.chat_tools()
         messages = body.chat_messages(self.settings.keep_billing_header)
-        resp.media = {"input_tokens": len(render_chat(engine.tokenizer, messages, tool_list, body.template_kwargs()))}
+        resp.media = {"input_tokens": len(render_chat(engine.tokenizer, messages, tool_list, body.template_kwargs(),
+                                                      self.settings.tools_before_system))}
 

@@ -26,9 +26,11 @@ RESERVED_TEMPLATE_ARGUMENTS = {"conversation", "messages", "tools", "add_generat
                                "return_dict", "continue_final_message", "documents", "chat_template"}
 
 
-def render_chat(tokenizer, messages, tool_list=None, template_kwargs: dict | None = None) -> list[int]:
+def render_chat(tokenizer, messages, tool_list=None, template_kwargs: dict | None = None,
+                tools_first: bool = True) -> list[int]:
     """The prompt's tokens; `template_kwargs` (chat_template_kwargs, e.g.
-    {"enable_thinking": false}) go to the template as they are."""
+    {"enable_thinking": false}) go to the template as they are; `tools_first`:
+    IMPETUS_TOOLS_BEFORE_SYSTEM."""
     if getattr(tokenizer, "chat_template", None) is None:
         raise bad_request("This model has no chat template (a base model): use /v1/completions, or attach a "
                           "template with `impetus models alias MODEL --chat-template FILE`.", param="model",
@@ -37,7 +39,7 @@ def render_chat(tokenizer, messages, tool_list=None, template_kwargs: dict | Non
     if reserved:
         raise bad_request(f"chat_template_kwargs may not set {', '.join(sorted(reserved))}; the server does.",
                           param="chat_template_kwargs")
-    conversation, extra = tools.conversation(messages, tool_list, tokenizer)
+    conversation, extra = tools.conversation(messages, tool_list, tokenizer, tools_first)
     try:
         return _tokens(tokenizer, conversation, True, {**(template_kwargs or {}), **extra})
     except Exception as error:  # the template itself rejects the conversation
@@ -53,17 +55,17 @@ def _tokens(tokenizer, conversation: list[dict], generation_prompt: bool, kwargs
 
 
 def prefix_points(tokenizer, messages, tool_list, template_kwargs: dict | None, prompt: list[int],
-                  shortest: int) -> list[int]:
+                  shortest: int, tools_first: bool = True) -> list[int]:
     """Prompt lengths (at least `shortest` tokens) where other prompts are
     likely to part from this one, found as mlx_lm.server finds its system
     prompt's end: the start of the conversation rendered alone, followed by an
     empty user turn, agrees with the prompt up to there."""
     if len(prompt) <= shortest:
         return []
-    conversation, extra = tools.conversation(messages, tool_list, tokenizer)
+    conversation, extra = tools.conversation(messages, tool_list, tokenizer, tools_first)
     kwargs = {**(template_kwargs or {}), **extra}
     starts = []
-    if tool_list and not extra:  # the tools, described by us before the system prompt
+    if tool_list and not extra and tools_first:  # the tools, described by us before the system prompt
         starts.append([{"role": "system", "content": tools.described(tool_list, tokenizer)}])
     systems = next((i for i, m in enumerate(conversation) if m["role"] != "system"), len(conversation))
     if systems:

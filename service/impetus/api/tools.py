@@ -60,9 +60,10 @@ def _arguments(call) -> dict:
     return value if isinstance(value, dict) else {"value": value}
 
 
-def conversation(messages, tools, tokenizer) -> tuple[list[dict], dict]:
+def conversation(messages, tools, tokenizer, tools_first: bool = True) -> tuple[list[dict], dict]:
     """The messages as the chat template takes them, and extra template
-    arguments (`tools=` for a template that knows tools)."""
+    arguments (`tools=` for a template that knows tools). `tools_first`:
+    described tools before the system prompt (else after it)."""
     native = template_knows_tools(tokenizer)
     open_, close = markers(tokenizer)
     out: list[dict] = []
@@ -94,7 +95,8 @@ def conversation(messages, tools, tokenizer) -> tuple[list[dict], dict]:
     # from another's tools in the prefix cache.
     instructions = described(tools, tokenizer)
     if out and out[0]["role"] == "system":
-        out[0] = {**out[0], "content": instructions + "\n\n" + out[0]["content"]}
+        parts = [instructions, out[0]["content"]] if tools_first else [out[0]["content"], instructions]
+        out[0] = {**out[0], "content": "\n\n".join(parts)}
     else:
         out.insert(0, {"role": "system", "content": instructions})
     return out, {}

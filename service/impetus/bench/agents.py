@@ -11,8 +11,10 @@ question); then the server restarts and each takes one more turn.
 Run, one server at a time, on the same float32 weights with the same chat
 template, directly on loopback (the peer benchmark's setup):
 - impetus: as shipped;
-- impetus-billing-header: IMPETUS_KEEP_BILLING_HEADER=true, the prompt as
-  Claude Code sends it (no two sessions share past its 47th character);
+- impetus-as-sent: IMPETUS_KEEP_BILLING_HEADER=true and
+  IMPETUS_TOOLS_BEFORE_SYSTEM=false, the prompt as Claude Code sends it (no
+  two sessions share past its 47th character), as before issue 30;
+- impetus-billing-header: the header kept, the tools first;
 - impetus-no-disk: IMPETUS_PREFIX_CACHE_DISK=false (a restart empties the cache);
 - mlx_lm.server, the peer, sent the same conversation as chat completions
   (the system blocks joined, the tools described after them, as a client
@@ -43,7 +45,7 @@ QUESTIONS = ["What does this project do?", "List the files please", "Where are t
              "Explain the build.", "Find the entry point.", "What license is this under?",
              "Which dependencies does it have?", "How do I run it?"]
 FOLLOW_UPS = ["Show me the most important file.", "Summarize what you found in two lines."]
-SERVERS = ("impetus", "impetus-billing-header", "impetus-no-disk", "mlx_lm.server")
+SERVERS = ("impetus", "impetus-as-sent", "impetus-billing-header", "impetus-no-disk", "mlx_lm.server")
 # A Gemma chat template (Gemma 3 270M's GGUF has none): it renders no tools
 # of its own, so Impetus describes them, before the system prompt.
 GEMMA_TEMPLATE = ("{{ bos_token }}{% for m in messages %}<start_of_turn>{{ 'model' if m['role'] == 'assistant' "
@@ -142,7 +144,8 @@ def measure(name: str, folder: Path, n: int, max_tokens: int, gap_s: float, work
     peer = name == "mlx_lm.server"
     port, data = free_port(), work / f"data-{name}"
     env = {"IMPETUS_DATA_DIR": str(data), "IMPETUS_MODEL": str(folder), "IMPETUS_MAX_QUEUE": str(n + 8)}
-    env |= {"impetus-billing-header": {"IMPETUS_KEEP_BILLING_HEADER": "true"},
+    env |= {"impetus-as-sent": {"IMPETUS_KEEP_BILLING_HEADER": "true", "IMPETUS_TOOLS_BEFORE_SYSTEM": "false"},
+            "impetus-billing-header": {"IMPETUS_KEEP_BILLING_HEADER": "true"},
             "impetus-no-disk": {"IMPETUS_PREFIX_CACHE_DISK": "false"}}.get(name, {})
 
     def start():

@@ -245,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="cluster: rounds of the hop's four requests (straight and through the gateway)")
     bench.add_argument("--prompt-tokens", type=int, default=3500, help="shared-prefix: the system prompt's size")
     bench.add_argument("--servers", help="shared-prefix (default impetus,impetus-fifo,mlx_lm.server) and agents "
-                                         "(default impetus,impetus-billing-header,impetus-no-disk,mlx_lm.server): "
+                                         "(default impetus,impetus-as-sent,impetus-billing-header,impetus-no-disk,mlx_lm.server): "
                                          "which servers to measure (comma-separated)")
     bench.add_argument("--sessions", type=int, default=8, help="agents: coding-agent sessions, one per person")
     bench.add_argument("--gap", type=float, default=3.0, help="agents: seconds between two sessions' starts")

@@ -13,8 +13,10 @@ import pytest
 from impetus.bench.kv_quality import compare, mixed_tokens
 from impetus.engine.engine import Engine
 from impetus.engine.kv_quant import QuantizedKV
-from impetus.engine.request import FinishEvent, SamplingParams, Tenant, TokenEvent
+from impetus.engine.request import SamplingParams, Tenant
 from impetus.engine.waiters import ThreadWaiter
+
+from engine_events import tokens_of
 
 pytestmark = pytest.mark.slow
 
@@ -37,16 +39,6 @@ def ask(engine, text=None, prompt=None, max_tokens=16, tenant=A, points=()):
                                                             add_generation_prompt=True)
     return engine.submit(prompt, SamplingParams(max_tokens=max_tokens, temperature=0, keep_prefixes=list(points)),
                          ThreadWaiter(), tenant=tenant)
-
-
-def tokens_of(handle) -> tuple[list[int], FinishEvent]:
-    tokens = []
-    for event in handle.events(timeout=300):
-        if isinstance(event, TokenEvent):
-            tokens.append(event.token)
-        else:
-            return tokens, event
-    raise AssertionError("no finish event")
 
 
 def test_greedy_answers_match_float_kv_alone_and_in_a_batch(quantized, loaded_model, settings):

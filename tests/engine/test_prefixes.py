@@ -16,9 +16,11 @@ from mlx_lm.models.cache import make_prompt_cache
 
 from impetus.engine.engine import Engine
 from impetus.engine.prefix_disk import DiskTier, fingerprint
-from impetus.engine.request import SamplingParams, TokenEvent
+from impetus.engine.request import SamplingParams
 from impetus.engine.running import EngineStats
 from impetus.engine.waiters import ThreadWaiter
+
+from engine_events import tokens_of
 
 pytestmark = pytest.mark.slow
 
@@ -36,15 +38,8 @@ def engine_over(loaded_model, settings, data_dir) -> Engine:
 
 
 def generate(engine, prompt, points=()) -> tuple[list[int], object]:
-    handle = engine.submit(prompt, SamplingParams(max_tokens=8, temperature=0, keep_prefixes=list(points)),
-                           ThreadWaiter())
-    tokens = []
-    for event in handle.events(timeout=300):
-        if isinstance(event, TokenEvent):
-            tokens.append(event.token)
-        else:
-            return tokens, event
-    raise AssertionError("no finish event")
+    return tokens_of(engine.submit(prompt, SamplingParams(max_tokens=8, temperature=0, keep_prefixes=list(points)),
+                                   ThreadWaiter()))
 
 
 def test_points_are_kept_and_read_back_after_a_restart_and_by_another_worker(loaded_model, settings, prompt,

@@ -10,9 +10,11 @@ import time
 import pytest
 
 from impetus.engine.engine import Engine
-from impetus.engine.request import BATCH, FinishEvent, SamplingParams, Tenant, TokenEvent
+from impetus.engine.request import BATCH, SamplingParams, Tenant
 from impetus.engine.scheduler import Scheduler
 from impetus.engine.waiters import ThreadWaiter
+
+from engine_events import tokens_of
 
 pytestmark = pytest.mark.slow
 
@@ -37,16 +39,6 @@ def prompt_of(engine, text: str) -> list[int]:
 def submit(engine, text, tenant=A, max_tokens=24, priority=None, prompt=None):
     return engine.submit(prompt or prompt_of(engine, text), SamplingParams(max_tokens=max_tokens, temperature=0),
                          ThreadWaiter(), tenant=tenant, priority=priority)
-
-
-def tokens_of(handle) -> tuple[list[int], FinishEvent]:
-    tokens = []
-    for event in handle.events(timeout=120):
-        if isinstance(event, TokenEvent):
-            tokens.append(event.token)
-        else:
-            return tokens, event
-    raise AssertionError("no finish event")
 
 
 def wait_until(condition, timeout=120):

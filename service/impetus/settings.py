@@ -143,6 +143,11 @@ class Settings(BaseSettings):
     # decoding is off with it.
     kv_bits: Literal[4, 8] | None = None
     kv_group_size: Literal[32, 64, 128] = 64
+    # Admission counts each request's KV cache at its prompt plus this many
+    # output tokens (or its max_tokens if fewer; engine.kv_memory): agents
+    # ask for 32,000 and answer in hundreds. An answer that runs past it
+    # claims more as it grows.
+    kv_output_reserve_tokens: int = Field(2048, ge=1)
     prefix_cache_disk: bool = True
     prefix_cache_disk_bytes: int = Field(8 * 1024**3, ge=0)
     # Claude Code's first system block (x-anthropic-billing-header: ...) is

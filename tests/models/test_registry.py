@@ -41,6 +41,27 @@ def test_aliases_name_a_model_with_its_own_weights(registry):
     assert [e.name for e in registry.entries()] == [DEFAULT_MODEL]
 
 
+def test_an_alias_or_a_folder_may_set_its_kv_bits(registry, data_dir):
+    entry = registry.add_alias("smol-kv8", DEFAULT_MODEL, kv_bits=8)
+    assert (entry.kv_bits, entry.kv_group_size) == (8, None)
+    assert registry.find(DEFAULT_MODEL).kv_bits is None
+    for bits, group, message in ((3, None, "kv_bits must be one of 4, 8"), (8, 16, "kv_group_size must be"),
+                                 (None, 64, "kv_group_size needs kv_bits")):
+        with pytest.raises(AliasError, match=message):
+            registry.add_alias("smol-bad", DEFAULT_MODEL, kv_bits=bits, kv_group_size=group)
+    with pytest.raises(AliasError, match="not a model folder of this data dir"):
+        registry.set_kv_bits(DEFAULT_MODEL, 8)  # a folder served in place (here a link) is not written to
+    folder = registry.models_dir / "own"
+    folder.mkdir()
+    source = data_dir / "models" / DEFAULT_MODEL
+    (folder / "config.json").write_text((source / "config.json").read_text())
+    for weights in source.glob("*.safetensors"):
+        (folder / weights.name).symlink_to(weights)
+    assert (registry.set_kv_bits("own", 4, 32).kv_bits, registry.find("own").kv_group_size) == (4, 32)
+    assert json.loads((folder / "config.json").read_text())["impetus"]["kv_bits"] == 4
+    assert registry.add_alias("own-alias", "own").kv_bits == 4  # an alias without its own takes the folder's
+
+
 @pytest.mark.parametrize("name, target, weights, message", [
     ("smol", "no-such-model", None, "not found"),
     (DEFAULT_MODEL, DEFAULT_MODEL, None, "already a model folder"),

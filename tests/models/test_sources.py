@@ -84,12 +84,14 @@ def test_discover_finds_all_three_places(home, tmp_path):
 
 def test_import_by_ollama_name_then_again_is_a_no_op(home, tmp_path):
     data = tmp_path / "data"
-    first = cli(home, data, "import", "ollama:qwen-tiny")
+    first = cli(home, data, "import", "ollama:qwen-tiny", "--kv-bits", "8")
     assert first.returncode == 0, first.stderr
     folder = data / "models" / "qwen-tiny"
     assert first.stdout.strip() == str(folder)
     config = json.loads((folder / "config.json").read_text())
     assert config["model_type"] == "qwen2" and config["quantization"]["bits"] == 8
+    # Served with 8-bit KV caches (engine.kv_quant), over the server's setting.
+    assert config["impetus"]["kv_bits"] == 8 and Registry(data / "models").find("qwen-tiny").kv_bits == 8
     assert "tensors" in first.stderr  # progress lines
     again = cli(home, data, "import", "ollama:qwen-tiny:latest")
     assert again.returncode == 0 and "already imported" in again.stderr

@@ -97,6 +97,11 @@ def test_loading_does_not_hold_up_the_other_models(server):
     assert finished["f32"] < finished["f16"][1], "the F32 answer waited for the F16 load"
     # 538 + 98 + 269 MB exceed the budget: the least recently used (Q4) made room.
     assert set(loaded(server.base_url)) == {F32, F16}
+    # 43 MB are left for KV caches: 1,500 tokens of float32 SmolLM2 (46 KB each) can never fit.
+    too_large = chat(server.base_url, F32, max_tokens=1500)
+    error = too_large.json()["error"]
+    assert too_large.status_code == 400 and (error["code"], error["param"]) == ("kv_cache_exceeded", "max_tokens")
+    assert "MiB of KV cache" in error["message"]
 
 
 def test_pinned_models_are_never_unloaded(server):

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import gevent
 import gevent.socket
 
-from impetus.engine.engine import Engine, QueueFull
+from impetus.engine.engine import Engine, QueueFull, TooLargeForMemory
 from impetus.engine.request import PRIORITY_NAMES, FinishEvent, SamplingParams, TokenEvent
 from impetus.web import APIError, bad_request
 
@@ -108,6 +108,9 @@ class Generation:
             metrics.queue_rejections.labels(engine.loaded.name).inc()
             raise APIError(503, f"The server is overloaded: {error}. Please retry shortly.",
                            type="server_overloaded", code="queue_full", headers={"Retry-After": "1"})
+        except TooLargeForMemory as error:
+            self.cancel()
+            raise bad_request(str(error), param="max_tokens", code="kv_cache_exceeded")
         except RuntimeError as error:
             self.cancel()
             raise APIError(503, str(error), type="server_error", code="engine_unavailable",

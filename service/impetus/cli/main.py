@@ -23,6 +23,12 @@ def _names(text: str) -> list[str]:
     return [name.strip() for name in text.split(",") if name.strip()]
 
 
+def _add_kv_options(parser) -> None:
+    parser.add_argument("--kv-bits", type=int, choices=(4, 8),
+                        help="serve its running requests' KV caches in this many bits (over IMPETUS_KV_BITS)")
+    parser.add_argument("--kv-group-size", type=int, choices=(32, 64, 128), help="with --kv-bits (default 64)")
+
+
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", help="where models live (default: the platform's data dir)")
 
@@ -119,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
                                help="weights per scale and bias (default 32, ggml's block)")
         importing.add_argument("--dtype", choices=("float32", "float16", "bfloat16"),
                                help="store unquantized weights of this type instead")
+        _add_kv_options(importing)
     discover = model_commands.add_parser("discover", help="models already on this Mac: Ollama, LM Studio, "
                                                           "the Hugging Face cache")
     _add_common(discover)
@@ -139,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     alias.add_argument("--weights", choices=("auto", "stored", "float32", "float16", "bfloat16"),
                        help="serve the target's weights this way (stored: as quantized on disk)")
     alias.add_argument("--remove", action="store_true", help="remove the alias NAME")
+    _add_kv_options(alias)
     alias.add_argument("--chat-template", metavar="FILE",
                        help="a Jinja chat template for NAME (a model without one, or to replace its own)")
     for verb, text in (("load", "load a model in a running server"), ("unload", "unload a model from a running server"),

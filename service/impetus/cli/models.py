@@ -46,6 +46,8 @@ def run(args, settings) -> None:
             source = f"alias of {entry.alias_of}" if entry.alias_of else meta.source
             if entry.weights_dtype:
                 source += f" ({entry.weights_dtype} weights)"
+            if entry.kv_bits:
+                source += f" ({entry.kv_bits}-bit KV)"
             table.add_row(entry.name, _params(meta.parameters), meta.quantization, str(meta.context_length or "?"),
                           "yes" if meta.chat_template else "no", _mb(meta.size_bytes), source, str(entry.path))
         table_console().print(table)
@@ -66,7 +68,13 @@ def run(args, settings) -> None:
                                     options=Options(args.bits, args.group_size, args.dtype))
         except (GGUFImportError, AliasError) as error:
             fail(error)
-        _audit(settings, "model.imported", path.name, source=args.source, bits=args.bits, dtype=args.dtype)
+        if args.kv_bits:
+            try:
+                registry.set_kv_bits(path.name, args.kv_bits, args.kv_group_size)
+            except AliasError as error:
+                fail(error)
+        _audit(settings, "model.imported", path.name, source=args.source, bits=args.bits, dtype=args.dtype,
+               kv_bits=args.kv_bits)
         print(path)
     elif command == "discover":
         _discover(args, settings)
@@ -99,8 +107,10 @@ def run(args, settings) -> None:
             elif not args.target:
                 fail("give the TARGET model (or --remove, or --chat-template FILE)")
             else:
-                entry = registry.add_alias(args.name, args.target, args.weights, chat_template=template)
-                _audit(settings, "model.aliased", entry.name, target=args.target, weights=args.weights)
+                entry = registry.add_alias(args.name, args.target, args.weights, chat_template=template,
+                                           kv_bits=args.kv_bits, kv_group_size=args.kv_group_size)
+                _audit(settings, "model.aliased", entry.name, target=args.target, weights=args.weights,
+                       kv_bits=args.kv_bits)
                 progress(f"{entry.name} -> {entry.alias_of}" + (f" ({entry.weights_dtype} weights)"
                                                                  if entry.weights_dtype else ""))
         except (AliasError, store.ModelNotFound, OSError) as error:

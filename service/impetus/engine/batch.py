@@ -21,6 +21,7 @@ import mlx.core as mx
 from mlx_lm.generate import BatchGenerator
 from mlx_lm.models.cache import make_prompt_cache, trim_prompt_cache
 
+from impetus.engine.kv_memory import KVLedger, KVMemory, KVSize
 from impetus.engine.kv_quant import quantized_cache
 from impetus.engine.prefixes import Prefixes
 from impetus.engine.request import FinishEvent, RequestHandle
@@ -35,7 +36,7 @@ log = logging.getLogger("impetus.engine")
 
 
 class Batch:
-    def __init__(self, loaded, settings, queue: Scheduler, stats: EngineStats):
+    def __init__(self, loaded, settings, queue: Scheduler, stats: EngineStats, ledger: KVLedger | None = None):
         self.name = loaded.name
         self.model = loaded.model
         self.tokenizer = loaded.tokenizer
@@ -48,10 +49,19 @@ class Batch:
         self.running: dict[int, Running] = {}
         self.paused: dict[RequestHandle, Running] = {}
         bits, group = settings.kv_bits, settings.kv_group_size
+        self.kv_bits = bits
         # A new request's KV cache: float, or its full-attention layers in `kv_bits` (engine.kv_quant).
-        self.new_cache = ((lambda: quantized_cache(self.model, bits, group)) if bits
-                          else (lambda: make_prompt_cache(self.model)))
+        # (Over the model, not `self`: the prefix cache holds it, and a cycle would keep the
+        # weights after an unload until Python's collector ran.)
+        model = self.model
+        self.new_cache = ((lambda: quantized_cache(model, bits, group)) if bits
+                          else (lambda: make_prompt_cache(model)))
         self.prefixes = Prefixes(loaded, settings, stats, self.new_cache)
+        # The bytes each request's KV cache will need, against the worker's ledger (engine.kv_memory).
+        size = KVSize.measure(self.model, self.new_cache, self.prefill_step)
+        prefixes = self.prefixes
+        self.kv = KVMemory(self.name, size, ledger or KVLedger(), stats, cached=lambda: prefixes.nbytes,
+                           shrink=prefixes.shrink, output_reserve=settings.kv_output_reserve_tokens)
         self.generator: BatchGenerator | None = None
         self._lone_uid = 0  # negative uids: requests in `running` that are not the generator's
         self.done = 0  # requests ended (written by the engine thread only)
@@ -255,6 +265,7 @@ class Batch:
         state.generated += 1
         state.joining = False
         state.in_cache = state.prompt_tokens + state.generated
+        self.kv.grow(state.handle, state.in_cache)
         self.stats.generated_tokens += 1
         self._queue.charge(state.handle.tenant, 1)
         finish = emit(response, state)
@@ -301,4 +312,5 @@ class Batch:
         """Every request ends here exactly once."""
         self.last_done_at = time.monotonic()
         self.done += 1
+        self.kv.release(handle)
         handle.push(event)

@@ -49,6 +49,10 @@ class QueueFull(Exception):
     """Too many requests are already waiting; retry later."""
 
 
+class TooLargeForMemory(Exception):
+    """The request's KV cache alone would not fit this worker's memory budget."""
+
+
 def _start_native_thread(target) -> None:
     # In a gevent worker `threading` is monkey-patched into greenlets; the
     # engine must be a real OS thread so MLX can compute beside the hub.
@@ -64,7 +68,7 @@ def _start_native_thread(target) -> None:
 
 
 class Engine:
-    def __init__(self, loaded: LoadedModel, settings, draft: LoadedModel | None = None):
+    def __init__(self, loaded: LoadedModel, settings, draft: LoadedModel | None = None, kv_ledger=None):
         self.loaded = loaded
         self.model = loaded.model
         self.tokenizer = loaded.tokenizer
@@ -73,7 +77,7 @@ class Engine:
         self._inbox: SimpleQueue = SimpleQueue()
         self.stats = EngineStats()
         self._queue = Scheduler(settings.max_batch_size, fair=settings.scheduler == "fair")
-        self.batch = Batch(loaded, settings, self._queue, self.stats)
+        self.batch = Batch(loaded, settings, self._queue, self.stats, kv_ledger)
         self.admission = Admission(self.batch, self._queue, settings)
         # Prompt lookup speculation (impetus.engine.speculative): while at
         # most `speculative_max_batch` greedy requests run, all decoding, the
@@ -132,6 +136,9 @@ class Engine:
             raise RuntimeError("the engine is not running")
         if self.in_flight >= self.max_batch_size + self.max_queue:
             raise QueueFull(f"{self.max_queue} requests are already waiting for {self.loaded.name}")
+        too_large = self.batch.kv.too_large(len(prompt_tokens), params.max_tokens)
+        if too_large:
+            raise TooLargeForMemory(too_large)
         handle = RequestHandle(prompt_tokens, params, waiter, on_cancel=lambda h: self._inbox.put(("cancel", h)),
                                tenant=tenant, priority=priority)
         self._submitted += 1
@@ -169,6 +176,8 @@ class Engine:
             "scheduler": "fair" if self._queue.fair else "fifo",
             "waiting_by_key": dict(self.waiting_by_key),
             "prefix_points": s.prefix_points,
+            "kv_cache": {"bits": self.batch.kv_bits, **self.batch.kv.size.as_dict(), "bytes": s.kv_bytes, "bytes_peak": s.kv_bytes_peak,
+                         "waits": s.kv_waits},
             **self.batch.prefixes.snapshot(),
         }
 
@@ -180,7 +189,8 @@ class Engine:
         try:
             batch.generator = batch.new_generator()
             while not self._stopping:
-                busy = bool(batch.running or self._queue)
+                # Requests that wait for KV room another engine holds: no spinning.
+                busy = bool(batch.running) or (bool(self._queue) and not self.admission.stalled)
                 self._take_commands(block=not busy)
                 if speculator.rows and (self._queue or self._stopping):
                     speculator.stop()  # newcomers: back into mlx-lm's batch
@@ -204,6 +214,7 @@ class Engine:
             for handle in self._queue.handles():
                 self._queue.remove(handle)
                 batch.fail_waiting(handle, "the engine stopped")
+            batch.kv.close()
             self._exited.put(True)
         if died is not None:
             self.on_death(died)

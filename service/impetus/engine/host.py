@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import mlx.core as mx
 
 from impetus.engine.engine import Engine
+from impetus.engine.kv_memory import KVLedger
 from impetus.metrics import Metrics
 from impetus.models import loader
 from impetus.models.registry import ModelEntry, Registry
@@ -92,6 +93,15 @@ def run_off_the_hub(fn):
     return fn()
 
 
+def model_settings(settings, entry: ModelEntry):
+    """The server's settings with what the model's alias or folder sets over
+    them (its KV precision)."""
+    if entry.kv_bits is None:
+        return settings
+    return settings.model_copy(update={"kv_bits": entry.kv_bits,
+                                       "kv_group_size": entry.kv_group_size or settings.kv_group_size})
+
+
 class EngineHost:
     def __init__(self, settings, budget_bytes: int | None = None, metrics=None):
         self.settings = settings
@@ -108,6 +118,8 @@ class EngineHost:
         self._failures: dict[str, tuple[str, float]] = {}
         self.stopping = False  # set when the worker begins to shut down: long streams end
         self._released_at = float("-inf")  # see release_memory_when_idle
+        # KV caches (and each model's prefix cache in RAM) get what the weights leave of the budget.
+        self.kv_ledger = KVLedger(room=lambda: self.budget_bytes - self.memory_used() - sum(self._reserved.values()))
 
     @property
     def engines(self) -> dict[str, Engine]:
@@ -178,7 +190,8 @@ class EngineHost:
             self._failures.pop(entry.name, None)
             log.info("loaded %s from %s in %.1fs (%s weights, %.0f MB)", name, entry.path, loaded.load_seconds,
                      loaded.weights_dtype, loaded.nbytes / 1e6)
-            engine = Engine(loaded, self.settings, draft=self._draft_for(loaded))
+            engine = Engine(loaded, model_settings(self.settings, entry), draft=self._draft_for(loaded),
+                            kv_ledger=self.kv_ledger)
             engine.on_death = lambda error: self.on_engine_death(name, error)
             engine.start()
             pinned = pin if pin is not None else name in self.settings.pinned_models

@@ -86,6 +86,11 @@ class Prefixes:
             self.disk.store(tokens, portable(cache))
         self.ram.insert_cache(self.name, list(tokens), cache)
 
+    def shrink(self, n: int) -> None:
+        """Give up at least `n` bytes of RAM, least recently used first (the
+        KV caches of running requests need them; the disk tier keeps points)."""
+        self.ram.trim_to(n_bytes=self.ram.nbytes - n)
+
     def snapshot(self) -> dict:
         files, size = self.disk.usage() if self.disk is not None else (0, 0)
         s = self.stats

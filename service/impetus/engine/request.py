@@ -102,6 +102,7 @@ class RequestHandle:
         # Written by the engine thread, read by the caller.
         self.admitted_at: float | None = None  # when it first got a batch slot
         self.queue_position = 0  # 1-based while waiting, 0 once admitted
+        self.waited_for_memory = False  # it waited for KV room (engine.kv_memory)
         self.arrival = 0  # the scheduler's arrival order
         self.queued_step = self.admitted_step = -1  # engine steps: when queued, when admitted
 

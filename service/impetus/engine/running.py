@@ -39,6 +39,9 @@ class EngineStats:
     disk_writes: int = 0
     disk_skipped: int = 0  # files that did not load (damaged, another model's), removed
     disk_evicted: int = 0  # files removed to keep the disk budget
+    kv_bytes: int = 0  # KV bytes the requests holding a cache may grow to (engine.kv_memory)
+    kv_bytes_peak: int = 0
+    kv_waits: int = 0  # requests that waited in the queue for KV room
     first_tokens_now: int = 0  # first tokens computed before joining the batch (Batch.first_token_now)
     spec_steps: int = 0  # forward passes decoded off mlx-lm's batch with guesses (Speculator.step)
     spec_proposed: int = 0  # draft tokens proposed by prompt lookup

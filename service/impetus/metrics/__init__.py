@@ -70,6 +70,10 @@ class Metrics:
                                          "Bytes of prefix caches read from and written to disk",
                                          ("model", "direction"))
         self.prefix_ram_bytes = gauge("impetus_prefix_cache_ram_bytes", "Prefix caches held in RAM", ("model",))
+        self.kv_bytes = gauge("impetus_kv_cache_bytes",
+                              "KV cache bytes counted for the running requests (engine.kv_memory)", ("model",))
+        self.kv_waits = counter("impetus_kv_waits_total", "Requests that waited in the queue for KV cache room",
+                                ("model",))
         # The disk tier is one folder shared by the host's workers: each sees all of it.
         self.prefix_stored_bytes = gauge("impetus_prefix_cache_disk_bytes", "Prefix caches stored on disk",
                                          ("model",), mode="livemax")
@@ -118,7 +122,8 @@ class Metrics:
     def model_unloaded(self, name: str) -> None:
         # Multiprocess gauges live in files: a removed label would keep its last
         # value there, so an unloaded model reads 0.
-        for gauge in (self.model_bytes, self.running, self.waiting, self.prefix_ram_bytes, self.prefix_stored_bytes):
+        for gauge in (self.model_bytes, self.running, self.waiting, self.prefix_ram_bytes, self.prefix_stored_bytes,
+                      self.kv_bytes):
             gauge.labels(name).set(0)
 
     def sample_engines(self, host) -> None:
@@ -137,6 +142,7 @@ class Metrics:
             for metric, labels, total in ((self.preempted, (name,), stats.preempted),
                                           (self.spec_proposed, (name,), stats.spec_proposed),
                                           (self.spec_accepted, (name,), stats.spec_accepted),
+                                          (self.kv_waits, (name,), stats.kv_waits),
                                           (self.prefix_hits, (name, "ram"), stats.prefix_hits_ram),
                                           (self.prefix_hits, (name, "disk"), stats.disk_hits),
                                           (self.prefix_disk_bytes, (name, "read"), stats.disk_bytes_read),
@@ -145,6 +151,7 @@ class Metrics:
                 if new > 0:
                     metric.labels(*labels).inc(new)
                 self._counted[(metric, labels)] = total
+            self.kv_bytes.labels(name).set(stats.kv_bytes)
             prefixes = engine.batch.prefixes
             self.prefix_ram_bytes.labels(name).set(prefixes.nbytes)
             self.prefix_stored_bytes.labels(name).set(prefixes.disk.usage()[1] if prefixes.disk is not None else 0)

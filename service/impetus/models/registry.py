@@ -4,7 +4,10 @@ folders and imported GGUFs) and aliases, kept in <data dir>/models/aliases.json.
 An alias names another model, optionally served with other weights
 (`impetus models alias small-q4 smollm2-135m-instruct --weights stored` serves
 the stored 4-bit weights beside the float32 default): each alias is a model of
-its own to the API, loaded, listed and unloaded on its own.
+its own to the API, loaded, listed and unloaded on its own. An alias, or a
+model folder of this data dir (`impetus models import --kv-bits 8`, kept in
+its config.json's "impetus" section), may also hold its running requests'
+KV caches in 8 or 4 bits, over the server's IMPETUS_KV_BITS.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from impetus.models.metadata import ModelMetadata, read_metadata
 
 ALIASES_FILE = "aliases.json"
 WEIGHTS_CHOICES = ("auto", "stored", "float32", "float16", "bfloat16")
+KV_BITS_CHOICES, KV_GROUP_CHOICES = (4, 8), (32, 64, 128)
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"  # a model name, here and in the admin API
 _NAME = re.compile(NAME_PATTERN)
 
@@ -37,6 +41,8 @@ class ModelEntry:
     alias_of: str | None = None
     weights_dtype: str | None = None  # None: the server's setting
     chat_template: str | None = None  # an alias's own template (Jinja), over the folder's
+    kv_bits: int | None = None  # None: the server's setting (IMPETUS_KV_BITS)
+    kv_group_size: int | None = None
 
     @property
     def metadata(self) -> ModelMetadata:
@@ -59,7 +65,8 @@ class Registry:
             return {}
 
     def add_alias(self, name: str, target: str, weights_dtype: str | None = None,
-                  chat_template: str | None = None, replace: bool = False) -> ModelEntry:
+                  chat_template: str | None = None, replace: bool = False, kv_bits: int | None = None,
+                  kv_group_size: int | None = None) -> ModelEntry:
         if not _NAME.match(name):
             raise AliasError(f"{name!r} is not a usable model name (letters, digits, . _ : -)")
         if store.is_model_folder(self.models_dir / name):
@@ -70,9 +77,10 @@ class Registry:
             raise AliasError(f"{name!r} is already an alias (of {self.aliases()[name]['target']!r})")
         if weights_dtype is not None and weights_dtype not in WEIGHTS_CHOICES:
             raise AliasError(f"weights must be one of {', '.join(WEIGHTS_CHOICES)}")
+        kv = _kv_options(kv_bits, kv_group_size)
         path = store.resolve_model(target, self.models_dir, progress=lambda m: None)
         aliases = self.aliases()
-        aliases[name] = {"target": target if "/" not in target else str(path), "weights_dtype": weights_dtype}
+        aliases[name] = {"target": target if "/" not in target else str(path), "weights_dtype": weights_dtype, **kv}
         if chat_template is not None:
             aliases[name]["chat_template"] = check_template(chat_template)
         self._write(aliases)
@@ -125,11 +133,48 @@ class Registry:
         alias = self.aliases().get(reference)
         if alias is not None:
             path = store.resolve_model(alias["target"], self.models_dir, progress=progress)
+            kv = {k: alias.get(k) for k in ("kv_bits", "kv_group_size")} if "kv_bits" in alias else _folder_kv(path)
             return ModelEntry(reference, path, _created(path), alias_of=alias["target"],
-                              weights_dtype=alias.get("weights_dtype"), chat_template=alias.get("chat_template"))
+                              weights_dtype=alias.get("weights_dtype"), chat_template=alias.get("chat_template"), **kv)
         path = store.resolve_model(reference, self.models_dir, progress=progress)
         name = reference if "/" not in reference else path.name
-        return ModelEntry(name, path, _created(path))
+        return ModelEntry(name, path, _created(path), **_folder_kv(path))
+
+    def set_kv_bits(self, name: str, kv_bits: int, kv_group_size: int | None = None) -> ModelEntry:
+        """A model folder of this data dir serves its KV caches in `kv_bits`
+        (its config.json's "impetus" section); a folder served in place is not
+        written to."""
+        kv = _kv_options(kv_bits, kv_group_size)
+        entry = self.find(name)
+        if entry.alias_of or entry.path.parent != self.models_dir or entry.path.is_symlink():
+            raise AliasError(f"{entry.path} is not a model folder of this data dir: make an alias with it "
+                             f"(impetus models alias NEW-NAME {name} --kv-bits {kv_bits})")
+        config_path = entry.path / "config.json"
+        config = json.loads(config_path.read_text())
+        config["impetus"] = {**(config.get("impetus") or {}), **kv}
+        config_path.write_text(json.dumps(config, indent=1))
+        return self.find(name)
+
+
+def _kv_options(kv_bits: int | None, kv_group_size: int | None) -> dict:
+    if kv_bits is None:
+        if kv_group_size is not None:
+            raise AliasError("kv_group_size needs kv_bits")
+        return {}
+    if kv_bits not in KV_BITS_CHOICES:
+        raise AliasError(f"kv_bits must be one of {', '.join(map(str, KV_BITS_CHOICES))}")
+    if kv_group_size is not None and kv_group_size not in KV_GROUP_CHOICES:
+        raise AliasError(f"kv_group_size must be one of {', '.join(map(str, KV_GROUP_CHOICES))}")
+    return {"kv_bits": kv_bits, "kv_group_size": kv_group_size}
+
+
+def _folder_kv(path: Path) -> dict:
+    """A folder's own KV precision (`set_kv_bits`), none when unreadable."""
+    try:
+        section = json.loads((path / "config.json").read_text()).get("impetus") or {}
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return {k: section[k] for k in ("kv_bits", "kv_group_size") if section.get(k) is not None}
 
 
 def check_template(template: str) -> str:

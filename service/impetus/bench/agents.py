@@ -134,10 +134,10 @@ def sessions(url: str, bodies: list[dict], turns: int, gap_s: float, peer: bool,
     return rows
 
 
-def _prefilled(url: str) -> int:
+def _engine(url: str) -> dict:
     import httpx
 
-    return httpx.get(f"{url}/v1/status", timeout=30).json()["engines"][0]["prefilled_tokens"]
+    return httpx.get(f"{url}/v1/status", timeout=30).json()["engines"][0]
 
 
 def measure(name: str, folder: Path, n: int, max_tokens: int, gap_s: float, work: Path, progress) -> dict:
@@ -157,10 +157,11 @@ def measure(name: str, folder: Path, n: int, max_tokens: int, gap_s: float, work
     bodies = [first_request(i, folder.name, max_tokens) for i in range(n)]
     process = start()
     try:
-        computed = None if peer else _prefilled(url)
+        computed = None if peer else _engine(url)["prefilled_tokens"]
         firsts = sessions(url, [bodies[i] for i in range(n)], 1, gap_s, peer, "first")
-        computed = None if peer else _prefilled(url) - computed
+        computed = None if peer else _engine(url)["prefilled_tokens"] - computed
         rows = firsts + sessions(url, bodies, 2, gap_s, peer, "later")
+        kv = None if peer else _engine(url)["kv_cache"]
     finally:
         stop_server(process)
     process = start()
@@ -168,7 +169,29 @@ def measure(name: str, folder: Path, n: int, max_tokens: int, gap_s: float, work
         rows += sessions(url, bodies, 1, gap_s, peer, "after restart")
     finally:
         stop_server(process)
-    return summarize(name, rows, computed, progress)
+    return {**summarize(name, rows, computed, progress), "kv_cache": kv}
+
+
+def kv_memory(folder: Path, tokens: int, rows: int) -> dict:
+    """The KV bytes of `rows` sessions of `tokens` tokens (one batch, as the
+    engine counts them: engine.kv_memory) in float, 8 and 4 bits, measured
+    on the model's caches with its weights in float32 (this CPU) and in
+    bfloat16 (a Mac's), and each against float of the same type."""
+    from mlx_lm.models.cache import make_prompt_cache
+
+    from impetus.engine.kv_memory import KVSize
+    from impetus.engine.kv_quant import quantized_cache
+    from impetus.models.loader import load
+
+    out = {"tokens": tokens, "rows": rows}
+    for dtype in ("float32", "bfloat16"):
+        model = load(folder, weights_dtype=dtype).model
+        sizes = {"float": KVSize.measure(model, lambda: make_prompt_cache(model), 128)}
+        for bits in (8, 4):
+            sizes[f"{bits}-bit"] = KVSize.measure(model, lambda b=bits: quantized_cache(model, b, 64), 128)
+        held = {k: s.bytes_for(tokens, rows) for k, s in sizes.items()}
+        out[dtype] = {"bytes": held, "vs_float": {k: v / held["float"] for k, v in held.items()}}
+    return out
 
 
 def summarize(name: str, rows: list[dict], first_turns_computed: int | None, progress) -> dict:
@@ -222,8 +245,13 @@ def run(settings, n: int, max_tokens: int, gap_s: float, work: Path, progress,
         servers: tuple[str, ...] = SERVERS) -> dict:
     folder = model_folder(settings, work, progress)
     results = [measure(name, folder, n, max_tokens, gap_s, work, progress) for name in servers]
+    longest = max((r["prompt_tokens"] or 0 for result in results for r in result["requests"] if "error" not in r),
+                  default=0)
+    kv = kv_memory(folder, longest + max_tokens, n)
+    progress(f"  KV of {n} sessions of {longest + max_tokens} tokens, against float: "
+             f"float32 {kv['float32']['vs_float']}, bfloat16 {kv['bfloat16']['vs_float']}")
     return {"scenario": "agents", "model": folder.name, "sessions": n, "max_tokens": max_tokens, "gap_s": gap_s,
-            "shape": SHAPE, "results": results}
+            "shape": SHAPE, "results": results, "kv_memory": kv}
 
 
 def plot(summary: dict, out: Path) -> list[Path]:

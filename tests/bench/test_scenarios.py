@@ -177,3 +177,18 @@ def test_agents_builds_each_persons_claude_code_request_and_its_chat_twin():
     assert chat["messages"][0]["role"] == "system" and chat["messages"][0]["content"].startswith(
         one["system"][0]["text"]) and '"name": "Bash"' in chat["messages"][0]["content"]
     assert [m["role"] for m in chat["messages"][1:]] == [m["role"] for m in one["messages"]]
+
+
+def test_agents_reports_the_kv_bytes_of_the_sessions_at_each_precision(data_dir):
+    """The memory claim of benchmarks/README.md (agents): the sessions' KV
+    bytes in 8 and 4 bits against float, measured on the model's caches with
+    its weights in float32 (this CPU's) and in bfloat16 (a Mac's)."""
+    from impetus.bench.agents import kv_memory
+    from impetus.models.store import DEFAULT_MODEL
+
+    kv = kv_memory(data_dir / "models" / DEFAULT_MODEL, 1000, 3)
+    # SmolLM2 keeps every token in all 30 layers: 8 bits with groups of 64 hold 8 + 2 x 16 / 64 bits a value.
+    assert kv["float32"]["bytes"]["float"] == 3 * 1024 * 46080
+    assert kv["float32"]["vs_float"]["8-bit"] == pytest.approx((8 + 2 * 32 / 64) / 32)
+    assert kv["bfloat16"]["vs_float"]["8-bit"] == pytest.approx((8 + 2 * 16 / 64) / 16)  # 0.53: the target 0.55
+    assert kv["bfloat16"]["vs_float"]["4-bit"] == pytest.approx((4 + 2 * 16 / 64) / 16)  # 0.28: the target 0.35

@@ -57,6 +57,8 @@ def run_scenario(args, settings) -> dict:
     elif args.scenario == "agents":
         result, module = agents.run(settings, args.sessions, args.max_tokens or 16, args.gap, work, progress,
                                     servers=_servers(args.servers or ",".join(agents.SERVERS))), agents
+    elif args.scenario == "kv-speed":
+        result, module = kv_quality.run_speed(settings, args.max_tokens or 48, progress), kv_quality
     elif args.scenario == "kv-quality":
         result, module = kv_quality.run(settings, work, progress), kv_quality
     elif args.scenario == "cluster":

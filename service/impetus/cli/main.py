@@ -224,11 +224,12 @@ def build_parser() -> argparse.ArgumentParser:
                       "fairness (one key floods, another asks), shared-prefix (N agents, one system prompt), "
                       "agents (N Claude Code sessions of different people, three turns, a restart, one more), "
                       "kv-quality (8- and 4-bit KV caches against float: KL and top-token agreement), "
+                      "kv-speed (decode tokens/s with float, 8- and 4-bit KV caches), "
                       "cluster (a gateway and one, then two hosts: the hop and the split), "
                       "speculative (prompt lookup off and on, and mlx_lm.server: editing and open-ended)")
     _add_common(bench)
     bench.add_argument("--scenario", choices=("core", "load", "peer", "soak", "fairness", "shared-prefix", "agents",
-                                                  "kv-quality", "cluster", "speculative"),
+                                                  "kv-quality", "kv-speed", "cluster", "speculative"),
                        default="core")
     bench.add_argument("--model", help="model name or MLX folder path")
     bench.add_argument("--json", action="store_true", help="print one JSON line on stdout")

@@ -125,7 +125,7 @@ def decode_speed(loaded, settings, bits: int | None, streams: int, prompt_tokens
         engine.stop()
 
 
-def run_speed(settings, max_tokens: int, progress, streams: int = 4, prompt_tokens: int = 1024) -> dict:
+def run_speed(settings, max_tokens: int, progress, streams: int = 4, prompt_tokens: int = 512) -> dict:
     """Decode tokens/s with float, 8- and 4-bit KV on the served model, in one process, one after another."""
     from impetus.models import loader, store
 

@@ -19,6 +19,7 @@ CPU expect it slower; the memory is the claim, the speed is Metal's).
 
 from __future__ import annotations
 
+import threading
 import time
 from importlib.resources import files
 from pathlib import Path
@@ -110,14 +111,21 @@ def decode_speed(loaded, settings, bits: int | None, streams: int, prompt_tokens
     try:
         params = SamplingParams(max_tokens=max_tokens, temperature=0)
         handles = [engine.submit(text[i * 97:i * 97 + prompt_tokens], params, ThreadWaiter()) for i in range(streams)]
-        firsts, ends, generated = [], [], 0
-        for handle in handles:
-            times = [time.perf_counter() for event in handle.events(timeout=3600) if isinstance(event, TokenEvent)]
-            firsts.append(times[0])
-            ends.append(times[-1])
-            generated += len(times)
-        decoding = max(ends) - max(firsts)
-        after = generated - streams  # the first tokens came with the prefill
+        times = [[] for _ in handles]
+
+        def read(i: int) -> None:  # each stream's token times as they arrive
+            times[i] = [time.perf_counter() for event in handles[i].events(timeout=3600)
+                        if isinstance(event, TokenEvent)]
+
+        readers = [threading.Thread(target=read, args=(i,)) for i in range(streams)]
+        for reader in readers:
+            reader.start()
+        for reader in readers:
+            reader.join()
+        start = max(t[0] for t in times)  # every stream is decoding from here on
+        after = sum(1 for t in times for x in t if x > start)
+        decoding = max(t[-1] for t in times) - start
+        generated = sum(len(t) for t in times)
         return {"bits": bits, "streams": streams, "prompt_tokens": prompt_tokens, "generated": generated,
                 "decode_tokens_per_s": after / decoding if decoding > 0 else None,
                 "kv_bytes_peak": engine.stats.kv_bytes_peak}

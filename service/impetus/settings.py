@@ -150,6 +150,11 @@ class Settings(BaseSettings):
     kv_output_reserve_tokens: int = Field(2048, ge=1)
     prefix_cache_disk: bool = True
     prefix_cache_disk_bytes: int = Field(8 * 1024**3, ge=0)
+    # Only points this far into a prompt go to disk: a file holds every
+    # token's KV (SmolLM2 in float32: 46 KB a token, 94 MB for 2,048), written
+    # on the engine thread, while a shorter prefix is computed again in a few
+    # seconds; an agent's 20k-token prompt is what a restart must not lose.
+    prefix_cache_disk_min_tokens: int = Field(2048, ge=1)
     # Claude Code's first system block (x-anthropic-billing-header: ...) is
     # billing metadata that changes with the question; kept, no two sessions
     # share a prompt past its 47th character (api.messages_schemas).

@@ -29,7 +29,7 @@ QUESTIONS = ["What is the capital of France?", "Name three colours.", "Write a h
 def quantized(loaded_model, settings, tmp_path_factory):
     engine = Engine(loaded_model, settings.model_copy(update={
         "kv_bits": 8, "max_batch_size": 4, "max_queue": 32, "data_dir": tmp_path_factory.mktemp("kv8"),
-        "prefix_checkpoint_min_tokens": 128}))
+        "prefix_checkpoint_min_tokens": 128, "prefix_cache_disk_min_tokens": 128}))
     engine.start()
     yield engine
     engine.stop()

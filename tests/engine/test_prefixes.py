@@ -32,7 +32,7 @@ def prompt(loaded_model) -> list[int]:
 
 
 def engine_over(loaded_model, settings, data_dir) -> Engine:
-    engine = Engine(loaded_model, settings.model_copy(update={"data_dir": data_dir}))
+    engine = Engine(loaded_model, settings.model_copy(update={"data_dir": data_dir, "prefix_cache_disk_min_tokens": 512}))
     engine.start()
     return engine
 

@@ -37,7 +37,7 @@ class Prefixes:
                                  fingerprint(loaded.revision, loaded.weights_dtype,
                                              settings.kv_bits and f"{settings.kv_bits}/{settings.kv_group_size}"),
                                  settings.prefix_cache_disk_bytes, stats)
-        self.disk_min_tokens = settings.prefix_checkpoint_min_tokens
+        self.disk_min_tokens = settings.prefix_cache_disk_min_tokens
 
     def __len__(self) -> int:
         return len(self.ram)

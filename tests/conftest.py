@@ -179,9 +179,7 @@ def gemma_endpoint(gemma_models, tmp_path_factory):
     work = tmp_path_factory.mktemp("gemma-endpoint")
     redis = RedisServer(work)
     try:
-        # Its tests send 20k-token prompts: 512-token prefill chunks compute them ~1.25x faster
-        # here than a CPU's default 128 (small so that other keys' requests interleave).
-        with agent_endpoint(gemma_models, redis, work, prefill_step_size=512) as served:
+        with agent_endpoint(gemma_models, redis, work) as served:
             yield {**served, "redis": redis}
     finally:
         redis.stop()

@@ -31,7 +31,6 @@ class Admission:
         self._prefill_batch = settings.prefill_batch_size
         self.sharing = InFlightPrefixes(batch, settings.share_prefix_in_flight)
         self.stalled = False  # the first in line waits for KV room and nothing of this engine runs
-        self._memory_short = False
 
     def admit(self) -> None:
         """Give free batch slots to waiting requests, in the scheduler's order.
@@ -63,14 +62,15 @@ class Admission:
         if not self._queue:
             return
         order = self._queue.order()
-        admitted, alone = self._choose(order)
+        admitted, alone, memory_short = self._choose(order)
         self._number(order, admitted)
         self._start(admitted, alone)
-        self.stalled = self._memory_short and not self._batch.running
+        self.stalled = memory_short and not self._batch.running
 
-    def _choose(self, order: list[RequestHandle]) -> tuple[list[RequestHandle], set]:
+    def _choose(self, order: list[RequestHandle]) -> tuple[list[RequestHandle], set, bool]:
         """The requests that get a slot now, pausing others to make room;
-        `alone`: those whose first token is computed before they join."""
+        `alone`: those whose first token is computed before they join; and
+        whether one waits for KV room."""
         batch, queue = self._batch, self._queue
         free = self._max_batch - len(batch.running)
         prefilling = sum(1 for state in batch.running.values() if state.prefilling)
@@ -85,7 +85,9 @@ class Admission:
             if not resuming and (memory_short or not batch.kv.fits(handle)):
                 # It waits for KV room; newcomers after it wait too (a long context is not
                 # overtaken for ever by short ones); paused requests hold theirs and resume.
-                memory_short = memory_short or self._wait_for_memory(handle)
+                if not memory_short:
+                    self._wait_for_memory(handle)
+                memory_short = True
                 continue
             if free <= 0:
                 pausable = [state.handle for state in batch.running.values() if state.can_pause]
@@ -108,10 +110,9 @@ class Admission:
             admitted.append(handle)
             free -= 1
             prefilling += not resuming and not lone
-        self._memory_short = memory_short
-        return admitted, alone
+        return admitted, alone, memory_short
 
-    def _wait_for_memory(self, handle: RequestHandle) -> bool:
+    def _wait_for_memory(self, handle: RequestHandle) -> None:
         """No room for its KV cache: it waits (its queue notes say so) until a
         running request ends and gives its bytes back."""
         if not handle.waited_for_memory:
@@ -119,7 +120,6 @@ class Admission:
             self._batch.stats.kv_waits += 1
             log.info("a request on %s waits for KV room (%d tokens; %d MiB held)", self._batch.name,
                      self._batch.kv.tokens(handle), self._batch.stats.kv_bytes // 2**20)
-        return True
 
     @staticmethod
     def _number(order: list[RequestHandle], admitted: list[RequestHandle]) -> None:

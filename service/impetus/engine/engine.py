@@ -176,8 +176,8 @@ class Engine:
             "scheduler": "fair" if self._queue.fair else "fifo",
             "waiting_by_key": dict(self.waiting_by_key),
             "prefix_points": s.prefix_points,
-            "kv_cache": {"bits": self.batch.kv_bits, **self.batch.kv.size.as_dict(), "bytes": s.kv_bytes, "bytes_peak": s.kv_bytes_peak,
-                         "waits": s.kv_waits},
+            "kv_cache": {"bits": self.batch.kv_bits, **self.batch.kv.size.as_dict(), "bytes": s.kv_bytes,
+                         "bytes_peak": s.kv_bytes_peak, "waits": s.kv_waits},
             **self.batch.prefixes.snapshot(),
         }
 

@@ -97,7 +97,6 @@ class KVLedger:
     def __init__(self, room=lambda: None):
         self.room = room
         self.claims: dict[str, int] = {}
-        self.peak = 0
         self._lock = native_lock()
 
     def over(self, name: str, claim: int, cached: int = 0) -> int:
@@ -113,7 +112,6 @@ class KVLedger:
     def set(self, name: str, claim: int) -> None:
         with self._lock:
             self.claims[name] = claim
-            self.peak = max(self.peak, sum(self.claims.values()))
 
     def drop(self, name: str) -> None:
         with self._lock:
@@ -134,9 +132,12 @@ class KVMemory:
         self.output_reserve = output_reserve
         self.holding: dict[object, int] = {}  # handle -> the tokens its cache is counted at
 
+    def counted(self, prompt: int, max_tokens: int) -> int:
+        """The tokens a request is counted at: its prompt and its output, `output_reserve` at most."""
+        return prompt + min(max_tokens, self.output_reserve)
+
     def tokens(self, handle) -> int:
-        """Its prompt and the output counted for it (`output_reserve` at most)."""
-        return len(handle.prompt_tokens) + min(handle.params.max_tokens, self.output_reserve)
+        return self.counted(len(handle.prompt_tokens), handle.params.max_tokens)
 
     def grow(self, handle, length: int) -> None:
         """An answer past what it was counted at claims one more buffer step."""
@@ -150,7 +151,7 @@ class KVMemory:
 
     def too_large(self, prompt: int, max_tokens: int) -> str | None:
         """Why a request can never run here, even alone; None when it can."""
-        tokens = prompt + min(max_tokens, self.output_reserve)
+        tokens = self.counted(prompt, max_tokens)
         need, room = self.size.bytes_for(tokens), self.ledger.room()
         if room is None or need <= room:
             return None

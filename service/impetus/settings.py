@@ -46,7 +46,17 @@ def redis_socket(data_dir: Path) -> Path:
     are), then /tmp/impetus-UID/HASH.sock (UID: the data dir's owner, so every
     user of one data dir finds it), tmux's layout, which macOS' /tmp cleaning
     leaves alone (it removes old regular files, not sockets)."""
-    path = data_dir / "redis" / "redis.sock"
+    return stack_socket(data_dir, "redis/redis.sock", "")
+
+
+def workers_socket(data_dir: Path) -> Path:
+    """Where `impetus up`'s workers listen for its nginx: run/workers.sock, or
+    /tmp/impetus-UID/HASH-workers.sock for a data dir too long (see redis_socket)."""
+    return stack_socket(data_dir, "run/workers.sock", "-workers")
+
+
+def stack_socket(data_dir: Path, inside: str, suffix: str) -> Path:
+    path = data_dir / inside
     if len(os.fsencode(path)) < SOCKET_PATH_LIMIT:
         return path
     try:
@@ -54,7 +64,7 @@ def redis_socket(data_dir: Path) -> Path:
     except OSError:
         owner = os.getuid()
     digest = hashlib.sha256(os.fsencode(os.path.abspath(data_dir))).hexdigest()[:16]
-    return Path("/tmp") / f"impetus-{owner}" / f"{digest}.sock"
+    return Path("/tmp") / f"impetus-{owner}" / f"{digest}{suffix}.sock"
 
 
 def private_redis_url(data_dir: Path) -> str:
@@ -77,7 +87,19 @@ class Settings(BaseSettings):
     # Serving
     host: str = "127.0.0.1"
     port: int = 8081
+    # A unix socket to listen on instead of host:port: `impetus up` puts its
+    # workers on run/workers.sock, which only its own nginx reaches, so two
+    # stacks on one machine never share a port (impetus.stack.up).
+    socket: Path | None = None
+    # The id `impetus up` gives its run; /healthz and /readyz report it, and
+    # `up` counts a component ready only when the id is its own.
+    stack_id: str | None = None
     workers: int = 1
+    # nginx's read timeout towards the workers and hosts: the longest an answer
+    # collected whole may take, and how long a stream stranded on a host that
+    # stopped answering (a pulled cable) waits before it is ended. The OpenAI and
+    # Anthropic SDKs give up on a request after 600 s by default.
+    upstream_read_timeout_s: int = 600
     # A stream can run for minutes; gunicorn's worker timeout must not kill it.
     worker_timeout: int = 600
     graceful_timeout: int = 60

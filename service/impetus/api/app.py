@@ -82,9 +82,9 @@ def create_app(settings, host, waker, gateway=None, metrics=None, broadcast=None
         "/v1/admin/usage": AdminUsageResource(gateway),
         "/v1/admin/audit": AdminAuditResource(gateway),
         "/v1/admin/events": AdminEventsResource(host, gateway),
-        "/healthz": LivenessResource(),
-        "/": LivenessResource(),
-        "/readyz": ReadinessResource(host, gateway),
+        "/healthz": LivenessResource(settings.stack_id),
+        "/": LivenessResource(settings.stack_id),
+        "/readyz": ReadinessResource(host, gateway, settings.stack_id),
         "/v1/status": StatusResource(host, gateway),
         "/openapi.json": OpenAPIResource(),
     }

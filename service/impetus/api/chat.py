@@ -5,7 +5,7 @@ from __future__ import annotations
 from impetus.api import tools
 from impetus.api.budget import output_budget, sampling_params
 from impetus.api.chat_schemas import ChatCompletionRequest
-from impetus.api.generation import Generation, stream_error, usage
+from impetus.api.generation import KEEPALIVE, KEEPALIVE_S, Generation, stream_error, usage
 from impetus.api.generation_resource import CompletionResource
 from impetus.api.output import REASONING, OutputParser, Parsed
 from impetus.api.prompt import prefix_points, render_chat
@@ -171,9 +171,9 @@ class ChatCompletionsResource(CompletionResource):
         try:
             for index in range(len(gen.handles)):
                 yield chunk(index, {"role": "assistant", "content": ""})
-            for index, event in gen.events():
-                if index is None:  # still waiting for a batch slot
-                    yield event.comment()
+            for index, event in gen.events(heartbeat=KEEPALIVE_S):
+                if index is None:  # still waiting for a batch slot, or silent (a long prefill)
+                    yield event.comment() if event is not None else KEEPALIVE
                     continue
                 if isinstance(event, TokenEvent):
                     parts = parsers[index].feed(event.text)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from impetus.api.budget import output_budget, sampling_params
 from impetus.api.chat_schemas import CompletionRequest
-from impetus.api.generation import Generation, stream_error, usage
+from impetus.api.generation import KEEPALIVE, KEEPALIVE_S, Generation, stream_error, usage
 from impetus.api.generation_resource import CompletionResource
 from impetus.engine.request import TokenEvent
 from impetus.web import bad_request
@@ -109,9 +109,9 @@ class CompletionsResource(CompletionResource):
                 if echoes[index // n]:
                     yield {**meta, "choices": [{"index": index, "text": echoes[index // n],
                                                 "finish_reason": None, "logprobs": None}]}
-            for index, event in gen.events():
-                if index is None:  # still waiting for a batch slot
-                    yield event.comment()
+            for index, event in gen.events(heartbeat=KEEPALIVE_S):
+                if index is None:  # still waiting for a batch slot, or silent (a long prefill)
+                    yield event.comment() if event is not None else KEEPALIVE
                     continue
                 if isinstance(event, TokenEvent):
                     if not event.text and not want_logprobs:

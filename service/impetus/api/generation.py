@@ -67,6 +67,14 @@ class Comment(str):
     """An SSE comment line: clients ignore it, proxies see traffic."""
 
 
+# A stream sends a comment after this long without output (a long prompt's
+# prefill): a cluster gateway's nginx ends a stream whose host has been silent
+# for its read timeout (IMPETUS_UPSTREAM_READ_TIMEOUT_S), which must mean the
+# host is lost, never that it is busy.
+KEEPALIVE_S = 10.0
+KEEPALIVE = Comment("keep-alive")
+
+
 class Generation:
     """One API request's choices running in an engine.
 

@@ -40,8 +40,14 @@ def hosts_of(gateway) -> list[dict]:
 
 
 class LivenessResource:
+    """The process answers; with the id of the `impetus up` run it belongs to,
+    so that `up` never takes another stack's answer for its own."""
+
+    def __init__(self, stack_id: str | None = None):
+        self.stack = {"stack": stack_id} if stack_id else {}
+
     def on_get(self, req, resp):
-        resp.media = {"status": "ok"}
+        resp.media = {"status": "ok", **self.stack}
 
     def on_head(self, req, resp):
         """Codex checks the server with `HEAD /` before its first request."""
@@ -52,9 +58,10 @@ class ReadinessResource:
     """Ready: a model loaded, every engine thread alive, and Redis answering
     when keys are required (without it only already-verified keys work)."""
 
-    def __init__(self, host, gateway=None):
+    def __init__(self, host, gateway=None, stack_id: str | None = None):
         self.host = host
         self.gateway = gateway
+        self.stack = {"stack": stack_id} if stack_id else {}
 
     def on_get(self, req, resp):
         redis = redis_state(self.gateway)
@@ -65,6 +72,7 @@ class ReadinessResource:
             "pid": os.getpid(),
             "redis": redis,
             "engines": [engine.snapshot() for engine in self.host.engines.values()],
+            **self.stack,
         }
 
 

@@ -30,9 +30,9 @@ from impetus.api.budget import with_defaults
 from impetus.api.chat import prepare
 from impetus.api.chat_schemas import ChatMessage
 from impetus.api.errors import from_validation_error
-from impetus.api.generation import new_id_suffix
+from impetus.api.generation import KEEPALIVE, KEEPALIVE_S, Comment, new_id_suffix
 from impetus.api.generation_resource import GenerationResource, engine_for, start_stream, typed_sse
-from impetus.api.output import CALL, END, ERROR, QUEUED, REASONING, OutputParser, parsed_stream
+from impetus.api.output import CALL, END, ERROR, PING, QUEUED, REASONING, OutputParser, parsed_stream
 from impetus.api.responses_schemas import ResponsesRequest
 from impetus.api.validation import parse
 from impetus.gateway.responses import StoreUnavailable
@@ -214,6 +214,8 @@ class ResponsesResource(GenerationResource):
             return
         with closing(events):
             for item in events:
+                if isinstance(item, Comment):  # a queue note or keep-alive: for streams only
+                    continue
                 if item["type"] == "error":
                     raise APIError(500, item["message"], type="server_error", code=item["code"])
                 if item["type"] in ("response.completed", "response.incomplete"):
@@ -246,9 +248,11 @@ class ResponsesResource(GenerationResource):
         try:
             yield event("response.created", response=started)
             yield event("response.in_progress", response=started)
-            for kind, value in parsed_stream(gen, parser):
+            for kind, value in parsed_stream(gen, parser, heartbeat=KEEPALIVE_S):
                 if kind == QUEUED:
                     yield value.comment()
+                elif kind == PING:  # silent (a long prefill): traffic for the proxies
+                    yield KEEPALIVE
                 elif kind == ERROR:
                     yield event("error", code="engine_error", message="Generation failed inside the engine.",
                                 param=None)

@@ -71,7 +71,7 @@ def run(settings) -> int:
                          ("nginx", "brew install nginx" if sys.platform == "darwin" else "sudo apt-get install nginx")):
         found = info.find_program(program)
         row(program, found is not None, found or "not installed", None if found else fix)
-    for port, what in ((8080, "nginx (impetus up)"), (settings.port, "the workers")):
+    for port, what in ((8080, "nginx (impetus up)"), (settings.port, "`impetus serve` (up's own workers use a unix socket)")):
         if not port_free(port):
             row(f"port {port}", None, f"in use: {what} cannot take it (another stack, or the service?)",
                 f"impetus service status; lsof -nP -iTCP:{port} -sTCP:LISTEN; or --port / IMPETUS_PORT")

@@ -6,6 +6,9 @@ worker. It then runs its Gunicorn workers supervised as `impetus up` runs
 them (restarted with backoff after a crash: `kill -9` of the master brings a
 new one in ~4 s, which registers again by its heartbeat), listening on the
 LAN, requiring API keys and the gateway's secret (impetus.gateway.guard).
+As `up` does (impetus.stack.lifeline, impetus.stack.identity), it counts
+only its own workers' answer as ready, they die with it, and a new
+`serve --join` on the port ends what a killed one left running.
 """
 
 from __future__ import annotations
@@ -105,8 +108,10 @@ def join(settings) -> int:
     import time
 
     from impetus.server.process import stop_server
+    from impetus.stack.identity import answers_as, new_stack_id
+    from impetus.stack.lifeline import Record
     from impetus.stack.supervisor import StackError, StopOnSignal, Supervisor
-    from impetus.stack.up import workers_component
+    from impetus.stack.up import take_over, workers_component
 
     redis_url = settings.redis_url
     console = Console(stderr=True, soft_wrap=True)
@@ -117,9 +122,20 @@ def join(settings) -> int:
     log_dir, run_dir = settings.data_dir / "logs", settings.data_dir / "run"
     for directory in (log_dir, run_dir):
         directory.mkdir(parents=True, exist_ok=True)
+    try:
+        record = take_over(Record(run_dir, f"join-{settings.port}"),
+                           f"another `impetus serve --join` (pid {{pid}}) serves port {settings.port} from "
+                           f"{settings.data_dir}", [(settings.host, settings.port, "this host's workers", "--port")],
+                           console)
+    except StackError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     local = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
     ready_url = f"http://{local}:{settings.port}/readyz"
-    workers = workers_component(settings.port, log_dir, join_environment(settings, redis_url), ready_url)
+    stack_id = new_stack_id()
+    workers = workers_component(settings.port, log_dir, {**join_environment(settings, redis_url),
+                                                         "IMPETUS_STACK_ID": stack_id},
+                                lambda: answers_as(ready_url, stack_id))
 
     stop = StopOnSignal()
 
@@ -130,7 +146,8 @@ def join(settings) -> int:
             print(f"impetus host is up: {settings.advertise_address}", flush=True)
 
     supervisor = Supervisor([workers], log=lambda line: console.print(f"[yellow]![/] {line}"), run_dir=run_dir,
-                            on_ready=on_ready)
+                            on_ready=on_ready, on_start=lambda component: record.started(component.name,
+                                                                                         component.process))
     code = 0
     try:
         while not stop.requested:
@@ -142,5 +159,6 @@ def join(settings) -> int:
     finally:
         if workers.process is not None:
             stop_server(workers.process, timeout=settings.graceful_timeout + 10)
+        record.release()
     return code
 

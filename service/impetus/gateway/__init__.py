@@ -10,6 +10,7 @@ from impetus.gateway.keys import KeyStore
 from impetus.gateway.middleware import AuthMiddleware, RateLimitMiddleware
 from impetus.gateway.ratelimit import RateLimiter
 from impetus.gateway.responses import ResponseStore
+from impetus.gateway.spool import UsageSpool, spool_dir
 from impetus.gateway.usage import UsageLedger, local_now
 
 
@@ -39,6 +40,7 @@ class Gateway:
         self.hosts = HostRegistry(self.redis)
         self.usage = UsageLedger(self.redis, retention_days=settings.usage_retention_days, clock=clock,
                                  writer=writer)
+        self.spool = UsageSpool(spool_dir(settings.data_dir, settings.effective_redis_url), writer)
         self.settings = settings
 
     def model_broadcast(self, host):
@@ -48,7 +50,7 @@ class Gateway:
 
     def account_for(self, key) -> KeyAccount:
         return KeyAccount(key, self.limiter, self.keys, self.settings.default_rpm, self.settings.default_tpm,
-                          self.metrics, self.usage)
+                          self.metrics, self.usage, self.spool)
 
     def guard(self) -> list:
         """Before everything, when this worker is one host of several."""
@@ -59,5 +61,6 @@ class Gateway:
         return [GatewayGuardMiddleware(ClusterSecret(self.redis), self.settings.gateway_allow)]
 
     def middleware(self) -> list:
-        return [AuthMiddleware(self.keys, self.account_for, self.metrics, self.settings.admin_allow),
-                RateLimitMiddleware(), AuditMiddleware(self.audit, self.metrics)]
+        return [AuthMiddleware(self.keys, self.account_for, self.metrics, self.settings.admin_allow,
+                               one_of_several=self.settings.gateway_guard),
+                RateLimitMiddleware(), AuditMiddleware(self.audit, self.metrics, self.spool)]

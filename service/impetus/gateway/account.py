@@ -27,6 +27,7 @@ from redis.exceptions import RedisError
 from impetus.engine.request import Tenant
 from impetus.gateway.keys import ApiKey, KeyStore
 from impetus.gateway.ratelimit import LimitState, RateLimiter, format_reset
+from impetus.gateway.spool import Ops, UsageSpool
 from impetus.gateway.usage import BudgetState, UsageLedger
 from impetus.web import APIError
 
@@ -94,10 +95,11 @@ def _limit_headers(kind: str, state: LimitState) -> dict[str, str]:
 
 class KeyAccount(Account):
     """A request made with a personal key. While Redis is down the limits are
-    not enforced and usage is not recorded (logged and counted), as before."""
+    not enforced (logged and counted); usage waits in the spool
+    (impetus.gateway.spool) and is written once Redis is back."""
 
     def __init__(self, key: ApiKey, limiter: RateLimiter, keys: KeyStore, rpm: int, tpm: int, metrics,
-                 ledger: UsageLedger):
+                 ledger: UsageLedger, spool: UsageSpool):
         self.key = key
         self.tenant = Tenant(f"key:{key.hash[:16]}", key.name, key.share, key.priority)
         self.rpm = key.rpm or rpm
@@ -105,6 +107,7 @@ class KeyAccount(Account):
         self._limiter = limiter
         self._keys = keys
         self._ledger = ledger
+        self._spool = spool
         self._metrics = metrics
         self._headers: dict[str, str] = {}
 
@@ -158,15 +161,15 @@ class KeyAccount(Account):
                 raise self._over_budget(budget)
 
     def charge(self, model: str, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> None:
-        try:  # the key's totals and its daily ledger, in one round trip on the ledger's patient client
-            pipe = self._ledger.writer.pipeline(transaction=False)
-            self._keys.record_usage(self.key.hash, prompt_tokens, completion_tokens, pipe)
-            self._ledger.record(self.key.hash, self.key.name, model, prompt_tokens, completion_tokens,
-                                cached_tokens, pipe)
-            pipe.execute()
-        except RedisError as error:
+        # The key's totals and its daily ledger (with the budget's spend): one
+        # charge, kept in the spool until Redis has it on disk.
+        ops = Ops()
+        self._keys.record_usage(self.key.hash, prompt_tokens, completion_tokens, ops)
+        self._ledger.record(self.key.hash, self.key.name, model, prompt_tokens, completion_tokens, cached_tokens, ops)
+        if not self._spool.add(ops):
             count_redis_error(self._metrics, "usage")
-            log.warning("redis unavailable (%s): usage of %r not recorded", error, self.key.name)
+        # The per-minute token limit is a moving window: a charge replayed later would
+        # fall in the wrong minute, so it is written now or not at all.
         if prompt_tokens or completion_tokens:
             try:
                 self._limiter.charge_tokens(self.key.hash, self.tpm, prompt_tokens + completion_tokens)

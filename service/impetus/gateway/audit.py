@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 
 from redis.exceptions import RedisError
 
+from impetus.gateway.spool import Ops
+
 log = logging.getLogger("impetus.gateway")
 
 MAX_ENTRIES = 100_000
@@ -52,8 +54,9 @@ class AuditLog:
         self.redis = redis
         self.stream = f"{prefix}audit"
 
-    def record(self, who: str, entry: AuditEntry, address: str = "-") -> None:
-        self.redis.xadd(self.stream, {
+    def record(self, who: str, entry: AuditEntry, address: str = "-", writer=None) -> None:
+        """Appended now, or into `writer` (a spool's Ops) to be written later."""
+        (writer if writer is not None else self.redis).xadd(self.stream, {
             "at": repr(time.time()), "who": who, "action": entry.action, "target": entry.target,
             "address": address or "-", "detail": json.dumps(entry.detail, sort_keys=True),
         }, maxlen=MAX_ENTRIES, approximate=True)
@@ -101,12 +104,13 @@ def record_from_cli(redis_url: str, entry: AuditEntry) -> bool:
 
 class AuditMiddleware:
     """Writes the action a resource reported, once its answer is a success.
-    While Redis is down the action still happens; its entry is logged instead
-    (the log is kept too), and counted."""
+    While Redis is down the action still happens; its entry waits in the
+    usage spool (impetus.gateway.spool) and is logged and counted."""
 
-    def __init__(self, audit: AuditLog, metrics):
+    def __init__(self, audit: AuditLog, metrics, spool=None):
         self.audit = audit
         self.metrics = metrics
+        self.spool = spool
 
     def process_response(self, req, resp, resource, req_succeeded):
         entry = req.context.audit  # None (RequestContext's default) unless an admin resource acted
@@ -118,5 +122,9 @@ class AuditMiddleware:
             self.audit.record(account.name, entry, address)
         except RedisError as error:
             self.metrics.redis_errors.labels("audit").inc()
-            log.warning("redis unavailable (%s): audit entry not stored: %s %s %s by %s from %s", error,
+            log.warning("redis unavailable (%s): audit entry kept until it is back: %s %s %s by %s from %s", error,
                         entry.action, entry.target, json.dumps(entry.detail), account.name, address)
+            if self.spool is not None:
+                ops = Ops()
+                self.audit.record(account.name, entry, address, writer=ops)
+                self.spool.add(ops)

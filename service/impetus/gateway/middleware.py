@@ -63,10 +63,13 @@ class AuthMiddleware:
     A request that does present a key is always judged by that key, and
     carries its account (`account_for(record)`) from here on."""
 
-    def __init__(self, keys: KeyStore, account_for, metrics, metrics_allow=()):
+    def __init__(self, keys: KeyStore, account_for, metrics, metrics_allow=(), one_of_several: bool = False):
+        """`one_of_several`: this worker is one host of a cluster, where another
+        host can serve while this one cannot reach the shared Redis."""
         self.keys = keys
         self.account_for = account_for
         self.metrics = metrics
+        self.one_of_several = one_of_several
         self.metrics_networks = address_networks(metrics_allow)
         self._verified: dict[str, tuple[ApiKey, float]] = {}  # hash -> (record, when)
 
@@ -74,7 +77,10 @@ class AuthMiddleware:
         if req.path in PUBLIC_PATHS or req.method == "OPTIONS":
             return
         presented = _presented_key(req)
-        if presented is None and req.path == "/metrics" and address_in(req.remote_addr, self.metrics_networks):
+        # A peer on the workers' unix socket (no address) is the stack's own nginx, which lets
+        # /metrics through from this machine and the allowed addresses only.
+        if presented is None and req.path == "/metrics" and (
+                not req.remote_addr or address_in(req.remote_addr, self.metrics_networks)):
             return
         if presented is None:
             self._count("missing")
@@ -100,6 +106,13 @@ class AuthMiddleware:
         self.metrics.auth_failures.labels(reason).inc()
 
     def _degraded(self, presented: str, error: Exception) -> ApiKey:
+        if self.one_of_several:
+            # Another host checks this key's limits and budget against Redis: this one
+            # answers 503, which the gateway's nginx passes on to the next host.
+            log.warning("redis unavailable (%s): refusing new requests while another host can take them", error)
+            self._count("unverifiable")
+            raise APIError(503, "This host cannot reach the cluster's Redis right now. Please retry shortly.",
+                           type="server_error", code="cluster_redis_unavailable", headers={"Retry-After": "1"})
         known = self._verified.get(hash_key(presented))
         if known is not None and time.time() - known[1] < DEGRADED_TRUST_S and not known[0].expired():
             log.warning("redis unavailable (%s): accepting key %r verified earlier", error, known[0].name)

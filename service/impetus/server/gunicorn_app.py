@@ -41,7 +41,7 @@ class ImpetusApplication(BaseApplication):
     def load_config(self):
         s = self.settings
         config = {
-            "bind": [f"{s.host}:{s.port}"],
+            "bind": [f"unix:{s.socket}" if s.socket else f"{s.host}:{s.port}"],
             "workers": s.workers,
             "worker_class": "impetus.server.worker.ImpetusGeventWorker",
             "worker_connections": 1000,
@@ -92,6 +92,7 @@ class ImpetusApplication(BaseApplication):
             gateway = self.gateway = Gateway(self.settings, metrics=metrics)
             broadcast = gateway.model_broadcast(self.host)
             gevent.spawn(broadcast.listen_forever)
+            gevent.spawn(gateway.spool.run_forever, gevent.sleep)  # usage kept while Redis was away
             self._beating = gevent.spawn(self._heartbeat, gateway.hosts)
         return create_app(self.settings, self.host, GeventWaker(), gateway, metrics, broadcast)
 

@@ -38,13 +38,16 @@ def start_server(port: int, log: Path, env: dict[str, str], timeout: float = 180
     return wait_until_ready(process, f"http://127.0.0.1:{port}/readyz", log, timeout)
 
 
-def spawn_server(port: int, log: Path, env: dict[str, str], append: bool = True) -> subprocess.Popen:
+def spawn_server(port: int, log: Path, env: dict[str, str], append: bool = True, launch=None) -> subprocess.Popen:
     """`impetus serve --port PORT` in its own process group, not waited for;
-    appending to `log` keeps what a crashed run wrote before its restart."""
+    appending to `log` keeps what a crashed run wrote before its restart.
+    `launch(command, **popen)` starts it (a supervisor's: with a lifeline)."""
     environment = {**os.environ, "PYTHONUNBUFFERED": "1", **env}
+    command = [sys.executable, "-m", "impetus", "serve", "--port", str(port)]
     with log.open("a" if append else "w") as out:
-        return subprocess.Popen([sys.executable, "-m", "impetus", "serve", "--port", str(port)],
-                                stdout=out, stderr=subprocess.STDOUT, env=environment, start_new_session=True)
+        if launch is not None:
+            return launch(command, stdout=out, stderr=subprocess.STDOUT, env=environment)
+        return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=environment, start_new_session=True)
 
 
 def wait_until_ready(process: subprocess.Popen, url: str, log: Path, timeout: float = 180) -> subprocess.Popen:

@@ -103,10 +103,18 @@ def redacted(url: str) -> str:
     return re.sub(r"([?&])password=[^&]*", r"\1password=***", url)
 
 
+def unix_target(path: Path) -> str:
+    """A unix socket as nginx's upstream server (quoted: a Mac's data dir has a space)."""
+    return f'"unix:{nginx.quoted(path)}"'
+
+
 def upstream_target(address: str) -> str | None:
     """An advertised address (http://mac-2.local:8081) as nginx's upstream
     server: "IP:PORT", resolved now (nginx would refuse the whole file for a
-    name it cannot resolve); None when it does not resolve."""
+    name it cannot resolve); None when it does not resolve. `unix:PATH` is
+    the gateway's own workers, on their socket."""
+    if address.startswith("unix:"):
+        return unix_target(Path(address[len("unix:"):]))
     parts = urlsplit(address if "://" in address else f"http://{address}")
     if not parts.hostname:
         return None

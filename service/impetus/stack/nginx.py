@@ -27,11 +27,12 @@ UPSTREAM_FILE = "impetus-upstream.conf"
 class NginxConfig:
     listen_host: str
     listen_port: int
-    upstream: str  # "127.0.0.1:8081"
+    upstream: str  # "127.0.0.1:8081", or '"unix:/…/run/workers.sock"' (stack.cluster.unix_target)
     run_dir: Path
     log_dir: Path
     max_body: str = "4m"
     conn_per_client: int = 256
+    read_timeout_s: int = 600  # IMPETUS_UPSTREAM_READ_TIMEOUT_S
     admin_allow: tuple[str, ...] = ()  # addresses besides loopback allowed /metrics and admin
     tls_cert: Path | None = None
     tls_key: Path | None = None
@@ -73,6 +74,7 @@ def render_files(config: NginxConfig, templates: Path = TEMPLATES) -> dict[str, 
         "LISTEN": listen,
         "MAX_BODY": config.max_body,
         "CONN_PER_CLIENT": str(config.conn_per_client),
+        "READ_TIMEOUT": f"{config.read_timeout_s}s",
         "ADMIN_ALLOW": " ".join(f"allow {a};" for a in allowed),
         "ADMIN_ALLOW_NOTE": f" and {', '.join(config.admin_allow)}" if config.admin_allow else "",
         "DASHBOARD_DIR": quoted(config.dashboard_dir),
@@ -125,7 +127,11 @@ def start(conf: Path, **popen) -> subprocess.Popen:
     return spawn(conf, **popen)
 
 
+def command(conf: Path) -> list[str]:
+    """nginx in the foreground with `conf`."""
+    return [nginx_binary(), "-c", str(conf), "-p", str(conf.parent), "-g", "daemon off;"]
+
+
 def spawn(conf: Path, **popen) -> subprocess.Popen:
     """nginx with a configuration already checked."""
-    return subprocess.Popen([nginx_binary(), "-c", str(conf), "-p", str(conf.parent), "-g", "daemon off;"],
-                            **popen)
+    return subprocess.Popen(command(conf), **popen)

@@ -153,6 +153,7 @@ def render(settings, layout: Layout, public_host: str = "127.0.0.1", public_port
     nginx_files = nginx.render_files(nginx.NginxConfig(
         public_host, public_port, upstream, data / "run", logs,
         max_body=f"{max(1, settings.max_body_bytes // (1024 * 1024))}m", admin_allow=tuple(settings.admin_allow),
+        read_timeout_s=settings.upstream_read_timeout_s,
         worker_user=(layout.user if nginx_as_root else "") if layout.system else None, pid_file=pid_file))
     nginx_conf = data / "run" / "nginx" / "nginx.conf"
     server_env = {

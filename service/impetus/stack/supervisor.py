@@ -92,6 +92,7 @@ class Supervisor:
     run_dir: Path
     clock: Callable[[], float] = time.monotonic
     on_ready: Callable[[Component, bool], None] = lambda component, again: None
+    on_start: Callable[[Component], None] = lambda component: None  # each (re)start: its pid is recorded
     first_backoff: float = BACKOFF_FIRST_S  # IMPETUS_RESTART_BACKOFF_S
     _first_start_done: set = field(default_factory=set)
 
@@ -157,6 +158,7 @@ class Supervisor:
             self._failed(component, now, f"could not be started: {error}")
             return
         component.state, component.started_at = "starting", now
+        self.on_start(component)
 
     def _failed(self, component: Component, now: float, reason: str) -> None:
         if component.process is not None:

@@ -7,6 +7,11 @@ backoff while the others go on (`impetus.stack.supervisor`); only one that
 fails to start five times in a row, or Ctrl-C / SIGTERM, stops the stack, in
 order: nginx first (no new requests), then the workers (running streams
 drain), Redis last (usage of the last requests is still recorded).
+
+The stack owns what it runs (impetus.stack.identity, impetus.stack.lifeline):
+its workers listen on a unix socket in its run dir, answer with this run's id,
+and every child dies with `up` however `up` ends; a second `up` on the same
+data dir is refused, and one after a `kill -9` first ends what the last left.
 """
 
 from __future__ import annotations
@@ -23,8 +28,9 @@ from pathlib import Path
 from rich.console import Console
 
 from impetus.server.process import spawn_server, stop_server
-from impetus.settings import redis_socket
-from impetus.stack import cluster, nginx
+from impetus.settings import redis_socket, workers_socket
+from impetus.stack import cluster, lifeline, nginx
+from impetus.stack.identity import answers_as, check_port, new_stack_id
 from impetus.stack.supervisor import Component, StackError, StopOnSignal, Supervisor
 from impetus.stack.tls import make_certificate, tls_paths
 
@@ -68,15 +74,21 @@ def spawn_redis(data_dir: Path, log_dir: Path, appendfsync: str = "everysec",
                 listen: tuple[str, int] | None = None) -> subprocess.Popen:
     """The stack's redis-server (not waited for)."""
     (data_dir / "redis").mkdir(parents=True, exist_ok=True)
-    socket_dir = redis_socket(data_dir).parent
-    if socket_dir != data_dir / "redis":  # a short place in /tmp: ours alone, or refused
-        socket_dir.mkdir(mode=0o700, exist_ok=True)
-        status = socket_dir.stat()
+    socket_folder(redis_socket(data_dir), data_dir / "redis", "Redis' socket")
+    # SIGTERM when `up` dies: Redis writes its append-only file and exits.
+    return lifeline.spawn(["redis-server", *redis_arguments(data_dir, log_dir, appendfsync, listen)], signal.SIGTERM)
+
+
+def socket_folder(socket: Path, home: Path, what: str) -> None:
+    """Make `socket`'s folder: `home` in the data dir, or (settings.stack_socket:
+    the data dir's path is too long for a socket) a short place in /tmp that
+    must be ours alone, or refused."""
+    socket.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if socket.parent != home:
+        status = socket.parent.stat()
         if status.st_uid != os.getuid() or status.st_mode & 0o077:
-            raise StackError(f"{socket_dir} (for Redis' socket: the data dir's path is too long for one) belongs "
+            raise StackError(f"{socket.parent} (for {what}: the data dir's path is too long for one) belongs "
                              "to someone else or is open to others; remove it, or use a shorter data dir")
-    return subprocess.Popen(["redis-server", *redis_arguments(data_dir, log_dir, appendfsync, listen)],
-                            start_new_session=True)
 
 
 def redis_answers(url: str) -> bool:
@@ -99,12 +111,18 @@ def _stop(process: subprocess.Popen | None, sig: int, timeout: float) -> None:
         process.wait()
 
 
-def workers_component(port: int, log_dir: Path, env: dict[str, str], ready_url: str) -> Component:
+def _launch_workers(command: list[str], **popen) -> subprocess.Popen:
+    # SIGINT when the supervisor dies: Gunicorn's quick shutdown (its workers end now).
+    return lifeline.spawn(command, signal.SIGINT, **popen)
+
+
+def workers_component(port: int, log_dir: Path, env: dict[str, str], ready) -> Component:
     """The Gunicorn master and its workers (`impetus serve` with `env`), as
     `up` and a joined host (`serve --join`) supervise them: loading a large
-    model may take minutes; after a crash the orphaned workers get SIGTERM."""
-    return Component("workers", lambda: spawn_server(port, log_dir / "impetus.log", env), lambda: answers(ready_url),
-                     start_timeout=600, orphan_signal=signal.SIGTERM, log_hint=str(log_dir / "impetus.log"))
+    model may take minutes; after a crash the orphaned workers get SIGTERM.
+    `ready()`: whether they answer as this supervisor's."""
+    return Component("workers", lambda: spawn_server(port, log_dir / "impetus.log", env, launch=_launch_workers),
+                     ready, start_timeout=600, orphan_signal=signal.SIGTERM, log_hint=str(log_dir / "impetus.log"))
 
 
 @dataclass
@@ -116,7 +134,7 @@ class ClusterOptions:
 
 
 def components(settings, public_host: str, public_port: int, tls: bool, console,
-               cluster_options: ClusterOptions | None = None):
+               cluster_options: ClusterOptions | None = None, stack_id: str = ""):
     """The stack's components in start order, its endpoint, its Redis URL and,
     for a cluster, the watcher that keeps nginx's upstream equal to the hosts."""
     run_dir, log_dir = settings.data_dir / "run", settings.data_dir / "logs"
@@ -132,16 +150,19 @@ def components(settings, public_host: str, public_port: int, tls: bool, console,
         parts.append(Component(
             "redis", lambda: spawn_redis(settings.data_dir, log_dir, settings.redis_appendfsync, listen),
             lambda: redis_answers(redis_url), log_hint=str(log_dir / "redis.log")))
-    upstream = f"127.0.0.1:{settings.port}"
+    socket_path = workers_socket(settings.data_dir)
+    upstream = cluster.unix_target(socket_path)
     if settings.workers > 0:
+        socket_folder(socket_path, settings.data_dir / "run", "the workers' socket")
         server_env = {
-            "IMPETUS_DATA_DIR": str(settings.data_dir), "IMPETUS_HOST": "127.0.0.1",
-            "IMPETUS_WORKERS": str(settings.workers), "IMPETUS_MODEL": settings.model,
+            "IMPETUS_DATA_DIR": str(settings.data_dir), "IMPETUS_SOCKET": str(socket_path),
+            "IMPETUS_STACK_ID": stack_id, "IMPETUS_WORKERS": str(settings.workers), "IMPETUS_MODEL": settings.model,
             "IMPETUS_REQUIRE_API_KEYS": "true", "IMPETUS_REDIS_URL": redis_url,
         }
-        if cluster_options is not None:  # one host of the cluster, reached by nginx on loopback
-            server_env.update(IMPETUS_GATEWAY_GUARD="true", IMPETUS_ADVERTISE=f"http://{upstream}")
-        parts.append(workers_component(settings.port, log_dir, server_env, f"http://{upstream}/readyz"))
+        if cluster_options is not None:  # one host of the cluster, reached by nginx on its socket
+            server_env.update(IMPETUS_GATEWAY_GUARD="true", IMPETUS_ADVERTISE=f"unix:{socket_path}")
+        parts.append(workers_component(settings.port, log_dir, server_env,
+                                       lambda: answers_as("http://workers/readyz", stack_id, uds=socket_path)))
     elif cluster_options is None:
         raise StackError("--workers 0 (a gateway with no model of its own) needs --cluster")
 
@@ -153,31 +174,37 @@ def components(settings, public_host: str, public_port: int, tls: bool, console,
             console.print(f"made a self-signed certificate: {cert} (clients must trust it)")
     conf = nginx.render(nginx.NginxConfig(
         public_host, public_port, upstream, run_dir, log_dir,
-        max_body=f"{max(1, settings.max_body_bytes // (1024 * 1024))}m",
+        max_body=f"{max(1, settings.max_body_bytes // (1024 * 1024))}m", read_timeout_s=settings.upstream_read_timeout_s,
         admin_allow=tuple(settings.admin_allow), tls_cert=cert, tls_key=key,
     ))
     watcher = None
     if cluster_options is not None:
-        watcher = _watcher(settings, redis_url, conf, upstream if settings.workers > 0 else None, parts, console)
+        local = {upstream: f"unix:{socket_path}"} if settings.workers > 0 else {}
+        watcher = _watcher(settings, redis_url, conf, local, parts, console)
     nginx.check(conf)
     endpoint = f"{'https' if tls else 'http'}://{public_host}:{public_port}"
     verify = ssl.create_default_context(cafile=cert) if cert else True
-    # A gateway with no workers of its own may have no host yet: nginx's own page says it runs.
-    check = "/healthz" if settings.workers > 0 else "/nginx_status"
+    # Through nginx to this stack's workers, which answer with its id. A gateway with
+    # no workers of its own may have no host yet: nginx's own page says it runs.
+    if settings.workers > 0:
+        def nginx_ready() -> bool:
+            return answers_as(f"{endpoint}/healthz", stack_id, verify=verify)
+    else:
+        def nginx_ready() -> bool:
+            return answers(f"{endpoint}/nginx_status", verify=verify)
 
     def start_nginx() -> subprocess.Popen:
         if watcher is not None:  # Redis is up by now: the secret, and the hosts known so far
             watcher.prepare()
-        return nginx.spawn(conf, start_new_session=True)
+        return lifeline.spawn(nginx.command(conf), signal.SIGTERM)
 
     parts.append(Component(
-        "nginx", start_nginx,
-        lambda: answers(f"{endpoint}{check}", verify=verify), orphan_signal=signal.SIGQUIT,
+        "nginx", start_nginx, nginx_ready, orphan_signal=signal.SIGQUIT,
         log_hint=str(log_dir / "nginx-error.log")))
     return parts, endpoint, redis_url, watcher
 
 
-def _watcher(settings, redis_url: str, conf: Path, local: str | None, parts, console) -> cluster.ClusterWatcher:
+def _watcher(settings, redis_url: str, conf: Path, local: dict[str, str], parts, console) -> cluster.ClusterWatcher:
     from impetus.gateway import connect
     from impetus.gateway.guard import ClusterSecret
     from impetus.gateway.hosts import HostRegistry
@@ -189,8 +216,7 @@ def _watcher(settings, redis_url: str, conf: Path, local: str | None, parts, con
 
     watcher = cluster.ClusterWatcher(
         HostRegistry(client), ClusterSecret(client), conf, settings.data_dir / "run" / "prometheus" / "hosts.json",
-        nginx_process, log=lambda line: console.print(f"[cyan]~[/] {line}"),
-        local={local: f"http://{local}"} if local else {})
+        nginx_process, log=lambda line: console.print(f"[cyan]~[/] {line}"), local=local)
     return watcher
 
 
@@ -204,14 +230,16 @@ def run(settings, public_host: str, public_port: int, tls: bool = False,
 
     stop = StopOnSignal()
     parts: list[Component] = []
+    record = None
     code = 0
     try:
+        record = _take_over(settings, public_host, public_port, cluster_options, console)
         parts, endpoint, redis_url, watcher = components(settings, public_host, public_port, tls, console,
-                                                         cluster_options)
+                                                         cluster_options, new_stack_id())
         ready_lines = {
             "redis": lambda: f"ready  {cluster.redacted(redis_url)} (append-only file in {settings.data_dir / 'redis'}, "
                              f"fsync {settings.redis_appendfsync})",
-            "workers": lambda: f"ready  {settings.workers} × {settings.model} on 127.0.0.1:{settings.port} "
+            "workers": lambda: f"ready  {settings.workers} × {settings.model} on {workers_socket(settings.data_dir)} "
                                f"(log: {log_dir / 'impetus.log'})",
             "nginx": lambda: f"ready  {endpoint} (logs in {log_dir})",
         }
@@ -221,7 +249,8 @@ def run(settings, public_host: str, public_port: int, tls: bool = False,
                 console.print(f"[green]✓[/] {component.name:<8} {ready_lines[component.name]()}")
 
         supervisor = Supervisor(parts, log=lambda line: console.print(f"[yellow]![/] {line}"), run_dir=run_dir,
-                                on_ready=on_ready, first_backoff=settings.restart_backoff_s)
+                                on_ready=on_ready, first_backoff=settings.restart_backoff_s,
+                                on_start=lambda component: record.started(component.name, component.process))
         supervisor.record_restarts()
         while not stop.requested and not supervisor.all_up:
             supervisor.step()
@@ -245,7 +274,39 @@ def run(settings, public_host: str, public_port: int, tls: bool = False,
         if by_name.get("workers") is not None:
             stop_server(by_name["workers"], timeout=settings.graceful_timeout + 10)
         _stop(by_name.get("redis"), signal.SIGTERM, 30)
+        if record is not None:
+            record.release()
     return code
+
+
+def take_over(record: lifeline.Record, busy: str, ports, console) -> lifeline.Record:
+    """`record` claimed for this supervisor (`busy`, with {pid}, says why not
+    when another holds it), what a supervisor killed before left running
+    ended, and the ports it must have (host, port, what, flag) free, or one
+    line naming who holds them."""
+    holder = record.claim()
+    if holder is not None:
+        raise StackError(busy.replace("{pid}", holder))
+    try:
+        record.clean(log=lambda line: console.print(f"[yellow]![/] {line}"))
+        for host, port, what, flag in ports:
+            problem = check_port(host, port, what, flag)
+            if problem:
+                raise StackError(problem)
+    except BaseException:
+        record.release()
+        raise
+    return record
+
+
+def _take_over(settings, public_host: str, public_port: int, cluster_options, console) -> lifeline.Record:
+    """This data dir's `up` record: refused while another `up` runs from it."""
+    ports = [(public_host, public_port, "the stack's endpoint", "--port")]
+    if cluster_options is not None and not settings.redis_url:
+        ports.append((cluster_options.address, cluster_options.redis_port, "the cluster's Redis", "--redis-port"))
+    return take_over(lifeline.Record(settings.data_dir / "run", "up"),
+                     f"another `impetus up` (pid {{pid}}) runs from {settings.data_dir}; stop it, or give this one "
+                     "another --data-dir", ports, console)
 
 
 def _announce(endpoint: str, redis_url: str, console) -> None:

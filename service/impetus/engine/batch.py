@@ -21,6 +21,7 @@ import mlx.core as mx
 from mlx_lm.generate import BatchGenerator
 from mlx_lm.models.cache import make_prompt_cache, trim_prompt_cache
 
+from impetus.engine import media
 from impetus.engine.kv_memory import KVLedger, KVMemory, KVSize
 from impetus.engine.kv_quant import quantized_cache
 from impetus.engine.prefixes import Prefixes
@@ -39,6 +40,7 @@ class Batch:
     def __init__(self, loaded, settings, queue: Scheduler, stats: EngineStats, ledger: KVLedger | None = None):
         self.name = loaded.name
         self.model = loaded.model
+        self.vision = loaded.vision  # a vision-language model's image side (models.vision), or None
         self.tokenizer = loaded.tokenizer
         self._new_detokenizer = make_detokenizer_factory(loaded.tokenizer)
         self._settings = settings
@@ -98,8 +100,9 @@ class Batch:
         (`first_token_now`)."""
         prompt = handle.prompt_tokens
         params = handle.params
-        cache, rest = self.prefixes.fetch(prompt)
+        cache, rest = self.prefixes.fetch(handle.cache_key)
         cached = len(prompt) - len(rest)
+        rest = prompt[cached:]  # the key has its images' ids where the prompt has placeholders
         sampler, processors = make_sampler(params), make_processors(params, self.tokenizer)
         stops = [s for s in params.stop if s]
         state = Running(
@@ -118,6 +121,15 @@ class Batch:
         self.stats.cached_prompt_tokens += cached
         self.stats.prefilled_tokens += len(rest)
         self._queue.charge(handle.tenant, len(rest))
+        if handle.media is not None and cached < handle.media.end:  # images not in the cache: through them here
+            cache = cache if cache is not None else self.new_cache()
+            with mx.stream(self.generator.stream):
+                media.prefill(self.model, self.vision, prompt, handle.media, cache, cached, self.prefill_step,
+                              state.points, lambda n, copy: self.prefixes.keep(handle.cache_key[:n], copy, point=True))
+            cached, rest = handle.media.end, prompt[handle.media.end:]
+            state.in_cache = cached
+            state.points = {p for p in state.points if p > cached}
+            self.stats.image_prefills += 1
         if now and len(rest) <= self.prefill_step:
             self.first_token_now(state, cache, rest)
             return
@@ -255,7 +267,7 @@ class Batch:
             state = self.running[uid]
             prompt = state.handle.prompt_tokens[:state.in_cache]
             if list(tokens) == prompt:
-                self.prefixes.keep(prompt, cache, point=True)
+                self.prefixes.keep(state.handle.cache_key[:state.in_cache], cache, point=True)
                 self.stats.prefix_points += 1
 
     def on_token(self, response, state: Running, cache_of=None) -> None:
@@ -279,7 +291,9 @@ class Batch:
             caches = self.generator.remove([response.uid], return_prompt_caches=True)
             cache, tokens = caches.get(response.uid, (None, None))
         if cache is not None:
-            self.prefixes.keep(tokens, cache)
+            key = state.handle.cache_key
+            self.prefixes.keep(key + list(tokens[len(key):]) if key is not state.handle.prompt_tokens else tokens,
+                               cache)
         self.finish(state, finish, uid=response.uid)
 
     # -- out -----------------------------------------------------------------

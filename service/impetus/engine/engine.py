@@ -36,6 +36,7 @@ from _queue import Empty, SimpleQueue
 
 from impetus.engine.admission import Admission
 from impetus.engine.batch import Batch
+from impetus.engine.media import Media, cache_key
 from impetus.engine.request import ANONYMOUS, FinishEvent, RequestHandle, SamplingParams, Tenant
 from impetus.engine.running import EngineStats
 from impetus.engine.scheduler import Scheduler
@@ -129,9 +130,12 @@ class Engine:
         return self.batch.last_done_at
 
     def submit(self, prompt_tokens: list[int], params: SamplingParams, waiter, tenant: Tenant = ANONYMOUS,
-               priority: int | None = None) -> RequestHandle:
+               priority: int | None = None, media: Media | None = None) -> RequestHandle:
         """Queue a generation for `tenant` (who it is for: the scheduler's unit
-        of fairness); `priority` may ask for a later one than the tenant's."""
+        of fairness); `priority` may ask for a later one than the tenant's;
+        `media`: the prompt's images (a vision-language model's)."""
+        if media is not None and (self.loaded.vision is None or media.end >= len(prompt_tokens)):
+            raise ValueError("images need a vision-language model and a prompt that goes on after them")
         if not self._alive:
             raise RuntimeError("the engine is not running")
         if self.in_flight >= self.max_batch_size + self.max_queue:
@@ -140,7 +144,8 @@ class Engine:
         if too_large:
             raise TooLargeForMemory(too_large)
         handle = RequestHandle(prompt_tokens, params, waiter, on_cancel=lambda h: self._inbox.put(("cancel", h)),
-                               tenant=tenant, priority=priority)
+                               tenant=tenant, priority=priority, media=media,
+                               cache_key=cache_key(prompt_tokens, media))
         self._submitted += 1
         self._inbox.put(("submit", handle))
         return handle
@@ -166,6 +171,7 @@ class Engine:
             "preempted": s.preempted,
             "shared_prefixes": s.shared_prefixes,
             "first_tokens_now": s.first_tokens_now,
+            "image_prefills": s.image_prefills,
             "speculative": speculator.mode,
             "speculative_max_batch": speculator.max_batch,
             "speculating": len(speculator.rows),

@@ -88,8 +88,13 @@ class RequestHandle:
     """
 
     def __init__(self, prompt_tokens: list[int], params: SamplingParams, waiter, on_cancel,
-                 tenant: Tenant = ANONYMOUS, priority: int | None = None):
+                 tenant: Tenant = ANONYMOUS, priority: int | None = None, media=None,
+                 cache_key: list[int] | None = None):
         self.prompt_tokens = prompt_tokens
+        # A prompt's images (engine.media.Media), and the prompt as the prefix
+        # cache knows it: its images' placeholders told apart by content.
+        self.media = media
+        self.cache_key = prompt_tokens if cache_key is None else cache_key
         self.params = params
         self.waiter = waiter
         self.outbox: deque = deque()

@@ -43,6 +43,7 @@ class EngineStats:
     kv_bytes_peak: int = 0
     kv_waits: int = 0  # requests that waited in the queue for KV room
     first_tokens_now: int = 0  # first tokens computed before joining the batch (Batch.first_token_now)
+    image_prefills: int = 0  # prompts whose images were computed (engine.media), not found in the prefix cache
     spec_steps: int = 0  # forward passes decoded off mlx-lm's batch with guesses (Speculator.step)
     spec_proposed: int = 0  # draft tokens proposed by prompt lookup
     spec_accepted: int = 0  # ... and accepted by the model

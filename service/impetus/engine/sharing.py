@@ -37,13 +37,13 @@ class InFlightPrefixes:
         (`snapshot`) and the handle starts from it."""
         if not self.enabled:
             return False
-        prompt = handle.prompt_tokens
+        prompt = handle.cache_key  # images told apart by content (engine.media)
         chunk = self._batch.prefill_step
         if len(prompt) <= chunk:
             return False
         cached = None
         for other in admitted:
-            common = min(common_prefix(prompt, other.prompt_tokens, chunk), len(prompt) - 1)
+            common = min(common_prefix(prompt, other.cache_key, chunk), len(prompt) - 1)
             if common >= chunk:
                 cached = self.cached_length(prompt) if cached is None else cached
                 if common - cached >= chunk:
@@ -51,7 +51,7 @@ class InFlightPrefixes:
         best, common = None, 0
         for state in self._batch.running.values():
             if handle not in state.common:
-                state.common[handle] = common_prefix(prompt, state.handle.prompt_tokens, chunk)
+                state.common[handle] = common_prefix(prompt, state.handle.cache_key, chunk)
             if state.common[handle] > common:
                 best, common = state, state.common[handle]
         common = min(common, len(prompt) - 1)
@@ -75,15 +75,15 @@ class InFlightPrefixes:
         batch = self._batch
         uid = batch.uid_of(state.handle)
         cache, tokens = batch.generator.extract_cache([uid])[uid]
-        prefix = state.handle.prompt_tokens[:length]
-        if len(tokens) < length or tokens[:length] != prefix or not can_trim_prompt_cache(cache):
+        if len(tokens) < length or tokens[:length] != state.handle.prompt_tokens[:length] \
+                or not can_trim_prompt_cache(cache):
             return
         trim_prompt_cache(cache, len(tokens) - length)
         for layer in cache:
             if type(layer) is KVCache:  # drop the trimmed tail from memory too
                 layer.keys = mx.contiguous(layer.keys[..., :layer.offset, :])
                 layer.values = mx.contiguous(layer.values[..., :layer.offset, :])
-        batch.prefixes.keep(prefix, cache)
+        batch.prefixes.keep(state.handle.cache_key[:length], cache)
         batch.stats.shared_prefixes += 1
 
 

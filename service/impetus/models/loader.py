@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +13,10 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_map
 from mlx_lm.utils import dequantize_model, load_model, load_tokenizer
+
+from impetus.models import vision as vision_models
+
+log = logging.getLogger("impetus.models")
 
 _DTYPES = {"float32": mx.float32, "float16": mx.float16, "bfloat16": mx.bfloat16}
 
@@ -26,6 +32,7 @@ class LoadedModel:
     weights_dtype: str
     load_seconds: float
     revision: str  # changes whenever the folder's config or weights change
+    vision: vision_models.Vision | None = None  # a vision-language model's image side (models.vision)
 
     @property
     def nbytes(self) -> int:
@@ -77,15 +84,19 @@ def load(path: Path, name: str | None = None, weights_dtype: str = "auto",
          chat_template: str | None = None) -> LoadedModel:
     """`chat_template`: an alias's own template, over the folder's (or its lack)."""
     started = time.perf_counter()
-    model, config = load_model(path)
+    dtype = choose_weights_dtype(weights_dtype)
+    model, config, vision = _model(path, dtype)
     tokenizer = load_tokenizer(path, eos_token_ids=config.get("eos_token_id"))
+    template_file = path / "chat_template.json"  # where VLM folders keep it
+    if chat_template is None and getattr(tokenizer, "chat_template", None) is None and template_file.is_file():
+        chat_template = json.loads(template_file.read_text()).get("chat_template")
     if chat_template is not None:
         tokenizer._tokenizer.chat_template = chat_template
-    dtype = choose_weights_dtype(weights_dtype)
     cast_model(model, dtype)
     mx.eval(model.parameters())
     context = int(
         config.get("max_position_embeddings")
+        or (config.get("text_config") or {}).get("max_position_embeddings")
         or config.get("max_seq_len")
         or getattr(tokenizer, "model_max_length", 0)
         or 4096
@@ -100,7 +111,23 @@ def load(path: Path, name: str | None = None, weights_dtype: str = "auto",
         weights_dtype=dtype,
         load_seconds=time.perf_counter() - started,
         revision=folder_revision(path),
+        vision=vision,
     )
+
+
+def _model(path: Path, dtype: str):
+    """The text model the engine runs, the folder's config, and the image side
+    of a vision-language model (None for a text model, or for a VLM whose
+    family is not served with images: then its text half, where mlx-lm knows it)."""
+    config = json.loads((path / "config.json").read_text())
+    if vision_models.is_vision_folder(config):
+        try:
+            text, vision = vision_models.load(path, config, lambda m: cast_model(m, dtype))
+            return text, config, vision
+        except vision_models.VisionUnsupported as error:
+            log.warning("%s: %s; loading its text model only", path.name, error)
+    model, config = load_model(path)
+    return model, config, None
 
 
 def warm_up(loaded: LoadedModel) -> None:

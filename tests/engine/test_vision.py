@@ -25,8 +25,9 @@ from impetus.engine.request import SamplingParams
 from impetus.engine.waiters import ThreadWaiter
 
 sys.path.insert(0, str(Path(__file__).parent.parent))
-from engine_events import tokens_of  # noqa: E402
 import vision_models  # noqa: E402
+
+from engine_events import tokens_of  # noqa: E402
 
 QUESTION = "What is in this image? Describe it."
 MAX_TOKENS = 16
@@ -53,7 +54,7 @@ def family(request, tmp_path_factory, settings):
 
 def reference(folder: Path, prompt: str, images: list[bytes]) -> list[int]:
     """mlx-vlm's own greedy answer (its model and processor, loaded anew)."""
-    from mlx_vlm import generate, load
+    from mlx_vlm import generate
 
     model, processor = _reference_model(folder)
     out = generate(model, processor, prompt, image=[Image.open(io.BytesIO(b)) for b in images],

@@ -14,9 +14,9 @@ from processes import start_nginx, stop
 
 
 @contextmanager
-def agent_endpoint(data_dir, redis_server, work):
+def agent_endpoint(data_dir, redis_server, work, **settings):
     server = Server(data_dir, work / "server.log", require_api_keys="true", redis_url=redis_server.url,
-                    default_temperature=0)
+                    default_temperature=0, **settings)
     nginx, url = start_nginx(work / "nginx", f"127.0.0.1:{server.port}")
     try:
         yield {"url": url, "server": server, "work": work}

@@ -213,8 +213,21 @@ class Settings(BaseSettings):
     # Unload a model idle this long (seconds); None: only when memory is needed.
     keep_alive_s: float | None = None
 
-    # HTTP
-    max_body_bytes: int = 4 * 1024 * 1024
+    # HTTP. 32 MiB: Anthropic's own limit for a Messages request, whose
+    # screenshots come base64-encoded (a 5 MB PNG is 6.7 MB of JSON).
+    max_body_bytes: int = 32 * 1024 * 1024
+
+    # Images (api/images.py). A request's images are decoded only within these:
+    # each at most `image_max_bytes` and `image_max_pixels` (read from its header
+    # before anything is decoded: a 100-byte PNG can claim 100,000 x 100,000),
+    # at most `image_max_count` of them. Remote http(s) images are fetched only
+    # from the hosts listed here (a server that fetches whatever a client names
+    # is an SSRF hole), within the byte limit and `image_url_timeout_s`.
+    image_max_bytes: int = Field(20 * 1024 * 1024, gt=0)
+    image_max_pixels: int = Field(50_000_000, gt=0)
+    image_max_count: int = Field(20, ge=1)
+    image_url_hosts: list[str] = Field(default_factory=list)
+    image_url_timeout_s: float = Field(10.0, gt=0, le=120)
 
     # Gateway: personal API keys and per-key limits, kept in Redis.
     require_api_keys: bool = False

@@ -77,14 +77,14 @@ def test_unparseable_bodies_are_400(server, raw):
 
 
 def test_huge_body_is_413(server):
-    huge = json.dumps({**GOOD, "messages": [{"role": "user", "content": "x" * (5 * 1024 * 1024)}]}).encode()
+    huge = json.dumps({**GOOD, "messages": [{"role": "user", "content": "x" * (33 * 1024 * 1024)}]}).encode()
     assert_openai_error(post_raw(server, CHAT, huge), 413)
 
 
 def test_huge_chunked_body_without_length_is_413(server):
     def chunks():
         yield b'{"model": "m", "messages": [{"role": "user", "content": "'
-        for _ in range(80):
+        for _ in range(520):  # 34 MB: past the 32 MiB limit
             yield b"x" * 65536
         yield b'"}]}'
 

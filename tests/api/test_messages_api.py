@@ -130,7 +130,7 @@ def test_what_claude_code_sends_is_accepted(server):
     ({"messages": QUESTION, "max_tokens": 5, "frequency": 1}, 400, "invalid_request_error", "frequency"),
     ({"messages": [{"role": "user", "content": [{"type": "image", "source": {
         "type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}}]}], "max_tokens": 5},
-     400, "invalid_request_error", "Image input"),
+     400, "invalid_request_error", "does not take images"),
     ({"messages": [{"role": "user", "content": "word " * 9000}], "max_tokens": 5}, 400,
      "invalid_request_error", "8192"),
     ({"model": "no-such-model", "messages": QUESTION, "max_tokens": 5}, 404, "not_found_error", "no-such-model"),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from impetus.api import tools
+from impetus.api import images, tools
 from impetus.api.budget import output_budget, sampling_params
 from impetus.api.chat_schemas import ChatCompletionRequest
 from impetus.api.generation import KEEPALIVE, KEEPALIVE_S, Generation, stream_error, usage
@@ -11,6 +11,7 @@ from impetus.api.output import REASONING, OutputParser, Parsed
 from impetus.api.prompt import prefix_points, render_chat
 from impetus.engine import structured
 from impetus.engine.host import run_off_the_hub
+from impetus.engine.media import Media
 from impetus.engine.request import SamplingParams, TokenEvent
 from impetus.web import bad_request
 
@@ -43,23 +44,58 @@ def output_grammar(body, tool_mode: str | None, tokenizer) -> str | None:
 
 
 def prepare(resp, engine, settings, chat: ChatCompletionRequest, requested: int | None, prompt_param: str,
-            max_param: str, overflow: str | None = None) -> tuple[list[int], SamplingParams, str | None]:
-    """A chat request's prompt, sampling params and tool mode: the one path
-    from request to engine work for chat completions and for the Messages and
-    Responses faces (which turn themselves into chat requests). `requested`
-    is the output length asked for, clamped to the room (output_budget)."""
+            max_param: str, overflow: str | None = None
+            ) -> tuple[list[int], SamplingParams, str | None, Media | None]:
+    """A chat request's prompt, sampling params, tool mode and images: the
+    one path from request to engine work for chat completions and for the
+    Messages and Responses faces (which turn themselves into chat requests).
+    `requested` is the output length asked for, clamped to the room
+    (output_budget)."""
     tool_mode = tools.mode(chat)
     first = settings.tools_before_system
-    prompt = render_chat(engine.tokenizer, chat.messages, chat.tools, chat.chat_template_kwargs, first)
+    vision = engine.loaded.vision
+    marker = vision.marker if vision is not None else None
+    rendered = render_chat(engine.tokenizer, chat.messages, chat.tools, chat.chat_template_kwargs, first, marker)
+    prompt, media = rendered, None
+    if vision is not None:
+        prompt, media = with_images(vision, rendered, chat.messages, settings)
+    elif any(m.images() for m in chat.messages):
+        i, j = next((i, j) for i, m in enumerate(chat.messages) for j, p in enumerate(m.content)
+                    if getattr(p, "type", None) == "image_url")
+        part = chat.messages[i].content[j]
+        raise bad_request(f"{engine.loaded.name} is a text model: it does not take images.",
+                          param=images.where(part, f"messages[{i}].content[{j}]"), code="image_input_not_supported")
     max_tokens = output_budget(resp, engine, settings, len(prompt), requested, prompt_param, max_param,
                                           overflow)
     params = sampling_params(chat, max_tokens, engine, logprobs=chat.logprobs, top_logprobs=chat.top_logprobs or 0)
     params.grammar = output_grammar(chat, tool_mode, engine.tokenizer)
     params.keep_prefixes = prefix_points(engine.tokenizer, chat.messages, chat.tools, chat.chat_template_kwargs,
-                                         prompt, settings.prefix_checkpoint_min_tokens, first)
+                                         prompt, settings.prefix_checkpoint_min_tokens, first, marker)
+    if media is not None:  # its next turn, or the same image again, starts after the images (Gemma 3: only there)
+        params.keep_prefixes = sorted({*params.keep_prefixes, len(prompt) - 1})
     if chat.prediction is not None:
         params.prediction = engine.tokenizer.encode(chat.prediction.text, add_special_tokens=False)
-    return prompt, params, tool_mode
+    return prompt, params, tool_mode, media
+
+
+def with_images(vision, text: str, messages, settings) -> tuple[list[int], Media | None]:
+    """A vision model's prompt: its tokens from the model's processor, and
+    its images (decoded within the limits, api.images), if any."""
+    def made():
+        pictures = images.gather(messages, settings, lambda i, j: f"messages[{i}].content[{j}]")
+        try:
+            return vision.prepare(text, [p.image for p in pictures]), pictures
+        except ValueError as error:  # the text names more or fewer images than it carries
+            raise bad_request(f"The model's processor rejected the prompt's images: {error}", param="messages",
+                              code="invalid_image") from None
+
+    prepared, pictures = run_off_the_hub(made)
+    if not pictures:
+        return prepared.tokens, None
+    if prepared.spans[-1][1] >= len(prepared.tokens):
+        raise bad_request("The prompt ends with an image: nothing follows for the model to answer from.",
+                          param="messages", code="invalid_image")
+    return prepared.tokens, Media(prepared.inputs, prepared.spans, [p.digest for p in pictures])
 
 
 def token_logprobs(tokenizer, tokens, logprobs, tops) -> list[dict]:
@@ -138,11 +174,11 @@ class ChatCompletionsResource(CompletionResource):
 
     def run(self, req, resp, body, engine, lookup, include_usage):
         tokenizer = engine.tokenizer
-        prompt, params, tool_mode = prepare(
+        prompt, params, tool_mode, media = prepare(
             resp, engine, self.settings, body, body.max_completion_tokens or body.max_tokens, "messages",
             "max_completion_tokens" if body.max_completion_tokens else "max_tokens")
         gen = self.generation(req, resp, engine, [prompt] * body.n, [params] * body.n, prompt_tokens=len(prompt),
-                              priority=body.priority)
+                              priority=body.priority, media=media)
         meta = self.response_meta(gen)
 
         def new_parser() -> OutputParser:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Union
 
-from pydantic import ConfigDict, Field, StringConstraints, ValidationInfo, field_validator, model_validator
+from pydantic import ConfigDict, Field, PrivateAttr, StringConstraints, ValidationInfo, field_validator, model_validator
 
 from impetus.api.schema_base import (
     OpenAIHints,
@@ -32,6 +32,30 @@ class TextPart(RequestModel):
     text: str
 
 
+class ImageURL(RequestModel):
+    url: str = Field(min_length=1)
+    # Accepted: the model's own processor decides an image's size and its number of tokens.
+    detail: Literal["auto", "low", "high", "original"] | None = None
+
+
+class ImagePart(RequestModel):
+    """An image: a data URL (or, where the operator allows its host, an http(s) URL)."""
+
+    type: Literal["image_url"]
+    image_url: ImageURL
+    # Where the client put it, when another protocol's face made this part (its error names that).
+    _where: str | None = PrivateAttr(default=None)
+
+    @classmethod
+    def at(cls, url: str, where: str, detail: str | None = None) -> "ImagePart":
+        part = cls(type="image_url", image_url=ImageURL(url=url, detail=detail))
+        part._where = where
+        return part
+
+
+ContentPart = Annotated[Union[TextPart, ImagePart], Field(discriminator="type")]
+
+
 FunctionName = Annotated[str, StringConstraints(pattern=r"^[a-zA-Z0-9_-]{1,64}$")]
 
 
@@ -48,7 +72,7 @@ class ToolCall(RequestModel):
 
 class ChatMessage(RequestModel):
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: Union[str, list[TextPart], None] = None
+    content: Union[str, list[ContentPart], None] = None
     name: str | None = None
     tool_calls: list[ToolCall] | None = None  # an assistant turn that called tools
     tool_call_id: str | None = None  # a tool turn: the result of that call
@@ -64,12 +88,17 @@ class ChatMessage(RequestModel):
             raise ValueError("a tool message needs the tool_call_id it answers")
         return self
 
-    def text(self) -> str:
+    def text(self, marker: str = "") -> str:
+        """Its text; each image as `marker` (the text a vision model's processor expands)."""
         if self.content is None:
             return ""
         if isinstance(self.content, str):
             return self.content
-        return "".join(part.text for part in self.content)
+        return "".join(part.text if isinstance(part, TextPart) else marker for part in self.content)
+
+    def images(self) -> list[ImagePart]:
+        return [] if isinstance(self.content, (str, type(None))) else [
+            p for p in self.content if isinstance(p, ImagePart)]
 
 
 class _SamplingFields(OpenAIHints):

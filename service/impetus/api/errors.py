@@ -75,11 +75,15 @@ _ANTHROPIC_TYPES = {
 def in_protocol_shape(req, status: int, body: dict) -> dict:
     """The error body as the route's protocol writes it: OpenAI's everywhere,
     `{"type": "error", "error": {"type", "message"}}` on /v1/messages (what
-    Claude Code and the `anthropic` SDK read)."""
+    Claude Code and the `anthropic` SDK read), whose message starts with the
+    parameter's path, as Anthropic's own do ("messages.0.content.1: ...")."""
     if not req.path.startswith("/v1/messages"):
         return body
     kind = _ANTHROPIC_TYPES.get(status, "invalid_request_error" if status < 500 else "api_error")
-    return {"type": "error", "error": {"type": kind, "message": body["error"]["message"]}}
+    message, param = body["error"]["message"], body["error"].get("param")
+    if param and param not in message:
+        message = f"{param}: {message}"
+    return {"type": "error", "error": {"type": kind, "message": message}}
 
 
 def handle_http_error(req, resp, error: falcon.HTTPError, params) -> None:

@@ -83,10 +83,12 @@ class Generation:
     """
 
     def __init__(self, engine: Engine, waiter, prompts: list[list[int]], params: list[SamplingParams], env,
-                 prompt_tokens: int, account, metrics, started: float | None = None, priority: int | None = None):
+                 prompt_tokens: int, account, metrics, started: float | None = None, priority: int | None = None,
+                 media=None):
         """`prompt_tokens` counts each distinct prompt once; `account` is who
         it is for: the engine schedules it as the account's tenant, and
-        charges the account once when the response is over."""
+        charges the account once when the response is over; `media`: the
+        prompts' images (one chat prompt's, engine.media)."""
         self.engine = engine
         self.waiter = waiter
         # Filled in as events flow, whether they are streamed or collected.
@@ -110,7 +112,8 @@ class Generation:
                               f"holds at most {capacity} at once.", param="n", code="too_many_sequences")
         try:
             for prompt, p in zip(prompts, params):
-                self.handles.append(engine.submit(prompt, p, waiter, tenant=account.tenant, priority=priority))
+                self.handles.append(engine.submit(prompt, p, waiter, tenant=account.tenant, priority=priority,
+                                                  media=media))
         except QueueFull as error:
             self.cancel()
             metrics.queue_rejections.labels(engine.loaded.name).inc()

@@ -79,10 +79,10 @@ class MessagesResource(GenerationResource):
         engine = engine_for(self.host, body.model, req.context.account)
         self.admit(req, resp, body, engine)
         tokenizer = engine.tokenizer
-        prompt, params, tool_mode = prepare(resp, engine, self.settings, chat, body.max_tokens, "messages",
-                                            "max_tokens", overflow="clamp")
+        prompt, params, tool_mode, media = prepare(resp, engine, self.settings, chat, body.max_tokens, "messages",
+                                                   "max_tokens", overflow="clamp")
         gen = self.generation(req, resp, engine, [prompt], [params], prompt_tokens=len(prompt),
-                              priority=chat.priority)
+                              priority=chat.priority, media=media)
         head = {"id": f"msg_{gen.id_suffix}", "type": "message", "role": "assistant", "model": engine.loaded.name}
         parser = OutputParser.for_prompt(tokenizer, prompt, tool_mode, chat.tools)
 

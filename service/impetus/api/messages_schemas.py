@@ -20,8 +20,10 @@ from impetus.api.chat_schemas import (
     ChatCompletionRequest,
     ChatMessage,
     FunctionName,
+    ImagePart,
     NamedToolChoice,
     OutputTokens,
+    TextPart,
     Tool,
 )
 from impetus.api.schema_base import Priority, RequestModel, ResponseModel
@@ -51,6 +53,19 @@ class ImageBlock(_Cacheable):
     context: str | None = None
     citations: dict | None = None
 
+    def part(self, where: str) -> ImagePart:
+        """As a chat image part: base64 as a data URL, a URL as it is."""
+        if self.type == "document":
+            raise bad_request("Document input is not supported by this server's models.", param=where)
+        kind = self.source.get("type")
+        if kind == "base64" and isinstance(self.source.get("data"), str):
+            media_type = self.source.get("media_type") or "image/png"
+            return ImagePart.at(f"data:{media_type};base64,{self.source['data']}", where)
+        if kind == "url" and isinstance(self.source.get("url"), str):
+            return ImagePart.at(self.source["url"], where)
+        raise bad_request("An image's source must be {\"type\": \"base64\", \"media_type\", \"data\"} or "
+                          "{\"type\": \"url\", \"url\"}.", param=f"{where}.source")
+
 
 class ToolUseBlock(_Cacheable):
     type: Literal["tool_use"]
@@ -68,12 +83,14 @@ class ToolResultBlock(_Cacheable):
     is_error: bool = False
     toolset_name: str | None = None
 
-    def text(self) -> str:
+    def chat_content(self, where: str) -> str | list:
+        """Its text, or its parts when it holds images (a screenshot Claude Code read)."""
         if self.content is None or isinstance(self.content, str):
             return self.content or ""
-        if any(isinstance(b, ImageBlock) for b in self.content):
-            raise bad_request("Images in tool results are not supported by this server.", param="messages")
-        return "".join(b.text for b in self.content)
+        if not any(isinstance(b, ImageBlock) for b in self.content):
+            return "".join(b.text for b in self.content)
+        return [b.part(f"{where}.content.{i}") if isinstance(b, ImageBlock) else TextPart(type="text", text=b.text)
+                for i, b in enumerate(self.content)]
 
 
 class ThinkingBlock(RequestModel):
@@ -191,24 +208,30 @@ class MessagesCountRequest(_Cacheable):
             if isinstance(message.content, str):
                 out.append(ChatMessage(role=message.role, content=message.content))
                 continue
-            text, calls = "", []
-            for block in message.content:
+            text, calls, parts = "", [], []
+            for index, block in enumerate(message.content):
                 if isinstance(block, ImageBlock):
-                    raise bad_request(f"{block.type.capitalize()} input is not supported by this server's models.",
-                                      param=f"messages.{number}.content")
-                if isinstance(block, TextBlock):
+                    parts += [TextPart(type="text", text=text)] if text else []
+                    parts.append(block.part(f"messages.{number}.content.{index}"))
+                    text = ""
+                elif isinstance(block, TextBlock):
                     text += block.text
                 elif isinstance(block, ToolUseBlock):
                     calls.append({"id": block.id, "type": "function",
                                   "function": {"name": block.name, "arguments": json.dumps(block.input)}})
                 elif isinstance(block, ToolResultBlock):
-                    result = block.text()
-                    out.append(ChatMessage(role="tool", tool_call_id=block.tool_use_id,
-                                           content=f"Error: {result}" if block.is_error else result))
+                    result = block.chat_content(f"messages.{number}.content.{index}")
+                    if block.is_error:
+                        result = f"Error: {result}" if isinstance(result, str) else [
+                            TextPart(type="text", text="Error: "), *result]
+                    out.append(ChatMessage(role="tool", tool_call_id=block.tool_use_id, content=result))
             if calls and message.role != "assistant":
                 raise bad_request("Only assistant messages may contain tool_use blocks.",
                                   param=f"messages.{number}.content")
-            if text or calls or not message.content:
+            if parts:
+                out.append(ChatMessage(role=message.role, content=parts + ([TextPart(type="text", text=text)]
+                                                                           if text else []), tool_calls=calls or None))
+            elif text or calls or not message.content:
                 out.append(ChatMessage(role=message.role, content=text, tool_calls=calls or None))
         return out
 

@@ -57,7 +57,8 @@ def model_entry(entry, slot=None) -> dict:
     else:
         described.update(parameters=meta.parameters, quantization=meta.quantization,
                          context_length=meta.context_length, size_bytes=meta.size_bytes,
-                         chat_template=meta.chat_template, source=meta.source)
+                         chat_template=meta.chat_template, source=meta.source,
+                         input_modalities=["text", "image"] if meta.vision else ["text"])
     if slot is not None:
         described["memory_bytes"] = slot.memory
         described["weights_dtype"] = slot.engine.loaded.weights_dtype

@@ -27,10 +27,12 @@ RESERVED_TEMPLATE_ARGUMENTS = {"conversation", "messages", "tools", "add_generat
 
 
 def render_chat(tokenizer, messages, tool_list=None, template_kwargs: dict | None = None,
-                tools_first: bool = True) -> list[int]:
+                tools_first: bool = True, marker: str | None = None) -> list[int] | str:
     """The prompt's tokens; `template_kwargs` (chat_template_kwargs, e.g.
     {"enable_thinking": false}) go to the template as they are; `tools_first`:
-    IMPETUS_TOOLS_BEFORE_SYSTEM."""
+    IMPETUS_TOOLS_BEFORE_SYSTEM. With a vision model's image `marker`: the
+    prompt's text, each image as the marker, for the model's processor
+    (models.vision.Vision.prepare) to make tokens of."""
     if getattr(tokenizer, "chat_template", None) is None:
         raise bad_request("This model has no chat template (a base model): use /v1/completions, or attach a "
                           "template with `impetus models alias MODEL --chat-template FILE`.", param="model",
@@ -39,8 +41,11 @@ def render_chat(tokenizer, messages, tool_list=None, template_kwargs: dict | Non
     if reserved:
         raise bad_request(f"chat_template_kwargs may not set {', '.join(sorted(reserved))}; the server does.",
                           param="chat_template_kwargs")
-    conversation, extra = tools.conversation(messages, tool_list, tokenizer, tools_first)
+    conversation, extra = tools.conversation(messages, tool_list, tokenizer, tools_first, marker)
     try:
+        if marker is not None:
+            return tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False,
+                                                 **{**(template_kwargs or {}), **extra})
         return _tokens(tokenizer, conversation, True, {**(template_kwargs or {}), **extra})
     except Exception as error:  # the template itself rejects the conversation
         raise bad_request(f"The model's chat template rejected the messages: {error}", param="messages")
@@ -55,25 +60,28 @@ def _tokens(tokenizer, conversation: list[dict], generation_prompt: bool, kwargs
 
 
 def prefix_points(tokenizer, messages, tool_list, template_kwargs: dict | None, prompt: list[int],
-                  shortest: int, tools_first: bool = True) -> list[int]:
+                  shortest: int, tools_first: bool = True, marker: str | None = None) -> list[int]:
     """Prompt lengths (at least `shortest` tokens) where other prompts are
     likely to part from this one, found as mlx_lm.server finds its system
     prompt's end: the start of the conversation rendered alone, followed by an
     empty user turn, agrees with the prompt up to there."""
     if len(prompt) <= shortest:
         return []
-    conversation, extra = tools.conversation(messages, tool_list, tokenizer, tools_first)
+    conversation, extra = tools.conversation(messages, tool_list, tokenizer, tools_first, marker)
     kwargs = {**(template_kwargs or {}), **extra}
     starts = []
     if tool_list and not extra and tools_first:  # the tools, described by us before the system prompt
-        starts.append([{"role": "system", "content": tools.described(tool_list, tokenizer)}])
+        described = tools.described(tool_list, tokenizer)
+        starts.append([{"role": "system", "content": [{"type": "text", "text": described}]
+                        if marker is not None else described}])
     systems = next((i for i, m in enumerate(conversation) if m["role"] != "system"), len(conversation))
     if systems:
         starts.append(conversation[:systems])
     points = {len(prompt) - 1}
     for start in starts:
         try:
-            alone = _tokens(tokenizer, start + [{"role": "user", "content": ""}], False, kwargs)
+            empty = [{"type": "text", "text": ""}] if marker is not None else ""
+            alone = _tokens(tokenizer, start + [{"role": "user", "content": empty}], False, kwargs)
         except Exception:  # a template that wants more than a start: no point there
             continue
         points.add(next((i for i, (a, b) in enumerate(zip(alone, prompt)) if a != b), min(len(alone), len(prompt))))

@@ -180,11 +180,11 @@ class ResponsesResource(GenerationResource):
         engine = engine_for(self.host, body.model, req.context.account)
         self.admit(req, resp, body, engine)
         tokenizer = engine.tokenizer
-        prompt, params, tool_mode = prepare(resp, engine, self.settings, chat, body.max_output_tokens, "input",
-                                            "max_output_tokens")
+        prompt, params, tool_mode, media = prepare(resp, engine, self.settings, chat, body.max_output_tokens,
+                                                   "input", "max_output_tokens")
         store = body.store is not False and self._can_store(resp)
         gen = self.generation(req, resp, engine, [prompt], [params], prompt_tokens=len(prompt),
-                              priority=chat.priority)
+                              priority=chat.priority, media=media)
         parser = OutputParser.for_prompt(tokenizer, prompt, tool_mode, chat.tools)
         rid, created, model = f"resp_{gen.id_suffix}", int(time.time()), engine.loaded.name
         sequence = itertools.count()

@@ -29,9 +29,11 @@ from impetus.api.chat_schemas import (
     ChatCompletionRequest,
     ChatMessage,
     FunctionName,
+    ImagePart,
     NamedToolChoice,
     OutputTokens,
     ResponseFormat,
+    TextPart,
     Tool,
 )
 from impetus.api.schema_base import OpenAIHints, Priority, RequestModel, ResponseModel, Temperature, TopP
@@ -50,14 +52,30 @@ class Refusal(RequestModel):
     refusal: str
 
 
+class InputImage(RequestModel):
+    """An image: `image_url` a data URL (or an allowed http(s) URL); `file_id`
+    is not offered (there is no files API here)."""
+
+    type: Literal["input_image"]
+    image_url: str | None = None
+    file_id: str | None = None
+    detail: Literal["auto", "low", "high", "original"] | None = None
+
+    def part(self, where: str) -> ImagePart:
+        if not self.image_url:
+            raise bad_request("input_image needs an image_url (a data URL); file_id is not supported here.",
+                              param=f"{where}.image_url")
+        return ImagePart.at(self.image_url, where, self.detail)
+
+
 class Media(RequestModel):
-    """Images, files and audio: recognised, to be refused by name."""
+    """Files and audio: recognised, to be refused by name."""
 
     model_config = ConfigDict(extra="allow")
-    type: Literal["input_image", "input_file", "input_audio"]
+    type: Literal["input_file", "input_audio"]
 
 
-Part = Annotated[Union[InputText, Refusal, Media], Field(discriminator="type")]
+Part = Annotated[Union[InputText, Refusal, InputImage, Media], Field(discriminator="type")]
 
 
 class InputMessage(RequestModel):
@@ -68,13 +86,18 @@ class InputMessage(RequestModel):
     status: str | None = None
     phase: str | None = None  # Codex marks its assistant turns (commentary, final_answer)
 
-    def text(self, where: str) -> str:
+    def text(self, where: str) -> str | list:
+        """Its text, or its parts when it holds images."""
         if isinstance(self.content, str):
             return self.content
         media = next((p for p in self.content if isinstance(p, Media)), None)
         if media is not None:
             kind = media.type.removeprefix("input_").capitalize()
             raise bad_request(f"{kind} input is not supported by this server's models.", param=where)
+        if any(isinstance(p, InputImage) for p in self.content):
+            return [p.part(f"{where}.content.{i}") if isinstance(p, InputImage) else
+                    TextPart(type="text", text=p.text if isinstance(p, InputText) else p.refusal)
+                    for i, p in enumerate(self.content)]
         return "".join(p.text if isinstance(p, InputText) else p.refusal for p in self.content)
 
 
@@ -95,10 +118,10 @@ class FunctionCallOutputItem(RequestModel):
     id: str | None = None
     status: str | None = None
 
-    def text(self, where: str) -> str:
+    def text(self, where: str) -> str | list:
         if isinstance(self.output, str):
             return self.output
-        return InputMessage(role="user", content=self.output).text(where)
+        return InputMessage(role="user", content=self.output).text(f"{where}.output")
 
 
 class ReasoningItem(RequestModel):

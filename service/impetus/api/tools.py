@@ -60,10 +60,21 @@ def _arguments(call) -> dict:
     return value if isinstance(value, dict) else {"value": value}
 
 
-def conversation(messages, tools, tokenizer, tools_first: bool = True) -> tuple[list[dict], dict]:
+def conversation(messages, tools, tokenizer, tools_first: bool = True, marker: str | None = None
+                 ) -> tuple[list[dict], dict]:
     """The messages as the chat template takes them, and extra template
     arguments (`tools=` for a template that knows tools). `tools_first`:
-    described tools before the system prompt (else after it)."""
+    described tools before the system prompt (else after it). `marker`: a
+    vision model's image text (models.vision): each image becomes it, and
+    every content is a list of parts, as VLM templates take it (SmolVLM's
+    cannot read a string)."""
+    out, extra = _conversation(messages, tools, tokenizer, tools_first, marker or "")
+    if marker is not None:
+        out = [{**m, "content": [{"type": "text", "text": m["content"]}]} for m in out]
+    return out, extra
+
+
+def _conversation(messages, tools, tokenizer, tools_first: bool, marker: str) -> tuple[list[dict], dict]:
     native = template_knows_tools(tokenizer)
     open_, close = markers(tokenizer)
     out: list[dict] = []
@@ -71,19 +82,19 @@ def conversation(messages, tools, tokenizer, tools_first: bool = True) -> tuple[
         role = "system" if m.role == "developer" else m.role  # few templates know "developer"
         if m.role == "assistant" and m.tool_calls:
             if native:
-                out.append({"role": "assistant", "content": m.text(), "tool_calls": [
+                out.append({"role": "assistant", "content": m.text(marker), "tool_calls": [
                     {"id": c.id, "type": "function",
                      "function": {"name": c.function.name, "arguments": _arguments(c)}} for c in m.tool_calls]})
             else:
                 calls = "".join(f"{open_}{json.dumps({'name': c.function.name, 'arguments': _arguments(c)})}{close}"
                                 for c in m.tool_calls)
-                out.append({"role": "assistant", "content": m.text() + calls})
+                out.append({"role": "assistant", "content": m.text(marker) + calls})
         elif m.role == "tool" and not native:
-            out.append({"role": "user", "content": f"<tool_response>\n{m.text()}\n</tool_response>"})
+            out.append({"role": "user", "content": f"<tool_response>\n{m.text(marker)}\n</tool_response>"})
         elif m.role == "tool":
-            out.append({"role": "tool", "content": m.text(), "tool_call_id": m.tool_call_id})
+            out.append({"role": "tool", "content": m.text(marker), "tool_call_id": m.tool_call_id})
         else:
-            out.append({"role": role, "content": m.text()})
+            out.append({"role": role, "content": m.text(marker)})
     if not tools:
         return out, {}
     if native:

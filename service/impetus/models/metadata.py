@@ -11,6 +11,8 @@ from functools import lru_cache
 from pathlib import Path
 
 _DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
+# The vision-language families served with images (models.vision.FAMILIES, without importing MLX).
+VISION_FAMILIES = ("gemma3", "idefics3", "smolvlm")
 
 
 @dataclass(frozen=True)
@@ -23,6 +25,7 @@ class ModelMetadata:
     chat_template: bool
     source: str  # "mlx" or "gguf" (imported)
     architecture: str | None
+    vision: bool = False  # takes images (a vision-language model of a family served with them, models.vision)
 
     def memory_estimate(self, weights_dtype: str) -> int:
         """Bytes of weights once loaded: the stored size, or every parameter in
@@ -93,7 +96,9 @@ def _read(path: Path, stamp: tuple) -> ModelMetadata:
     if tokenizer_config.is_file():
         template = bool(json.loads(tokenizer_config.read_text()).get("chat_template"))
     template = template or (path / "chat_template.jinja").is_file() or (path / "chat_template.json").is_file()
-    context = config.get("max_position_embeddings") or config.get("max_seq_len")
+    text_config = config.get("text_config") or {}
+    context = (config.get("max_position_embeddings") or text_config.get("max_position_embeddings")
+               or config.get("max_seq_len"))
     return ModelMetadata(
         size_bytes=sum(size for _, size, _ in stamp),
         weights_bytes=weights_bytes,
@@ -103,4 +108,5 @@ def _read(path: Path, stamp: tuple) -> ModelMetadata:
         chat_template=template,
         source=(config.get("impetus") or {}).get("source", "mlx"),
         architecture=config.get("model_type"),
+        vision=bool(config.get("vision_config")) and config.get("model_type") in VISION_FAMILIES,
     )

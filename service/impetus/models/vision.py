@@ -48,7 +48,8 @@ def _llama(config: dict) -> tuple[dict, dict[str, str]]:
                   "lm_head.": "lm_head."}
 
 
-# model_type -> (the mlx-lm config of its text model, mlx-vlm language-model names -> mlx-lm names)
+# model_type -> (the mlx-lm config of its text model, mlx-vlm language-model names -> mlx-lm names);
+# models.metadata.VISION_FAMILIES names the same.
 FAMILIES = {"gemma3": _gemma3, "idefics3": _llama, "smolvlm": _llama}
 REFUSED = {"qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "glm4v", "glm4v_moe"}
 

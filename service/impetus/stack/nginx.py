@@ -30,7 +30,7 @@ class NginxConfig:
     upstream: str  # "127.0.0.1:8081", or '"unix:/…/run/workers.sock"' (stack.cluster.unix_target)
     run_dir: Path
     log_dir: Path
-    max_body: str = "4m"
+    max_body: str = "32m"
     conn_per_client: int = 256
     read_timeout_s: int = 600  # IMPETUS_UPSTREAM_READ_TIMEOUT_S
     admin_allow: tuple[str, ...] = ()  # addresses besides loopback allowed /metrics and admin

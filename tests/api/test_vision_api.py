@@ -1,0 +1,214 @@
+"""Images on every route, through nginx with a key, by the real clients.
+
+Two tiny random VLMs (tests/vision_models.py) and the default text model,
+served behind the stack's nginx with personal keys. The answers must be
+mlx-vlm's own for the same prompt and image (greedy: the endpoint's default
+temperature is 0), whichever protocol carried the image; bad images are
+400s in each protocol's shape naming the part.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import struct
+import sys
+import zlib
+from pathlib import Path
+
+import anthropic
+import httpx
+import numpy as np
+import openai
+import pytest
+from PIL import Image
+
+from impetus.gateway.keys import KeyStore
+
+from conftest import DEFAULT_MODEL, RedisServer
+
+sys.path.insert(0, str(Path(__file__).parent.parent))
+import vision_models  # noqa: E402
+
+from agent_endpoint import agent_endpoint  # noqa: E402
+
+pytestmark = [pytest.mark.slow, pytest.mark.own_server("tiny VLMs in a models folder of their own, with small image "
+                                                      "limits to reach")]
+
+QUESTION = "What is in this image?"
+MAX_TOKENS = 12
+
+
+def png(seed: int, size=(80, 50)) -> bytes:
+    pixels = (np.random.RandomState(seed).rand(size[1], size[0], 3) * 255).astype("uint8")
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, format="PNG")
+    return out.getvalue()
+
+
+def data_url(data: bytes, kind: str = "image/png") -> str:
+    return f"data:{kind};base64,{base64.b64encode(data).decode()}"
+
+
+def bomb() -> bytes:
+    """A valid PNG of 67 bytes whose header claims 100,000 x 100,000 pixels."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    header = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0")) + chunk(b"IEND", b"")
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, data_dir):
+    home = tmp_path_factory.mktemp("vision-home")
+    (home / "models").mkdir()
+    (home / "models" / DEFAULT_MODEL).symlink_to(data_dir / "models" / DEFAULT_MODEL)
+    folders = {"tiny-gemma3-vl": vision_models.gemma3(home / "models" / "tiny-gemma3-vl"),
+               "tiny-smolvlm": vision_models.idefics3(home / "models" / "tiny-smolvlm")}
+    work = tmp_path_factory.mktemp("vision-endpoint")
+    redis = RedisServer(work)
+    try:
+        with agent_endpoint(home, redis, work, image_max_bytes=150_000, image_max_count=3) as endpoint:
+            key, _ = KeyStore(redis.client()).create("vision-user")
+            yield {**endpoint, "key": key, "folders": folders}
+    finally:
+        redis.stop()
+
+
+@pytest.fixture(scope="module")
+def client(served):
+    return openai.OpenAI(base_url=f"{served['url']}/v1", api_key=served["key"], max_retries=0, timeout=300)
+
+
+_references: dict = {}
+
+
+def same(text: str) -> str:
+    """A random model's answer splits UTF-8 sequences: mlx-vlm's detokenizer
+    drops an incomplete one where a streaming server sends U+FFFD."""
+    return text.replace("\ufffd", "")
+
+
+def reference(folder: Path, question: str, image: bytes) -> tuple[str, int]:
+    """mlx-vlm's greedy answer and prompt length, for the prompt Impetus renders
+    (the image's marker, then the question, in one user turn)."""
+    from mlx_vlm import generate, load
+
+    if folder not in _references:
+        _references[folder] = load(str(folder))
+    model, processor = _references[folder]
+    marker = getattr(processor, "boi_token", None) or processor.image_token
+    prompt = processor.tokenizer.apply_chat_template(
+        [{"role": "user", "content": [{"type": "text", "text": marker + question}]}],
+        add_generation_prompt=True, tokenize=False)
+    out = generate(model, processor, prompt, image=[Image.open(io.BytesIO(image))], max_tokens=MAX_TOKENS,
+                   temperature=0.0, verbose=False)
+    return same(out.text), out.prompt_tokens
+
+
+@pytest.mark.parametrize("model", ["tiny-gemma3-vl", "tiny-smolvlm"])
+def test_chat_and_responses_answer_as_mlx_vlm_does(served, client, model):
+    image = png(21)
+    expected, prompt_tokens = reference(served["folders"][model], QUESTION, image)
+    chat = client.chat.completions.create(model=model, max_tokens=MAX_TOKENS, messages=[{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": data_url(image), "detail": "low"}},
+        {"type": "text", "text": QUESTION}]}])
+    assert same(chat.choices[0].message.content) == expected
+    assert chat.usage.prompt_tokens == prompt_tokens  # the image's tokens are prompt tokens
+    response = client.responses.create(model=model, max_output_tokens=MAX_TOKENS, input=[{"role": "user", "content": [
+        {"type": "input_image", "image_url": data_url(image)}, {"type": "input_text", "text": QUESTION}]}])
+    assert same(response.output_text) == expected
+    assert response.usage.input_tokens == prompt_tokens
+    assert response.usage.input_tokens_details.cached_tokens > 0  # the same image again: from the prefix cache
+
+
+def test_anthropic_image_blocks_and_a_screenshot_in_a_tool_result(served):
+    claude = anthropic.Anthropic(base_url=served["url"], api_key=served["key"], max_retries=0, timeout=300)
+    image = png(22)
+    expected, prompt_tokens = reference(served["folders"]["tiny-gemma3-vl"], QUESTION, image)
+    block = {"type": "image", "source": {"type": "base64", "media_type": "image/png",
+                                         "data": base64.b64encode(image).decode()}}
+    answer = claude.messages.create(model="tiny-gemma3-vl", max_tokens=MAX_TOKENS, messages=[
+        {"role": "user", "content": [block, {"type": "text", "text": QUESTION}]}])
+    assert same(answer.content[0].text) == expected
+    assert answer.usage.input_tokens + answer.usage.cache_read_input_tokens == prompt_tokens
+
+    def after_screenshot(picture: bytes) -> str:
+        shot = {**block, "source": {**block["source"], "data": base64.b64encode(picture).decode()}}
+        message = claude.messages.create(model="tiny-gemma3-vl", max_tokens=MAX_TOKENS, messages=[
+            {"role": "user", "content": "Look at the screen."},
+            {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "screenshot", "input": {}}]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": [shot]}]}],
+            tools=[{"name": "screenshot", "description": "Takes a screenshot.",
+                    "input_schema": {"type": "object", "properties": {}}}])
+        return "".join(b.text for b in message.content if b.type == "text")
+
+    one, two = after_screenshot(png(23)), after_screenshot(png(24))
+    assert one != two  # the tool result's image reached the model
+    assert after_screenshot(png(23)) == one
+
+
+def test_langchain_sends_an_image(served):
+    from langchain_core.messages import HumanMessage
+    from langchain_openai import ChatOpenAI
+
+    image = png(25)
+    expected, _ = reference(served["folders"]["tiny-smolvlm"], QUESTION, image)
+    chat = ChatOpenAI(model="tiny-smolvlm", base_url=f"{served['url']}/v1", api_key=served["key"],
+                      max_tokens=MAX_TOKENS, temperature=0, max_retries=0)
+    answer = chat.invoke([HumanMessage(content=[{"type": "image_url", "image_url": {"url": data_url(image)}},
+                                                {"type": "text", "text": QUESTION}])])
+    assert same(answer.content) == expected
+
+
+def test_models_say_which_take_images(client):
+    kinds = {m.id: m.model_extra.get("input_modalities") for m in client.models.list().data}
+    assert kinds["tiny-gemma3-vl"] == kinds["tiny-smolvlm"] == ["text", "image"]
+    assert kinds[DEFAULT_MODEL] == ["text"]
+
+
+BAD = [
+    (data_url(b"just some text, not a picture"), "invalid_image"),
+    (data_url(png(26)[:120]), "invalid_image"),  # truncated
+    (data_url(bomb()), "image_too_large"),  # 10^10 pixels claimed
+    (data_url(png(27, size=(400, 400))), "image_too_large"),  # over the endpoint's 150,000 bytes
+    ("data:image/png;base64,!!not base64!!", "invalid_image"),
+    ("http://169.254.169.254/latest/meta-data.png", "image_url_not_allowed"),
+    ("file:///etc/passwd", "invalid_image_url"),
+]
+
+
+@pytest.mark.parametrize("url, code", BAD)
+def test_bad_images_are_400s_naming_the_part(served, url, code):
+    body = {"model": "tiny-gemma3-vl", "max_tokens": 4, "messages": [{"role": "user", "content": [
+        {"type": "text", "text": QUESTION}, {"type": "image_url", "image_url": {"url": url}}]}]}
+    answer = httpx.post(f"{served['url']}/v1/chat/completions", json=body, timeout=60,
+                        headers={"Authorization": f"Bearer {served['key']}"})
+    assert answer.status_code == 400, answer.text
+    error = answer.json()["error"]
+    assert error["code"] == code and error["param"] == "messages[0].content[1]", error
+
+
+def test_each_protocol_names_the_part_in_its_own_shape(served):
+    headers = {"Authorization": f"Bearer {served['key']}"}
+    image = {"type": "base64", "media_type": "image/png", "data": base64.b64encode(b"not an image").decode()}
+    answer = httpx.post(f"{served['url']}/v1/messages", headers=headers, timeout=60, json={
+        "model": "tiny-gemma3-vl", "max_tokens": 4, "messages": [
+            {"role": "user", "content": [{"type": "text", "text": "hi"}, {"type": "image", "source": image}]}]})
+    assert answer.status_code == 400 and answer.json()["type"] == "error", answer.text
+    assert "messages.0.content.1" in answer.json()["error"]["message"]
+    answer = httpx.post(f"{served['url']}/v1/responses", headers=headers, timeout=60, json={
+        "model": "tiny-gemma3-vl", "max_output_tokens": 4, "input": [
+            {"type": "function_call", "call_id": "c1", "name": "view_image", "arguments": "{}"},
+            {"type": "function_call_output", "call_id": "c1", "output": [
+                {"type": "input_image", "image_url": data_url(b"GIF89a broken")}]}]})
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["error"]["param"] == "input.1.output.content.0"
+    four = [{"type": "image_url", "image_url": {"url": data_url(png(28 + i))}} for i in range(4)]
+    answer = httpx.post(f"{served['url']}/v1/chat/completions", headers=headers, timeout=60, json={
+        "model": "tiny-smolvlm", "max_tokens": 4, "messages": [{"role": "user", "content": four}]})
+    assert answer.status_code == 400 and answer.json()["error"]["code"] == "too_many_images", answer.text
+    answer = httpx.post(f"{served['url']}/v1/chat/completions", headers=headers, timeout=60, json={
+        "model": DEFAULT_MODEL, "max_tokens": 4, "messages": [{"role": "user", "content": four[:1]}]})
+    assert answer.status_code == 400 and answer.json()["error"]["code"] == "image_input_not_supported"
+    assert answer.json()["error"]["param"] == "messages[0].content[0]"

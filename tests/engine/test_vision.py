@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import io
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,7 @@ from PIL import Image
 
 from impetus.engine.engine import Engine
 from impetus.engine.media import Media
-from impetus.engine.request import SamplingParams
+from impetus.engine.request import ANONYMOUS, SamplingParams, Tenant
 from impetus.engine.waiters import ThreadWaiter
 
 sys.path.insert(0, str(Path(__file__).parent.parent))
@@ -48,17 +49,23 @@ def family(request, tmp_path_factory, settings):
     loaded = load(folder, name=request.param, weights_dtype="float32")
     engine = Engine(loaded, settings.model_copy(update={"speculative": "off", "prefix_checkpoint_min_tokens": 8}))
     engine.start()
+    engine.small = None
+    # A batch of four (and one spare slot), so that a second key's requests pause one of the first's.
+    small = Engine(loaded, settings.model_copy(update={"speculative": "off", "max_batch_size": 4}))
+    small.start()
+    engine.small = small
     yield folder, loaded, engine
     engine.stop()
+    small.stop()
 
 
-def reference(folder: Path, prompt: str, images: list[bytes]) -> list[int]:
+def reference(folder: Path, prompt: str, images: list[bytes], max_tokens: int = MAX_TOKENS) -> list[int]:
     """mlx-vlm's own greedy answer (its model and processor, loaded anew)."""
     from mlx_vlm import generate
 
     model, processor = _reference_model(folder)
     out = generate(model, processor, prompt, image=[Image.open(io.BytesIO(b)) for b in images],
-                   max_tokens=MAX_TOKENS, temperature=0.0, verbose=False)
+                   max_tokens=max_tokens, temperature=0.0, verbose=False)
     return list(out.token_ids)
 
 
@@ -80,11 +87,11 @@ def prompt_text(loaded, marker_count: int = 1, question: str = QUESTION) -> str:
                                                 add_generation_prompt=True, tokenize=False)
 
 
-def submit(engine, loaded, text: str, images: list[bytes], **params):
+def submit(engine, loaded, text: str, images: list[bytes], tenant=ANONYMOUS, **params):
     prepared = loaded.vision.prepare(text, [Image.open(io.BytesIO(b)) for b in images])
     media = Media(prepared.inputs, prepared.spans, [hashlib.sha256(b).digest() for b in images])
     params = {"temperature": 0.0, "max_tokens": MAX_TOKENS, **params}
-    return engine.submit(prepared.tokens, SamplingParams(**params), ThreadWaiter(), media=media)
+    return engine.submit(prepared.tokens, SamplingParams(**params), ThreadWaiter(), media=media, tenant=tenant)
 
 
 def test_alone_and_again_from_the_prefix_cache(family):
@@ -127,3 +134,27 @@ def test_in_a_batch_with_text_requests_and_two_images(family):
     got, _ = tokens_of(handle)
     assert got == expected[:len(got)] and len(got) >= min(len(expected), 2)
     assert all(tokens_of(o)[1].reason in ("stop", "length") for o in others)
+
+
+def test_paused_and_resumed_it_answers_the_same(family):
+    folder, loaded, engine = family
+    small = engine.small
+    text = prompt_text(loaded, 1, "Tell a long story about it.")
+    images = [picture(6 + i) for i in range(4)]
+    expected = [reference(folder, text, [image], max_tokens=400) for image in images]
+    first = Tenant("a", "key-a")
+    handles = [submit(small, loaded, text, [image], tenant=first, max_tokens=400) for image in images]
+    deadline = time.monotonic() + 60
+    while not all(h.outbox for h in handles):  # both decoding: one can be paused
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    preempted = small.stats.preempted
+    words = loaded.tokenizer.apply_chat_template([{"role": "user", "content": [{"type": "text", "text": "Hi"}]}],
+                                                 add_generation_prompt=True)
+    others = [small.submit(words, SamplingParams(max_tokens=100, temperature=0.0), ThreadWaiter(),
+                           tenant=Tenant("b", "key-b")) for _ in range(3)]
+    got = [tokens_of(h)[0] for h in handles]
+    for handle in others:
+        tokens_of(handle)
+    assert small.stats.preempted > preempted
+    assert got == expected

@@ -25,7 +25,7 @@ endif
 # the tests only (test-deps), and a missing one is a warning there, not a stop.
 BREW_PACKAGES := redis nginx node
 # nginx's exporter is not in homebrew-core: it comes from nginx's own tap.
-BREW_TEST_PACKAGES := prometheus redis_exporter nginxinc/tap/nginx-prometheus-exporter
+BREW_TEST_PACKAGES := prometheus redis_exporter nginxinc/tap/nginx-prometheus-exporter espeak-ng
 # Debian's own python3 needs python3-venv for `python -m venv`; others ship it.
 VENV_OK := $(shell py=$$(scripts/find-python 2>/dev/null) && "$$py" -c "import ensurepip, venv" 2>/dev/null && echo yes)
 ifneq ($(VENV_OK),yes)
@@ -76,10 +76,12 @@ $(DASHBOARD_BUILT): $(DASHBOARD_SOURCES)
 # The dashboard's browser tests drive Debian's Chromium (Playwright's own browser
 # download does not work offline); on macOS, an installed Chrome or Chromium.
 # Ruby checks the Homebrew formula's syntax (packaging/homebrew/impetus.rb).
+# espeak-ng speaks the clips the transcription tests send (tests/api/test_media_api.py).
 test-deps:
 ifeq ($(UNAME),Linux)
-	@dpkg -s chromium >/dev/null 2>&1 && dpkg -s ruby >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends chromium ruby; }
+	@dpkg -s chromium >/dev/null 2>&1 && dpkg -s ruby >/dev/null 2>&1 && dpkg -s espeak-ng >/dev/null 2>&1 || { \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq \
+		--no-install-recommends chromium ruby espeak-ng; }
 else ifeq ($(UNAME),Darwin)
 	@for p in $(BREW_TEST_PACKAGES); do brew list $$p >/dev/null 2>&1 || brew install $$p || \
 		echo "warning: brew install $$p failed; the tests that scrape the stack with it are skipped"; done

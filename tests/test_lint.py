@@ -24,7 +24,7 @@ LAYERS = (
     ("settings",),
     ("models", "metrics"),
     ("engine",),
-    ("embeddings", "gateway"),
+    ("embeddings", "gateway", "speech"),
     ("api",),
     ("server",),
     ("stack",),

@@ -228,6 +228,11 @@ class Settings(BaseSettings):
     image_max_count: int = Field(20, ge=1)
     image_url_hosts: list[str] = Field(default_factory=list)
     image_url_timeout_s: float = Field(10.0, gt=0, le=120)
+    # Recordings (/v1/audio/transcriptions, speech/audio.py): OpenAI's 25 MB an
+    # upload, and a length counted while decoding (opus compresses an hour of
+    # silence into kilobytes).
+    audio_max_bytes: int = Field(25 * 1024 * 1024, gt=0)
+    audio_max_seconds: float = Field(3600.0, gt=0)
 
     # Gateway: personal API keys and per-key limits, kept in Redis.
     require_api_keys: bool = False

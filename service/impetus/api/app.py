@@ -26,10 +26,12 @@ from impetus.api.models import ModelResource, ModelsResource
 from impetus.api.openapi import OpenAPIResource
 from impetus.api.reports import AdminAuditResource, AdminUsageResource, UsageResource
 from impetus.api.responses import ResponseInputItemsResource, ResponseResource, ResponsesResource
+from impetus.api.transcriptions import TranscriptionsResource
 from impetus.gateway.account import AccountMiddleware
 from impetus.metrics import Metrics
 from impetus.metrics.middleware import MetricsMiddleware
 from impetus.metrics.resource import MetricsResource
+from impetus.speech.host import SpeechHost
 from impetus.web import Request
 
 
@@ -57,6 +59,7 @@ def create_app(settings, host, waker, gateway=None, metrics=None, broadcast=None
         from impetus.embeddings.host import EmbeddingHost
 
         embeddings = EmbeddingHost(settings)
+    speech = SpeechHost(settings)
     responses = gateway.responses if gateway is not None else None
     routes = {
         "/v1/chat/completions": ChatCompletionsResource(host, waker, settings, cache, metrics),
@@ -68,8 +71,9 @@ def create_app(settings, host, waker, gateway=None, metrics=None, broadcast=None
         "/v1/messages": MessagesResource(host, waker, settings, None, metrics),
         "/v1/messages/count_tokens": CountTokensResource(host, settings),
         "/v1/embeddings": EmbeddingsResource(embeddings, host, metrics),
-        "/v1/models": ModelsResource(host, embeddings),
-        "/v1/models/{model_id:path}": ModelResource(host, embeddings),
+        "/v1/audio/transcriptions": TranscriptionsResource(speech, settings, metrics),
+        "/v1/models": ModelsResource(host, embeddings, speech),
+        "/v1/models/{model_id:path}": ModelResource(host, embeddings, speech),
         "/v1/admin/models": AdminModelsResource(host),
         "/v1/admin/models/discover": AdminDiscoverResource(host),
         "/v1/admin/models/import": AdminImportsResource(host),

@@ -28,7 +28,9 @@ class RequestIdMiddleware:
 
 class JSONBodyMiddleware:
     """Refuse bodies that are not JSON (415) or are too large (413) before any
-    resource reads them, then parse into `req.context.json`."""
+    resource reads them, then parse into `req.context.json`. A resource that
+    takes a form (`multipart = True`: /v1/audio/transcriptions) gets its body
+    raw in `req.context.raw`, within the same limit."""
 
     def __init__(self, max_body_bytes: int):
         self.max_body_bytes = max_body_bytes
@@ -37,7 +39,11 @@ class JSONBodyMiddleware:
         if req.method not in ("POST", "PUT", "PATCH"):
             return
         media_type = (req.content_type or "").split(";")[0].strip().lower()
-        if media_type != "application/json":
+        form = getattr(resource, "multipart", False)
+        if form and media_type != "multipart/form-data":
+            raise APIError(415, f"Content-Type must be multipart/form-data, got {req.content_type or 'none'}.",
+                           code="unsupported_media_type")
+        if not form and media_type != "application/json":
             raise APIError(
                 415, f"Content-Type must be application/json, got {req.content_type or 'none'}.",
                 code="unsupported_media_type",
@@ -51,7 +57,10 @@ class JSONBodyMiddleware:
         raw = stream.read(self.max_body_bytes + 1)
         if len(raw) > self.max_body_bytes:
             raise self._too_large()
-        req.context.json = self._parse(raw)
+        if form:
+            req.context.raw = raw
+        else:
+            req.context.json = self._parse(raw)
 
     def _too_large(self) -> APIError:
         return APIError(

@@ -74,10 +74,22 @@ def embedding_entries(embeddings) -> list[dict]:
                             embeddings.loaded.get(name)) for name in embeddings.available()]
 
 
+def speech_entries(speech) -> list[dict]:
+    """The speech-to-text models, loaded or not."""
+    entries = []
+    for name in speech.available():
+        model = speech.loaded.get(name)
+        entries.append({"id": name, "object": "model", "created": int(speech.folder(name).stat().st_mtime),
+                        "owned_by": "impetus", "type": "transcription", "loaded": model is not None,
+                        "input_modalities": ["audio"], **({"memory_bytes": model.nbytes} if model else {})})
+    return entries
+
+
 class ModelsResource:
-    def __init__(self, host, embeddings):
+    def __init__(self, host, embeddings, speech):
         self.host = host
         self.embeddings = embeddings
+        self.speech = speech
 
     def on_get(self, req, resp):
         """The models the request's key may use (all of them without keys)."""
@@ -86,14 +98,16 @@ class ModelsResource:
             "object": "list",
             "data": [model_entry(e, self.host.slots.get(e.name)) for e in self.host.available()
                      if account.allows(e.name, lambda e=e: (e.alias_of,) if e.alias_of else ())]
-            + [e for e in embedding_entries(self.embeddings) if account.allows(e["id"])],
+            + [e for e in embedding_entries(self.embeddings) + speech_entries(self.speech)
+               if account.allows(e["id"])],
         }
 
 
 class ModelResource:
-    def __init__(self, host, embeddings):
+    def __init__(self, host, embeddings, speech):
         self.host = host
         self.embeddings = embeddings
+        self.speech = speech
 
     def on_get(self, req, resp, model_id):
         req.context.account.check_model(model_id, alias_targets(self.host, model_id))
@@ -101,7 +115,7 @@ class ModelResource:
             if entry.name == model_id:
                 resp.media = model_entry(entry, self.host.slots.get(entry.name))
                 return
-        for entry in embedding_entries(self.embeddings):
+        for entry in embedding_entries(self.embeddings) + speech_entries(self.speech):
             if entry["id"] == model_id:
                 resp.media = entry
                 return

@@ -37,17 +37,27 @@ class ModelInfo:
 
 # Encoder-only models make embeddings (/v1/embeddings), not completions.
 ENCODER_MODEL_TYPES = ("bert",)
+# Speech-to-text models transcribe (/v1/audio/transcriptions, impetus.speech).
+SPEECH_MODEL_TYPES = ("whisper",)
 
 
 def is_model_folder(path: Path) -> bool:
     return (path / "config.json").is_file() and any(path.glob("*.safetensors"))
 
 
-def is_encoder_folder(path: Path) -> bool:
+def _model_type(path: Path) -> str | None:
     try:
-        return json.loads((path / "config.json").read_text()).get("model_type") in ENCODER_MODEL_TYPES
+        return json.loads((path / "config.json").read_text()).get("model_type")
     except (OSError, ValueError, AttributeError):
-        return False
+        return None
+
+
+def is_encoder_folder(path: Path) -> bool:
+    return _model_type(path) in ENCODER_MODEL_TYPES
+
+
+def is_speech_folder(path: Path) -> bool:
+    return _model_type(path) in SPEECH_MODEL_TYPES
 
 
 def list_models(models_dir: Path) -> list[ModelInfo]:
@@ -56,7 +66,8 @@ def list_models(models_dir: Path) -> list[ModelInfo]:
     return [
         ModelInfo(path.name, path, int((path / "config.json").stat().st_mtime))
         for path in sorted(models_dir.iterdir())
-        if not path.name.startswith(".") and is_model_folder(path) and not is_encoder_folder(path)
+        if not path.name.startswith(".") and is_model_folder(path) and _model_type(path) not in (
+            *ENCODER_MODEL_TYPES, *SPEECH_MODEL_TYPES)
     ]
 
 

@@ -1,10 +1,12 @@
-"""Images on every route, through nginx with a key, by the real clients.
+"""Images on every route and speech to text, through nginx with a key, by the real clients.
 
-Two tiny random VLMs (tests/vision_models.py) and the default text model,
-served behind the stack's nginx with personal keys. The answers must be
-mlx-vlm's own for the same prompt and image (greedy: the endpoint's default
-temperature is 0), whichever protocol carried the image; bad images are
-400s in each protocol's shape naming the part.
+Two tiny random VLMs (tests/vision_models.py), a tiny random Whisper
+(tests/speech_models.py) and the default text model, served behind the
+stack's nginx with personal keys. The answers must be mlx-vlm's own for the
+same prompt and image (greedy: the endpoint's default temperature is 0),
+whichever protocol carried the image, and the transcriptions mlx-audio's
+own for the same recording (an espeak-ng clip); bad images and recordings
+are 400s in each protocol's shape naming the part.
 """
 
 from __future__ import annotations
@@ -28,12 +30,13 @@ from impetus.gateway.keys import KeyStore
 from conftest import DEFAULT_MODEL, RedisServer
 
 sys.path.insert(0, str(Path(__file__).parent.parent))
+import speech_models  # noqa: E402
 import vision_models  # noqa: E402
 
 from agent_endpoint import agent_endpoint  # noqa: E402
 
-pytestmark = [pytest.mark.slow, pytest.mark.own_server("tiny VLMs in a models folder of their own, with small image "
-                                                      "limits to reach")]
+pytestmark = [pytest.mark.slow, pytest.mark.own_server("tiny VLMs and a Whisper in a models folder of their own, "
+                                                      "with small image and audio limits to reach")]
 
 QUESTION = "What is in this image?"
 MAX_TOKENS = 12
@@ -64,11 +67,13 @@ def served(tmp_path_factory, data_dir):
     (home / "models").mkdir()
     (home / "models" / DEFAULT_MODEL).symlink_to(data_dir / "models" / DEFAULT_MODEL)
     folders = {"tiny-gemma3-vl": vision_models.gemma3(home / "models" / "tiny-gemma3-vl"),
-               "tiny-smolvlm": vision_models.idefics3(home / "models" / "tiny-smolvlm")}
+               "tiny-smolvlm": vision_models.idefics3(home / "models" / "tiny-smolvlm"),
+               "tiny-whisper": speech_models.whisper(home / "models" / "tiny-whisper")}
     work = tmp_path_factory.mktemp("vision-endpoint")
     redis = RedisServer(work)
     try:
-        with agent_endpoint(home, redis, work, image_max_bytes=150_000, image_max_count=3) as endpoint:
+        with agent_endpoint(home, redis, work, image_max_bytes=150_000, image_max_count=3,
+                            audio_max_seconds=20) as endpoint:
             key, _ = KeyStore(redis.client()).create("vision-user")
             yield {**endpoint, "key": key, "folders": folders}
     finally:
@@ -165,6 +170,7 @@ def test_models_say_which_take_images(client):
     kinds = {m.id: m.model_extra.get("input_modalities") for m in client.models.list().data}
     assert kinds["tiny-gemma3-vl"] == kinds["tiny-smolvlm"] == ["text", "image"]
     assert kinds[DEFAULT_MODEL] == ["text"]
+    assert kinds["tiny-whisper"] == ["audio"]
 
 
 BAD = [
@@ -212,3 +218,110 @@ def test_each_protocol_names_the_part_in_its_own_shape(served):
         "model": DEFAULT_MODEL, "max_tokens": 4, "messages": [{"role": "user", "content": four[:1]}]})
     assert answer.status_code == 400 and answer.json()["error"]["code"] == "image_input_not_supported"
     assert answer.json()["error"]["param"] == "messages[0].content[0]"
+
+
+# -- speech to text ----------------------------------------------------------------
+
+SAID = "Hello world, this is a test of the speech server."
+
+
+def encode(samples: np.ndarray, container: str, codec: str, rate: int = 16_000) -> bytes:
+    """A mono recording in another container and codec, by PyAV (FFmpeg's libraries)."""
+    import av
+
+    out = io.BytesIO()
+    with av.open(out, mode="w", format=container) as box:
+        stream = box.add_stream(codec, rate=48_000 if codec == "libopus" else rate, layout="mono")
+        frame = av.AudioFrame.from_ndarray((samples * 32767).astype("<i2")[None, :], format="s16", layout="mono")
+        frame.sample_rate = rate
+        resampler = av.AudioResampler(format=stream.codec_context.format.name, layout="mono",
+                                      rate=stream.codec_context.sample_rate)
+        for piece in resampler.resample(frame) + resampler.resample(None):
+            box.mux(stream.encode(piece))
+        box.mux(stream.encode(None))
+    return out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory) -> dict:
+    """espeak-ng saying SAID, as a 16 kHz wav (both decoders read the same samples) and as what phones and
+    browsers record."""
+    import subprocess
+
+    from impetus.settings import Settings
+    from impetus.speech.audio import decode
+
+    folder = tmp_path_factory.mktemp("clip")
+    subprocess.run(["espeak-ng", "-w", str(folder / "spoken.wav"), SAID], check=True)
+    samples = decode((folder / "spoken.wav").read_bytes(), Settings(data_dir=folder))
+    wav = encode(samples, "wav", "pcm_s16le")
+    return {"samples": decode(wav, Settings(data_dir=folder)), "wav": wav,
+            "m4a": encode(samples, "mp4", "aac"), "webm": encode(samples, "webm", "libopus"),
+            "mp3": encode(samples, "mp3", "libmp3lame")}
+
+
+def library_transcript(folder: Path, samples: np.ndarray, **options):
+    import mlx.core as mx
+    from mlx_audio.stt import load
+
+    model = _references.setdefault(("whisper", folder), load(str(folder)))
+    mx.random.seed(0)
+    return model.generate(samples, verbose=None, temperature=(0.0, 0.2, 0.4, 0.6, 0.8, 1.0), **options)
+
+
+def test_a_transcription_is_mlx_audios_own_in_every_format(served, client, clip):
+    from mlx_audio.stt.utils import load_audio
+
+    heard = np.array(load_audio(io.BytesIO(clip["wav"])))
+    assert np.allclose(heard, clip["samples"], atol=1e-4)  # the library reads the same recording
+    expected = library_transcript(served["folders"]["tiny-whisper"], clip["samples"])
+    answer = client.audio.transcriptions.create(model="tiny-whisper", file=("said.wav", clip["wav"]))
+    assert answer.text == expected.text.strip()
+    seconds = len(clip["samples"]) / 16_000
+    assert answer.usage.seconds == int(np.ceil(seconds))
+    verbose = client.audio.transcriptions.create(model="tiny-whisper", file=("said.wav", clip["wav"]),
+                                                 response_format="verbose_json")
+    assert verbose.text == answer.text and verbose.language == "english"
+    assert abs(verbose.duration - seconds) < 0.01
+    assert [s.text for s in verbose.segments] == [s["text"] for s in expected.segments]
+    text = client.audio.transcriptions.create(model="tiny-whisper", file=("said.wav", clip["wav"]),
+                                              response_format="text")
+    assert text.strip() == answer.text
+    for kind, head in (("srt", "1\n00:00:"), ("vtt", "WEBVTT\n\n00:00:")):
+        subtitles = client.audio.transcriptions.create(model="tiny-whisper", file=("said.wav", clip["wav"]),
+                                                       response_format=kind)
+        assert subtitles.startswith(head) or not answer.text, subtitles
+
+
+def test_what_phones_and_browsers_record_is_heard(served, client, clip):
+    for kind in ("m4a", "webm", "mp3"):
+        answer = client.audio.transcriptions.create(model="tiny-whisper", file=(f"said.{kind}", clip[kind]),
+                                                    response_format="verbose_json", language="en")
+        assert abs(answer.duration - len(clip["samples"]) / 16_000) < 0.2, kind  # codecs pad a few ms
+
+
+def test_bad_recordings_are_400s_naming_the_field(served, clip):
+    url, headers = f"{served['url']}/v1/audio/transcriptions", {"Authorization": f"Bearer {served['key']}"}
+    silence = encode(np.zeros(16_000 * 25, np.float32), "webm", "libopus")  # 25 s in a few kB
+
+    def post(files, **data):
+        return httpx.post(url, headers=headers, files=files, data={"model": "tiny-whisper", **data}, timeout=120)
+
+    cases = [
+        (post({"file": ("x.wav", b"RIFF not really")}), "file", "invalid_audio"),
+        (post({"file": ("quiet.webm", silence)}), "file", "audio_too_long"),
+        (post({"file": ("said.wav", clip["wav"])}, response_format="docx"), "response_format", None),
+        (post({"file": ("said.wav", clip["wav"])}, timestamp_granularities=["word"]), "timestamp_granularities",
+         None),
+        (post({"file": ("said.wav", clip["wav"])}, language="klingon"), "language", None),
+        (post({"prompt": (None, "a form without its file")}), "file", None),
+    ]
+    for answer, param, code in cases:
+        assert answer.status_code == 400, answer.text
+        error = answer.json()["error"]
+        assert error["param"] == param and (code is None or error["code"] == code), error
+    answer = httpx.post(url, headers=headers, files={"file": ("said.wav", clip["wav"])},
+                        data={"model": "no-such-whisper"}, timeout=60)
+    assert answer.status_code == 404 and answer.json()["error"]["param"] == "model"
+    answer = httpx.post(url, files={"file": ("said.wav", clip["wav"])}, data={"model": "tiny-whisper"}, timeout=60)
+    assert answer.status_code == 401  # no key, no transcription

@@ -1,6 +1,6 @@
 """Images on every route and speech to text, through nginx with a key, by the real clients.
 
-Two tiny random VLMs (tests/vision_models.py), a tiny random Whisper
+Two tiny random VLMs (impetus.bench.random_vlm), a tiny random Whisper
 (tests/speech_models.py) and the default text model, served behind the
 stack's nginx with personal keys. The answers must be mlx-vlm's own for the
 same prompt and image (greedy: the endpoint's default temperature is 0),
@@ -31,7 +31,8 @@ from conftest import DEFAULT_MODEL, RedisServer
 
 sys.path.insert(0, str(Path(__file__).parent.parent))
 import speech_models  # noqa: E402
-import vision_models  # noqa: E402
+
+from impetus.bench import random_vlm as vision_models  # noqa: E402
 
 from agent_endpoint import agent_endpoint  # noqa: E402
 

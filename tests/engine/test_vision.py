@@ -1,7 +1,7 @@
 """Images in the engine: token for token what mlx-vlm's own `generate` gives.
 
 Two tiny random VLM families made with mlx-vlm's classes
-(tests/vision_models.py): Gemma 3 and Idefics3 (SmolVLM). The reference is
+(impetus.bench.random_vlm): Gemma 3 and Idefics3 (SmolVLM). The reference is
 mlx-vlm itself, loaded from the same folder, greedy; Impetus must give the
 same tokens alone, beside text requests in the batch, after a pause, and
 from the prefix cache (which must tell two images apart and never encode or
@@ -26,7 +26,7 @@ from impetus.engine.request import ANONYMOUS, SamplingParams, Tenant
 from impetus.engine.waiters import ThreadWaiter
 
 sys.path.insert(0, str(Path(__file__).parent.parent))
-import vision_models  # noqa: E402
+from impetus.bench import random_vlm as vision_models  # noqa: E402
 
 from engine_events import tokens_of  # noqa: E402
 

@@ -1,4 +1,5 @@
-"""Runs one of the load, peer, soak, fairness, shared-prefix, agents, kv-quality, cluster and speculative benchmarks and writes what it measured:
+"""Runs one of the load, peer, soak, fairness, shared-prefix, agents, kv-quality, cluster, speculative and vision
+benchmarks and writes what it measured:
 a JSON file and PNG plots named by date, scenario and machine, so results from
 different machines sit side by side under benchmarks/results/."""
 
@@ -32,7 +33,18 @@ def _servers(text: str) -> tuple[str, ...]:
 
 
 def run_scenario(args, settings) -> dict:
-    from impetus.bench import agents, cluster, fairness, kv_quality, load, peer, shared_prefix, soak, speculative
+    from impetus.bench import (
+        agents,
+        cluster,
+        fairness,
+        kv_quality,
+        load,
+        peer,
+        shared_prefix,
+        soak,
+        speculative,
+        vision,
+    )
 
     console = Console(stderr=True, soft_wrap=True)
     progress = console.print
@@ -66,6 +78,10 @@ def run_scenario(args, settings) -> dict:
                                      args.max_tokens or 32, work, progress, hop_rounds=args.hop_rounds), cluster
     elif args.scenario == "speculative":
         result, module = speculative.run(settings, args.max_tokens or 128, work, progress), speculative
+    elif args.scenario == "vision":
+        folder = Path(args.model) if args.model and Path(args.model).is_dir() else None
+        result, module = vision.run(settings, _levels(args.levels or "8,16"), args.max_tokens or 64, work, progress,
+                                    folder), vision
     elif args.scenario == "soak":
         result, module = soak.run(settings, args.duration or 600, args.concurrency, args.max_tokens or 32, work,
                                   progress), soak

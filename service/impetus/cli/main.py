@@ -226,10 +226,11 @@ def build_parser() -> argparse.ArgumentParser:
                       "kv-quality (8- and 4-bit KV caches against float: KL and top-token agreement), "
                       "kv-speed (decode tokens/s with float, 8- and 4-bit KV caches), "
                       "cluster (a gateway and one, then two hosts: the hop and the split), "
-                      "speculative (prompt lookup off and on, and mlx_lm.server: editing and open-ended)")
+                      "speculative (prompt lookup off and on, and mlx_lm.server: editing and open-ended), "
+                      "vision (half image, half text requests, and mlx-vlm's server; a repeated image)")
     _add_common(bench)
     bench.add_argument("--scenario", choices=("core", "load", "peer", "soak", "fairness", "shared-prefix", "agents",
-                                                  "kv-quality", "kv-speed", "cluster", "speculative"),
+                                                  "kv-quality", "kv-speed", "cluster", "speculative", "vision"),
                        default="core")
     bench.add_argument("--model", help="model name or MLX folder path")
     bench.add_argument("--json", action="store_true", help="print one JSON line on stdout")

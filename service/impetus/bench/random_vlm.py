@@ -1,6 +1,8 @@
-"""Tiny random vision-language models, made with mlx-vlm's own classes.
+"""Random vision-language models, made with mlx-vlm's own classes.
 
-No trained VLM ships in a package here, so the tests build MLX folders as
+No trained VLM ships in a package here, so the tests (tiny ones) and
+`impetus bench --scenario vision` (a small one: Gemma 3 270M's text width,
+SigLIP at 224 pixels, 64 tokens an image) build MLX folders as
 mlx-community's converted models look (config.json with text and vision
 configs, safetensors, a tokenizer with the family's image tokens, the
 processor's configs and chat template) and check Impetus against mlx-vlm's
@@ -60,8 +62,19 @@ GEMMA3_TEMPLATE = (
 )
 
 
-def gemma3(folder: Path, seed: int = 7) -> Path:
-    """Gemma 3: 64-pixel images in 16-pixel patches, pooled to 4 tokens."""
+# Gemma 3's sizes: "tiny" for the tests (64-pixel images in 16-pixel patches,
+# pooled to 4 tokens), "small" for the benchmark (224 pixels, 256 patches, 64 tokens).
+GEMMA3_SIZES = {
+    "tiny": {"hidden": 64, "layers": 3, "ffn": 128, "heads": 2, "head_dim": 32, "tokens": 4,
+             "vision": 32, "vision_layers": 2, "vision_ffn": 64, "vision_heads": 2, "patch": 16, "image": 64},
+    "small": {"hidden": 640, "layers": 6, "ffn": 2048, "heads": 4, "head_dim": 256, "tokens": 64,
+              "vision": 384, "vision_layers": 4, "vision_ffn": 1536, "vision_heads": 6, "patch": 14, "image": 224},
+}
+
+
+def gemma3(folder: Path, seed: int = 7, size: str = "tiny") -> Path:
+    """Gemma 3 (SigLIP tower, average-pooled to a fixed number of tokens per image)."""
+    z = GEMMA3_SIZES[size]
     import mlx.core as mx
     from mlx_vlm.models import gemma3 as family
 
@@ -76,22 +89,23 @@ def gemma3(folder: Path, seed: int = 7) -> Path:
         "image_token_index": ids["<image_soft_token>"],
         "boi_token_index": ids["<start_of_image>"],
         "eoi_token_index": ids["<end_of_image>"],
-        "mm_tokens_per_image": 4,
+        "mm_tokens_per_image": z["tokens"],
         "pad_token_id": ids["<pad>"],
         "eos_token_id": [ids["<eos>"], ids["<end_of_turn>"]],
         "bos_token_id": ids["<bos>"],
         "vocab_size": vocab,
-        "hidden_size": 64,
+        "hidden_size": z["hidden"],
         "text_config": {
-            "model_type": "gemma3_text", "hidden_size": 64, "num_hidden_layers": 3,
-            "intermediate_size": 128, "num_attention_heads": 2, "num_key_value_heads": 1,
-            "head_dim": 32, "query_pre_attn_scalar": 32, "vocab_size": vocab,
-            "sliding_window": 512, "sliding_window_pattern": 3, "mm_tokens_per_image": 4,
+            "model_type": "gemma3_text", "hidden_size": z["hidden"], "num_hidden_layers": z["layers"],
+            "intermediate_size": z["ffn"], "num_attention_heads": z["heads"], "num_key_value_heads": 1,
+            "head_dim": z["head_dim"], "query_pre_attn_scalar": z["head_dim"], "vocab_size": vocab,
+            "sliding_window": 512, "sliding_window_pattern": 3, "mm_tokens_per_image": z["tokens"],
             "max_position_embeddings": 4096, "rope_scaling": None,
         },
         "vision_config": {
-            "model_type": "siglip_vision_model", "hidden_size": 32, "num_hidden_layers": 2,
-            "intermediate_size": 64, "num_attention_heads": 2, "patch_size": 16, "image_size": 64,
+            "model_type": "siglip_vision_model", "hidden_size": z["vision"], "num_hidden_layers": z["vision_layers"],
+            "intermediate_size": z["vision_ffn"], "num_attention_heads": z["vision_heads"], "patch_size": z["patch"],
+            "image_size": z["image"],
         },
     }
     mx.random.seed(seed)
@@ -108,13 +122,13 @@ def gemma3(folder: Path, seed: int = 7) -> Path:
     }))
     (folder / "chat_template.json").write_text(json.dumps({"chat_template": GEMMA3_TEMPLATE}))
     (folder / "processor_config.json").write_text(json.dumps(
-        {"processor_class": "Gemma3Processor", "image_seq_length": 4}))
+        {"processor_class": "Gemma3Processor", "image_seq_length": z["tokens"]}))
     (folder / "preprocessor_config.json").write_text(json.dumps({
         "image_processor_type": "Gemma3ImageProcessor", "processor_class": "Gemma3Processor",
         "do_convert_rgb": None, "do_normalize": True, "do_rescale": True, "do_resize": True,
         "do_pan_and_scan": None, "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5],
-        "image_seq_length": 4, "resample": 2, "rescale_factor": 1 / 255,
-        "size": {"height": 64, "width": 64},
+        "image_seq_length": z["tokens"], "resample": 2, "rescale_factor": 1 / 255,
+        "size": {"height": z["image"], "width": z["image"]},
     }))
     (folder / "generation_config.json").write_text(json.dumps(
         {"bos_token_id": ids["<bos>"], "eos_token_id": [ids["<eos>"], ids["<end_of_turn>"]]}))

@@ -129,7 +129,7 @@ export function subscribe(
 // A streamed chat completion: calls onText for each piece of text.
 export async function streamChat(
   model: string,
-  messages: { role: string; content: string }[],
+  messages: { role: string; content: string | object[] }[],
   onText: (text: string) => void,
   options: { temperature?: number; max_tokens?: number } = {},
 ): Promise<{ usage: any; ttft: number; seconds: number }> {

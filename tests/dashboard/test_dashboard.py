@@ -58,14 +58,25 @@ def ollama_store(work: Path) -> Path:
     return store
 
 
+VISION_MODEL = "tiny-vl"
+
+
 @pytest.fixture(scope="module")
 def stack(data_dir, redis_server, tmp_path_factory):
+    """A data dir of its own (the default model's folder shared, a tiny random VLM beside it):
+    what it imports and lists stays out of the other tests' model lists."""
+    from impetus.bench import random_vlm
+
     assert (DASHBOARD / "index.html").exists(), "the dashboard is not built (make dashboard)"
     work = tmp_path_factory.mktemp("dashboard")
-    server = Server(data_dir, work / "server.log", require_api_keys="true", redis_url=redis_server.url,
+    home = work / "home"
+    (home / "models").mkdir(parents=True)
+    (home / "models" / DEFAULT_MODEL).symlink_to(data_dir / "models" / DEFAULT_MODEL)
+    random_vlm.gemma3(home / "models" / VISION_MODEL)
+    server = Server(home, work / "server.log", require_api_keys="true", redis_url=redis_server.url,
                     extra_env={"OLLAMA_MODELS": str(ollama_store(work))})
     nginx, url = start_nginx(work / "nginx", f"127.0.0.1:{server.port}")
-    yield {"server": server, "url": url}
+    yield {"server": server, "url": url, "home": home}
     stop(nginx)
     server.stop()
 
@@ -146,6 +157,33 @@ def test_playground_streams_an_answer(stack, page):
     lengths = [n for n in page.evaluate("window.__lengths") if n]
     assert len(set(lengths)) >= 3, f"the answer arrived in one piece: {lengths}"
     shot(page, "3-playground")
+
+
+def test_the_playground_sends_a_picked_image(stack, page, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    picture = tmp_path / "screenshot.png"
+    Image.fromarray((np.random.RandomState(3).rand(48, 64, 3) * 255).astype("uint8")).save(picture)
+    page.click("nav >> text=Playground")
+    page.locator("select[name=model] option", has_text=VISION_MODEL).wait_for(state="attached")
+    page.select_option("select[name=model]", VISION_MODEL)
+    page.set_input_files("input[name=image]", str(picture))
+    page.locator("[data-test=attachment]").wait_for()
+    page.fill("textarea[name=prompt]", "What is in this picture?")
+    page.click("button:has-text('Send')")
+    page.locator("[data-test=answer-figures]", has_text="tokens/s").last.wait_for()
+    assert page.locator(".message.user img").count() >= 1  # the question shows its picture
+    assert page.locator("[data-test=answer]").last.inner_text().strip()
+    assert page.locator("[data-test=attachment]").count() == 0  # sent: the composer is empty again
+    shot(page, "3b-playground-image")
+    # A text model says so, by name, in the page.
+    page.select_option("select[name=model]", DEFAULT_MODEL)
+    page.set_input_files("input[name=image]", str(picture))
+    page.locator("[data-test=attachment]").wait_for()
+    page.fill("textarea[name=prompt]", "And this one?")
+    page.click("button:has-text('Send')")
+    page.get_by_text("does not take images").wait_for()
 
 
 def test_keys_are_created_shown_once_and_revoked(stack, page):
@@ -267,9 +305,10 @@ def test_models_can_be_pinned_and_unpinned(stack, page):
     row.locator(".tag", has_text="pinned").wait_for(state="detached")
 
 
-def test_a_model_found_in_ollama_is_imported_from_the_models_view(stack, page, data_dir):
+def test_a_model_found_in_ollama_is_imported_from_the_models_view(stack, page):
     import shutil
 
+    data_dir = stack["home"]
     page.click("nav >> text=Models")
     row = page.locator(f"[data-test=discovered] tr[data-source='ollama:{OLLAMA_MODEL}:latest']")
     row.get_by_text("qwen2").wait_for()
@@ -280,7 +319,7 @@ def test_a_model_found_in_ollama_is_imported_from_the_models_view(stack, page, d
         page.locator(f"[data-test=models-table] tr[data-model='{OLLAMA_MODEL}']").wait_for()
         shot(page, "9b-models-imported")
         assert (data_dir / "models" / OLLAMA_MODEL / "config.json").is_file()
-    finally:  # the shared data dir's model list stays as other tests expect it
+    finally:  # the model list stays as the other tests of this module expect it
         shutil.rmtree(data_dir / "models" / OLLAMA_MODEL, ignore_errors=True)
         shutil.rmtree(data_dir / "models" / ".imports", ignore_errors=True)
 

@@ -1,8 +1,8 @@
 """Random vision-language models, made with mlx-vlm's own classes.
 
 No trained VLM ships in a package here, so the tests (tiny ones) and
-`impetus bench --scenario vision` (a small one: Gemma 3 270M's text width,
-SigLIP at 224 pixels, 64 tokens an image) build MLX folders as
+`impetus bench --scenario vision` (small ones: SmolLM2-135M's or Gemma 3
+270M's text width, a SigLIP tower at 224 pixels, 64 tokens an image) build MLX folders as
 mlx-community's converted models look (config.json with text and vision
 configs, safetensors, a tokenizer with the family's image tokens, the
 processor's configs and chat template) and check Impetus against mlx-vlm's
@@ -173,9 +173,21 @@ SMOLVLM_TEMPLATE = (
 )
 
 
-def idefics3(folder: Path, seed: int = 11, model_type: str = "idefics3") -> Path:
-    """Idefics3 (SmolVLM's layout): 32-pixel images in 8-pixel patches, a
-    pixel shuffle of 2 to 4 tokens per image, a Llama text model."""
+# Idefics3's sizes: "tiny" for the tests (32-pixel images in 8-pixel patches, 4 tokens),
+# "small" for the benchmark (SmolLM2-135M's text width, 224 pixels, 256 patches, 64 tokens).
+IDEFICS3_SIZES = {
+    "tiny": {"hidden": 64, "layers": 2, "ffn": 128, "heads": 4, "kv": 2, "vision": 32, "vision_layers": 2,
+             "vision_ffn": 64, "vision_heads": 2, "patch": 8, "image": 32},
+    "small": {"hidden": 576, "layers": 8, "ffn": 1536, "heads": 9, "kv": 3, "vision": 384, "vision_layers": 4,
+              "vision_ffn": 1536, "vision_heads": 6, "patch": 14, "image": 224},
+}
+
+
+def idefics3(folder: Path, seed: int = 11, model_type: str = "idefics3", size: str = "tiny") -> Path:
+    """Idefics3 (SmolVLM's layout): a pixel shuffle of 2 (a quarter of the
+    patches as tokens), a Llama text model."""
+    z = IDEFICS3_SIZES[size]
+    tokens = (z["image"] // z["patch"]) ** 2 // 4
     import mlx.core as mx
     from mlx_vlm.models import idefics3 as family
 
@@ -193,13 +205,15 @@ def idefics3(folder: Path, seed: int = 11, model_type: str = "idefics3") -> Path
         "vocab_size": vocab,
         "eos_token_id": ids["<end_of_utterance>"],
         "text_config": {
-            "model_type": "llama", "hidden_size": 64, "num_hidden_layers": 2, "intermediate_size": 128,
-            "num_attention_heads": 4, "num_key_value_heads": 2, "rms_norm_eps": 1e-5, "vocab_size": vocab,
+            "model_type": "llama", "hidden_size": z["hidden"], "num_hidden_layers": z["layers"],
+            "intermediate_size": z["ffn"], "num_attention_heads": z["heads"], "num_key_value_heads": z["kv"],
+            "rms_norm_eps": 1e-5, "vocab_size": vocab,
             "rope_theta": 10000.0, "max_position_embeddings": 4096, "tie_word_embeddings": False,
         },
         "vision_config": {
-            "model_type": "idefics3_vision", "hidden_size": 32, "num_attention_heads": 2, "patch_size": 8,
-            "num_hidden_layers": 2, "intermediate_size": 64, "image_size": 32,
+            "model_type": "idefics3_vision", "hidden_size": z["vision"], "num_attention_heads": z["vision_heads"],
+            "patch_size": z["patch"], "num_hidden_layers": z["vision_layers"], "intermediate_size": z["vision_ffn"],
+            "image_size": z["image"],
         },
     }
     mx.random.seed(seed)
@@ -214,12 +228,12 @@ def idefics3(folder: Path, seed: int = 11, model_type: str = "idefics3") -> Path
     }))
     (folder / "chat_template.json").write_text(json.dumps({"chat_template": SMOLVLM_TEMPLATE}))
     (folder / "processor_config.json").write_text(json.dumps(
-        {"processor_class": "Idefics3Processor", "image_seq_len": 4}))
+        {"processor_class": "Idefics3Processor", "image_seq_len": tokens}))
     (folder / "preprocessor_config.json").write_text(json.dumps({
         "image_processor_type": "Idefics3ImageProcessor", "processor_class": "Idefics3Processor",
         "do_convert_rgb": True, "do_image_splitting": False, "do_normalize": True, "do_pad": True,
         "do_rescale": True, "do_resize": True, "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5],
-        "max_image_size": {"longest_edge": 32}, "resample": 1, "rescale_factor": 1 / 255,
-        "size": {"longest_edge": 32},
+        "max_image_size": {"longest_edge": z["image"]}, "resample": 1, "rescale_factor": 1 / 255,
+        "size": {"longest_edge": z["image"]},
     }))
     return folder

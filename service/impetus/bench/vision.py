@@ -1,11 +1,14 @@
 """`impetus bench --scenario vision`: images beside text, against mlx-vlm's own server.
 
-One VLM folder (by default a random Gemma 3 of Gemma 3 270M's text width with
-a 224-pixel SigLIP tower, 64 tokens an image: impetus.bench.random_vlm; or
-`--model` for a real one), served in turn by this server and by mlx-vlm's
-server (`python -m mlx_vlm.server`, its continuous batching at
-`--max-num-seqs`), never both at once, on loopback without keys. Both get the
-folder as it is (float32 weights on this CPU).
+One VLM folder (by default a random SmolVLM, Idefics3 of SmolLM2-135M's
+text width with a 224-pixel SigLIP tower, 64 tokens an image:
+impetus.bench.random_vlm; or `--model` for a real one), served in turn by
+this server and by mlx-vlm's server (`python -m mlx_vlm.server`, its
+continuous batching at `--max-num-seqs`), never both at once, on loopback
+without keys. Both get the folder as it is (float32 weights on this CPU).
+Not Gemma 3 by default: mlx-vlm 0.7.10's server fails every Gemma 3 image
+request batched with one of another prompt length (its `attention_mask_4d`
+rows cannot be concatenated), which measures nothing.
 
 Two measures, each against its baseline in the same run:
 - **Mixed load.** N clients at once, half asking about a picture (each its
@@ -125,7 +128,7 @@ def run(settings, levels: list[int], max_tokens: int, work: Path, progress, fold
     from impetus.bench import random_vlm
 
     if folder is None:
-        folder = random_vlm.gemma3(work / "random-gemma3-vl", size="small")
+        folder = random_vlm.idefics3(work / "random-smolvlm", size="small")
     progress(f"  model folder: {folder}")
     name = folder.name
     env = {"IMPETUS_DATA_DIR": str(settings.data_dir), "IMPETUS_MODEL": str(folder),

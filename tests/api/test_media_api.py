@@ -43,11 +43,7 @@ QUESTION = "What is in this image?"
 MAX_TOKENS = 12
 
 
-def png(seed: int, size=(80, 50)) -> bytes:
-    pixels = (np.random.RandomState(seed).rand(size[1], size[0], 3) * 255).astype("uint8")
-    out = io.BytesIO()
-    Image.fromarray(pixels).save(out, format="PNG")
-    return out.getvalue()
+png = vision_models.picture
 
 
 def data_url(data: bytes, kind: str = "image/png") -> str:

@@ -192,3 +192,21 @@ def test_agents_reports_the_kv_bytes_of_the_sessions_at_each_precision(data_dir)
     assert kv["float32"]["vs_float"]["8-bit"] == pytest.approx((8 + 2 * 32 / 64) / 32)
     assert kv["bfloat16"]["vs_float"]["8-bit"] == pytest.approx((8 + 2 * 16 / 64) / 16)  # 0.53: the target 0.55
     assert kv["bfloat16"]["vs_float"]["4-bit"] == pytest.approx((4 + 2 * 16 / 64) / 16)  # 0.28: the target 0.35
+
+
+@pytest.mark.slow
+def test_vision_runs_both_servers_on_one_vlm_folder(data_dir, tmp_path):
+    from impetus.bench import random_vlm
+
+    folder = random_vlm.idefics3(tmp_path / "tiny-smolvlm")
+    summary = bench("--scenario", "vision", "--model", str(folder), "--levels", "2", "--max-tokens", "4",
+                    data_dir=data_dir, out=tmp_path / "out")
+    written(tmp_path / "out", "vision")
+    [row] = summary["rows"]
+    for side in ("impetus", "mlx_vlm_server"):
+        assert row[side]["errors"] == {} and row[side]["requests"] == 2, row
+        assert 0 < row[side]["tokens"] <= 8 and row[side]["ttft_p50_image_s"] > 0
+    repeated = summary["repeated_image"]
+    assert repeated["impetus"]["again_ttft_s"] > 0 and repeated["impetus_without_prefix_cache"]["again_ttft_s"] > 0
+    assert repeated["prefix_cache_speedup"] == pytest.approx(
+        repeated["impetus_without_prefix_cache"]["again_ttft_s"] / repeated["impetus"]["again_ttft_s"])

@@ -16,7 +16,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 from PIL import Image
 
@@ -34,11 +33,7 @@ QUESTION = "What is in this image? Describe it."
 MAX_TOKENS = 16
 
 
-def picture(seed: int, size=(80, 50)) -> bytes:
-    pixels = (np.random.RandomState(seed).rand(size[1], size[0], 3) * 255).astype("uint8")
-    out = io.BytesIO()
-    Image.fromarray(pixels).save(out, format="PNG")
-    return out.getvalue()
+picture = vision_models.picture
 
 
 @pytest.fixture(scope="module", params=["gemma3", "idefics3"])

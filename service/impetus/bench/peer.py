@@ -143,12 +143,6 @@ def plot(summary: dict, out: Path) -> list[Path]:
     pairings = summary["pairings"]
     fig, axes = plots.figure(len(pairings))
     for ax, pairing in zip(axes, pairings):
-        xs = [row["concurrency"] for row in pairing["rows"]]
-        ax.plot(xs, [row["impetus"]["tokens_per_s"] for row in pairing["rows"]], "o-", label="impetus")
-        ax.plot(xs, [row["mlx_lm_server"]["tokens_per_s"] for row in pairing["rows"]], "s--", label="mlx_lm.server")
-        for x, row in zip(xs, pairing["rows"]):
-            if row["throughput_ratio"]:
-                ax.annotate(f"{row['throughput_ratio']:.2f}x", (x, row["impetus"]["tokens_per_s"]),
-                            textcoords="offset points", xytext=(0, 7), ha="center", fontsize=8)
-        plots.concurrency_axis(ax, xs, "tokens/s (aggregate)", pairing["pairing"])
+        plots.against_peer(ax, pairing["rows"], "mlx_lm_server", "mlx_lm.server", "tokens/s (aggregate)",
+                           pairing["pairing"])
     return plots.save(fig, out)

@@ -25,6 +25,18 @@ def concurrency_axis(ax, xs: list[int], ylabel: str, title: str, log_y: bool = F
         ax.legend()
 
 
+def against_peer(ax, rows: list[dict], peer: str, peer_label: str, ylabel: str, title: str) -> None:
+    """Tokens/s by concurrency, this server's and a peer's, each point marked with the ratio."""
+    xs = [row["concurrency"] for row in rows]
+    ax.plot(xs, [row["impetus"]["tokens_per_s"] for row in rows], "o-", label="impetus")
+    ax.plot(xs, [row[peer]["tokens_per_s"] for row in rows], "s--", label=peer_label)
+    for x, row in zip(xs, rows):
+        if row["throughput_ratio"]:
+            ax.annotate(f"{row['throughput_ratio']:.2f}x", (x, row["impetus"]["tokens_per_s"]),
+                        textcoords="offset points", xytext=(0, 7), ha="center", fontsize=8)
+    concurrency_axis(ax, xs, ylabel, title)
+
+
 def save(fig, out: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 

@@ -75,7 +75,6 @@ GEMMA3_SIZES = {
 def gemma3(folder: Path, seed: int = 7, size: str = "tiny") -> Path:
     """Gemma 3 (SigLIP tower, average-pooled to a fixed number of tokens per image)."""
     z = GEMMA3_SIZES[size]
-    import mlx.core as mx
     from mlx_vlm.models import gemma3 as family
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -108,10 +107,7 @@ def gemma3(folder: Path, seed: int = 7, size: str = "tiny") -> Path:
             "image_size": z["image"],
         },
     }
-    mx.random.seed(seed)
-    model = _model(family, config)
-    _normal(model, seed)
-    _save(model, config, folder)
+    _build(family, config, folder, seed)
     (folder / "tokenizer_config.json").write_text(json.dumps({
         "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<bos>", "eos_token": "<eos>",
         "pad_token": "<pad>", "unk_token": "<unk>", "add_bos_token": False, "add_eos_token": False,
@@ -133,6 +129,28 @@ def gemma3(folder: Path, seed: int = 7, size: str = "tiny") -> Path:
     (folder / "generation_config.json").write_text(json.dumps(
         {"bos_token_id": ids["<bos>"], "eos_token_id": [ids["<eos>"], ids["<end_of_turn>"]]}))
     return folder
+
+
+def _build(family, config: dict, folder: Path, seed: int) -> None:
+    import mlx.core as mx
+
+    mx.random.seed(seed)
+    model = _model(family, config)
+    _normal(model, seed)
+    _save(model, config, folder)
+
+
+def picture(seed: int, size: tuple[int, int] = (80, 50)) -> bytes:
+    """A PNG of random pixels (the same for the same seed)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    pixels = (np.random.RandomState(seed).rand(size[1], size[0], 3) * 255).astype("uint8")
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, format="PNG")
+    return out.getvalue()
 
 
 def _model(family, config: dict):
@@ -188,7 +206,6 @@ def idefics3(folder: Path, seed: int = 11, model_type: str = "idefics3", size: s
     patches as tokens), a Llama text model."""
     z = IDEFICS3_SIZES[size]
     tokens = (z["image"] // z["patch"]) ** 2 // 4
-    import mlx.core as mx
     from mlx_vlm.models import idefics3 as family
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -216,10 +233,7 @@ def idefics3(folder: Path, seed: int = 11, model_type: str = "idefics3", size: s
             "image_size": z["image"],
         },
     }
-    mx.random.seed(seed)
-    model = _model(family, config)
-    _normal(model, seed)
-    _save(model, config, folder)
+    _build(family, config, folder, seed)
     (folder / "tokenizer_config.json").write_text(json.dumps({
         "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<|im_start|>", "eos_token": "<end_of_utterance>",
         "pad_token": "<|endoftext|>", "unk_token": "<|endoftext|>", "model_max_length": 4096,

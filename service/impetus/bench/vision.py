@@ -24,7 +24,6 @@ Two measures, each against its baseline in the same run:
 from __future__ import annotations
 
 import base64
-import io
 import subprocess
 import sys
 import threading
@@ -41,15 +40,9 @@ TOPICS = ("a lighthouse", "a market", "the moon", "a river", "a library", "a gar
 
 
 def picture(seed: int, size: int = 320) -> str:
-    import numpy as np
-    from PIL import Image
+    from impetus.bench.random_vlm import picture as png
 
-    rng = np.random.RandomState(seed)
-    pixels = (rng.rand(size // 8, size // 8, 3) * 255).astype("uint8")
-    image = Image.fromarray(pixels).resize((size, size), Image.NEAREST)
-    out = io.BytesIO()
-    image.save(out, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(out.getvalue()).decode()
+    return "data:image/png;base64," + base64.b64encode(png(seed, (size, size))).decode()
 
 
 def body(model: str, client: int, level: int, image: bool, max_tokens: int, seed: int = 0) -> dict:
@@ -83,18 +76,21 @@ def mixed(url: str, model: str, level: int, max_tokens: int) -> dict:
             "errors": error_counts([r for _, r in results])}
 
 
-def repeated(url: str, model: str, max_tokens: int) -> dict:
-    """TTFT of a picture's question the first time and when asked again (after another)."""
+def repeated(url: str, model: str, max_tokens: int, rounds: int = 3) -> dict:
+    """TTFT (medians of `rounds`) of a new picture's question, and of the same
+    question asked again after another picture's."""
     import httpx
 
+    firsts, agains = [], []
     with httpx.Client(timeout=httpx.Timeout(1800, connect=30)) as http:
         def ask(seed: int) -> StreamResult:
             return stream_chat(http, f"{url}/v1/chat/completions", body(model, 0, 999, True, max_tokens, seed))
-        first = ask(7)
-        ask(8)
-        again = ask(7)
-    return {"first_ttft_s": first.ttft, "again_ttft_s": again.ttft,
-            "speedup": first.ttft / again.ttft if first.ttft and again.ttft else None}
+        for round_ in range(rounds):
+            firsts.append(ask(100 + round_).ttft)
+            ask(200 + round_)
+            agains.append(ask(100 + round_).ttft)
+    first, again = percentile([t for t in firsts if t], 50), percentile([t for t in agains if t], 50)
+    return {"first_ttft_s": first, "again_ttft_s": again, "speedup": first / again if first and again else None}
 
 
 def start_peer(folder: Path, port: int, log: Path, max_seqs: int) -> subprocess.Popen:
@@ -139,7 +135,7 @@ def run(settings, levels: list[int], max_tokens: int, work: Path, progress, fold
     cold_env = {**env, "IMPETUS_PROMPT_CACHE_ENTRIES": "0", "IMPETUS_SHARE_PREFIX_IN_FLIGHT": "false"}
     process = start_server(port, work / "impetus-no-cache.log", cold_env)
     try:
-        repeated(f"http://127.0.0.1:{port}", name, 4)  # warm-up
+        mixed(f"http://127.0.0.1:{port}", name, 2, 4)  # warm-up
         no_cache = repeated(f"http://127.0.0.1:{port}", name, max_tokens)
     finally:
         stop_server(process)
@@ -160,13 +156,6 @@ def run(settings, levels: list[int], max_tokens: int, work: Path, progress, fold
 
 def plot(summary: dict, out: Path) -> list[Path]:
     fig, axes = plots.figure(1)
-    ax = axes[0]
-    xs = [row["concurrency"] for row in summary["rows"]]
-    ax.plot(xs, [row["impetus"]["tokens_per_s"] for row in summary["rows"]], "o-", label="impetus")
-    ax.plot(xs, [row["mlx_vlm_server"]["tokens_per_s"] for row in summary["rows"]], "s--", label="mlx_vlm.server")
-    for x, row in zip(xs, summary["rows"]):
-        if row["throughput_ratio"]:
-            ax.annotate(f"{row['throughput_ratio']:.2f}x", (x, row["impetus"]["tokens_per_s"]),
-                        textcoords="offset points", xytext=(0, 7), ha="center", fontsize=8)
-    plots.concurrency_axis(ax, xs, "tokens/s (half image, half text)", "vision")
+    plots.against_peer(axes[0], summary["rows"], "mlx_vlm_server", "mlx_vlm.server",
+                       "tokens/s (half image, half text)", "vision")
     return plots.save(fig, out)

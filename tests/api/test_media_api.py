@@ -72,7 +72,7 @@ def served(tmp_path_factory, data_dir):
     redis = RedisServer(work)
     try:
         with agent_endpoint(home, redis, work, image_max_bytes=150_000, image_max_count=3,
-                            audio_max_seconds=20) as endpoint:
+                            audio_max_seconds=20, image_url_hosts='["localhost"]') as endpoint:
             key, _ = KeyStore(redis.client()).create("vision-user")
             yield {**endpoint, "key": key, "folders": folders, "redis": redis}
     finally:
@@ -192,6 +192,36 @@ def test_bad_images_are_400s_naming_the_part(served, url, code):
     assert answer.status_code == 400, answer.text
     error = answer.json()["error"]
     assert error["code"] == code and error["param"] == "messages[0].content[1]", error
+
+
+def test_an_allowed_host_is_fetched_within_the_limits(served, client, tmp_path):
+    """IMPETUS_IMAGE_URL_HOSTS names `localhost`: its pictures are fetched (within the byte
+    limit); 127.0.0.1, the same machine by another name, is not on the list."""
+    import functools
+    import http.server
+    import threading
+
+    (tmp_path / "pic.png").write_bytes(png(31))
+    (tmp_path / "big.png").write_bytes(png(32, size=(400, 400)))
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    files = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=files.serve_forever, daemon=True).start()
+    port = files.server_address[1]
+
+    def ask(url: str):
+        content = [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": QUESTION}]
+        return httpx.post(f"{served['url']}/v1/chat/completions", timeout=120,
+                          headers={"Authorization": f"Bearer {served['key']}"},
+                          json={"model": "tiny-smolvlm", "max_tokens": MAX_TOKENS,
+                                "messages": [{"role": "user", "content": content}]})
+    try:
+        fetched, sent = ask(f"http://localhost:{port}/pic.png"), ask(data_url(png(31)))
+        assert fetched.status_code == 200, fetched.text
+        assert fetched.json()["choices"][0]["message"] == sent.json()["choices"][0]["message"]
+        assert ask(f"http://localhost:{port}/big.png").json()["error"]["code"] == "image_too_large"
+        assert ask(f"http://127.0.0.1:{port}/pic.png").json()["error"]["code"] == "image_url_not_allowed"
+    finally:
+        files.shutdown()
 
 
 def test_each_protocol_names_the_part_in_its_own_shape(served):

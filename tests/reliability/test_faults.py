@@ -277,7 +277,7 @@ def test_requests_too_large_to_serve_are_clear_errors(stack):
     megabyte = {**STORY, "messages": [{"role": "user", "content": "word " * 200_000}]}
     too_long = http.post("/v1/chat/completions", json=megabyte)
     assert too_long.status_code == 400 and too_long.json()["error"]["code"] == "context_length_exceeded"
-    five_mb = {**STORY, "messages": [{"role": "user", "content": "x" * (5 * 2**20)}]}
+    five_mb = {**STORY, "messages": [{"role": "user", "content": "x" * (33 * 2**20)}]}  # over 32 MiB
     too_big = http.post("/v1/chat/completions", json=five_mb)
     assert too_big.status_code == 413 and too_big.json()["error"]["code"] == "request_too_large"
 

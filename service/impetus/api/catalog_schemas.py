@@ -25,8 +25,9 @@ class Model(ResponseModel):
     source: str | None = None
     memory_bytes: int | None = None
     weights_dtype: str | None = None
-    # "chat" (completions and responses) or "embedding" (/v1/embeddings)
-    type: Literal["chat", "embedding"] = "chat"
+    # "chat" (completions and responses), "embedding" (/v1/embeddings) or "transcription"
+    type: Literal["chat", "embedding", "transcription"] = "chat"
+    input_modalities: list[Literal["text", "image", "audio"]] | None = None
     dimensions: int | None = None
 
 

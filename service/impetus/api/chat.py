@@ -60,7 +60,7 @@ def prepare(resp, engine, settings, chat: ChatCompletionRequest, requested: int 
     if vision is not None:
         prompt, media = with_images(vision, rendered, chat.messages, settings)
     elif any(m.images() for m in chat.messages):
-        i, j = next((i, j) for i, m in enumerate(chat.messages) for j, p in enumerate(m.content)
+        i, j = next((i, j) for i, m in enumerate(chat.messages) for j, p in enumerate(m.content or [])
                     if getattr(p, "type", None) == "image_url")
         part = chat.messages[i].content[j]
         raise bad_request(f"{engine.loaded.name} is a text model: it does not take images.",

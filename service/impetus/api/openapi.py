@@ -13,6 +13,7 @@ from impetus.api import (
     messages_schemas,
     responses_schemas,
     schema_base,
+    speech_schemas,
 )
 
 # (path, method, summary, request schema, response schema, streams)
@@ -32,6 +33,8 @@ ROUTES = [
     ("/v1/messages/count_tokens", "post", "Count a message request's input tokens",
      messages_schemas.MessagesCountRequest, messages_schemas.TokenCount, None),
     ("/v1/embeddings", "post", "Create embeddings", embeddings_schemas.EmbeddingRequest, embeddings_schemas.EmbeddingList, None),
+    ("/v1/audio/transcriptions", "post", "Transcribe a recording (text, srt and vtt answer text/plain)",
+     speech_schemas.TranscriptionRequest, speech_schemas.Transcription, None),
     ("/v1/models", "get", "List models", None, catalog_schemas.ModelList, None),
     ("/v1/models/{model_id}", "get", "Retrieve a model", None, catalog_schemas.Model, None),
     ("/v1/admin/models", "get", "This worker's loaded models and memory budget (admin)", None,
@@ -73,6 +76,8 @@ QUERY_PARAMETERS = {
                         ("action", "string", "only actions starting with this, e.g. key."),
                         ("who", "string", "only this key name, or cli:USER")],
 }
+
+FORMS = {"/v1/audio/transcriptions"}  # a multipart form, not JSON
 
 ERROR_STATUSES = {
     "400": "Invalid request", "401": "No or wrong API key", "403": "The key lacks the admin scope, or may not use the model",
@@ -119,8 +124,8 @@ def build_openapi() -> dict:
             },
         }
         if request is not None:
-            operation["requestBody"] = {"required": True,
-                                        "content": {"application/json": {"schema": ref(request)}}}
+            kind = "multipart/form-data" if path in FORMS else "application/json"
+            operation["requestBody"] = {"required": True, "content": {kind: {"schema": ref(request)}}}
         for name in ("model_id", "response_id", "name"):
             if "{" + name + "}" in path:
                 operation["parameters"] = [{"name": name, "in": "path", "required": True,

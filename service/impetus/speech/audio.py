@@ -51,7 +51,7 @@ def decode(data: bytes, settings) -> np.ndarray:
                                       "(IMPETUS_AUDIO_MAX_SECONDS).", param="file", code="audio_too_long")
             for out in resampler.resample(None):
                 pieces.append(out.to_ndarray().reshape(-1))
-    except av.FFmpegError:
+    except (av.FFmpegError, ValueError, EOFError, OSError):  # whatever FFmpeg makes of a stranger's bytes
         raise bad_request("The file is not audio this server can read (wav, mp3, m4a, webm, ogg, flac, ...).",
                           param="file", code="invalid_audio") from None
     audio = np.concatenate(pieces).astype(np.float32) if pieces else np.zeros(0, np.float32)

@@ -217,7 +217,7 @@ def test_seeds_and_grammars_stay_in_the_batch_and_penalties_guess(engines):
     bias = {on.tokenizer.encode(" running")[0]: -5.0}
     for params in ({"presence_penalty": 0.5}, {"frequency_penalty": 0.3, "logit_bias": bias}):
         middle = on.snapshot()
-        assert run(on, EDITING, max_tokens=80, **params)["tokens"] == run(off, EDITING, max_tokens=80, **params)["tokens"]
+        assert run(on, EDITING, max_tokens=48, **params)["tokens"] == run(off, EDITING, max_tokens=48, **params)["tokens"]
         assert on.snapshot()["spec_accepted_tokens"] > middle["spec_accepted_tokens"], params
 
 
@@ -452,15 +452,15 @@ def test_a_draft_model_guesses_and_the_output_stays_the_same(engines, loaded_mod
     draft nearly none is; the tokens are the same either way, alone and in a
     batch, greedy and (the checks) with logprobs."""
     off = engines["off"]
-    expected = [alone(off, EDITING, 60)["tokens"], alone(off, "Write a short story about a lighthouse keeper.", 40)["tokens"]]
+    expected = [alone(off, EDITING, 40)["tokens"], alone(off, "Write a short story about a lighthouse keeper.", 24)["tokens"]]
     rates = {}
     for name, draft in (("self", loaded_model), ("random", random_draft)):
         engine = Engine(loaded_model, settings.model_copy(update={"speculative": "draft"}), draft=draft)
         engine.start()
         try:
-            assert run(engine, EDITING, max_tokens=60)["tokens"] == expected[0]
+            assert run(engine, EDITING, max_tokens=40)["tokens"] == expected[0]
             handles = []
-            for text, limit in ((EDITING, 60), ("Write a short story about a lighthouse keeper.", 40)):
+            for text, limit in ((EDITING, 40), ("Write a short story about a lighthouse keeper.", 24)):
                 prompt = engine.tokenizer.apply_chat_template([{"role": "user", "content": text}],
                                                               add_generation_prompt=True)
                 handles.append(engine.submit(prompt, SamplingParams(temperature=0, max_tokens=limit), ThreadWaiter()))

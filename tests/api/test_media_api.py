@@ -132,10 +132,11 @@ def test_anthropic_image_blocks_and_a_screenshot_in_a_tool_result(served):
     expected, prompt_tokens = reference(served["folders"]["tiny-gemma3-vl"], QUESTION, image)
     block = {"type": "image", "source": {"type": "base64", "media_type": "image/png",
                                          "data": base64.b64encode(image).decode()}}
-    answer = claude.messages.create(model="tiny-gemma3-vl", max_tokens=MAX_TOKENS, messages=[
-        {"role": "user", "content": [block, {"type": "text", "text": QUESTION}]}])
+    asked = [{"role": "user", "content": [block, {"type": "text", "text": QUESTION}]}]
+    answer = claude.messages.create(model="tiny-gemma3-vl", max_tokens=MAX_TOKENS, messages=asked)
     assert same(answer.content[0].text) == expected
     assert answer.usage.input_tokens + answer.usage.cache_read_input_tokens == prompt_tokens
+    assert claude.messages.count_tokens(model="tiny-gemma3-vl", messages=asked).input_tokens == prompt_tokens
 
     def after_screenshot(picture: bytes) -> str:
         shot = {**block, "source": {**block["source"], "data": base64.b64encode(picture).decode()}}

@@ -71,7 +71,7 @@ def test_process_use_counts_a_process_tree():
 
 @pytest.mark.slow
 def test_load_ramp_through_nginx_counts_tokens_limits_and_memory(data_dir, tmp_path):
-    summary = bench("--scenario", "load", "--levels", "1,20", "--duration", "4", "--max-tokens", "4",
+    summary = bench("--scenario", "load", "--levels", "1,20", "--duration", "3", "--max-tokens", "4",
                     data_dir=data_dir, out=tmp_path)
     assert summary == written(tmp_path, "load")
     one, twenty = summary["levels"]

@@ -163,9 +163,9 @@ def test_a_follow_up_turn_starts_from_exactly_the_tokens_sent(engines):
     the next turn, from that cache, says what it says without speculation."""
     results = {}
     for mode, engine in engines.items():
-        first = run(engine, EDITING, max_tokens=90)
+        first = run(engine, EDITING, max_tokens=64)
         history = [{"role": "user", "content": EDITING}, {"role": "assistant", "content": first["text"]}]
-        second = run(engine, "Now rename the function to rolling_mean.", history=history, max_tokens=60)
+        second = run(engine, "Now rename the function to rolling_mean.", history=history, max_tokens=40)
         assert second["finish"].cached_tokens > first["finish"].prompt_tokens
         results[mode] = (first["tokens"], second["tokens"])
     assert results["ngram"] == results["off"]
@@ -332,8 +332,8 @@ def test_a_batch_of_mixed_requests_speculates_with_the_same_tokens(engines):
     schema = {"type": "object", "properties": {"name": {"type": "string"}, "rivers": {
         "type": "array", "items": {"type": "string"}}}, "required": ["name", "rivers"]}
     cases = [
-        (EDITING, {"max_tokens": 120}),
-        (EDITING, {"max_tokens": 120}),  # n=2: the same prompt twice
+        (EDITING, {"max_tokens": 80}),
+        (EDITING, {"max_tokens": 80}),  # n=2: the same prompt twice
         ("Write a short story about a lighthouse keeper.", {"max_tokens": 60}),
         (EDITING, {"max_tokens": 50, "presence_penalty": 0.5}),
         ("Name a country and three of its rivers, as JSON.", {"max_tokens": 40,
@@ -355,7 +355,7 @@ def test_a_batch_of_mixed_requests_speculates_with_the_same_tokens(engines):
     assert got == expected
     assert after["spec_accepted_tokens"] - before["spec_accepted_tokens"] > 50
     # More than one row a step: fewer speculative steps than the editing rows' tokens.
-    assert 0 < after["spec_steps"] - before["spec_steps"] < 120
+    assert 0 < after["spec_steps"] - before["spec_steps"] < 80
     assert after["errors"] == before["errors"] and not on.snapshot()["running"]
 
 

@@ -53,18 +53,7 @@ def prepare(resp, engine, settings, chat: ChatCompletionRequest, requested: int 
     (output_budget)."""
     tool_mode = tools.mode(chat)
     first = settings.tools_before_system
-    vision = engine.loaded.vision
-    marker = vision.marker if vision is not None else None
-    rendered = render_chat(engine.tokenizer, chat.messages, chat.tools, chat.chat_template_kwargs, first, marker)
-    prompt, media = rendered, None
-    if vision is not None:
-        prompt, media = with_images(vision, rendered, chat.messages, settings)
-    elif any(m.images() for m in chat.messages):
-        i, j = next((i, j) for i, m in enumerate(chat.messages) for j, p in enumerate(m.content or [])
-                    if getattr(p, "type", None) == "image_url")
-        part = chat.messages[i].content[j]
-        raise bad_request(f"{engine.loaded.name} is a text model: it does not take images.",
-                          param=images.where(part, f"messages[{i}].content[{j}]"), code="image_input_not_supported")
+    prompt, media, marker = prompt_of(engine, settings, chat.messages, chat.tools, chat.chat_template_kwargs)
     max_tokens = output_budget(resp, engine, settings, len(prompt), requested, prompt_param, max_param,
                                           overflow)
     params = sampling_params(chat, max_tokens, engine, logprobs=chat.logprobs, top_logprobs=chat.top_logprobs or 0)
@@ -76,6 +65,26 @@ def prepare(resp, engine, settings, chat: ChatCompletionRequest, requested: int 
     if chat.prediction is not None:
         params.prediction = engine.tokenizer.encode(chat.prediction.text, add_special_tokens=False)
     return prompt, params, tool_mode, media
+
+
+def prompt_of(engine, settings, messages, tool_list, template_kwargs
+              ) -> tuple[list[int], Media | None, str | None]:
+    """A conversation's prompt tokens, its images, and the text that stands
+    for an image in the model's template (None: a text model, which refuses
+    images by the part's name)."""
+    vision = engine.loaded.vision
+    marker = vision.marker if vision is not None else None
+    rendered = render_chat(engine.tokenizer, messages, tool_list, template_kwargs, settings.tools_before_system,
+                           marker)
+    if vision is not None:
+        return (*with_images(vision, rendered, messages, settings), marker)
+    if any(m.images() for m in messages):
+        i, j = next((i, j) for i, m in enumerate(messages) for j, p in enumerate(m.content or [])
+                    if getattr(p, "type", None) == "image_url")
+        raise bad_request(f"{engine.loaded.name} is a text model: it does not take images.",
+                          param=images.where(messages[i].content[j], f"messages[{i}].content[{j}]"),
+                          code="image_input_not_supported")
+    return rendered, None, None
 
 
 def with_images(vision, text: str, messages, settings) -> tuple[list[int], Media | None]:

@@ -26,12 +26,11 @@ import uuid
 from pydantic import ValidationError
 
 from impetus.api.budget import with_defaults
-from impetus.api.chat import prepare
+from impetus.api.chat import prepare, prompt_of
 from impetus.api.errors import from_validation_error
 from impetus.api.generation_resource import GenerationResource, engine_for, start_stream, typed_sse
 from impetus.api.messages_schemas import MessagesCountRequest, MessagesRequest
 from impetus.api.output import CALL, END, ERROR, PING, QUEUED, REASONING, TEXT, OutputParser, parsed_stream
-from impetus.api.prompt import render_chat
 from impetus.api.validation import parse
 
 PING_S = 5.0
@@ -183,6 +182,6 @@ class CountTokensResource:
         engine = engine_for(self.host, body.model, req.context.account)
         tool_list, _ = body.chat_tools()
         messages = body.chat_messages(self.settings.keep_billing_header)
-        resp.media = {"input_tokens": len(render_chat(engine.tokenizer, messages, tool_list, body.template_kwargs(),
-                                                      self.settings.tools_before_system))}
+        prompt, _, _ = prompt_of(engine, self.settings, messages, tool_list, body.template_kwargs())
+        resp.media = {"input_tokens": len(prompt)}  # image tokens included
 

@@ -78,11 +78,9 @@ def prompt_of(engine, settings, messages, tool_list, template_kwargs
                            marker)
     if vision is not None:
         return (*with_images(vision, rendered, messages, settings), marker)
-    if any(m.images() for m in messages):
-        i, j = next((i, j) for i, m in enumerate(messages) for j, p in enumerate(m.content or [])
-                    if getattr(p, "type", None) == "image_url")
-        raise bad_request(f"{engine.loaded.name} is a text model: it does not take images.",
-                          param=images.where(messages[i].content[j], f"messages[{i}].content[{j}]"),
+    found = images.located(messages)
+    if found:
+        raise bad_request(f"{engine.loaded.name} is a text model: it does not take images.", param=found[0][1],
                           code="image_input_not_supported")
     return rendered, None, None
 
@@ -91,7 +89,7 @@ def with_images(vision, text: str, messages, settings) -> tuple[list[int], Media
     """A vision model's prompt: its tokens from the model's processor, and
     its images (decoded within the limits, api.images), if any."""
     def made():
-        pictures = images.gather(messages, settings, lambda i, j: f"messages[{i}].content[{j}]")
+        pictures = images.gather(messages, settings)
         try:
             return vision.prepare(text, [p.image for p in pictures]), pictures
         except ValueError as error:  # the text names more or fewer images than it carries

@@ -96,10 +96,6 @@ class ChatMessage(RequestModel):
             return self.content
         return "".join(part.text if isinstance(part, TextPart) else marker for part in self.content)
 
-    def images(self) -> list[ImagePart]:
-        return [] if isinstance(self.content, (str, type(None))) else [
-            p for p in self.content if isinstance(p, ImagePart)]
-
 
 class _SamplingFields(OpenAIHints):
     model: str = Field(min_length=1)

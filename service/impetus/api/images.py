@@ -130,13 +130,18 @@ def decode(data: bytes, param: str, max_pixels: int) -> Image.Image:
                           code="invalid_image") from None
 
 
-def gather(messages, settings, default_where) -> list[Picture]:
-    """Every image of the conversation, in order, decoded; `default_where(i, j)`
-    names a chat message's part. At most `image_max_count`."""
-    found = [(part, where(part, default_where(i, j)))
-             for i, message in enumerate(messages)
-             for j, part in enumerate(message.content if isinstance(message.content, list) else [])
-             if part.type == "image_url"]
+def located(messages) -> list[tuple[object, str]]:
+    """Every image part of the conversation, in order, with the name of where
+    the client put it (`messages[i].content[j]` for a chat message's own)."""
+    return [(part, where(part, f"messages[{i}].content[{j}]"))
+            for i, message in enumerate(messages)
+            for j, part in enumerate(message.content if isinstance(message.content, list) else [])
+            if part.type == "image_url"]
+
+
+def gather(messages, settings) -> list[Picture]:
+    """Every image of the conversation, in order, decoded. At most `image_max_count`."""
+    found = located(messages)
     if len(found) > settings.image_max_count:
         raise bad_request(f"This request has {len(found)} images; at most {settings.image_max_count} are taken "
                           "(IMPETUS_IMAGE_MAX_COUNT).", param=found[settings.image_max_count][1],

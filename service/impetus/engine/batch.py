@@ -125,7 +125,8 @@ class Batch:
             cache = cache if cache is not None else self.new_cache()
             with mx.stream(self.generator.stream):
                 media.prefill(self.model, self.vision, prompt, handle.media, cache, cached, self.prefill_step,
-                              state.points, lambda n, copy: self.prefixes.keep(handle.cache_key[:n], copy, point=True))
+                              state.points, lambda n, copy: self.prefixes.keep(handle.key_of(prompt[:n]), copy,
+                                                                               point=True))
             cached, rest = handle.media.end, prompt[handle.media.end:]
             state.in_cache = cached
             state.points = {p for p in state.points if p > cached}
@@ -267,7 +268,7 @@ class Batch:
             state = self.running[uid]
             prompt = state.handle.prompt_tokens[:state.in_cache]
             if list(tokens) == prompt:
-                self.prefixes.keep(state.handle.cache_key[:state.in_cache], cache, point=True)
+                self.prefixes.keep(state.handle.key_of(prompt), cache, point=True)
                 self.stats.prefix_points += 1
 
     def on_token(self, response, state: Running, cache_of=None) -> None:
@@ -291,9 +292,7 @@ class Batch:
             caches = self.generator.remove([response.uid], return_prompt_caches=True)
             cache, tokens = caches.get(response.uid, (None, None))
         if cache is not None:
-            key = state.handle.cache_key
-            self.prefixes.keep(key + list(tokens[len(key):]) if key is not state.handle.prompt_tokens else tokens,
-                               cache)
+            self.prefixes.keep(state.handle.key_of(tokens), cache)
         self.finish(state, finish, uid=response.uid)
 
     # -- out -----------------------------------------------------------------

@@ -44,10 +44,6 @@ class Media:
         """Where the last image's placeholders end."""
         return self.spans[-1][1]
 
-    @property
-    def image_tokens(self) -> int:
-        return sum(end - start for start, end in self.spans)
-
 
 def cache_key(tokens: list[int], media: Media | None) -> list[int]:
     """The prompt as the prefix cache knows it: each image's placeholders

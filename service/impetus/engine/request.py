@@ -111,6 +111,12 @@ class RequestHandle:
         self.arrival = 0  # the scheduler's arrival order
         self.queued_step = self.admitted_step = -1  # engine steps: when queued, when admitted
 
+    def key_of(self, tokens: list[int]) -> list[int]:
+        """`tokens` (this prompt and what followed it) as the prefix cache knows them."""
+        if self.cache_key is self.prompt_tokens:
+            return tokens
+        return self.cache_key[:len(tokens)] + list(tokens[len(self.cache_key):])
+
     @property
     def queue_seconds(self) -> float:
         """How long it waited for a batch slot (so far, while it still waits)."""

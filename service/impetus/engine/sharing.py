@@ -83,7 +83,7 @@ class InFlightPrefixes:
             if type(layer) is KVCache:  # drop the trimmed tail from memory too
                 layer.keys = mx.contiguous(layer.keys[..., :layer.offset, :])
                 layer.values = mx.contiguous(layer.values[..., :layer.offset, :])
-        batch.prefixes.keep(state.handle.cache_key[:length], cache)
+        batch.prefixes.keep(state.handle.key_of(tokens[:length]), cache)
         batch.stats.shared_prefixes += 1
 
 

@@ -92,7 +92,6 @@ def load(path: Path, name: str | None = None, weights_dtype: str = "auto",
         chat_template = json.loads(template_file.read_text()).get("chat_template")
     if chat_template is not None:
         tokenizer._tokenizer.chat_template = chat_template
-    cast_model(model, dtype)
     mx.eval(model.parameters())
     context = int(
         config.get("max_position_embeddings")
@@ -116,9 +115,10 @@ def load(path: Path, name: str | None = None, weights_dtype: str = "auto",
 
 
 def _model(path: Path, dtype: str):
-    """The text model the engine runs, the folder's config, and the image side
-    of a vision-language model (None for a text model, or for a VLM whose
-    family is not served with images: then its text half, where mlx-lm knows it)."""
+    """The text model the engine runs (its weights in `dtype`), the folder's
+    config, and the image side of a vision-language model (None for a text
+    model, or for a VLM whose family is not served with images: then its text
+    half, where mlx-lm knows it)."""
     config = json.loads((path / "config.json").read_text())
     if vision_models.is_vision_folder(config):
         try:
@@ -127,7 +127,7 @@ def _model(path: Path, dtype: str):
         except vision_models.VisionUnsupported as error:
             log.warning("%s: %s; loading its text model only", path.name, error)
     model, config = load_model(path)
-    return model, config, None
+    return cast_model(model, dtype), config, None
 
 
 def warm_up(loaded: LoadedModel) -> None:

@@ -61,7 +61,6 @@ class SpeechHost:
         self._load_lock = threading.Lock()
         self._queue = Scheduler(1)
         self._running: Job | None = None
-        self.seconds_done = 0.0
 
     def available(self) -> list[str]:
         if not self.models_dir.is_dir():
@@ -83,10 +82,6 @@ class SpeechHost:
                 self.loaded[name] = model
         return self.loaded[name]
 
-    @property
-    def waiting(self) -> int:
-        return len(self._queue)
-
     def transcribe(self, model: SpeechModel, audio, seconds: float, options: Options, tenant: Tenant,
                    priority: int | None = None) -> Transcript:
         """Wait for this recording's turn, then transcribe it."""
@@ -100,7 +95,6 @@ class SpeechHost:
             if self._running is job:
                 self._queue.stopped(job)
                 self._queue.charge(tenant, int(seconds) + 1)
-                self.seconds_done += seconds
                 self._running = None
             else:  # its client left while it waited
                 self._queue.remove(job)

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from impetus.models.loader import choose_weights_dtype
+from impetus.models.loader import cast_model, choose_weights_dtype
 
 FALLBACK = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 
@@ -30,10 +30,8 @@ def as_float32(model) -> None:
     took 129 s for a 3 s clip there, float32 a few seconds), so it is served in float32,
     as the chat models are (models.loader.choose_weights_dtype)."""
     import mlx.core as mx
-    from mlx.utils import tree_map
 
-    model.update(tree_map(lambda a: a.astype(mx.float32) if mx.issubdtype(a.dtype, mx.floating) else a,
-                          model.parameters()))
+    cast_model(model, "float32")  # a quantized Whisper is dequantized too
     model.encoder._positional_embedding = model.encoder._positional_embedding.astype(mx.float32)
     model.dtype = mx.float32
 
@@ -97,7 +95,7 @@ class SpeechModel:
             audio, verbose=None, language=options.language, initial_prompt=options.prompt or None,
             temperature=FALLBACK if options.temperature == 0 else options.temperature,
             word_timestamps=options.words, fp16=self.model.dtype == mx.float16)
-        segments = [s for s in (result.segments or [])]
+        segments = list(result.segments or [])
         words = [w for s in segments for w in s.get("words") or []]
         return Transcript(result.text, result.language or options.language or "en", segments, words,
                           sum(len(s.get("tokens") or []) for s in segments))

@@ -11,7 +11,8 @@ import math
 import numpy as np
 
 # llama.cpp's rotary style per architecture: NORM rotates adjacent pairs, NEOX the two halves.
-ROPE_NEOX = {"llama": False, "mistral": False, "qwen2": True, "qwen3": True, "phi3": True, "gemma3": True}
+ROPE_NEOX = {"llama": False, "mistral": False, "qwen2": True, "qwen3": True, "phi3": True, "gemma3": True,
+             "qwen3moe": True, "gpt-oss": True}
 
 
 class Reference:
@@ -70,8 +71,9 @@ class Reference:
                 q = rms(q, eps) * t[b + "attn_q_norm.weight"]
                 k = rms(k, eps) * t[b + "attn_k_norm.weight"]
             base = self.hp("rope.freq_base", 10000.0)
-            sliding = arch == "gemma3" and (i + 1) % 6 != 0
-            if sliding:
+            # Gemma 3: five sliding-window layers, then a global one; gpt-oss: even layers slide.
+            sliding = (arch == "gemma3" and (i + 1) % 6 != 0) or (arch == "gpt-oss" and i % 2 == 0)
+            if sliding and arch == "gemma3":
                 base = 10000.0
             freqs = t.get("rope_freqs.weight")
             q = rope(q, base, rope_dims, ROPE_NEOX[arch], freqs)
@@ -83,13 +85,21 @@ class Reference:
                 window = self.hp("attention.sliding_window")
                 far = np.tril(np.ones((n, n), bool), -window)
                 scores = np.where(far, -np.inf, scores)
-            weights = softmax(scores)
+            if b + "attn_sinks.weight" in t:  # one more logit per head in the softmax, attending to nothing
+                sinks = np.broadcast_to(t[b + "attn_sinks.weight"][:, None, None], (heads, n, 1))
+                weights = softmax(np.concatenate([scores, sinks], axis=-1))[..., :n]
+            else:
+                weights = softmax(scores)
             attn = np.einsum("hqk,khd->qhd", weights, v).reshape(n, heads * head_dim)
-            out = attn @ t[b + "attn_output.weight"].T
+            out = attn @ t[b + "attn_output.weight"].T + t.get(b + "attn_output.bias", 0)
             if arch == "gemma3":
                 out = rms(out, eps) * t[b + "post_attention_norm.weight"]
             x = x + out
-            h = rms(x, eps) * t[b + "ffn_norm.weight"]
+            # gpt-oss names its FFN's input norm post_attention_norm.
+            h = rms(x, eps) * t[b + ("ffn_norm.weight" if arch != "gpt-oss" else "post_attention_norm.weight")]
+            if b + "ffn_gate_inp.weight" in t:
+                x = x + self._experts(b, h)
+                continue
             if b + "ffn_gate.weight" in t:
                 gate, up = h @ t[b + "ffn_gate.weight"].T, h @ t[b + "ffn_up.weight"].T
             else:  # phi3: gate and up fused
@@ -101,6 +111,34 @@ class Reference:
             x = x + out
         x = rms(x, eps) * t["output_norm.weight"]
         return x @ t.get("output.weight", t["token_embd.weight"]).T
+
+
+    def _experts(self, b: str, h: np.ndarray) -> np.ndarray:
+        """llama.cpp's build_moe_ffn: qwen3moe softmaxes the router's logits,
+        takes the top k and renormalizes their weights; gpt-oss takes the top k
+        logits and softmaxes those. Each token's chosen experts, one by one."""
+        t, k = self.t, self.hp("expert_used_count")
+        logits = h @ t[b + "ffn_gate_inp.weight"].T + t.get(b + "ffn_gate_inp.bias", 0)
+        out = np.zeros_like(h)
+        for row in range(h.shape[0]):
+            chosen = np.argsort(-logits[row], kind="stable")[:k]
+            if self.arch == "gpt-oss":
+                weights = softmax(logits[row][chosen])
+            else:
+                probabilities = softmax(logits[row])
+                weights = probabilities[chosen] / probabilities[chosen].sum()
+            for expert, weight in zip(chosen, weights):
+                def part(name, x):
+                    return x @ t[b + f"ffn_{name}_exps.weight"][expert].T + \
+                        (t[b + f"ffn_{name}_exps.bias"][expert] if b + f"ffn_{name}_exps.bias" in t else 0)
+                gate, up = part("gate", h[row]), part("up", h[row])
+                if self.arch == "gpt-oss":  # swiglu_oai: the gate clamped above, the linear part both ways, + 1
+                    gate, up = np.minimum(gate, 7.0), np.clip(up, -7.0, 7.0)
+                    act = gate / (1 + np.exp(-1.702 * gate)) * (up + 1)
+                else:
+                    act = gate / (1 + np.exp(-gate)) * up
+                out[row] += weight * part("down", act)
+        return out
 
 
 def bfloat16(value: float) -> float:

@@ -61,14 +61,20 @@ def _spm_vocab():
 
 
 # Per architecture: GGUF block tensors beyond llama's, and hyperparameters.
-ARCHES = ("llama", "mistral", "qwen2", "qwen3", "phi3", "gemma3")
+ARCHES = ("llama", "mistral", "qwen2", "qwen3", "phi3", "gemma3", "qwen3moe", "gpt-oss")
+MOE = ("qwen3moe", "gpt-oss")
+EXPERTS, EXPERTS_USED, EXPERT_FFN = 4, 2, 32
 
 
 def write_tiny(path: Path, arch: str = "llama", weight_type: str = "F32", tied: bool = True, seed: int = 0,
-               thinking: bool = False, tokenizer: str | None = None, chat_template: bool = True) -> Path:
+               thinking: bool = False, tokenizer: str | None = None, chat_template: bool = True,
+               meta: dict | None = None, expert_type: str | None = None) -> Path:
     """A random-weight model of `arch` in `weight_type` (any type gguf-py can
     quantize), with a byte-level BPE ("gpt2") or SentencePiece ("llama")
-    vocabulary (default: SentencePiece for gemma3, BPE for the rest)."""
+    vocabulary (default: SentencePiece for gemma3, BPE for the rest); `meta`:
+    more metadata (float or int values), as `general.sampling.temp`;
+    `expert_type`: the MoE experts' type, when not `weight_type` (gpt-oss
+    ships MXFP4 experts beside other types)."""
     import gguf
     from gguf import GGMLQuantizationType as Q
 
@@ -77,7 +83,8 @@ def write_tiny(path: Path, arch: str = "llama", weight_type: str = "F32", tied: 
     tokenizer = tokenizer or ("llama" if arch == "gemma3" else "gpt2")
     hidden, heads, kv_heads, ffn = 64, 4, 2, 128
     layers = 6 if arch == "gemma3" else 2  # Gemma: five sliding-window layers, then a global one
-    head_dim = {"qwen3": 32, "gemma3": 32}.get(arch, hidden // heads)
+    head_dim = {"qwen3": 32, "gemma3": 32, "qwen3moe": 32, "gpt-oss": 32}.get(arch, hidden // heads)
+    tied = tied and arch != "gpt-oss"  # gpt-oss has its own output matrix
 
     if tokenizer == "gpt2":
         merges = ["Ġ t", "h e", "Ġt he", "l l", "e ll"]
@@ -116,8 +123,12 @@ def write_tiny(path: Path, arch: str = "llama", weight_type: str = "F32", tied: 
         writer.add_value_length(head_dim)
     if arch == "phi3":
         writer.add_rope_dimension_count(head_dim // 2)  # partial rotary
-    if arch == "gemma3":
+    if arch in ("gemma3", "gpt-oss"):
         writer.add_sliding_window(4)  # shorter than the tests' prompts
+    if arch in MOE:
+        writer.add_expert_count(EXPERTS)
+        writer.add_expert_used_count(EXPERTS_USED)
+        writer.add_expert_feed_forward_length(EXPERT_FFN)
     writer.add_vocab_size(vocab)
     writer.add_tokenizer_model(tokenizer)
     writer.add_tokenizer_pre("default")
@@ -133,6 +144,8 @@ def write_tiny(path: Path, arch: str = "llama", weight_type: str = "F32", tied: 
     writer.add_add_bos_token(tokenizer == "llama")
     if chat_template:
         writer.add_chat_template(THINKING_TEMPLATE if thinking else CHAT_TEMPLATE)
+    for key, value in (meta or {}).items():
+        (writer.add_float32 if isinstance(value, float) else writer.add_int32)(key, value)
 
     def add(name, shape, scale=0.5, kind=None, offset=0.0):
         array = (rng.standard_normal(shape) * scale + offset).astype(np.float32)
@@ -145,7 +158,7 @@ def write_tiny(path: Path, arch: str = "llama", weight_type: str = "F32", tied: 
             blocks = array.size // 32
             scale = np.full((blocks, 1), scale / 8, dtype=np.float16).view(np.uint8)
             indices = rng.integers(0, 256, size=(blocks, 16), dtype=np.uint8)
-            raw = np.concatenate([scale, indices], axis=1).reshape(array.shape[0], -1)
+            raw = np.concatenate([scale, indices], axis=1).reshape(*array.shape[:-1], -1)
             writer.add_tensor(name, raw, raw_dtype=kind)
         else:
             writer.add_tensor(name, gguf.quants.quantize(array, kind), raw_dtype=kind)
@@ -156,30 +169,44 @@ def write_tiny(path: Path, arch: str = "llama", weight_type: str = "F32", tied: 
     for i in range(layers):
         b = f"blk.{i}."
         add(b + "attn_norm.weight", (hidden,), **norm)
-        add(b + "ffn_norm.weight", (hidden,), **norm)
+        add(b + ("post_attention_norm.weight" if arch == "gpt-oss" else "ffn_norm.weight"), (hidden,), **norm)
         if arch == "phi3":
             add(b + "attn_qkv.weight", ((heads + 2 * kv_heads) * head_dim, hidden))
         else:
             add(b + "attn_q.weight", (heads * head_dim, hidden))
             add(b + "attn_k.weight", (kv_heads * head_dim, hidden))
             add(b + "attn_v.weight", (kv_heads * head_dim, hidden))
-        if arch == "qwen2":
+        if arch in ("qwen2", "gpt-oss"):
             add(b + "attn_q.bias", (heads * head_dim,), kind=Q.F32)
             add(b + "attn_k.bias", (kv_heads * head_dim,), kind=Q.F32)
             add(b + "attn_v.bias", (kv_heads * head_dim,), kind=Q.F32)
-        if arch in ("qwen3", "gemma3"):
+        if arch in ("qwen3", "gemma3", "qwen3moe"):
             add(b + "attn_q_norm.weight", (head_dim,), **norm)
             add(b + "attn_k_norm.weight", (head_dim,), **norm)
         if arch == "gemma3":
             add(b + "post_attention_norm.weight", (hidden,), **norm)
             add(b + "post_ffw_norm.weight", (hidden,), **norm)
         add(b + "attn_output.weight", (hidden, heads * head_dim))
-        if arch == "phi3":
+        if arch == "gpt-oss":
+            add(b + "attn_output.bias", (hidden,), kind=Q.F32)
+            add(b + "attn_sinks.weight", (heads,), kind=Q.F32)
+        if arch in MOE:
+            experts = Q[expert_type] if expert_type else None
+            add(b + "ffn_gate_inp.weight", (EXPERTS, hidden), kind=Q.F32)
+            for name, shape in (("gate", (EXPERTS, EXPERT_FFN, hidden)), ("up", (EXPERTS, EXPERT_FFN, hidden)),
+                                ("down", (EXPERTS, hidden, EXPERT_FFN))):
+                add(b + f"ffn_{name}_exps.weight", shape, kind=experts)
+                if arch == "gpt-oss":
+                    add(b + f"ffn_{name}_exps.bias", shape[:2], kind=Q.F32)
+            if arch == "gpt-oss":
+                add(b + "ffn_gate_inp.bias", (EXPERTS,), kind=Q.F32)
+        elif arch == "phi3":
             add(b + "ffn_up.weight", (2 * ffn, hidden))
         else:
             add(b + "ffn_gate.weight", (ffn, hidden))
             add(b + "ffn_up.weight", (ffn, hidden))
-        add(b + "ffn_down.weight", (hidden, ffn))
+        if arch not in MOE:
+            add(b + "ffn_down.weight", (hidden, ffn))
     add("output_norm.weight", (hidden,), **norm)
     if not tied:
         add("output.weight", (vocab, hidden))

@@ -298,6 +298,10 @@ def test_models_can_be_pinned_and_unpinned(stack, page):
     page.click("nav >> text=Models")
     row = page.locator(f"tr[data-model='{DEFAULT_MODEL}']")
     row.get_by_text("loaded").wait_for()
+    # Its default sampling, each with its source (models.defaults), and what it does.
+    assert row.locator("[data-default=temperature]").inner_text() == "temperature 0 · bundled"
+    assert row.locator("[data-default=top_p]").inner_text() == "top_p 0.9 · model_card"
+    assert row.locator("[data-capability]").count() == 0 and "text" in row.inner_text()
     row.get_by_role("button", name="Pin").click()
     row.locator(".tag", has_text="pinned").wait_for()
     shot(page, "9-models-pinned")

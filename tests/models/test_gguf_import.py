@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import mlx.core as mx
@@ -14,7 +15,7 @@ from impetus.models.loader import load
 from impetus.models.store import DEFAULT_MODEL
 
 from gguf_reference import Reference, softmax
-from tiny_gguf import ARCHES, write_tiny
+from tiny_gguf import ARCHES, EXPERT_FFN, EXPERTS, EXPERTS_USED, MOE, write_tiny
 
 PROMPT = [5, 17, 42, 7, 99, 3, 8, 11]
 # Every type gguf-py can also write, and IQ4_NL (random blocks); the K-quants
@@ -79,6 +80,60 @@ def test_every_type_and_architecture_computes_what_the_file_holds(tmp_path, arch
     tokenizer = load(exact, weights_dtype="float32").tokenizer
     text = "hello there, the bell é"
     assert tokenizer.decode(tokenizer.encode(text, add_special_tokens=False)) == text
+
+
+@pytest.mark.parametrize("arch", MOE)
+def test_mixtures_of_experts_generate_the_references_tokens(tmp_path, arch):
+    """Through the KV cache, token by token: gpt-oss's sliding window (4, shorter
+    than the prompt) and its sinks, the routers' choices at every step."""
+    path = write_tiny(tmp_path / f"{arch}.gguf", arch, "F32", seed=3)
+    reference = Reference(path)
+    folder = import_gguf(path, tmp_path / "models", name=arch)
+    config = json.loads((folder / "config.json").read_text())
+    assert config["num_experts_per_tok"] == EXPERTS_USED
+    assert greedy(load(folder, weights_dtype="float32").model, PROMPT, 6) == reference_greedy(reference, PROMPT, 6)
+
+
+def mxfp4_blocks(rng, shape) -> np.ndarray:
+    """MXFP4 blocks built by hand from the format (ggml-common.h block_mxfp4): an
+    E8M0 exponent, then 16 bytes of E2M1 codes; every code and sign appears."""
+    blocks = int(np.prod(shape)) // 32
+    exponents = rng.integers(118, 130, size=(blocks, 1), dtype=np.uint8)
+    codes = rng.integers(0, 256, size=(blocks, 16), dtype=np.uint8)
+    return np.concatenate([exponents, codes], axis=1).reshape(*shape[:-1], -1)
+
+
+def test_mxfp4_experts_are_repacked_bit_exactly_into_mlx_mxfp4(tmp_path):
+    from gguf import GGMLQuantizationType, quants
+
+    from impetus.models.gguf.convert import repack_mxfp4
+    from impetus.models.gguf.reader import GGUFFile
+
+    rng = np.random.default_rng(0)
+    raw = mxfp4_blocks(rng, (EXPERTS, EXPERT_FFN, 64))
+    expected = quants.dequantize(raw, GGMLQuantizationType.MXFP4)  # gguf-py's own reading of the blocks
+    path = write_tiny(tmp_path / "oss.gguf", "gpt-oss", "F32", expert_type="MXFP4")
+    tensor = GGUFFile(path).tensors["blk.0.ffn_gate_exps.weight"]
+    assert tensor.type == "MXFP4" and tensor.shape == (EXPERTS, EXPERT_FFN, 64)
+    tensor = dataclasses.replace(tensor, _raw=type("Raw", (), {"data": raw})())
+    weight, scales = repack_mxfp4(tensor)
+    assert weight.dtype == np.uint32 and scales.dtype == np.uint8 and scales.shape == (EXPERTS, EXPERT_FFN, 2)
+    values = mx.dequantize(mx.array(weight), mx.array(scales), group_size=32, bits=4, mode="mxfp4")
+    assert np.array_equal(np.array(values.astype(mx.float32)), expected)  # not close: equal
+
+    reference = Reference(path)
+    expected_logits = reference.logits(PROMPT)
+    folder = import_gguf(path, tmp_path / "models", name="oss")
+    config = json.loads((folder / "config.json").read_text())
+    assert config["quantization"]["model.layers.0.mlp.experts.gate_proj"] == {"group_size": 32, "bits": 4,
+                                                                              "mode": "mxfp4"}
+    for weights in ("stored", "float32"):  # MLX's mxfp4 kernels, and dequantized on a CPU
+        assert close(logits(load(folder, weights_dtype=weights).model, PROMPT), expected_logits) < 1e-5
+    assert greedy(load(folder, weights_dtype="float32").model, PROMPT, 6) == reference_greedy(reference, PROMPT, 6)
+    # Asked for floats (or other bits), the experts are dequantized by gguf-py.
+    floats = import_gguf(path, tmp_path / "models", name="oss-f32", options=Options(dtype="float32"))
+    assert "quantization" not in json.loads((floats / "config.json").read_text())
+    assert close(logits(load(floats, weights_dtype="stored").model, PROMPT), expected_logits) < 1e-5
 
 
 @pytest.mark.parametrize("weight_type", ["Q5_0", "Q5_1"])
@@ -274,7 +329,7 @@ def test_unsupported_architecture_lists_the_supported_ones(tmp_path):
     other = tmp_path / "falcon.gguf"
     other.write_bytes(data)
     with pytest.raises(GGUFImportError, match=r"architecture 'falco' is not supported; supported: llama, "
-                                              r"mistral, qwen2, qwen3, phi3, gemma3"):
+                                              r"mistral, qwen2, qwen3, phi3, gemma3, qwen3moe, gpt-oss"):
         import_gguf(other, tmp_path / "models", name="x")
 
 

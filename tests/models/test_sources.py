@@ -19,6 +19,9 @@ from impetus.models.registry import Registry
 
 from tiny_gguf import write_tiny
 
+# A Modelfile's PARAMETERs as Ollama stores them: sampling, and options the engine decides itself.
+OLLAMA_PARAMS = {"temperature": 0.6, "stop": ["<|im_end|>", "User:"], "num_ctx": 4096, "repeat_last_n": 64}
+
 
 def blob_digest(path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
@@ -29,18 +32,21 @@ def home(tmp_path, monkeypatch):
     """~/.ollama with qwen-tiny:latest (a qwen2 GGUF blob, a Go template layer),
     ~/.lmstudio with a GGUF repo and an MLX repo, and an HF cache snapshot."""
     home = tmp_path / "home"
-    gguf = write_tiny(tmp_path / "qwen.gguf", "qwen2", "Q8_0")
+    gguf = write_tiny(tmp_path / "qwen.gguf", "qwen2", "Q8_0",
+                      meta={"general.sampling.temp": 0.9, "general.sampling.top_k": 40})
     ollama = home / ".ollama" / "models"
     (ollama / "blobs").mkdir(parents=True)
     digest = blob_digest(gguf)
     shutil.copy(gguf, ollama / "blobs" / f"sha256-{digest}")
     (ollama / "blobs" / "sha256-0000").write_text("{{ .Prompt }}")
+    (ollama / "blobs" / "sha256-1111").write_text(json.dumps(OLLAMA_PARAMS))
     manifest = ollama / "manifests" / "registry.ollama.ai" / "library" / "qwen-tiny" / "latest"
     manifest.parent.mkdir(parents=True)
     manifest.write_text(json.dumps({"schemaVersion": 2, "layers": [
         {"mediaType": "application/vnd.ollama.image.model", "digest": f"sha256:{digest}",
          "size": gguf.stat().st_size},
-        {"mediaType": "application/vnd.ollama.image.template", "digest": "sha256:0000", "size": 13}]}))
+        {"mediaType": "application/vnd.ollama.image.template", "digest": "sha256:0000", "size": 13},
+        {"mediaType": "application/vnd.ollama.image.params", "digest": "sha256:1111", "size": 80}]}))
 
     studio = home / ".lmstudio" / "models"
     (studio / "lmstudio-community" / "gemma-tiny-GGUF").mkdir(parents=True)
@@ -97,6 +103,24 @@ def test_import_by_ollama_name_then_again_is_a_no_op(home, tmp_path):
     assert again.returncode == 0 and "already imported" in again.stderr
     listing = cli(home, data, "import", "ollama:")
     assert listing.returncode == 0 and "qwen-tiny:latest" in listing.stdout
+
+
+def test_defaults_come_from_the_manifest_the_gguf_and_an_alias_in_that_order(home, tmp_path):
+    data = tmp_path / "data"
+    assert cli(home, data, "import", "ollama:qwen-tiny").returncode == 0
+    registry = Registry(data / "models")
+    shown = registry.find("qwen-tiny").defaults.describe(server_temperature=1.0)
+    assert shown == {"temperature": {"value": 0.6, "source": "ollama"},  # over the GGUF's 0.9
+                     "top_k": {"value": 40, "source": "gguf"},
+                     "stop": {"value": ["<|im_end|>", "User:"], "source": "ollama"}}
+    made = cli(home, data, "alias", "qwen-cold", "qwen-tiny", "--temperature", "0", "--top-p", "0.5")
+    assert made.returncode == 0, made.stderr
+    assert registry.find("qwen-cold").defaults.describe() == {
+        "temperature": {"value": 0.0, "source": "alias"}, "top_p": {"value": 0.5, "source": "alias"},
+        "top_k": {"value": 40, "source": "gguf"}, "stop": {"value": ["<|im_end|>", "User:"], "source": "ollama"}}
+    bad = cli(home, data, "alias", "qwen-hot", "qwen-tiny", "--temperature", "3")
+    assert bad.returncode != 0 and "temperature 3.0 is out of bounds" in bad.stderr
+    assert "qwen-hot" not in registry.aliases()
 
 
 def test_missing_blob_and_corrupt_manifest_are_clear_errors_that_write_nothing(home, tmp_path):

@@ -35,6 +35,28 @@ export function models(): { element: HTMLElement; dispose: () => void } {
     }
   }
 
+  // What a model does (tools in its template, reasoning, fill-in-the-middle, images, embeddings).
+  function abilities(m: any): Node[] {
+    const c = m.capabilities ?? {};
+    const tags: string[] = [];
+    if (c.tools) tags.push("tools");
+    if (c.reasoning) tags.push(c.reasoning === "harmony" ? "reasoning (channels)" : "reasoning");
+    if (c.fill_in_middle) tags.push("fill-in-middle");
+    if (c.vision) tags.push("images");
+    if (c.embeddings) tags.push("embeddings");
+    if (m.type === "transcription") tags.push("speech");
+    return tags.length ? tags.map((t) => h("span", { class: "tag", "data-capability": t }, t)) : [h("span", { class: "muted" }, "text")];
+  }
+
+  // Its default sampling, each with where it came from (the alias, Ollama, the GGUF, the model's card...).
+  function defaults(m: any): Node {
+    const entries = Object.entries(m.defaults ?? {}) as [string, any][];
+    if (!entries.length) return h("span", { class: "muted" }, "–");
+    return h("span", { "data-test": "defaults" }, ...entries.map(([name, d]) =>
+      h("div", { "data-default": name, title: `from ${d.source}` },
+        `${name} ${Array.isArray(d.value) ? d.value.join(" | ") : d.value}`, h("span", { class: "muted" }, ` · ${d.source}`))));
+  }
+
   function modelRow(m: any): Node {
     const held = m.loaded ? h("span", { class: "tag ok" }, `loaded · ${bytes(m.memory_bytes)}`) : h("span", { class: "tag" }, "on disk");
     const actions = m.loaded
@@ -50,6 +72,8 @@ export function models(): { element: HTMLElement; dispose: () => void } {
       h("td", {}, m.parameters ? `${(m.parameters / 1e6).toFixed(0)} M` : "–"),
       h("td", {}, m.quantization ?? "–"),
       h("td", {}, m.context_length ?? "–"),
+      h("td", {}, ...abilities(m)),
+      h("td", {}, defaults(m)),
       h("td", {}, held, m.pinned ? h("span", { class: "tag" }, "pinned") : null),
       h("td", { class: "actions" }, actions),
     );
@@ -68,7 +92,7 @@ export function models(): { element: HTMLElement; dispose: () => void } {
 
   async function load(): Promise<void> {
     await fill(list, "/v1/models", "No models yet: impetus models import / pull adds them, or import one found below.",
-      "models-table", ["model", "parameters", "quantization", "context", "state", ""], modelRow);
+      "models-table", ["model", "parameters", "quantization", "context", "does", "defaults", "state", ""], modelRow);
   }
 
   async function startImport(source: string): Promise<void> {

@@ -33,12 +33,21 @@ def room_after_prompt(engine: Engine, prompt_length: int, param: str) -> int:
 MAX_TOKENS_HEADER = "x-impetus-max-tokens"
 
 
-def with_defaults(body, settings):
-    """The request with the server's defaults filled in where it named none,
-    before anything reads it (the response cache keys on the result): a
-    temperature, IMPETUS_DEFAULT_TEMPERATURE (1.0, as OpenAI and Anthropic
-    have it; coding agents send none, and an operator serving small models
-    may want them greedy)."""
+def with_defaults(body, settings, defaults=None):
+    """The request with defaults filled in where it named none, before
+    anything reads it (the response cache keys on the result): first the
+    model's (`models.defaults`: SmolLM2's card says temperature 0.2, top_p
+    0.9), then the server's temperature, IMPETUS_DEFAULT_TEMPERATURE (1.0, as
+    OpenAI and Anthropic have it; coding agents send none). A field the
+    client sent, even its API's own default value, is the client's. A schema
+    names its fields for the parameters in `sampling_names` (Messages:
+    stop_sequences); a parameter it has no field for is left to the chat
+    request it becomes, which is filled in the same way."""
+    names = getattr(body, "sampling_names", {})
+    for key, value in (defaults.values if defaults is not None else {}).items():
+        name = names.get(key, key)
+        if name in type(body).model_fields and name not in body.model_fields_set:
+            setattr(body, name, list(value) if isinstance(value, list) else value)
     if body.temperature is None:
         body.temperature = settings.default_temperature
     return body

@@ -8,6 +8,24 @@ from typing import Literal
 from impetus.api.schema_base import ResponseModel
 
 
+class Capabilities(ResponseModel):
+    """What a model does, read from its folder (models.metadata)."""
+
+    context_length: int | None = None
+    chat: bool = False  # has a chat template
+    tools: bool = False  # its template renders tools itself (else they are described in the system message)
+    reasoning: Literal["think", "harmony"] | None = None  # <think> blocks or gpt-oss's channels
+    fill_in_middle: bool = False
+    vision: bool = False
+    embeddings: bool = False
+
+
+class DefaultValue(ResponseModel):
+    value: float | int | list[str]
+    source: Literal["alias", "ollama", "gguf", "generation_config", "bundled", "model_card",
+                    "server"]
+
+
 class Model(ResponseModel):
     id: str
     object: Literal["model"] = "model"
@@ -29,6 +47,10 @@ class Model(ResponseModel):
     type: Literal["chat", "embedding", "transcription"] = "chat"
     input_modalities: list[Literal["text", "image", "audio"]] | None = None
     dimensions: int | None = None
+    capabilities: Capabilities | None = None
+    # Default sampling parameters, each with where it came from; a request's own values win.
+    defaults: dict[Literal["temperature", "top_p", "top_k", "min_p", "repetition_penalty", "stop"],
+                   DefaultValue] | None = None
 
 
 class ModelList(ResponseModel):

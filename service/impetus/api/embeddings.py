@@ -13,9 +13,11 @@ from impetus.web import APIError, bad_request
 def embedding_entry(name: str, folder, model=None) -> dict:
     """A /v1/models entry for an embedding model; `model` when it is loaded."""
     entry = {"id": name, "object": "model", "created": int(folder.stat().st_mtime), "owned_by": "impetus",
-             "type": "embedding", "loaded": model is not None}
+             "type": "embedding", "loaded": model is not None, "input_modalities": ["text"]}
     if model is not None:
         entry.update(dimensions=model.dimensions, context_length=model.max_tokens, memory_bytes=model.nbytes)
+    entry["capabilities"] = {"context_length": entry.get("context_length"), "chat": False, "tools": False,
+                             "reasoning": None, "fill_in_middle": False, "vision": False, "embeddings": True}
     return entry
 
 

@@ -16,7 +16,7 @@ import time
 from impetus import __version__
 from impetus.api.budget import with_defaults
 from impetus.api.generation import QUEUE_HEADER, Comment, Generation, new_id_suffix
-from impetus.api.models import alias_targets, model_error
+from impetus.api.models import alias_targets, model_defaults, model_error
 from impetus.api.validation import parse
 from impetus.engine.engine import Engine
 
@@ -137,7 +137,8 @@ class CompletionResource(GenerationResource):
         """The request parsed with the server's defaults, its model's engine,
         its cache lookup; the cached answer is sent if there is one, else
         `run` starts the generation."""
-        body = with_defaults(parse(self.schema, req.context.json), self.settings)
+        body = parse(self.schema, req.context.json)
+        body = with_defaults(body, self.settings, model_defaults(self.host, body.model))
         engine = engine_for(self.host, body.model, req.context.account)
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         lookup = self.admit(req, resp, body, engine)

@@ -30,6 +30,7 @@ from impetus.api.chat import prepare, prompt_of
 from impetus.api.errors import from_validation_error
 from impetus.api.generation_resource import GenerationResource, engine_for, start_stream, typed_sse
 from impetus.api.messages_schemas import MessagesCountRequest, MessagesRequest
+from impetus.api.models import model_defaults
 from impetus.api.output import CALL, END, ERROR, PING, QUEUED, REASONING, TEXT, OutputParser, parsed_stream
 from impetus.api.validation import parse
 
@@ -73,8 +74,10 @@ class MessagesResource(GenerationResource):
     id_prefix = "msg"
 
     def on_post(self, req, resp):
-        body = with_defaults(parse(MessagesRequest, req.context.json), self.settings)
-        chat = to_chat(body, self.settings.keep_billing_header)
+        body = parse(MessagesRequest, req.context.json)
+        defaults = model_defaults(self.host, body.model)
+        body = with_defaults(body, self.settings, defaults)
+        chat = with_defaults(to_chat(body, self.settings.keep_billing_header), self.settings, defaults)
         engine = engine_for(self.host, body.model, req.context.account)
         self.admit(req, resp, body, engine)
         tokenizer = engine.tokenizer

@@ -12,7 +12,7 @@ calls, sampling, engine, billing.
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal, Union
 
 from pydantic import Field, TypeAdapter, field_validator
 
@@ -258,6 +258,7 @@ class MessagesCountRequest(_Cacheable):
 class MessagesRequest(MessagesCountRequest):
     """POST /v1/messages."""
 
+    sampling_names: ClassVar[dict] = {"stop": "stop_sequences"}  # api.budget.with_defaults
     max_tokens: OutputTokens
     stream: bool = False
     temperature: float | None = Field(default=None, ge=0.0, le=1.0)  # Claude Code sends none

@@ -4,6 +4,7 @@ serve, loaded or not (a request for one that is not loaded loads it)."""
 from __future__ import annotations
 
 from impetus.engine import host as engine_host
+from impetus.models.defaults import Defaults
 from impetus.models.store import ModelNotFound
 from impetus.web import APIError
 
@@ -41,7 +42,16 @@ def alias_targets(host, name: str):
     return targets
 
 
-def model_entry(entry, slot=None) -> dict:
+def model_defaults(host, name: str):
+    """The model's default sampling parameters (`models.defaults`); none for
+    a name the registry does not know (the request's 404 comes later)."""
+    try:
+        return host.registry.find(name).defaults
+    except Exception:
+        return Defaults()
+
+
+def model_entry(entry, slot=None, server_temperature: float | None = None) -> dict:
     described = {
         "id": entry.name, "object": "model", "created": entry.created, "owned_by": "impetus",
         # Extensions, beside OpenAI's fields:
@@ -58,7 +68,12 @@ def model_entry(entry, slot=None) -> dict:
         described.update(parameters=meta.parameters, quantization=meta.quantization,
                          context_length=meta.context_length, size_bytes=meta.size_bytes,
                          chat_template=meta.chat_template, source=meta.source,
-                         input_modalities=["text", "image"] if meta.vision else ["text"])
+                         input_modalities=["text", "image"] if meta.vision else ["text"],
+                         capabilities=meta.capabilities())
+    try:
+        described["defaults"] = entry.defaults.describe(server_temperature)
+    except Exception:
+        described["defaults"] = {}
     if slot is not None:
         described["memory_bytes"] = slot.memory
         described["weights_dtype"] = slot.engine.loaded.weights_dtype
@@ -96,7 +111,7 @@ class ModelsResource:
         account = req.context.account
         resp.media = {
             "object": "list",
-            "data": [model_entry(e, self.host.slots.get(e.name)) for e in self.host.available()
+            "data": [model_entry(e, self.host.slots.get(e.name), self.host.settings.default_temperature) for e in self.host.available()
                      if account.allows(e.name, lambda e=e: (e.alias_of,) if e.alias_of else ())]
             + [e for e in embedding_entries(self.embeddings) + speech_entries(self.speech)
                if account.allows(e["id"])],
@@ -113,7 +128,7 @@ class ModelResource:
         req.context.account.check_model(model_id, alias_targets(self.host, model_id))
         for entry in self.host.available():
             if entry.name == model_id:
-                resp.media = model_entry(entry, self.host.slots.get(entry.name))
+                resp.media = model_entry(entry, self.host.slots.get(entry.name), self.host.settings.default_temperature)
                 return
         for entry in embedding_entries(self.embeddings) + speech_entries(self.speech):
             if entry["id"] == model_id:

@@ -32,6 +32,7 @@ from impetus.api.chat_schemas import ChatMessage
 from impetus.api.errors import from_validation_error
 from impetus.api.generation import KEEPALIVE, KEEPALIVE_S, Comment, new_id_suffix
 from impetus.api.generation_resource import GenerationResource, engine_for, start_stream, typed_sse
+from impetus.api.models import model_defaults
 from impetus.api.output import CALL, END, ERROR, PING, QUEUED, REASONING, OutputParser, parsed_stream
 from impetus.api.responses_schemas import ResponsesRequest
 from impetus.api.validation import parse
@@ -170,11 +171,13 @@ class ResponsesResource(GenerationResource):
         self.store = store
 
     def on_post(self, req, resp):
-        body = with_defaults(parse(ResponsesRequest, req.context.json), self.settings)
+        body = parse(ResponsesRequest, req.context.json)
+        defaults = model_defaults(self.host, body.model)
+        body = with_defaults(body, self.settings, defaults)
         owner = owner_of(req)
         history = self._history(body, owner)
         try:
-            chat = body.to_chat(history)
+            chat = with_defaults(body.to_chat(history), self.settings, defaults)
         except ValidationError as error:
             raise from_validation_error(error) from None
         engine = engine_for(self.host, body.model, req.context.account)

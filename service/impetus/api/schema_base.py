@@ -30,7 +30,8 @@ Priority = Annotated[int | None, Field(ge=-100, le=100, description=(
 
 # OpenAI's sampling bounds: chat, completions and responses take the same.
 Temperature = Annotated[float | None, Field(ge=0.0, le=2.0, description=(
-    "none: the server's IMPETUS_DEFAULT_TEMPERATURE (1.0, as OpenAI)"))]
+    "none: the model's default (GET /v1/models/{id} shows it), else the server's "
+    "IMPETUS_DEFAULT_TEMPERATURE (1.0, as OpenAI)"))]
 TopP = Annotated[float, Field(gt=0.0, le=1.0)]
 
 

@@ -149,6 +149,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_kv_options(alias)
     alias.add_argument("--chat-template", metavar="FILE",
                        help="a Jinja chat template for NAME (a model without one, or to replace its own)")
+    sampling = alias.add_argument_group("default sampling (a request's own values win)")
+    sampling.add_argument("--temperature", type=float)
+    sampling.add_argument("--top-p", type=float)
+    sampling.add_argument("--top-k", type=int)
+    sampling.add_argument("--min-p", type=float)
+    sampling.add_argument("--repetition-penalty", type=float)
+    sampling.add_argument("--stop", action="append", metavar="TEXT", help="a stop sequence (up to 4)")
     for verb, text in (("load", "load a model in a running server"), ("unload", "unload a model from a running server"),
                        ("loaded", "what a running server has loaded")):
         command = model_commands.add_parser(verb, help=text)

@@ -12,6 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from impetus.cli.output import table_console
+from impetus.models import defaults as sampling_defaults
 from impetus.models import store
 from impetus.models.gguf import GGUFImportError
 from impetus.models.registry import AliasError, Registry
@@ -107,12 +108,15 @@ def run(args, settings) -> None:
             elif not args.target:
                 fail("give the TARGET model (or --remove, or --chat-template FILE)")
             else:
+                sampling = {key: getattr(args, key) for key in sampling_defaults.KEYS}
                 entry = registry.add_alias(args.name, args.target, args.weights, chat_template=template,
-                                           kv_bits=args.kv_bits, kv_group_size=args.kv_group_size)
+                                           kv_bits=args.kv_bits, kv_group_size=args.kv_group_size,
+                                           sampling=sampling)
                 _audit(settings, "model.aliased", entry.name, target=args.target, weights=args.weights,
-                       kv_bits=args.kv_bits)
+                       kv_bits=args.kv_bits, sampling=entry.sampling)
                 progress(f"{entry.name} -> {entry.alias_of}" + (f" ({entry.weights_dtype} weights)"
-                                                                 if entry.weights_dtype else ""))
+                                                                 if entry.weights_dtype else "")
+                         + "".join(f", {k} {v}" for k, v in (entry.sampling or {}).items()))
         except (AliasError, store.ModelNotFound, OSError) as error:
             fail(error)
     else:

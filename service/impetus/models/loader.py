@@ -12,6 +12,7 @@ from pathlib import Path
 import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_map
+from mlx_lm.models.switch_layers import QuantizedSwitchLinear
 from mlx_lm.utils import dequantize_model, load_model, load_tokenizer
 
 from impetus.models import vision as vision_models
@@ -19,6 +20,7 @@ from impetus.models import vision as vision_models
 log = logging.getLogger("impetus.models")
 
 _DTYPES = {"float32": mx.float32, "float16": mx.float16, "bfloat16": mx.bfloat16}
+_QUANTIZED = (nn.QuantizedLinear, nn.QuantizedEmbedding, QuantizedSwitchLinear)  # MoE experts: the last
 
 
 @dataclass
@@ -59,7 +61,8 @@ def cast_model(model: nn.Module, dtype_name: str) -> nn.Module:
     # weights come out in that dtype directly, without a float16 rounding
     # step, and 2.5x faster on x86 CPUs, which emulate float16 arithmetic.
     for _, module in model.named_modules():
-        if isinstance(module, (nn.QuantizedLinear, nn.QuantizedEmbedding)):
+        # Only affine scales are floats (mxfp4's are uint8 exponents).
+        if isinstance(module, _QUANTIZED) and module.mode == "affine":
             module.scales = module.scales.astype(dtype)
             if module.get("biases") is not None:
                 module.biases = module.biases.astype(dtype)

@@ -1,5 +1,10 @@
 """What a model folder holds, read without loading it: size on disk, parameter
-count (from the safetensors headers), quantization, context length, chat template."""
+count (from the safetensors headers), quantization, context length, chat
+template, and what the model can do (`capabilities`: tools its template
+renders, reasoning markers, fill-in-the-middle tokens, images), so that
+clients and the dashboard can tell before they ask. The tokenizer is not
+parsed: Gemma 3's tokenizer.json is 33 MB, and a byte search for the marker
+tokens finds them in milliseconds."""
 
 from __future__ import annotations
 
@@ -13,6 +18,11 @@ from pathlib import Path
 _DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 # The vision-language families served with images (models.vision.FAMILIES, without importing MLX).
 VISION_FAMILIES = ("gemma3", "idefics3", "smolvlm")
+# Fill-in-the-middle tokens by family: (prefix, suffix, middle).
+FIM_TOKENS = (("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"),  # Qwen2.5-Coder, CodeGemma
+              ("<fim_prefix>", "<fim_suffix>", "<fim_middle>"),  # StarCoder2
+              ("<|fim▁begin|>", "<|fim▁hole|>", "<|fim▁end|>"))  # DeepSeek-Coder
+HARMONY_MARKERS = ("<|channel|>", "<|message|>")  # gpt-oss's output channels
 
 
 @dataclass(frozen=True)
@@ -26,6 +36,14 @@ class ModelMetadata:
     source: str  # "mlx" or "gguf" (imported)
     architecture: str | None
     vision: bool = False  # takes images (a vision-language model of a family served with them, models.vision)
+    tools: bool = False  # the chat template renders tools itself
+    reasoning: str | None = None  # "think" (<think> blocks) or "harmony" (gpt-oss's channels)
+    fill_in_middle: bool = False  # has a family's FIM tokens
+
+    def capabilities(self) -> dict:
+        return {"context_length": self.context_length, "chat": self.chat_template, "tools": self.tools,
+                "reasoning": self.reasoning, "fill_in_middle": self.fill_in_middle, "vision": self.vision,
+                "embeddings": False}
 
     def memory_estimate(self, weights_dtype: str) -> int:
         """Bytes of weights once loaded: the stored size, or every parameter in
@@ -91,11 +109,9 @@ def _read(path: Path, stamp: tuple) -> ModelMetadata:
     for weights in sorted(path.glob("*.safetensors")):
         tensors.update(safetensors_header(weights))
         weights_bytes += weights.stat().st_size
-    template = False
-    tokenizer_config = path / "tokenizer_config.json"
-    if tokenizer_config.is_file():
-        template = bool(json.loads(tokenizer_config.read_text()).get("chat_template"))
-    template = template or (path / "chat_template.jinja").is_file() or (path / "chat_template.json").is_file()
+    template = chat_template_text(path)
+    vocabulary = b"".join((path / name).read_bytes() for name in ("tokenizer.json", "tokenizer_config.json")
+                          if (path / name).is_file())
     text_config = config.get("text_config") or {}
     context = (config.get("max_position_embeddings") or text_config.get("max_position_embeddings")
                or config.get("max_seq_len"))
@@ -105,8 +121,49 @@ def _read(path: Path, stamp: tuple) -> ModelMetadata:
         parameters=count_parameters(tensors, config),
         quantization=describe_quantization(config),
         context_length=int(context) if context else None,
-        chat_template=template,
+        chat_template=template is not None,
         source=(config.get("impetus") or {}).get("source", "mlx"),
         architecture=config.get("model_type"),
         vision=bool(config.get("vision_config")) and config.get("model_type") in VISION_FAMILIES,
+        tools=template is not None and _renders_tools(template),
+        reasoning=_reasoning(template or "", vocabulary),
+        fill_in_middle=any(all(_quoted(t) in vocabulary for t in family) for family in FIM_TOKENS),
     )
+
+
+def chat_template_text(path: Path) -> str | None:
+    """The folder's chat template (tokenizer_config.json's, chat_template.jinja
+    or a VLM's chat_template.json); None without one."""
+    def read(name: str):
+        try:
+            return json.loads((path / name).read_text()).get("chat_template")
+        except (OSError, ValueError, AttributeError):
+            return None
+
+    template = read("tokenizer_config.json")
+    if isinstance(template, list):  # named templates: the default one
+        template = next((t.get("template") for t in template if t.get("name") == "default"), None)
+    if not template and (path / "chat_template.jinja").is_file():
+        template = (path / "chat_template.jinja").read_text()
+    return template or read("chat_template.json") or None
+
+
+def _renders_tools(template: str) -> bool:
+    from jinja2 import Environment, TemplateError, meta
+
+    try:
+        return "tools" in meta.find_undeclared_variables(Environment().parse(template))
+    except TemplateError:
+        return False
+
+
+def _quoted(token: str) -> bytes:
+    return json.dumps(token).encode()
+
+
+def _reasoning(template: str, vocabulary: bytes) -> str | None:
+    if all(m in template or _quoted(m) in vocabulary for m in HARMONY_MARKERS):
+        return "harmony"
+    if "<think>" in template or _quoted("<think>") in vocabulary:
+        return "think"
+    return None

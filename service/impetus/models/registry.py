@@ -7,7 +7,9 @@ the stored 4-bit weights beside the float32 default): each alias is a model of
 its own to the API, loaded, listed and unloaded on its own. An alias, or a
 model folder of this data dir (`impetus models import --kv-bits 8`, kept in
 its config.json's "impetus" section), may also hold its running requests'
-KV caches in 8 or 4 bits, over the server's IMPETUS_KV_BITS.
+KV caches in 8 or 4 bits, over the server's IMPETUS_KV_BITS. An alias may
+set default sampling parameters (`--temperature 0.2`), over the folder's own
+(`models.defaults`).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from impetus.models import defaults as sampling_defaults
 from impetus.models import store
 from impetus.models.metadata import ModelMetadata, read_metadata
 
@@ -43,6 +46,12 @@ class ModelEntry:
     chat_template: str | None = None  # an alias's own template (Jinja), over the folder's
     kv_bits: int | None = None  # None: the server's setting (IMPETUS_KV_BITS)
     kv_group_size: int | None = None
+    sampling: dict | None = None  # an alias's own default sampling parameters
+
+    @property
+    def defaults(self) -> sampling_defaults.Defaults:
+        """Its default sampling parameters and their sources."""
+        return sampling_defaults.resolve(self.path, self.sampling)
 
     @property
     def metadata(self) -> ModelMetadata:
@@ -66,7 +75,8 @@ class Registry:
 
     def add_alias(self, name: str, target: str, weights_dtype: str | None = None,
                   chat_template: str | None = None, replace: bool = False, kv_bits: int | None = None,
-                  kv_group_size: int | None = None) -> ModelEntry:
+                  kv_group_size: int | None = None, sampling: dict | None = None) -> ModelEntry:
+        """`sampling`: default sampling parameters (models.defaults.KEYS) for the alias."""
         if not _NAME.match(name):
             raise AliasError(f"{name!r} is not a usable model name (letters, digits, . _ : -)")
         if store.is_model_folder(self.models_dir / name):
@@ -78,11 +88,14 @@ class Registry:
         if weights_dtype is not None and weights_dtype not in WEIGHTS_CHOICES:
             raise AliasError(f"weights must be one of {', '.join(WEIGHTS_CHOICES)}")
         kv = _kv_options(kv_bits, kv_group_size)
+        sampling = _sampling(sampling)
         path = store.resolve_model(target, self.models_dir, progress=lambda m: None)
         aliases = self.aliases()
         aliases[name] = {"target": target if "/" not in target else str(path), "weights_dtype": weights_dtype, **kv}
         if chat_template is not None:
             aliases[name]["chat_template"] = check_template(chat_template)
+        if sampling:
+            aliases[name]["sampling"] = sampling
         self._write(aliases)
         return self.find(name)
 
@@ -135,7 +148,8 @@ class Registry:
             path = store.resolve_model(alias["target"], self.models_dir, progress=progress)
             kv = {k: alias.get(k) for k in ("kv_bits", "kv_group_size")} if "kv_bits" in alias else _folder_kv(path)
             return ModelEntry(reference, path, _created(path), alias_of=alias["target"],
-                              weights_dtype=alias.get("weights_dtype"), chat_template=alias.get("chat_template"), **kv)
+                              weights_dtype=alias.get("weights_dtype"), chat_template=alias.get("chat_template"),
+                              sampling=alias.get("sampling"), **kv)
         path = store.resolve_model(reference, self.models_dir, progress=progress)
         name = reference if "/" not in reference else path.name
         return ModelEntry(name, path, _created(path), **_folder_kv(path))
@@ -166,6 +180,19 @@ def _kv_options(kv_bits: int | None, kv_group_size: int | None) -> dict:
     if kv_group_size is not None and kv_group_size not in KV_GROUP_CHOICES:
         raise AliasError(f"kv_group_size must be one of {', '.join(map(str, KV_GROUP_CHOICES))}")
     return {"kv_bits": kv_bits, "kv_group_size": kv_group_size}
+
+
+def _sampling(values: dict | None) -> dict:
+    """An alias's default sampling parameters, each within the API's bounds."""
+    values = {k: v for k, v in (values or {}).items() if v is not None}
+    unknown = sorted(set(values) - set(sampling_defaults.KEYS))
+    if unknown:
+        raise AliasError(f"unknown sampling parameter {unknown[0]!r} (known: {', '.join(sampling_defaults.KEYS)})")
+    usable = sampling_defaults.clean(values)
+    for key in values:
+        if key not in usable:
+            raise AliasError(f"{key} {values[key]!r} is out of bounds")
+    return usable
 
 
 def _folder_kv(path: Path) -> dict:

@@ -24,15 +24,16 @@ from __future__ import annotations
 import json
 import os
 import re
-import struct
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from impetus.models.gguf.reader import SOURCE_BITS, GGUFImportError
+from impetus.models.gguf.reader import GGUFImportError
+from impetus.models.gguf.summary import gguf_summary
 from impetus.models.store import is_model_folder
 
 OLLAMA_REGISTRY = "registry.ollama.ai"
 OLLAMA_MODEL_MEDIA = "application/vnd.ollama.image.model"
+OLLAMA_PARAMS_MEDIA = "application/vnd.ollama.image.params"  # the Modelfile's PARAMETERs, as JSON
 
 
 class SourceError(GGUFImportError):
@@ -48,6 +49,7 @@ class Resolved:
     path: Path
     name: str  # the model name it is imported under, unless --name
     note: str | None = None  # something the user should know (no chat template...)
+    sampling: dict | None = None  # source -> default sampling parameters it sets (models.defaults)
 
 
 def home() -> Path:
@@ -99,6 +101,12 @@ def ollama_models() -> list[str]:
 
 def ollama_blob(reference: str) -> tuple[str, str, Path]:
     """(NAME, TAG, the GGUF blob) of an Ollama model, checked against its manifest."""
+    name, tag, blob, _ = _ollama_layers(reference)
+    return name, tag, blob
+
+
+def _ollama_layers(reference: str) -> tuple[str, str, Path, dict]:
+    """ollama_blob's, and the sampling parameters of the params layer ({} without one)."""
     name, _, tag = reference.partition(":")
     tag = tag or "latest"
     manifest = _ollama_manifest(name, tag)
@@ -119,18 +127,33 @@ def ollama_blob(reference: str) -> tuple[str, str, Path]:
     if layer.get("size") is not None and blob.stat().st_size != layer["size"]:
         raise SourceError(f"the Ollama blob {blob.name} is {blob.stat().st_size:,} bytes, the manifest says "
                           f"{layer['size']:,}: it is incomplete")
-    return name, tag, blob
+    return name, tag, blob, _ollama_params(layers)
+
+
+def _ollama_params(layers: list) -> dict:
+    """The params layer's sampling parameters; {} when it has none or cannot be read."""
+    from impetus.models.defaults import ollama_params
+
+    for layer in layers:
+        if isinstance(layer, dict) and layer.get("mediaType") == OLLAMA_PARAMS_MEDIA:
+            algorithm, _, digest = str(layer.get("digest", "")).partition(":")
+            try:
+                return ollama_params(json.loads((ollama_root() / "blobs" / f"{algorithm}-{digest}").read_text()))
+            except (OSError, ValueError, AttributeError):
+                return {}
+    return {}
 
 
 def resolve_ollama(reference: str) -> Resolved:
-    name, tag, blob = ollama_blob(reference)
+    name, tag, blob, params = _ollama_layers(reference)
     template_note = None
     if not gguf_summary(blob).get("chat_template"):
         template_note = ("this GGUF has no tokenizer.chat_template, and Ollama's own template is a Go "
                          "template, not Jinja: /v1/chat/completions will refuse it until you attach one "
                          "(impetus models alias NAME --chat-template FILE); /v1/completions works")
     model_name = safe_name(f"{name.rsplit('/', 1)[-1]}:{tag}" if tag != "latest" else name.rsplit("/", 1)[-1])
-    return Resolved(f"ollama:{name}:{tag}", "gguf", blob, model_name, template_note)
+    return Resolved(f"ollama:{name}:{tag}", "gguf", blob, model_name, template_note,
+                    {"ollama": params} if params else None)
 
 
 # -- LM Studio ---------------------------------------------------------------------------
@@ -251,7 +274,8 @@ def import_source(source: str | Resolved, registry, name: str | None = None, for
         progress(ImportProgress("note", f"note: {resolved.note}"))
     if resolved.kind == "gguf":
         target = import_gguf(resolved.path, registry.models_dir, name=name, progress=progress, overwrite=force,
-                             options=options or Options(), display_source=resolved.source)
+                             options=options or Options(), display_source=resolved.source,
+                             sampling=resolved.sampling)
         return resolved, target
     existing = registry.aliases().get(name)
     if existing is not None and Path(existing["target"]) == resolved.path and not force:
@@ -314,83 +338,3 @@ def _describe(source, place, kind, path: Path, budget: int, serve_float32: bool)
     memory = meta.memory_estimate("float32" if serve_float32 else "stored")
     return Discovered(source, place, kind, str(path), meta.size_bytes, meta.architecture, meta.quantization,
                       memory, memory <= budget)
-
-
-_VALUE_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
-_VALUE_FORMATS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q",
-                  12: "<d"}
-
-
-def gguf_summary(path: Path) -> dict:
-    """architecture, name, type (from general.file_type) and whether a chat
-    template is there, read from the header's first key/values only."""
-    wanted = {"general.architecture", "general.name", "general.file_type", "tokenizer.chat_template"}
-    found: dict = {}
-    try:
-        with Path(path).open("rb") as f:
-            magic, version = f.read(4), struct.unpack("<I", f.read(4))[0]
-            if magic != b"GGUF" or version < 2:
-                return {}
-            tensors, count = struct.unpack("<QQ", f.read(16))
-            for _ in range(min(count, 10_000)):
-                key = _string(f)
-                kind = struct.unpack("<I", f.read(4))[0]
-                value = _value(f, kind, keep=key in wanted)
-                if key in wanted:
-                    found[key] = value
-            if "general.file_type" not in found:  # the most common type of the 2-D tensors
-                types: dict[int, int] = {}
-                for _ in range(min(tensors, 100_000)):
-                    _string(f)
-                    (dims,) = struct.unpack("<I", f.read(4))
-                    f.seek(8 * dims, 1)
-                    tensor_type, _offset = struct.unpack("<IQ", f.read(12))
-                    if dims == 2:
-                        types[tensor_type] = types.get(tensor_type, 0) + 1
-                if types:
-                    found["tensor_type"] = max(types, key=types.get)
-    except (OSError, struct.error, UnicodeDecodeError, ValueError):
-        pass
-    summary = {"architecture": found.get("general.architecture"), "name": found.get("general.name"),
-               "chat_template": bool(found.get("tokenizer.chat_template"))}
-    if "tensor_type" in found:
-        import gguf
-
-        try:
-            summary["type"] = gguf.GGMLQuantizationType(found["tensor_type"]).name
-        except ValueError:
-            summary["type"] = f"type {found['tensor_type']}"
-        summary["bits"] = SOURCE_BITS.get(summary["type"])
-    file_type = found.get("general.file_type")
-    if file_type is not None:
-        try:
-            import gguf
-
-            summary["type"] = gguf.LlamaFileType(file_type).name.removeprefix("MOSTLY_").replace("ALL_", "")
-        except ValueError:
-            summary["type"] = f"type {file_type}"
-        main = summary["type"].split("_")[0] + ("_" + summary["type"].split("_")[1]
-                                                if "_" in summary["type"] else "")
-        summary["bits"] = SOURCE_BITS.get(main) or SOURCE_BITS.get(summary["type"])
-    return summary
-
-
-def _string(f) -> str:
-    (length,) = struct.unpack("<Q", f.read(8))
-    if length > 1 << 26:
-        raise ValueError("implausible string length")
-    return f.read(length).decode("utf-8")
-
-
-def _value(f, kind: int, keep: bool):
-    if kind == 8:
-        return _string(f)
-    if kind == 9:
-        item_kind, count = struct.unpack("<IQ", f.read(12))
-        if item_kind in _VALUE_SIZES and not keep:
-            f.seek(_VALUE_SIZES[item_kind] * count, 1)
-            return None
-        return [_value(f, item_kind, keep) for _ in range(count)]
-    if kind not in _VALUE_FORMATS:
-        raise ValueError(f"unknown GGUF value type {kind}")
-    return struct.unpack(_VALUE_FORMATS[kind], f.read(_VALUE_SIZES[kind]))[0]

@@ -16,6 +16,16 @@ What differs between them, as llama.cpp's `convert_hf_to_gguf.py` writes them:
   norms per block, Q/K norms, sliding-window layers (5 of every 6, window from
   the file, local rotary base 10,000 as llama.cpp fixes it), query scaling by
   the head size (by hidden/heads for the 27B, as llama.cpp does).
+- `qwen3moe`: qwen3's attention; every block's FFN is a mixture of experts:
+  a router (`ffn_gate_inp`) and the experts' gate, up and down stacked in
+  3-D tensors, as mlx-lm's `SwitchGLU` keeps them. Softmax over all experts,
+  the top k, their weights normalized (llama.cpp's `norm_w`, Qwen's
+  `norm_topk_prob`).
+- `gpt-oss` (mlx-lm's `gpt_oss`): biases on Q, K, V, O, router and experts;
+  a learned attention sink per head; sliding-window attention on even
+  layers (llama.cpp's pattern 2); top-k on the router's logits, then
+  softmax over those k; the experts' SwiGLU clamped at 7 with alpha 1.702
+  (`swiglu_oai`). Its experts ship as MXFP4 (`convert` repacks them).
 """
 
 from __future__ import annotations
@@ -56,6 +66,20 @@ _PHI3_BLOCK = {
     "attn_norm": "input_layernorm",
     "ffn_norm": "post_attention_layernorm",
 }
+_MOE = {"ffn_gate_inp": "mlp.gate", "ffn_gate_exps": "mlp.switch_mlp.gate_proj",
+        "ffn_up_exps": "mlp.switch_mlp.up_proj", "ffn_down_exps": "mlp.switch_mlp.down_proj"}
+_QWEN3MOE_BLOCK = {**{k: v for k, v in _LLAMA_BLOCK.items() if not k.startswith("ffn_") or k == "ffn_norm"},
+                   **_QK_NORMS, **_MOE}
+_GPT_OSS_BLOCK = {
+    **{k: v for k, v in _LLAMA_BLOCK.items() if k.startswith("attn_")},
+    "post_attention_norm": "post_attention_layernorm",
+    "attn_sinks": "self_attn.sinks",  # a parameter of its own: no ".weight"
+    "ffn_gate_inp": "mlp.router",
+    "ffn_gate_exps": "mlp.experts.gate_proj",
+    "ffn_up_exps": "mlp.experts.up_proj",
+    "ffn_down_exps": "mlp.experts.down_proj",
+}
+_BARE = ("self_attn.sinks",)  # mlx-lm parameters that are not a module's weight
 _GLOBALS = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
 # Tensors llama.cpp keeps for itself: folded into config.json, not weights.
 _CONFIG_TENSORS = ("rope_freqs.weight", "rope_factors_long.weight", "rope_factors_short.weight")
@@ -76,7 +100,8 @@ class Architecture:
         base, _, suffix = gguf_name.rpartition(".")
         match = re.fullmatch(r"blk\.(\d+)\.(\w+)", base)
         if match and match.group(2) in self.block:
-            return f"model.layers.{match.group(1)}.{self.block[match.group(2)]}.{suffix}"
+            target = self.block[match.group(2)]
+            return f"model.layers.{match.group(1)}.{target}" + ("" if target in _BARE else f".{suffix}")
         if base in self.globals:
             return f"{self.globals[base]}.{suffix}"
         raise GGUFImportError(f"unsupported tensor {gguf_name!r} in a {self.name} GGUF")
@@ -94,7 +119,8 @@ def _common(f: GGUFFile, model_type: str) -> dict:
         "model_type": model_type,
         "hidden_size": hidden,
         "num_hidden_layers": int(f.get("block_count")),
-        "intermediate_size": int(f.get("feed_forward_length")),
+        # An all-MoE model's file may name only its experts' size.
+        "intermediate_size": int(f.get("feed_forward_length", f.get("expert_feed_forward_length", 0))),
         "num_attention_heads": heads,
         "num_key_value_heads": int(f.get("attention.head_count_kv", heads)),
         "head_dim": int(f.get("attention.key_length", hidden // heads)),
@@ -195,6 +221,40 @@ def _gemma3(f: GGUFFile) -> dict:
     return config
 
 
+def _experts(f: GGUFFile, config: dict) -> dict:
+    experts, used = f.get("expert_count"), f.get("expert_used_count")
+    if not experts or not used:
+        raise GGUFImportError(f"this {f.architecture} GGUF names no expert_count / expert_used_count")
+    return {**config, "num_experts_per_tok": int(used),
+            "moe_intermediate_size": int(f.get("expert_feed_forward_length", config["intermediate_size"]))}
+
+
+def _qwen3moe(f: GGUFFile) -> dict:
+    config = _experts(f, _common(f, "qwen3_moe"))
+    if "blk.0.ffn_gate_shexp.weight" in f.tensors:
+        raise GGUFImportError("this qwen3moe GGUF has shared experts, which mlx-lm's qwen3_moe does not run")
+    config.update(num_experts=int(f.get("expert_count")), decoder_sparse_step=1, mlp_only_layers=[],
+                  norm_topk_prob=True)
+    return config
+
+
+def _gpt_oss(f: GGUFFile) -> dict:
+    config = _experts(f, _common(f, "gpt_oss"))
+    layers = config["num_hidden_layers"]
+    config.update(num_local_experts=int(f.get("expert_count")),
+                  intermediate_size=config.pop("moe_intermediate_size"),
+                  sliding_window=int(f.get("attention.sliding_window", 128)),
+                  layer_types=["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(layers)])
+    if f.get("rope.scaling.type") == "yarn":
+        config["rope_scaling"] = {"rope_type": "yarn", "factor": float(f.get("rope.scaling.factor")),
+                                  "original_max_position_embeddings":
+                                      int(f.get("rope.scaling.original_context_length", 4096)),
+                                  "beta_fast": 32.0, "beta_slow": 1.0}
+    if "output.weight" not in f.tensors:
+        raise GGUFImportError("this gpt-oss GGUF has no output.weight: mlx-lm's gpt_oss needs its own lm_head")
+    return config
+
+
 ARCHITECTURES = {
     "llama": Architecture("llama", _LLAMA_BLOCK, _llama),
     "mistral": Architecture("mistral", _LLAMA_BLOCK, _llama),
@@ -202,6 +262,8 @@ ARCHITECTURES = {
     "qwen3": Architecture("qwen3", {**_LLAMA_BLOCK, **_QK_NORMS}, _qwen3),
     "phi3": Architecture("phi3", _PHI3_BLOCK, _phi3),
     "gemma3": Architecture("gemma3", _GEMMA3_BLOCK, _gemma3, norm_offset=1.0),
+    "qwen3moe": Architecture("qwen3moe", _QWEN3MOE_BLOCK, _qwen3moe),
+    "gpt-oss": Architecture("gpt-oss", _GPT_OSS_BLOCK, _gpt_oss),
 }
 
 

@@ -9,6 +9,11 @@ file kept at higher precision than its main type (a Q4_K_M file's Q8_0
 embedding and Q6_K `ffn_down`, a Q4_1 file's Q8_0 embedding) keep theirs, as
 llama.cpp's mixes chose them.
 
+MXFP4 (gpt-oss's experts) is MLX's own `mxfp4` mode, block for block: the
+same E2M1 codes and E8M0 scale per 32 weights. Stored at 4 bits (the
+default), those tensors are repacked as they are, bit-exact; at other bits
+or as floats they are dequantized first.
+
 Why 5 bits for Q5 sources: Gemma 3 270M Q4_K_M is mostly Q5_0. Against the
 file's own logits over a 69-token text, storing those at 4 bits gave a mean
 KL of 0.225 and 80 % top-token agreement; at 5 bits 0.029 and 90 %, for 269
@@ -33,6 +38,7 @@ from typing import Callable
 
 import numpy as np
 
+from impetus.models.defaults import gguf_sampling
 from impetus.models.gguf.arch import architecture
 from impetus.models.gguf.reader import SOURCE_BITS, GGUFFile, GGUFImportError, Tensor, mlx_bits
 from impetus.models.gguf.tokenizer import build_tokenizer, build_tokenizer_config
@@ -96,15 +102,20 @@ class Planned:
     name: str
     bits: int | None
     dtype: str
+    mode: str | None = None  # "mxfp4": repacked as MLX's mxfp4 (affine otherwise)
 
     def output_bytes(self, group_size: int) -> int:
         count = int(np.prod(self.tensor.shape))
+        if self.mode == "mxfp4":  # packed weights + a uint8 scale per 32
+            return count // 2 + count // 32
         if self.bits:  # packed weights + a float16 scale and bias per group
             return count * self.bits // 8 + count // group_size * 4
         return count * (4 if self.dtype == "float32" else 2)
 
 
-def plan(f: GGUFFile, options: Options) -> list[Planned]:
+def plan(f: GGUFFile, options: Options, keep_mxfp4: bool = True) -> list[Planned]:
+    """How each tensor is stored. `keep_mxfp4`: MXFP4 tensors stay MXFP4
+    (repacked) unless the user asked for floats or other bits."""
     arch = architecture(f)
     main_bits = SOURCE_BITS.get(f.source_type(), 32)
     planned = []
@@ -112,16 +123,23 @@ def plan(f: GGUFFile, options: Options) -> list[Planned]:
         name = arch.weight_name(tensor.name)
         if name is None:
             continue
-        quantizable = (options.bits and len(tensor.shape) == 2 and name.endswith(".weight")
-                       and "norm" not in name and tensor.shape[-1] % options.group_size == 0)
-        if quantizable:
+        # A MoE router (ffn_gate_inp) stays float32, as llama.cpp keeps it: experts x hidden
+        # values, and routing is where a small error picks another expert (tiny qwen3moe
+        # from Q8_0, logits off by 1 % of the largest with an 8-bit router, 0.3 % float16).
+        quantizable = (options.bits and len(tensor.shape) in (2, 3) and name.endswith(".weight")
+                       and "norm" not in name and ".ffn_gate_inp." not in tensor.name
+                       and tensor.shape[-1] % options.group_size == 0)
+        if keep_mxfp4 and tensor.type == "MXFP4" and len(tensor.shape) in (2, 3) and name.endswith(".weight"):
+            planned.append(Planned(tensor, name, 4, "float16", "mxfp4"))
+        elif quantizable:
             # A tensor the file kept at higher precision than its main type keeps its own bits.
             natural = mlx_bits(tensor.type) or 8
             higher = SOURCE_BITS.get(tensor.type, 32) > main_bits
             planned.append(Planned(tensor, name, max(options.bits, natural) if higher else options.bits, "float16"))
         else:
-            # Norms and biases are tiny: float32 whatever the rest, as the file keeps them.
-            dtype = "float32" if len(tensor.shape) == 1 else (options.dtype or "float16")
+            # Norms, biases, sinks and routers are tiny: float32 whatever the rest, as the file keeps them.
+            small = len(tensor.shape) == 1 or not name.endswith(".weight") or ".ffn_gate_inp." in tensor.name
+            dtype = "float32" if small else (options.dtype or "float16")
             planned.append(Planned(tensor, name, None, dtype))
     return planned
 
@@ -130,9 +148,12 @@ def quantization_config(planned: list[Planned], options: Options) -> dict:
     bits = [p.bits for p in planned if p.bits]
     if not bits:
         return {}
-    quant: dict = {"group_size": options.group_size, "bits": options.bits}
+    quant: dict = ({"group_size": options.group_size, "bits": options.bits} if options.bits
+                   else {"group_size": 32, "bits": 4, "mode": "mxfp4"})  # a float file with MXFP4 experts
     for p in planned:
-        if p.bits and p.bits != options.bits:
+        if p.mode:
+            quant[p.name.removesuffix(".weight")] = {"group_size": 32, "bits": p.bits, "mode": p.mode}
+        elif p.bits and p.bits != options.bits:
             quant[p.name.removesuffix(".weight")] = {"group_size": options.group_size, "bits": p.bits}
     return quant
 
@@ -169,7 +190,7 @@ def repack_exact(tensor: Tensor, bits: int, group_size: int):
     if tensor.type not in _EXACT or group_size != 32 or _EXACT[tensor.type][0] != bits:
         return None
     _, block_bytes, has_min = _EXACT[tensor.type]
-    rows = tensor.shape[0]
+    rows = int(np.prod(tensor.shape[:-1]))  # experts' 3-D tensors: every expert's rows
     blocks = tensor.raw_bytes().reshape(rows, -1, block_bytes)
     d = blocks[..., 0:2].copy().view(np.float16)[..., 0]
     if bits == 4:
@@ -180,18 +201,40 @@ def repack_exact(tensor: Tensor, bits: int, group_size: int):
     else:
         q = (blocks[..., 2:].view(np.int8).astype(np.int16) + 128).astype(np.uint32)
         bias = d * np.float16(-128)
+    shape = tensor.shape[:-1] + (-1,)
+    return _pack(q, bits).reshape(shape), d.reshape(shape), bias.astype(np.float16).reshape(shape)
+
+
+def _pack(q: np.ndarray, bits: int) -> np.ndarray:
+    """Codes (rows, ..., values) into MLX's uint32 words, the first value in the lowest bits."""
     per_word = 32 // bits
-    q = q.reshape(rows, -1, per_word)
+    q = q.reshape(q.shape[0], -1, per_word)
     packed = np.zeros(q.shape[:2], dtype=np.uint32)
     for j in range(per_word):
         packed |= q[..., j] << np.uint32(bits * j)
-    return packed, d, bias.astype(np.float16)
+    return packed
+
+
+def repack_mxfp4(tensor: Tensor):
+    """An MXFP4 tensor as MLX mxfp4 (weight, scales), without loss. A ggml
+    block (ggml-common.h `block_mxfp4`) is one E8M0 exponent and 16 bytes of
+    E2M1 codes, values 0-15 in the low nibbles and 16-31 in the high ones;
+    MLX keeps the same codes eight to a uint32 and the exponent as its scale."""
+    rows = int(np.prod(tensor.shape[:-1]))
+    blocks = tensor.raw_bytes().reshape(rows, -1, 17)
+    qs = blocks[..., 1:]
+    q = np.concatenate([qs & 0x0F, qs >> 4], axis=-1).astype(np.uint32)  # (rows, blocks, 32)
+    shape = tensor.shape[:-1] + (-1,)
+    return _pack(q, 4).reshape(shape), blocks[..., 0].copy().reshape(shape)
 
 
 def _convert(p: Planned, arch, group_size: int) -> dict:
     import mlx.core as mx
 
     base = p.name.removesuffix(".weight")
+    if p.mode == "mxfp4":
+        weight, scales = (mx.array(a) for a in repack_mxfp4(p.tensor))
+        return {p.name: weight, f"{base}.scales": scales}
     exact = repack_exact(p.tensor, p.bits, group_size) if p.bits else None
     if exact is not None:
         weight, scales, biases = (mx.array(a) for a in exact)
@@ -212,8 +255,11 @@ def import_gguf(
     overwrite: bool = False,
     options: Options = Options(),
     display_source: str | None = None,
+    sampling: dict | None = None,
 ) -> Path:
-    """Convert `gguf_path` into `models_dir/name` and return that folder."""
+    """Convert `gguf_path` into `models_dir/name` and return that folder.
+    `sampling`: default sampling parameters by source (an Ollama manifest's
+    params), kept beside the file's own `general.sampling.*` keys."""
     import mlx.core as mx
 
     gguf_path = Path(gguf_path)
@@ -232,9 +278,10 @@ def import_gguf(
     progress(ImportProgress("reading", f"reading {display_source or gguf_path.name}"))
     f = GGUFFile(gguf_path)
     arch = architecture(f)
+    keep_mxfp4 = options.dtype is None and options.bits in (None, 4)  # what the user asked, before resolving
     options = options.resolve(f.source_type())
 
-    planned = plan(f, options)
+    planned = plan(f, options, keep_mxfp4)
     config = arch.config(f)
     quant = quantization_config(planned, options)
     if quant:
@@ -246,7 +293,8 @@ def import_gguf(
     eos = list(dict.fromkeys(e for e in eos if e is not None))
     config["eos_token_id"] = eos[0] if len(eos) == 1 else eos or None
     config["impetus"] = {"source": "gguf", "name": f.meta.get("general.name"), "architecture": f.architecture,
-                         "source_type": f.source_type(), "stored": options.as_dict(), **stamp}
+                         "source_type": f.source_type(), "stored": options.as_dict(), **stamp,
+                         "sampling": {"gguf": gguf_sampling(f.meta), **(sampling or {})}}
     tokenizer = build_tokenizer(f.meta)  # before writing: a bad vocabulary fails fast
     total_bytes = sum(p.output_bytes(options.group_size) for p in planned)
     models_dir.mkdir(parents=True, exist_ok=True)

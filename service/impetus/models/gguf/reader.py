@@ -26,7 +26,7 @@ SOURCE_BITS = {
     "F32": 32, "F16": 16, "BF16": 16, "Q8_0": 8, "Q8_1": 8, "Q8_K": 8, "Q6_K": 6.5625,
     "Q5_0": 5.5, "Q5_1": 6, "Q5_K": 5.5, "Q4_0": 4.5, "Q4_1": 5, "Q4_K": 4.5, "IQ4_NL": 4.5,
     "IQ4_XS": 4.25, "Q3_K": 3.4375, "IQ3_S": 3.4375, "IQ3_XXS": 3.0625, "Q2_K": 2.625,
-    "IQ2_S": 2.5, "IQ2_XS": 2.3125, "IQ2_XXS": 2.0625, "IQ1_M": 1.75, "IQ1_S": 1.5625,
+    "IQ2_S": 2.5, "IQ2_XS": 2.3125, "IQ2_XXS": 2.0625, "IQ1_M": 1.75, "IQ1_S": 1.5625, "MXFP4": 4.25,
 }
 
 
@@ -131,11 +131,12 @@ class GGUFFile:
         return self.meta.get(f"{self.architecture}.{key}", default)
 
     def source_type(self) -> str:
-        """The file's main tensor type: the most bytes among 2-D weights but the
-        embedding (a Q4_K_M file: Q4_K and Q5_0 layers, Q6_K/Q8_0 for a few)."""
+        """The file's main tensor type: the most bytes among 2-D weights (and a
+        MoE's 3-D experts) but the embedding (a Q4_K_M file: Q4_K and Q5_0
+        layers, Q6_K/Q8_0 for a few; gpt-oss: MXFP4 experts)."""
         by_type: dict[str, int] = {}
         for tensor in self.tensors.values():
-            if len(tensor.shape) == 2 and not tensor.name.startswith(("token_embd", "output.")):
+            if len(tensor.shape) in (2, 3) and not tensor.name.startswith(("token_embd", "output.")):
                 by_type[tensor.type] = by_type.get(tensor.type, 0) + tensor.nbytes
         if not by_type:
             return "F32"

@@ -21,17 +21,17 @@ THINKING_TEMPLATE = (
 )
 
 
-def byte_level_alphabet() -> list[str]:
-    """GPT-2's printable stand-ins for the 256 byte values."""
+def byte_to_char() -> dict[int, str]:
+    """GPT-2's printable stand-in for each byte value (" " is "Ġ")."""
     printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + \
         list(range(ord("®"), ord("ÿ") + 1))
-    chars, n = printable[:], 0
-    for b in range(256):
-        if b not in printable:
-            printable.append(b)
-            chars.append(256 + n)
-            n += 1
-    return [chr(c) for c in chars]
+    others = [b for b in range(256) if b not in printable]
+    return {**{b: chr(b) for b in printable}, **{b: chr(256 + n) for n, b in enumerate(others)}}
+
+
+def byte_level_alphabet() -> list[str]:
+    """GPT-2's printable stand-ins for the 256 byte values (printable bytes first)."""
+    return list(byte_to_char().values())
 
 
 def write_tiny_llama(path: Path, weight_type: str, tied: bool = True, seed: int = 0,
@@ -68,13 +68,17 @@ EXPERTS, EXPERTS_USED, EXPERT_FFN = 4, 2, 32
 
 def write_tiny(path: Path, arch: str = "llama", weight_type: str = "F32", tied: bool = True, seed: int = 0,
                thinking: bool = False, tokenizer: str | None = None, chat_template: bool = True,
-               meta: dict | None = None, expert_type: str | None = None) -> Path:
+               meta: dict | None = None, expert_type: str | None = None, extra_tokens=(),
+               template: str | None = None, weights=None, context: int = 256) -> Path:
     """A random-weight model of `arch` in `weight_type` (any type gguf-py can
     quantize), with a byte-level BPE ("gpt2") or SentencePiece ("llama")
     vocabulary (default: SentencePiece for gemma3, BPE for the rest); `meta`:
     more metadata (float or int values), as `general.sampling.temp`;
     `expert_type`: the MoE experts' type, when not `weight_type` (gpt-oss
-    ships MXFP4 experts beside other types)."""
+    ships MXFP4 experts beside other types); `extra_tokens`: (text, GGUF
+    token type) pairs added to the vocabulary; `template`: the chat template;
+    `weights(name, array, tokens)`: each tensor's values, to be changed before
+    it is written (tests/tiny_harmony.py scripts a model's output so)."""
     import gguf
     from gguf import GGMLQuantizationType as Q
 
@@ -96,6 +100,10 @@ def write_tiny(path: Path, arch: str = "llama", weight_type: str = "F32", tied: 
         tokens += ["<|im_start|>", "<|im_end|>"]
         token_types += [3, 3]
         scores += [0.0, 0.0]
+    for text, kind in extra_tokens:
+        tokens.append(text)
+        token_types.append(kind)
+        scores = scores + [0.0] if scores is not None else None
     if thinking:
         tokens += ["<think>", "</think>"]
         token_types += [4, 4]  # user-defined: added tokens that decode as their text
@@ -111,7 +119,7 @@ def write_tiny(path: Path, arch: str = "llama", weight_type: str = "F32", tied: 
     writer = gguf.GGUFWriter(str(path), arch)
     writer.add_name(f"tiny-{arch}")
     writer.add_block_count(layers)
-    writer.add_context_length(256)
+    writer.add_context_length(context)
     writer.add_embedding_length(hidden)
     writer.add_feed_forward_length(ffn)
     writer.add_head_count(heads)
@@ -143,12 +151,14 @@ def write_tiny(path: Path, arch: str = "llama", weight_type: str = "F32", tied: 
     writer.add_eos_token_id(tokens.index("<|im_end|>"))
     writer.add_add_bos_token(tokenizer == "llama")
     if chat_template:
-        writer.add_chat_template(THINKING_TEMPLATE if thinking else CHAT_TEMPLATE)
+        writer.add_chat_template(template or (THINKING_TEMPLATE if thinking else CHAT_TEMPLATE))
     for key, value in (meta or {}).items():
         (writer.add_float32 if isinstance(value, float) else writer.add_int32)(key, value)
 
     def add(name, shape, scale=0.5, kind=None, offset=0.0):
         array = (rng.standard_normal(shape) * scale + offset).astype(np.float32)
+        if weights is not None:
+            array = np.asarray(weights(name, array, tokens), dtype=np.float32)
         kind = qtype if kind is None else kind
         if kind == Q.F32:
             writer.add_tensor(name, array)

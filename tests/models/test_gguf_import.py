@@ -106,8 +106,8 @@ def mxfp4_blocks(rng, shape) -> np.ndarray:
 def test_mxfp4_experts_are_repacked_bit_exactly_into_mlx_mxfp4(tmp_path):
     from gguf import GGMLQuantizationType, quants
 
-    from impetus.models.gguf.convert import repack_mxfp4
     from impetus.models.gguf.reader import GGUFFile
+    from impetus.models.gguf.repack import repack_mxfp4
 
     rng = np.random.default_rng(0)
     raw = mxfp4_blocks(rng, (EXPERTS, EXPERT_FFN, 64))

@@ -53,12 +53,12 @@ def prepare(resp, engine, settings, chat: ChatCompletionRequest, requested: int 
     (output_budget)."""
     tool_mode = tools.mode(chat)
     first = settings.tools_before_system
-    prompt, media, marker = prompt_of(engine, settings, chat.messages, chat.tools, chat.chat_template_kwargs)
+    prompt, media, marker = prompt_of(engine, settings, chat.messages, chat.tools, chat.template_arguments())
     max_tokens = output_budget(resp, engine, settings, len(prompt), requested, prompt_param, max_param,
                                           overflow)
     params = sampling_params(chat, max_tokens, engine, logprobs=chat.logprobs, top_logprobs=chat.top_logprobs or 0)
     params.grammar = output_grammar(chat, tool_mode, engine.tokenizer)
-    params.keep_prefixes = prefix_points(engine.tokenizer, chat.messages, chat.tools, chat.chat_template_kwargs,
+    params.keep_prefixes = prefix_points(engine.tokenizer, chat.messages, chat.tools, chat.template_arguments(),
                                          prompt, settings.prefix_checkpoint_min_tokens, first, marker)
     if media is not None:  # its next turn, or the same image again, starts after the images (Gemma 3: only there)
         params.keep_prefixes = sorted({*params.keep_prefixes, len(prompt) - 1})

@@ -97,6 +97,20 @@ class ChatMessage(RequestModel):
         return "".join(part.text if isinstance(part, TextPart) else marker for part in self.content)
 
 
+Effort = Literal["none", "minimal", "low", "medium", "high", "xhigh"]  # OpenAI's reasoning levels
+# -> gpt-oss's "Reasoning: low|medium|high" (its template's reasoning_effort)
+_HARMONY_EFFORT = {"none": "low", "minimal": "low", "low": "low", "medium": "medium", "high": "high",
+                   "xhigh": "high"}
+
+
+def effort_arguments(effort: str | None) -> dict:
+    """Template arguments for a reasoning effort: gpt-oss's `reasoning_effort`
+    (its three levels); "none" also turns a `<think>` template's thinking off."""
+    if effort is None:
+        return {}
+    return {"reasoning_effort": _HARMONY_EFFORT[effort], **({"enable_thinking": False} if effort == "none" else {})}
+
+
 class _SamplingFields(OpenAIHints):
     model: str = Field(min_length=1)
     temperature: Temperature = None
@@ -209,7 +223,13 @@ class ChatCompletionRequest(_SamplingFields):
     parallel_tool_calls: bool | None = None
     # Passed to the chat template, e.g. {"enable_thinking": false} (vLLM's and SGLang's field).
     chat_template_kwargs: dict | None = None
+    reasoning_effort: Effort | None = None
     prediction: Prediction | None = None
+
+    def template_arguments(self) -> dict:
+        """What the chat template is given beside the messages: the reasoning
+        effort's arguments, then chat_template_kwargs (which win)."""
+        return {**effort_arguments(self.reasoning_effort), **(self.chat_template_kwargs or {})}
 
     @model_validator(mode="after")
     def _top_logprobs_needs_logprobs(self):

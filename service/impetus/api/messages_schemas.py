@@ -25,6 +25,7 @@ from impetus.api.chat_schemas import (
     OutputTokens,
     TextPart,
     Tool,
+    effort_arguments,
 )
 from impetus.api.schema_base import Priority, RequestModel, ResponseModel
 from impetus.web import bad_request
@@ -235,9 +236,19 @@ class MessagesCountRequest(_Cacheable):
                 out.append(ChatMessage(role=message.role, content=text, tool_calls=calls or None))
         return out
 
+    def effort(self) -> str | None:
+        """thinking as a reasoning effort: disabled is "none" (a `<think>`
+        template's thinking off; gpt-oss's lowest level); a budget of under
+        2,048 tokens "low", under 16,384 "medium", more "high"."""
+        if not self.thinking:
+            return None
+        if self.thinking.type == "disabled":
+            return "none"
+        budget = self.thinking.budget_tokens
+        return None if budget is None else "low" if budget < 2048 else "medium" if budget < 16384 else "high"
+
     def template_kwargs(self) -> dict | None:
-        """thinking {"type": "disabled"} turns a reasoning template's thinking off."""
-        return {"enable_thinking": False} if self.thinking and self.thinking.type == "disabled" else None
+        return effort_arguments(self.effort()) or None
 
     def chat_tools(self) -> tuple[list[Tool] | None, Any]:
         tools = [Tool(type="function", function={"name": t.name, "description": t.description,
@@ -281,7 +292,7 @@ class MessagesRequest(MessagesCountRequest):
             model=self.model, messages=self.chat_messages(keep_billing_header), max_tokens=self.max_tokens,
             temperature=self.temperature, top_p=self.top_p or 1.0, top_k=self.top_k or 0,
             stop=[s for s in self.stop_sequences or [] if s], tools=tools, tool_choice=tool_choice,
-            chat_template_kwargs=self.template_kwargs(), priority=self.priority)
+            reasoning_effort=self.effort(), priority=self.priority)
 
 
 # -- responses (documented in /openapi.json) -----------------------------------

@@ -11,6 +11,8 @@ what it answered, and the tool calls it made apart from its text.
   never mixed into the answer: chat puts it in `reasoning_content` (vLLM's
   and DeepSeek's field), Messages in `thinking` blocks, Responses in a
   `reasoning` item.
+- gpt-oss's harmony channels: `api.harmony`'s parser, with this one's
+  interface, chosen by `for_prompt`.
 - Tool calls (api.tools): with tool_choice "auto" text streams until a call
   marker; from there the output is held and parsed into calls at the end.
   With a forced call all of the output is the (constrained) call.
@@ -77,6 +79,12 @@ class OutputParser:
 
     @classmethod
     def for_prompt(cls, tokenizer, prompt: list[int], tool_mode=None, tool_list=None) -> "OutputParser":
+        """The parser for a prompt's output: gpt-oss's channels (api.harmony),
+        unless a forced call constrains the output to JSON; else this one."""
+        from impetus.api import harmony
+
+        if tool_mode != "forced" and harmony.is_harmony(tokenizer):
+            return harmony.HarmonyParser(tokenizer, tool_mode, tool_list)
         return cls(tokenizer, tool_mode, tool_list, thinking=starts_thinking(tokenizer, prompt))
 
     def feed(self, text: str, token: bool = True) -> list[tuple[str, str]]:

@@ -304,9 +304,6 @@ class ResponsesRequest(OpenAIHints):
             return tools, NamedToolChoice(type="function", function={"name": choice.name})
         return tools, choice
 
-    def template_kwargs(self) -> dict | None:
-        """reasoning.effort "none" turns a reasoning template's thinking off."""
-        return {"enable_thinking": False} if self.reasoning and self.reasoning.effort == "none" else None
 
     def to_chat(self, history: list[ChatMessage] = ()) -> ChatCompletionRequest:
         """The same request as chat completions take it; `history` is the
@@ -321,7 +318,8 @@ class ResponsesRequest(OpenAIHints):
         return ChatCompletionRequest(
             model=self.model, messages=system + list(history) + self.turns(), max_tokens=self.max_output_tokens,
             temperature=self.temperature, top_p=self.top_p, response_format=response_format, tools=tools,
-            tool_choice=tool_choice, chat_template_kwargs=self.template_kwargs(), priority=self.priority)
+            tool_choice=tool_choice, reasoning_effort=self.reasoning.effort if self.reasoning else None,
+            priority=self.priority)
 
 
 def _validate_item(value):

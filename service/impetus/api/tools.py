@@ -37,7 +37,11 @@ def mode(body) -> str | None:
 
 
 def template_knows_tools(tokenizer) -> bool:
-    return bool(getattr(tokenizer, "has_tool_calling", False))
+    """The template renders tools and calls itself: mlx-lm found its call
+    markers, or it is gpt-oss's (harmony: calls are messages to functions.NAME)."""
+    from impetus.api.harmony import is_harmony
+
+    return bool(getattr(tokenizer, "has_tool_calling", False)) or is_harmony(tokenizer)
 
 
 def markers(tokenizer) -> tuple[str, str]:

@@ -121,6 +121,8 @@ def test_analysis_and_final_reach_every_protocols_fields(client, claude):
     assert "".join(e.delta for e in events if e.type == "response.output_text.delta") == ANSWER
     raw = client.completions.create(model="oss-think", prompt="<|start|>assistant", temperature=0, max_tokens=40)
     assert "<|channel|>analysis<|message|>" in raw.choices[0].text  # what the parsers were given
+    capabilities = client.models.retrieve("oss-think").model_extra["capabilities"]
+    assert capabilities["reasoning"] == "harmony" and capabilities["tools"]
 
 
 @pytest.mark.slow

@@ -136,7 +136,9 @@ def make_traffic(proxy: str, keys: KeyStore) -> int:
     """Requests through nginx that give every panel something to show; returns their count."""
     user, _ = keys.create("grafana-user")
     limited, _ = keys.create("grafana-limited", rpm=1)
-    chat = {"model": DEFAULT_MODEL, "max_tokens": 8, "messages": [{"role": "user", "content": "Name a fruit."}]}
+    # Sampled unless said otherwise: the default model's own defaults are greedy, and a greedy repeat is a cache hit.
+    chat = {"model": DEFAULT_MODEL, "max_tokens": 8, "messages": [{"role": "user", "content": "Name a fruit."}],
+            "temperature": 1.0}
     headers = {"Authorization": f"Bearer {user}"}
     statuses = []
     with httpx.Client(base_url=proxy, timeout=120, headers=headers) as http:
@@ -146,7 +148,7 @@ def make_traffic(proxy: str, keys: KeyStore) -> int:
             assert sum(1 for line in stream.iter_lines() if line.startswith("data: "))
             statuses.append(stream.status_code)
         statuses.append(http.post("/v1/completions", json={"model": DEFAULT_MODEL, "prompt": "One, two,",
-                                                           "max_tokens": 6}).status_code)
+                                                           "max_tokens": 6, "temperature": 1.0}).status_code)
         statuses.append(http.post("/v1/chat/completions", json={**chat, "messages": []}).status_code)
         statuses.append(http.get("/v1/models", headers={"Authorization": "Bearer imp_not-a-key"}).status_code)
         for _ in range(2):

@@ -23,7 +23,8 @@ from impetus.models.store import DEFAULT_MODEL
 
 pytestmark = pytest.mark.slow
 
-CHAT = {"model": DEFAULT_MODEL, "max_tokens": 8, "messages": [{"role": "user", "content": "Hi"}]}
+# Sampled: the default model's own defaults are greedy, and a repeated greedy request comes from the cache.
+CHAT = {"model": DEFAULT_MODEL, "max_tokens": 8, "messages": [{"role": "user", "content": "Hi"}], "temperature": 1.0}
 
 
 @pytest.fixture

@@ -43,7 +43,8 @@ def test_request_lines_have_the_fields_and_no_secrets(data_dir, redis_server, tm
     try:
         key, _ = KeyStore(redis_server.client()).create("log-user")
         headers = {"Authorization": f"Bearer {key}", "X-Request-ID": "req-logs-1"}
-        chat = {"model": DEFAULT_MODEL, "max_tokens": 5, "messages": [{"role": "user", "content": SECRET_PROMPT}]}
+        chat = {"model": DEFAULT_MODEL, "max_tokens": 5, "messages": [{"role": "user", "content": SECRET_PROMPT}],
+                "temperature": 1.0}  # sampled: not a cache hit (the model's own defaults are greedy)
         reply = httpx.post(f"{server.base_url}/v1/chat/completions", json=chat, headers=headers, timeout=60).json()
         line = wait_for_line(log_file, lambda l: l.get("request_id") == "req-logs-1")
         assert line["key"] == "log-user" and line["model"] == DEFAULT_MODEL and line["status"] == 200

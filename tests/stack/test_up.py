@@ -241,8 +241,8 @@ def test_a_port_someone_else_holds_is_one_line_naming_the_holder(tmp_path):
 
 def _stream(client: openai.OpenAI) -> dict:
     """One streamed answer; the usage its last chunk reported."""
-    chunks = client.chat.completions.create(model=DEFAULT_MODEL, max_tokens=1, stream=True,
-                                            stream_options={"include_usage": True},
+    chunks = client.chat.completions.create(model=DEFAULT_MODEL, max_tokens=1, stream=True, temperature=1.0,
+                                            stream_options={"include_usage": True},  # sampled: never a cache hit
                                             messages=[{"role": "user", "content": "Hi"}])
     usage = [chunk.usage for chunk in chunks if chunk.usage is not None]
     assert len(usage) == 1

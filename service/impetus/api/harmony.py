@@ -29,7 +29,7 @@ import json
 import re
 
 from impetus.api import tools
-from impetus.api.output import REASONING, TEXT, Parsed
+from impetus.api.output import REASONING, TEXT, WholeOutput
 
 START, END, MESSAGE, CHANNEL = "<|start|>", "<|end|>", "<|message|>", "<|channel|>"
 RETURN, CALL = "<|return|>", "<|call|>"
@@ -59,7 +59,7 @@ def _held(text: str, markers) -> int:
                 if text.endswith(marker[:k])), default=0)
 
 
-class HarmonyParser:
+class HarmonyParser(WholeOutput):
     """OutputParser's interface (feed, finish, whole, reasoning_tokens) over harmony."""
 
     def __init__(self, tokenizer, tool_mode: str | None = None, tool_list=None):
@@ -185,14 +185,3 @@ class HarmonyParser:
         self.leftover = ""
         calls, self.calls = self.calls, []
         return parts, calls
-
-    def whole(self, text: str) -> Parsed:
-        parts = self.feed(text, token=False)
-        more, calls = self.finish()
-        parsed = Parsed(calls=calls)
-        for kind, piece in parts + more:
-            if kind == REASONING:
-                parsed.reasoning += piece
-            else:
-                parsed.text += piece
-        return parsed

@@ -63,7 +63,22 @@ class Parsed:
     calls: list[dict] = field(default_factory=list)
 
 
-class OutputParser:
+class WholeOutput:
+    """A parser's `whole`: a non-streamed choice's output, parsed at once, from its `feed` and `finish`."""
+
+    def whole(self, text: str) -> Parsed:
+        parts = self.feed(text, token=False)
+        more, calls = self.finish()
+        parsed = Parsed(calls=calls)
+        for kind, piece in parts + more:
+            if kind == REASONING:
+                parsed.reasoning += piece
+            else:
+                parsed.text += piece
+        return parsed
+
+
+class OutputParser(WholeOutput):
     def __init__(self, tokenizer, tool_mode: str | None = None, tool_list=None, thinking: bool = False):
         self.tokenizer = tokenizer
         self.tool_mode = tool_mode
@@ -147,18 +162,6 @@ class OutputParser:
             self._emit(parts, leftover)
         self.call_text = ""
         return parts, calls
-
-    def whole(self, text: str) -> Parsed:
-        """A non-streamed choice's output, parsed at once."""
-        parts = self.feed(text, token=False)
-        more, calls = self.finish()
-        parsed = Parsed(calls=calls)
-        for kind, piece in parts + more:
-            if kind == REASONING:
-                parsed.reasoning += piece
-            else:
-                parsed.text += piece
-        return parsed
 
 
 def parsed_stream(gen, parser: OutputParser, heartbeat: float | None = None):

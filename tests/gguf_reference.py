@@ -76,8 +76,9 @@ class Reference:
             if sliding and arch == "gemma3":
                 base = 10000.0
             freqs = t.get("rope_freqs.weight")
-            q = rope(q, base, rope_dims, ROPE_NEOX[arch], freqs)
-            k = rope(k, base, rope_dims, ROPE_NEOX[arch], freqs)
+            yarn = self._yarn(base, rope_dims) if self.hp("rope.scaling.type") == "yarn" else None
+            q = rope(q, base, rope_dims, ROPE_NEOX[arch], freqs, yarn)
+            k = rope(k, base, rope_dims, ROPE_NEOX[arch], freqs, yarn)
             k = np.repeat(k, heads // kv_heads, axis=1)
             v = np.repeat(v, heads // kv_heads, axis=1)
             scores = np.einsum("qhd,khd->hqk", q, k) / math.sqrt(head_dim) + mask
@@ -112,6 +113,23 @@ class Reference:
         x = rms(x, eps) * t["output_norm.weight"]
         return x @ t.get("output.weight", t["token_embd.weight"]).T
 
+
+    def _yarn(self, base: float, dims: int) -> tuple[np.ndarray, float]:
+        """ggml's rope_yarn: each pair's frequency between the original
+        (extrapolated) and the one divided by the factor (interpolated), by a
+        ramp over the correction dims (beta_fast 32, beta_slow 1), and the
+        rotation scaled by 1 + 0.1 ln(factor)."""
+        factor, original = self.hp("rope.scaling.factor"), self.hp("rope.scaling.original_context_length")
+
+        def corr_dim(rotations):
+            return dims * math.log(original / (rotations * 2 * math.pi)) / (2 * math.log(base))
+
+        low, high = max(0, math.floor(corr_dim(32))), min(dims - 1, math.ceil(corr_dim(1)))
+        pairs = np.arange(dims // 2)
+        ramp = 1 - np.clip((pairs - low) / max(0.001, high - low), 0, 1)
+        extrapolated = base ** (-2 * pairs / dims)
+        inverse = extrapolated / factor * (1 - ramp) + extrapolated * ramp
+        return inverse, 1 + 0.1 * math.log(factor)
 
     def _experts(self, b: str, h: np.ndarray) -> np.ndarray:
         """llama.cpp's build_moe_ffn: qwen3moe softmaxes the router's logits,
@@ -161,13 +179,17 @@ def gelu_tanh(x):
     return 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))
 
 
-def rope(x, base, dims, neox, freq_factors=None):
+def rope(x, base, dims, neox, freq_factors=None, yarn=None):
+    """`yarn`: (each pair's frequency, the scale of the rotation), from Reference._yarn."""
     n = x.shape[0]
     inv = base ** (-np.arange(0, dims, 2) / dims)
     if freq_factors is not None:
         inv = inv / freq_factors
+    scale = 1.0
+    if yarn is not None:
+        inv, scale = yarn
     angles = np.arange(n)[:, None] * inv[None, :]  # (n, dims/2)
-    cos, sin = np.cos(angles)[:, None, :], np.sin(angles)[:, None, :]
+    cos, sin = np.cos(angles)[:, None, :] * scale, np.sin(angles)[:, None, :] * scale
     rotated, rest = x[..., :dims], x[..., dims:]
     if neox:
         a, b = rotated[..., : dims // 2], rotated[..., dims // 2:]

@@ -133,6 +133,10 @@ def write_tiny(path: Path, arch: str = "llama", weight_type: str = "F32", tied: 
         writer.add_rope_dimension_count(head_dim // 2)  # partial rotary
     if arch in ("gemma3", "gpt-oss"):
         writer.add_sliding_window(4)  # shorter than the tests' prompts
+    if arch == "gpt-oss":  # YaRN, as gpt-oss ships (factor 32 over 4,096 there)
+        writer.add_rope_scaling_type(gguf.RopeScalingType.YARN)
+        writer.add_rope_scaling_factor(4.0)
+        writer.add_rope_scaling_orig_ctx_len(32)
     if arch in MOE:
         writer.add_expert_count(EXPERTS)
         writer.add_expert_used_count(EXPERTS_USED)

@@ -61,9 +61,11 @@ def test_every_type_and_architecture_computes_what_the_file_holds(tmp_path, arch
     path = write_tiny(tmp_path / f"{arch}-{weight_type}.gguf", arch, weight_type, tied=weight_type != "Q8_0")
     expected = Reference(path).logits(PROMPT)
 
+    # gpt-oss's YaRN scales q and k by 1 + 0.1 ln(factor), which grows float32's rounding.
+    bound = 5e-5 if arch == "gpt-oss" else 1e-5
     exact = import_gguf(path, tmp_path / "models", name="f32", options=Options(dtype="float32"))
     served = logits(load(exact, weights_dtype="float32").model, PROMPT)
-    assert close(served, expected) < 1e-5
+    assert close(served, expected) < bound
     assert (served.argmax(-1) == expected.argmax(-1)).all()
 
     default = import_gguf(path, tmp_path / "models", name="default")
@@ -71,7 +73,7 @@ def test_every_type_and_architecture_computes_what_the_file_holds(tmp_path, arch
     bits = (config.get("quantization") or {}).get("bits")
     assert bits == {"Q4_0": 4, "Q4_1": 4, "Q5_0": 5, "Q5_1": 5, "Q8_0": 8, "IQ4_NL": 4}.get(weight_type)
     if weight_type in ("Q4_0", "Q4_1", "Q8_0", "F32", "F16", "BF16"):
-        assert close(logits(load(default, weights_dtype="float32").model, PROMPT), expected) < 1e-5
+        assert close(logits(load(default, weights_dtype="float32").model, PROMPT), expected) < bound
     # Kept quantized, MLX's kernels accumulate differently: close, not identical.
     # (Q5 and IQ values are re-quantized: random tiny models amplify that; see the Gemma tests.)
     if weight_type != "BF16" and not weight_type.startswith(("Q5", "IQ")):
@@ -128,12 +130,12 @@ def test_mxfp4_experts_are_repacked_bit_exactly_into_mlx_mxfp4(tmp_path):
     assert config["quantization"]["model.layers.0.mlp.experts.gate_proj"] == {"group_size": 32, "bits": 4,
                                                                               "mode": "mxfp4"}
     for weights in ("stored", "float32"):  # MLX's mxfp4 kernels, and dequantized on a CPU
-        assert close(logits(load(folder, weights_dtype=weights).model, PROMPT), expected_logits) < 1e-5
+        assert close(logits(load(folder, weights_dtype=weights).model, PROMPT), expected_logits) < 5e-5
     assert greedy(load(folder, weights_dtype="float32").model, PROMPT, 6) == reference_greedy(reference, PROMPT, 6)
     # Asked for floats (or other bits), the experts are dequantized by gguf-py.
     floats = import_gguf(path, tmp_path / "models", name="oss-f32", options=Options(dtype="float32"))
     assert "quantization" not in json.loads((floats / "config.json").read_text())
-    assert close(logits(load(floats, weights_dtype="stored").model, PROMPT), expected_logits) < 1e-5
+    assert close(logits(load(floats, weights_dtype="stored").model, PROMPT), expected_logits) < 5e-5
 
 
 @pytest.mark.parametrize("weight_type", ["Q5_0", "Q5_1"])

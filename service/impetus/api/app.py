@@ -20,6 +20,7 @@ from impetus.api.completions import CompletionsResource
 from impetus.api.embeddings import EmbeddingsResource
 from impetus.api.errors import handle_http_error, handle_unexpected
 from impetus.api.health import LivenessResource, ReadinessResource, StatusResource
+from impetus.api.infill import InfillResource
 from impetus.api.messages import CountTokensResource, MessagesResource
 from impetus.api.middleware import JSONBodyMiddleware, RequestIdMiddleware
 from impetus.api.models import ModelResource, ModelsResource
@@ -64,6 +65,7 @@ def create_app(settings, host, waker, gateway=None, metrics=None, broadcast=None
     routes = {
         "/v1/chat/completions": ChatCompletionsResource(host, waker, settings, cache, metrics),
         "/v1/completions": CompletionsResource(host, waker, settings, cache, metrics),
+        "/infill": InfillResource(host, waker, settings, None, metrics),  # not cached: each keystroke differs
         # Not cached: a Responses object is not replayed from the chat cache's form.
         "/v1/responses": ResponsesResource(host, waker, settings, responses, metrics),
         "/v1/responses/{response_id}": ResponseResource(responses),

@@ -256,6 +256,18 @@ class CompletionRequest(_SamplingFields):
     max_tokens: OutputTokens | None = 16
     logprobs: int | None = Field(default=None, ge=0, le=5)
     echo: bool = False
+    # The text after the cursor: the prompt is what comes before it, and the answer what goes
+    # between (fill-in-the-middle, with the model's FIM tokens: api.fim).
+    suffix: str | None = Field(default=None, max_length=1_000_000)
+
+    @model_validator(mode="after")
+    def _suffix_takes_text(self):
+        if self.suffix is not None and not (isinstance(self.prompt, str) or (
+                isinstance(self.prompt, list) and all(isinstance(p, str) for p in self.prompt))):
+            raise ValueError("suffix needs the prompt as text (the text before the cursor)")
+        if self.suffix is not None and self.echo:
+            raise ValueError("echo cannot be used with suffix")
+        return self
 
     @field_validator("prompt")
     @classmethod

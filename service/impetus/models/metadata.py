@@ -15,13 +15,11 @@ from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from impetus.models.fim import FAMILIES as FIM_FAMILIES
+
 _DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 # The vision-language families served with images (models.vision.FAMILIES, without importing MLX).
 VISION_FAMILIES = ("gemma3", "idefics3", "smolvlm")
-# Fill-in-the-middle tokens by family: (prefix, suffix, middle).
-FIM_TOKENS = (("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"),  # Qwen2.5-Coder, CodeGemma
-              ("<fim_prefix>", "<fim_suffix>", "<fim_middle>"),  # StarCoder2
-              ("<|fim▁begin|>", "<|fim▁hole|>", "<|fim▁end|>"))  # DeepSeek-Coder
 HARMONY_MARKERS = ("<|channel|>", "<|message|>")  # gpt-oss's output channels
 
 
@@ -127,7 +125,8 @@ def _read(path: Path, stamp: tuple) -> ModelMetadata:
         vision=bool(config.get("vision_config")) and config.get("model_type") in VISION_FAMILIES,
         tools=template is not None and _renders_tools(template),
         reasoning=_reasoning(template or "", vocabulary),
-        fill_in_middle=any(all(_quoted(t) in vocabulary for t in family) for family in FIM_TOKENS),
+        fill_in_middle=bool((config.get("impetus") or {}).get("fim")) or any(
+            all(_quoted(t) in vocabulary for t in (f.prefix, f.suffix, f.middle) if t) for f in FIM_FAMILIES),
     )
 
 
@@ -158,7 +157,7 @@ def _renders_tools(template: str) -> bool:
 
 
 def _quoted(token: str) -> bytes:
-    return json.dumps(token).encode()
+    return json.dumps(token, ensure_ascii=False).encode()
 
 
 def _reasoning(template: str, vocabulary: bytes) -> str | None:

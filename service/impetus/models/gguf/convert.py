@@ -240,7 +240,7 @@ def import_gguf(
     if f.architecture == "gpt-oss":
         eos = harmony_ends(f.meta, eos)
     config["eos_token_id"] = eos[0] if len(eos) == 1 else eos or None
-    config["impetus"] = {"source": "gguf", "name": f.meta.get("general.name"), "architecture": f.architecture,
+    config["impetus"] = {"source": "gguf", "fim": fim_markers(f.meta), "name": f.meta.get("general.name"), "architecture": f.architecture,
                          "source_type": f.source_type(), "stored": options.as_dict(), **stamp,
                          "sampling": {"gguf": gguf_sampling(f.meta), **(sampling or {})}}
     tokenizer = build_tokenizer(f.meta)  # before writing: a bad vocabulary fails fast
@@ -297,6 +297,22 @@ def import_gguf(
     progress(ImportProgress("done", f"imported {name} -> {target}", len(planned), len(planned), written,
                             total_bytes))
     return target
+
+
+_FIM_KEYS = {"prefix": "fim_pre", "suffix": "fim_suf", "middle": "fim_mid", "pad": "fim_pad", "repo": "fim_rep",
+             "sep": "fim_sep"}
+
+
+def fim_markers(meta: dict) -> dict:
+    """The fill-in-the-middle tokens the GGUF names (tokenizer.ggml.fim_pre_token_id...), as their
+    texts, for api.fim: a file may name markers no family table knows."""
+    tokens = meta.get("tokenizer.ggml.tokens") or []
+    found = {}
+    for name, key in _FIM_KEYS.items():
+        index = meta.get(f"tokenizer.ggml.{key}_token_id")
+        if isinstance(index, int) and 0 <= index < len(tokens):
+            found[name] = tokens[index]
+    return found
 
 
 def harmony_ends(meta: dict, eos: list[int]) -> list[int]:

@@ -1,0 +1,134 @@
+"""Fill-in-the-middle: the tokens a code model reads to write what goes
+between the text before an editor's cursor and the text after it.
+
+Code models learn it with marker tokens around the two sides: Qwen2.5-Coder
+and CodeGemma `<|fim_prefix|>`, `<|fim_suffix|>`, `<|fim_middle|>`;
+StarCoder2 the same without bars; DeepSeek-Coder `<｜fim▁begin｜>`,
+`<｜fim▁hole｜>`, `<｜fim▁end｜>`; Codestral `[SUFFIX]` and `[PREFIX]`, in
+the other order. A GGUF names its markers (`tokenizer.ggml.fim_pre_token_id`
+and the rest), which the importer keeps in config.json; otherwise the
+vocabulary is searched for a family's.
+
+The prompt is llama.cpp's (its server's `format_infill`), so a model answers
+here as it does there: the other files' chunks (llama.cpp's `input_extra`)
+as the repository context the family was trained on (`<|repo_name|>`, then
+`<|file_sep|>NAME` before each file), then for prefix-suffix-middle order
+`<PRE>prefix+prompt<SUF>suffix<MID>`, for suffix-prefix-middle
+`<SUF>suffix<PRE>prefix+prompt<MID>`. What does not fit the context beside
+the answer is cut where it matters least: the prefix loses its start, the
+suffix its end (3:1 of the room, as llama.cpp), the extra chunks the oldest.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from impetus.models.fim import FAMILIES, FimFormat
+from impetus.web import bad_request
+
+# llama.cpp's chunk separator when the family has no file separator.
+CHUNK_SEPARATOR = "\n\n--- snippet ---\n\n"
+
+
+def fim_format(tokenizer, config: dict) -> FimFormat | None:
+    """The model's FIM format: the GGUF's named markers (kept at import), else
+    a family's whose markers are all in the vocabulary; None without one."""
+    cached = getattr(tokenizer, "_impetus_fim", False)
+    if cached is not False:
+        return cached
+    vocabulary = _vocabulary(tokenizer)
+    found = None
+    named = ((config.get("impetus") or {}).get("fim") or {}) if isinstance(config.get("impetus"), dict) else {}
+    if named.get("prefix") in vocabulary and named.get("suffix") in vocabulary:
+        family = next((f for f in FAMILIES if f.prefix == named["prefix"]), None)
+        found = FimFormat(family.family if family else "gguf", named["prefix"], named["suffix"], named.get("middle"),
+                          family.order if family else "psm", named.get("pad"), named.get("repo"), named.get("sep"))
+    else:
+        found = next((f for f in FAMILIES if all(m in vocabulary for m in (f.prefix, f.suffix, f.middle) if m)), None)
+        if found is not None:  # the optional markers only where the vocabulary has them
+            found = FimFormat(found.family, found.prefix, found.suffix, found.middle, found.order,
+                              *(m if m in vocabulary else None for m in (found.pad, found.repo, found.file_sep)))
+    try:
+        tokenizer._impetus_fim = found
+    except Exception:
+        pass
+    return found
+
+
+def _vocabulary(tokenizer) -> set[str]:
+    try:
+        return set(tokenizer._tokenizer.get_added_vocab())
+    except Exception:
+        return set()
+
+
+def require(tokenizer, config: dict, model: str, param: str = "suffix") -> FimFormat:
+    """The model's FIM format, or a 400 naming the model."""
+    found = fim_format(tokenizer, config)
+    if found is None:
+        raise bad_request(f"The model '{model}' has no fill-in-the-middle tokens (it is not a code model trained "
+                          f"for infill): send the prompt without {param}, or use a model that has them "
+                          "(GET /v1/models shows capabilities.fill_in_middle).", param=param,
+                          code="fill_in_middle_not_supported")
+    return found
+
+
+@dataclass
+class Infill:
+    """One infill request's text: before the cursor (`prefix`, then `prompt`,
+    the current line's start), after it (`suffix`), and other files' chunks
+    (`extra`: dicts of `text` and `filename`)."""
+
+    prefix: str
+    suffix: str
+    prompt: str = ""
+    extra: tuple = ()
+
+
+def fim_tokens(tokenizer, fmt: FimFormat, infill: Infill, room: int) -> list[int]:
+    """The prompt's tokens, within `room` tokens (the context less the answer's)."""
+    def encode(text: str) -> list[int]:
+        return list(tokenizer.encode(text, add_special_tokens=False)) if text else []
+
+    def token(marker: str) -> list[int]:
+        return [tokenizer.convert_tokens_to_ids(marker)]
+
+    extra: list[int] = []
+    if fmt.repo:
+        extra += token(fmt.repo) + encode("myproject\n")
+    for chunk in infill.extra:
+        name = chunk.get("filename") or "tmp"
+        extra += token(fmt.file_sep) + encode(name + "\n") if fmt.file_sep else encode(CHUNK_SEPARATOR)
+        extra += encode(chunk.get("text") or "")
+    if fmt.file_sep and infill.extra:
+        extra += token(fmt.file_sep) + encode("filename\n")
+
+    bos = [tokenizer.bos_token_id] if _adds_bos(tokenizer) else []
+    prompt = encode(infill.prompt)
+    fixed = 3 + len(bos) + len(prompt)  # the markers, BOS and the current line
+    space = max(0, room - fixed)
+    prefix, suffix = encode(infill.prefix), encode(infill.suffix)
+    suffix = suffix[:max(space // 4, space - len(prefix))]
+    prefix = prefix[len(prefix) - min(len(prefix), space - len(suffix)):]
+    extra = extra[len(extra) - min(len(extra), max(0, space - len(prefix) - len(suffix))):]
+
+    before = token(fmt.prefix) + prefix + prompt
+    after = token(fmt.suffix) + suffix
+    first, second = (before, after) if fmt.order == "psm" else (after, before)
+    return extra + bos + first + second + (token(fmt.middle) if fmt.middle else [])
+
+
+def _adds_bos(tokenizer) -> bool:
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if bos is None:
+        return False
+    try:
+        return tokenizer.encode("a")[:1] == [bos]
+    except Exception:
+        return False
+
+
+def stop_markers(fmt: FimFormat) -> list[str]:
+    """Texts that end the middle as editors expect it: the family's pad and
+    file separator (a model that goes on to another file), and its markers."""
+    return [m for m in (fmt.pad, fmt.file_sep, fmt.prefix, fmt.suffix, fmt.middle) if m]

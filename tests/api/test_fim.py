@@ -97,6 +97,11 @@ def test_completions_and_infill_give_the_engine_exactly_those_tokens(served):
         "model": "coder", "prompt": plain, "max_tokens": 8, "temperature": 0}).json()
     assert with_suffix["usage"]["prompt_tokens"] == len(plain)
     assert with_suffix["choices"][0]["text"] == same["choices"][0]["text"]
+    # Ollama's generate with suffix (Continue's autocomplete): the same prompt, the same answer.
+    ollama = httpx.post(f"{url}/api/generate", timeout=60, json={
+        "model": "coder:latest", "prompt": PREFIX, "suffix": SUFFIX, "raw": True, "stream": False,
+        "options": {"num_predict": 8, "temperature": 0}}).json()
+    assert ollama["response"] == same["choices"][0]["text"] and ollama["prompt_eval_count"] == len(plain)
 
     # Streamed as llama.cpp streams: content pieces, then the last line with stop and the counts.
     lines = []

@@ -177,3 +177,24 @@ def test_reasoning_effort_reaches_the_template_on_every_face(client, claude):
                                       thinking={"type": "enabled", "budget_tokens": budget},
                                       extra_body={"temperature": 0})
         assert said.usage.input_tokens + said.usage.cache_read_input_tokens == tokens
+
+
+@pytest.mark.slow
+@pytest.mark.own_server("a tiny gpt-oss that writes harmony's channels")
+def test_ollamas_chat_carries_thinking_tool_calls_and_think_levels(served, client):
+    import ollama
+
+    local = ollama.Client(host=served.base_url, timeout=120)
+    options = {"temperature": 0, "num_predict": 40}
+    said = local.chat(model="oss-think", messages=QUESTION, options=options)
+    assert (said.message.thinking, said.message.content) == (THOUGHT, ANSWER)
+    pieces = list(local.chat(model="oss-think", messages=QUESTION, options=options, stream=True))
+    assert "".join(p.message.thinking or "" for p in pieces) == THOUGHT
+    assert "".join(p.message.content for p in pieces) == ANSWER
+    called = local.chat(model="oss-tools", messages=QUESTION, tools=[WEATHER], options={**options, "num_predict": 60})
+    assert [(t.function.name, dict(t.function.arguments)) for t in called.message.tool_calls] == [
+        ("get_weather", {"city": "Oslo"})]
+    high = client.chat.completions.create(model="oss-think", messages=QUESTION, max_tokens=1, temperature=0,
+                                          reasoning_effort="high").usage.prompt_tokens
+    assert local.chat(model="oss-think", messages=QUESTION, think="high",
+                      options={"num_predict": 1}).prompt_eval_count == high

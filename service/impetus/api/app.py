@@ -24,6 +24,14 @@ from impetus.api.infill import InfillResource
 from impetus.api.messages import CountTokensResource, MessagesResource
 from impetus.api.middleware import JSONBodyMiddleware, RequestIdMiddleware
 from impetus.api.models import ModelResource, ModelsResource
+from impetus.api.ollama import OllamaChatResource, OllamaGenerateResource
+from impetus.api.ollama_catalog import (
+    OllamaEmbedResource,
+    OllamaPsResource,
+    OllamaShowResource,
+    OllamaTagsResource,
+    OllamaVersionResource,
+)
 from impetus.api.openapi import OpenAPIResource
 from impetus.api.reports import AdminAuditResource, AdminUsageResource, UsageResource
 from impetus.api.responses import ResponseInputItemsResource, ResponseResource, ResponsesResource
@@ -62,6 +70,7 @@ def create_app(settings, host, waker, gateway=None, metrics=None, broadcast=None
         embeddings = EmbeddingHost(settings)
     speech = SpeechHost(settings)
     responses = gateway.responses if gateway is not None else None
+    embedder = EmbeddingsResource(embeddings, host, metrics)
     routes = {
         "/v1/chat/completions": ChatCompletionsResource(host, waker, settings, cache, metrics),
         "/v1/completions": CompletionsResource(host, waker, settings, cache, metrics),
@@ -72,7 +81,7 @@ def create_app(settings, host, waker, gateway=None, metrics=None, broadcast=None
         "/v1/responses/{response_id}/input_items": ResponseInputItemsResource(responses),
         "/v1/messages": MessagesResource(host, waker, settings, None, metrics),
         "/v1/messages/count_tokens": CountTokensResource(host, settings),
-        "/v1/embeddings": EmbeddingsResource(embeddings, host, metrics),
+        "/v1/embeddings": embedder,
         "/v1/audio/transcriptions": TranscriptionsResource(speech, settings, metrics),
         "/v1/models": ModelsResource(host, embeddings, speech),
         "/v1/models/{model_id:path}": ModelResource(host, embeddings, speech),
@@ -93,6 +102,15 @@ def create_app(settings, host, waker, gateway=None, metrics=None, broadcast=None
         "/readyz": ReadinessResource(host, gateway, settings.stack_id),
         "/v1/status": StatusResource(host, gateway),
         "/openapi.json": OpenAPIResource(),
+        # Ollama's API, for the apps that speak it (api.ollama, api.ollama_catalog)
+        "/api/chat": OllamaChatResource(host, waker, settings, None, metrics),
+        "/api/generate": OllamaGenerateResource(host, waker, settings, None, metrics),
+        "/api/embed": OllamaEmbedResource(embedder),
+        "/api/embeddings": OllamaEmbedResource(embedder, legacy=True),
+        "/api/tags": OllamaTagsResource(host, embeddings),
+        "/api/ps": OllamaPsResource(host),
+        "/api/show": OllamaShowResource(host, settings),
+        "/api/version": OllamaVersionResource(),
     }
     if scraped:
         routes["/metrics"] = MetricsResource(settings.data_dir / "run")

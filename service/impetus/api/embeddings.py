@@ -29,6 +29,21 @@ class EmbeddingsResource:
 
     def on_post(self, req, resp):
         body = parse(EmbeddingRequest, req.context.json)
+        model, vectors, prompt_tokens = self.compute(req, resp, body)
+        if body.encoding_format == "base64":
+            encoded = [base64.b64encode(v.astype("<f4").tobytes()).decode() for v in vectors]
+        else:
+            encoded = [v.tolist() for v in vectors]
+        resp.media = {
+            "object": "list",
+            "data": [{"object": "embedding", "index": i, "embedding": e} for i, e in enumerate(encoded)],
+            "model": model.name,
+            "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
+        }
+
+    def compute(self, req, resp, body: EmbeddingRequest):
+        """(the model, one vector per input, prompt tokens): the key's model
+        check, admission, charge and metrics, for every face (Ollama's too)."""
         account = req.context.account
         account.check_model(body.model)
         model = self._model(body.model)
@@ -43,16 +58,7 @@ class EmbeddingsResource:
         vectors = self.embeddings.embed(model, token_lists)
         account.charge(model.name, prompt_tokens, 0)
         self.metrics.prompt_tokens.labels(model.name, account.name).inc(prompt_tokens)
-        if body.encoding_format == "base64":
-            encoded = [base64.b64encode(v.astype("<f4").tobytes()).decode() for v in vectors]
-        else:
-            encoded = [v.tolist() for v in vectors]
-        resp.media = {
-            "object": "list",
-            "data": [{"object": "embedding", "index": i, "embedding": e} for i, e in enumerate(encoded)],
-            "model": model.name,
-            "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
-        }
+        return model, vectors, prompt_tokens
 
     def _model(self, name: str):
         try:

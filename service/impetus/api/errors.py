@@ -76,7 +76,11 @@ def in_protocol_shape(req, status: int, body: dict) -> dict:
     """The error body as the route's protocol writes it: OpenAI's everywhere,
     `{"type": "error", "error": {"type", "message"}}` on /v1/messages (what
     Claude Code and the `anthropic` SDK read), whose message starts with the
-    parameter's path, as Anthropic's own do ("messages.0.content.1: ...")."""
+    parameter's path, as Anthropic's own do ("messages.0.content.1: ..."),
+    and Ollama's `{"error": "..."}` on its /api/ routes (the parameter first too)."""
+    if req.path.startswith("/api/"):
+        message, param = body["error"]["message"], body["error"].get("param")
+        return {"error": f"{param}: {message}" if param and param not in message else message}
     if not req.path.startswith("/v1/messages"):
         return body
     kind = _ANTHROPIC_TYPES.get(status, "invalid_request_error" if status < 500 else "api_error")

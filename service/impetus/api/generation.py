@@ -175,6 +175,12 @@ class Generation:
         self._charged = True
         self.account.charge(self.engine.loaded.name, self.prompt_tokens, self.completion_tokens, self.cached_tokens)
 
+    def durations(self) -> tuple[float, float, float]:
+        """Seconds: the request so far, to its first token, and from there to its last."""
+        now = time.perf_counter()
+        first = self._first_token_at or now
+        return now - self._started, first - self._started, (self._last_token_at or first) - first
+
     @property
     def cached_tokens(self) -> int:
         """Prompt tokens read from the prefix cache (the most of any choice)."""

@@ -20,7 +20,7 @@ from impetus.web import APIError
 
 log = logging.getLogger("impetus.gateway")
 
-PUBLIC_PATHS = frozenset({"/", "/healthz", "/readyz", "/openapi.json"})
+PUBLIC_PATHS = frozenset({"/", "/healthz", "/readyz", "/openapi.json", "/api/version"})
 ADMIN_PREFIXES = ("/v1/admin/", "/v1/status", "/metrics")
 # How long a verified key may be trusted without Redis.
 DEGRADED_TRUST_S = 24 * 3600

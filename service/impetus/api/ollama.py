@@ -1,0 +1,228 @@
+"""Ollama's /api/chat and /api/generate: another face over the chat core, as
+the Messages API is (api.ollama_schemas turns each request into a chat
+request; `chat.prepare` makes its prompt; the output parser splits thinking,
+answer and tool calls). Everything a key has elsewhere holds here: its
+models, limits, budget, usage, place in the fair queue.
+
+Answers are Ollama's: whole, or (the default) newline-delimited JSON, one
+object per piece and a last one with `done`, `done_reason` and the counts
+and durations in nanoseconds. Errors are Ollama's `{"error": "..."}`
+(api.errors). A model name with a tag (`smollm2-135m-instruct:latest`, as
+/api/tags lists it) finds the model it names (`resolve_name`).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+
+from pydantic import ValidationError
+
+from impetus.api import fim
+from impetus.api.budget import output_budget, sampling_params, with_defaults
+from impetus.api.chat import prepare
+from impetus.api.errors import from_validation_error
+from impetus.api.generation_resource import GenerationResource, engine_for
+from impetus.api.models import model_defaults
+from impetus.api.ollama_schemas import OllamaChatRequest, OllamaGenerateRequest, keep_alive_seconds
+from impetus.api.output import CALL, END, ERROR, REASONING, TEXT, OutputParser, parsed_stream
+from impetus.api.validation import parse
+from impetus.web import bad_request
+
+NDJSON = "application/x-ndjson"
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def resolve_name(names, model: str) -> str:
+    """A model name as an Ollama client sends it: as it is, without ":latest"
+    (how /api/tags lists a name without a tag), or with its tag's ":" as "-"
+    (how `impetus models import ollama:qwen3:8b` names it)."""
+    for candidate in (model, model.removesuffix(":latest"), model.replace(":", "-")):
+        if candidate in names:
+            return candidate
+    return model
+
+
+def chat_names(host) -> set[str]:
+    return {entry.name for entry in host.available()}
+
+
+def keep_alive(host, name: str, value) -> float | None:
+    """Ollama's keep_alive to the loader: how long the model stays loaded
+    when idle (negative: pinned); 0 unloads it after this request."""
+    try:
+        seconds = keep_alive_seconds(value)
+    except ValueError as error:
+        raise bad_request(str(error), param="keep_alive") from None
+    if seconds is not None and seconds != 0:
+        host.load(name, pin=True if seconds < 0 else None, keep_alive_s=seconds if seconds > 0 else None)
+    return seconds
+
+
+def counts(gen, finish) -> dict:
+    """Ollama's counts and durations (nanoseconds)."""
+    total, prompt, decode = gen.durations()
+    return {"total_duration": int(total * 1e9), "load_duration": 0, "prompt_eval_count": gen.prompt_tokens,
+            "prompt_eval_duration": int(prompt * 1e9), "eval_count": finish.completion_tokens if finish else 0,
+            "eval_duration": int(decode * 1e9)}
+
+
+def ollama_call(call: dict) -> dict:
+    return {"function": {"name": call["function"]["name"], "arguments": json.loads(call["function"]["arguments"])}}
+
+
+def ndjson(lines):
+    for line in lines:
+        yield json.dumps(line, separators=(",", ":")).encode() + b"\n"
+
+
+class _OllamaResource(GenerationResource):
+    """What /api/chat and /api/generate share: the answer, whole or as NDJSON."""
+
+    field = "message"  # where the text goes: chat's message, generate's response
+
+    def piece(self, kind: str, value) -> dict:
+        raise NotImplementedError
+
+    def send(self, req, resp, gen, parser, stream: bool, model: str, unload: bool) -> None:
+        head = {"model": model, "created_at": now_iso()}
+        if stream:
+            resp.content_type = NDJSON
+            resp.set_header("X-Accel-Buffering", "no")
+            resp.stream = ndjson(self._lines(gen, parser, head, unload))
+            return
+        [choice] = gen.collect()
+        parsed = parser.whole(choice.text)
+        whole = self.piece(TEXT, parsed.text)
+        if parsed.reasoning:
+            whole = _merge(whole, self.piece(REASONING, parsed.reasoning))
+        for call in parsed.calls:
+            whole = _merge(whole, self.piece(CALL, call))
+        resp.media = {**head, **whole, "done": True, "done_reason": choice.finish.reason if choice.finish.reason
+                      in ("stop", "length") else "stop", **counts(gen, choice.finish)}
+        self._after(gen, unload)
+
+    def _lines(self, gen, parser, head, unload):
+        try:
+            for kind, value in parsed_stream(gen, parser):
+                if kind == ERROR:
+                    yield {"error": "Generation failed inside the engine."}
+                    return
+                if kind == END:
+                    yield {**head, **self.piece(TEXT, ""), "done": True, "done_reason": value.reason
+                           if value.reason in ("stop", "length") else "stop", **counts(gen, value)}
+                elif kind in (TEXT, REASONING, CALL):
+                    yield {**head, **self.piece(kind, value), "done": False}
+        finally:
+            gen.close()
+            self._after(gen, unload)
+
+    def _after(self, gen, unload: bool) -> None:
+        if unload:  # keep_alive 0: out of memory once answered, as Ollama does
+            try:
+                self.host.unload(gen.engine.loaded.name)
+            except Exception:
+                pass
+
+
+def _merge(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for key, value in b.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        elif isinstance(value, list) and isinstance(out.get(key), list):
+            out[key] = out[key] + value
+        elif value or key not in out:
+            out[key] = value
+    return out
+
+
+class OllamaChatResource(_OllamaResource):
+    route, id_prefix = "ollama-chat", "ollama"
+
+    def piece(self, kind: str, value) -> dict:
+        message = {"role": "assistant", "content": value if kind == TEXT else ""}
+        if kind == REASONING:
+            message["thinking"] = value
+        if kind == CALL:
+            message["tool_calls"] = [ollama_call(value)]
+        return {"message": message}
+
+    def on_post(self, req, resp):
+        body = parse(OllamaChatRequest, req.context.json)
+        body.model = resolve_name(chat_names(self.host), body.model)
+        try:
+            chat = body.to_chat()
+        except ValidationError as error:
+            raise from_validation_error(error) from None
+        chat = with_defaults(chat, self.settings, model_defaults(self.host, body.model))
+        engine = engine_for(self.host, body.model, req.context.account)
+        seconds = keep_alive(self.host, engine.loaded.name, body.keep_alive)
+        self.admit(req, resp, chat, engine)
+        prompt, params, tool_mode, media = prepare(resp, engine, self.settings, chat, chat.max_tokens, "messages",
+                                                   "options.num_predict", overflow="clamp")
+        gen = self.generation(req, resp, engine, [prompt], [params], prompt_tokens=len(prompt), media=media)
+        parser = OutputParser.for_prompt(engine.tokenizer, prompt, tool_mode, chat.tools)
+        self.send(req, resp, gen, parser, body.stream, body.model, seconds == 0)
+
+
+class OllamaGenerateResource(_OllamaResource):
+    route, id_prefix = "ollama-generate", "ollama"
+
+    def piece(self, kind: str, value) -> dict:
+        if kind == REASONING:
+            return {"response": "", "thinking": value}
+        return {"response": value if kind == TEXT else ""}
+
+    def on_post(self, req, resp):
+        body = parse(OllamaGenerateRequest, req.context.json)
+        if body.template:
+            raise bad_request("template is an Ollama Go template, which is not run here: the model's own chat "
+                              "template is used (or send raw: true with the whole prompt).", param="template")
+        body.model = resolve_name(chat_names(self.host), body.model)
+        try:
+            chat = body.to_chat()
+        except ValidationError as error:
+            raise from_validation_error(error) from None
+        chat = with_defaults(chat, self.settings, model_defaults(self.host, body.model))
+        engine = engine_for(self.host, body.model, req.context.account)
+        seconds = keep_alive(self.host, engine.loaded.name, body.keep_alive)
+        if not body.prompt and body.suffix is None and not body.images:  # Ollama's load (or unload) request
+            if seconds == 0:
+                self.host.unload(engine.loaded.name)
+            resp.media = {"model": body.model, "created_at": now_iso(), "response": "", "done": True,
+                          "done_reason": "unload" if seconds == 0 else "load"}
+            return
+        self.admit(req, resp, chat, engine)
+        tokenizer = engine.tokenizer
+        media = None
+        if body.suffix is not None or body.raw:
+            prompt, params = self._plain(resp, engine, body, chat)
+            parser = OutputParser(tokenizer)
+        else:
+            prompt, params, tool_mode, media = prepare(resp, engine, self.settings, chat, chat.max_tokens, "prompt",
+                                                       "options.num_predict", overflow="clamp")
+            parser = OutputParser.for_prompt(tokenizer, prompt, tool_mode, None)
+        gen = self.generation(req, resp, engine, [prompt], [params], prompt_tokens=len(prompt), media=media)
+        self.send(req, resp, gen, parser, body.stream, body.model, seconds == 0)
+
+    def _plain(self, resp, engine, body, chat):
+        """A raw prompt's tokens as they are, or fill-in-the-middle's with `suffix`."""
+        tokenizer = engine.tokenizer
+        stops: list[str] = []
+        if body.suffix is not None:
+            fmt = fim.require(tokenizer, engine.loaded.config, engine.loaded.name, param="suffix")
+            room = engine.loaded.context_length - 2 - (chat.max_tokens or self.settings.default_max_tokens)
+            prompt = fim.fim_tokens(tokenizer, fmt, fim.Infill(body.prompt, body.suffix), room)
+            stops = fim.stop_markers(fmt)
+        else:
+            prompt = list(tokenizer.encode(body.prompt))
+        max_tokens = output_budget(resp, engine, self.settings, len(prompt), chat.max_tokens, "prompt",
+                                   "options.num_predict", overflow="clamp")
+        params = sampling_params(chat, max_tokens, engine, logprobs=False, top_logprobs=0)
+        params.stop = list(params.stop) + stops
+        return prompt, params
+

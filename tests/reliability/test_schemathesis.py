@@ -71,6 +71,10 @@ def test_the_api_holds_to_its_document(api):
     failures, operations = [], 0
     for result in schema.get_all_operations():
         operation = result.ok()
+        if operation.path.startswith("/api/"):
+            # Ollama's face: its `keep_alive: 0` unloads the shared model and `options.num_predict` runs
+            # to the context; tests/api/test_ollama_api.py sends it bad input route by route instead.
+            continue
         operations += 1
 
         @given(case=operation.as_strategy())

@@ -24,7 +24,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field
 
 from impetus.api.chat_schemas import ChatCompletionRequest, ChatMessage, ImagePart, ResponseFormat, TextPart, Tool
-from impetus.api.schema_base import RequestModel
+from impetus.api.schema_base import RequestModel, ResponseModel
 
 _TEXT = 4_000_000
 
@@ -209,3 +209,47 @@ def keep_alive_seconds(value: KeepAlive) -> float | None:
         raise ValueError(f"keep_alive {value!r} is not a duration such as 5m, 1h or 30s")
     number, unit = float(found.group(1)), found.group(2) or "s"
     return number * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[unit]
+
+
+# -- answers (described in /openapi.json; Ollama's clients read more fields than are listed) -----------------
+
+class OllamaError(ResponseModel):
+    error: str
+
+
+class OllamaChatResponse(ResponseModel):
+    model: str
+    created_at: str
+    message: dict
+    done: bool
+    done_reason: str | None = None
+
+
+class OllamaGenerateResponse(ResponseModel):
+    model: str
+    created_at: str
+    response: str
+    done: bool
+    done_reason: str | None = None
+
+
+class OllamaEmbedResponse(ResponseModel):
+    model: str | None = None
+    embeddings: list[list[float]] | None = None
+    embedding: list[float] | None = None  # /api/embeddings
+
+
+class OllamaModelList(ResponseModel):
+    models: list[dict]
+
+
+class OllamaShowResponse(ResponseModel):
+    parameters: str
+    template: str
+    details: dict
+    model_info: dict
+    capabilities: list[str]
+
+
+class OllamaVersion(ResponseModel):
+    version: str

@@ -12,6 +12,7 @@ from impetus.api import (
     embeddings_schemas,
     infill_schemas,
     messages_schemas,
+    ollama_schemas,
     responses_schemas,
     schema_base,
     speech_schemas,
@@ -66,6 +67,20 @@ ROUTES = [
      catalog_schemas.ServerStatus, None),
     ("/metrics", "get", "Prometheus metrics, summed over every worker (loopback, IMPETUS_ADMIN_ALLOW or admin)",
      None, "text/plain", None),
+    ("/api/chat", "post", "Ollama's chat (NDJSON unless stream is false)", ollama_schemas.OllamaChatRequest,
+     ollama_schemas.OllamaChatResponse, ollama_schemas.OllamaChatResponse),
+    ("/api/generate", "post", "Ollama's generate: a prompt, raw, or fill in the middle with suffix",
+     ollama_schemas.OllamaGenerateRequest, ollama_schemas.OllamaGenerateResponse,
+     ollama_schemas.OllamaGenerateResponse),
+    ("/api/embed", "post", "Ollama's embeddings", ollama_schemas.OllamaEmbedRequest,
+     ollama_schemas.OllamaEmbedResponse, None),
+    ("/api/embeddings", "post", "Ollama's older embeddings route (one prompt)", ollama_schemas.OllamaEmbedRequest,
+     ollama_schemas.OllamaEmbedResponse, None),
+    ("/api/tags", "get", "Ollama's model list", None, ollama_schemas.OllamaModelList, None),
+    ("/api/ps", "get", "Ollama's loaded models", None, ollama_schemas.OllamaModelList, None),
+    ("/api/show", "post", "Ollama's model details", ollama_schemas.OllamaShowRequest,
+     ollama_schemas.OllamaShowResponse, None),
+    ("/api/version", "get", "The Ollama API version these routes follow", None, ollama_schemas.OllamaVersion, None),
     ("/healthz", "get", "Liveness", None, catalog_schemas.Health, None),
     ("/readyz", "get", "Readiness", None, catalog_schemas.Health, None),
 ]
@@ -93,8 +108,10 @@ ERROR_STATUSES = {
 
 def build_openapi() -> dict:
     models = {schema_base.ErrorResponse, messages_schemas.AnthropicError}
-    for _, _, _, request, response, chunk in ROUTES:
+    for path, _, _, request, response, chunk in ROUTES:
         models.update(m for m in (request, response, chunk) if isinstance(m, type))
+        if path.startswith("/api/"):
+            models.add(ollama_schemas.OllamaError)
     _, top = models_json_schema(
         [(m, "validation" if m.__name__.endswith("Request") else "serialization") for m in
          sorted(models, key=lambda m: m.__name__)],
@@ -106,7 +123,8 @@ def build_openapi() -> dict:
 
     paths: dict = {}
     for path, method, summary, request, response, chunk in ROUTES:
-        error = messages_schemas.AnthropicError if path.startswith("/v1/messages") else schema_base.ErrorResponse
+        error = (messages_schemas.AnthropicError if path.startswith("/v1/messages") else
+                 ollama_schemas.OllamaError if path.startswith("/api/") else schema_base.ErrorResponse)
         if response == "text/plain":
             ok = {"text/plain": {"schema": {"type": "string"},
                                  "description": "Prometheus' text exposition format"}}
@@ -114,7 +132,9 @@ def build_openapi() -> dict:
             ok = {}
         else:
             ok = {"application/json": {"schema": ref(response)}}
-        if chunk is not None:
+        if chunk is not None and path.startswith("/api/"):
+            ok["application/x-ndjson"] = {"schema": ref(chunk), "description": "one JSON object a line"}
+        elif chunk is not None:
             ok["text/event-stream"] = {"schema": ref(chunk), "description": (
                 "with stream=true: one event per chunk, then [DONE]" if response is not None else
                 "server-sent events until the client leaves")}

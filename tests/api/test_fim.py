@@ -143,3 +143,19 @@ def test_llama_vims_request_as_it_sends_it(served):
     assert warm["content"] == "" and warm["tokens_predicted"] == 0
     wrong = httpx.post(f"{served.base_url}/infill", timeout=60, json={**request, "input_middle": "x"})
     assert wrong.status_code == 400 and wrong.json()["error"]["param"] == "input_middle"
+
+
+def test_each_keystroke_reads_the_last_ones_prompt_from_the_prefix_cache(served):
+    """A typist's requests over a growing prefix (llama.vim's, one per pause): each finds
+    its prompt up to the cursor computed by the last one (the engine's count of prompt tokens
+    read from the prefix cache); only the typed word, the suffix and the markers are new."""
+    body = {"input_suffix": SUFFIX, "input_extra": list(EXTRA), "n_predict": 2, "temperature": 0}
+    text, cached, evaluated = "def add(a, b):\n    total = 0\n    for", [], []
+    for typed in (" x", " in", " range", "(10):"):
+        text += typed
+        answer = httpx.post(f"{served.base_url}/infill", timeout=60, json={**body, "input_prefix": text}).json()
+        cached.append(answer["tokens_cached"])
+        evaluated.append(answer["tokens_evaluated"])
+    suffix_part = len(tokenizer_of(served, "coder").encode(SUFFIX, add_special_tokens=False)) + 2
+    assert cached[0] == 0 and cached[1:] == sorted(cached[1:]), cached
+    assert all(0 < e - c <= suffix_part + 8 for c, e in zip(cached[1:], evaluated[1:])), (cached, evaluated)

@@ -63,6 +63,27 @@ def test_a_keys_share_and_priority_are_set_and_changed(gateway_server, admin_hea
     http.delete("/v1/admin/keys/nightly-jobs")
 
 
+def test_a_batch_keys_autocomplete_can_be_interactive(gateway_server, admin_headers, redis_client):
+    """A key whose agents run as batch, its editor's fill-in-the-middle requests first: one
+    tenant (one share of the machine), two priorities (the scheduler's Tenant)."""
+    from impetus.gateway.account import KeyAccount
+    from impetus.gateway.keys import KeyStore
+
+    http = httpx.Client(base_url=gateway_server, headers=admin_headers, timeout=10)
+    created = http.post("/v1/admin/keys", json={"name": "dev-laptop", "priority": "batch",
+                                                "autocomplete_priority": "interactive"}).json()
+    assert (created["priority"], created["autocomplete_priority"]) == ("batch", "interactive")
+    record = KeyStore(redis_client).verify(created["key"])
+    account = KeyAccount(record, None, None, 0, 0, None, None, None)  # what the gateway makes of the key
+    agents, keystrokes = account.tenant_for(False), account.tenant_for(True)
+    assert (agents.priority, keystrokes.priority) == (1, 0) and agents.id == keystrokes.id
+    cleared = http.patch("/v1/admin/keys/dev-laptop", json={"autocomplete_priority": ""}).json()
+    assert cleared["autocomplete_priority"] is None
+    assert KeyAccount(KeyStore(redis_client).verify(created["key"]), None, None, 0, 0, None, None, None
+                      ).tenant_for(True).priority == 1
+    http.delete("/v1/admin/keys/dev-laptop")
+
+
 def read_events(lines, count: int) -> list[tuple[str, dict]]:
     """The next `count` events from an iterator over the stream's lines (one
     iterator per stream, kept by the caller: httpx streams only once)."""

@@ -23,6 +23,7 @@ def describe(record, usage: dict | None = None) -> dict:
     usage = usage or {}
     return {"name": record.name, "prefix": record.prefix, "scopes": record.scopes, "rpm": record.rpm,
             "tpm": record.tpm, "share": record.share, "priority": record.priority_name,
+            "autocomplete_priority": record.autocomplete_priority_name,
             "created": record.created, "expires": record.expires, "models": list(record.models) or None,
             "budget": ({"tokens": record.budget_tokens, "period": record.budget_period}
                        if record.budget_tokens else None),
@@ -79,7 +80,8 @@ class AdminKeysResource:
             key, record = keys.create(body.name, admin=body.admin, rpm=body.rpm, tpm=body.tpm,
                                       expires_days=body.expires_days, share=body.share, priority=body.priority,
                                       models=body.models, budget_tokens=body.budget_tokens,
-                                      budget_period=body.budget_period)
+                                      budget_period=body.budget_period,
+                                      autocomplete_priority=body.autocomplete_priority)
         req.context.audit = AuditEntry("key.created", record.name, key_settings(record))
         resp.status = 201
         resp.media = {**describe(record), "key": key}
@@ -95,7 +97,8 @@ class AdminKeyResource:
         with key_store_errors():
             record = keys.update(name, rpm=body.rpm, tpm=body.tpm, share=body.share, priority=body.priority,
                                  models=body.models, budget_tokens=body.budget_tokens,
-                                 budget_period=body.budget_period)
+                                 budget_period=body.budget_period,
+                                 autocomplete_priority=body.autocomplete_priority)
         req.context.audit = AuditEntry("key.updated", record.name,
                                        {k: v for k, v in body.model_dump(exclude_none=True).items()})
         resp.media = describe(record)

@@ -90,6 +90,8 @@ class AdminKeyCreate(RequestModel):
                                     description="The models it may use (names or aliases); empty: all.")
     budget_tokens: int | None = Field(None, ge=1, description="Tokens per budget_period; none: no budget.")
     budget_period: Literal["day", "week", "month"] = "month"
+    autocomplete_priority: Literal["interactive", "batch"] | None = Field(
+        None, description="Its fill-in-the-middle requests' priority (/infill, suffix); none: as the key's.")
 
 
 class AdminKeyUpdate(RequestModel):
@@ -103,6 +105,7 @@ class AdminKeyUpdate(RequestModel):
     models: list[ModelName] | None = Field(None, max_length=256)
     budget_tokens: int | None = Field(None, ge=0)
     budget_period: Literal["day", "week", "month"] | None = None
+    autocomplete_priority: Literal["interactive", "batch", ""] | None = Field(None, description='"": as the key\'s')
 
 
 class KeyUsageTotals(ResponseModel):
@@ -127,6 +130,7 @@ class AdminKey(ResponseModel):
     tpm: int | None
     share: float
     priority: Literal["interactive", "batch"]
+    autocomplete_priority: Literal["interactive", "batch"] | None = None
     created: float
     expires: float | None
     models: list[str] | None = Field(None, description="The models it may use; null: all.")

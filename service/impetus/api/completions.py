@@ -101,7 +101,7 @@ class CompletionsResource(CompletionResource):
             all_prompts += [p] * body.n
             all_params += [params] * body.n
         gen = self.generation(req, resp, engine, all_prompts, all_params, prompt_tokens=sum(len(p) for p in prompts),
-                              priority=body.priority)
+                              priority=body.priority, autocomplete=body.suffix is not None)
         meta = {**self.response_meta(gen), "object": "text_completion"}
         echoes = [tokenizer.decode(p) if body.echo else "" for p in prompts]
 

@@ -84,6 +84,7 @@ class Generation:
 
     def __init__(self, engine: Engine, waiter, prompts: list[list[int]], params: list[SamplingParams], env,
                  prompt_tokens: int, account, metrics, started: float | None = None, priority: int | None = None,
+                 autocomplete: bool = False,
                  media=None):
         """`prompt_tokens` counts each distinct prompt once; `account` is who
         it is for: the engine schedules it as the account's tenant, and
@@ -112,7 +113,7 @@ class Generation:
                               f"holds at most {capacity} at once.", param="n", code="too_many_sequences")
         try:
             for prompt, p in zip(prompts, params):
-                self.handles.append(engine.submit(prompt, p, waiter, tenant=account.tenant, priority=priority,
+                self.handles.append(engine.submit(prompt, p, waiter, tenant=account.tenant_for(autocomplete), priority=priority,
                                                   media=media))
         except QueueFull as error:
             self.cancel()

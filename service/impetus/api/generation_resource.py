@@ -64,7 +64,7 @@ class GenerationResource:
         self.metrics = metrics
 
     def generation(self, req, resp, engine: Engine, prompts, params, prompt_tokens: int,
-                   priority: int | None = None, media=None) -> "Generation":
+                   priority: int | None = None, media=None, autocomplete: bool = False) -> "Generation":
         """Start the request's choices in the engine for the request's
         account, wired to its charge and to the metrics. `priority` (the
         request's extension field) can only make it later than its key's.
@@ -74,7 +74,7 @@ class GenerationResource:
         gen = req.context.generation = Generation(
             engine, self.waker.waiter(), prompts, params, req.env, prompt_tokens=prompt_tokens,
             account=req.context.account, metrics=self.metrics, started=req.context.started, priority=priority,
-            media=media)
+            media=media, autocomplete=autocomplete)
         resp.set_header(QUEUE_HEADER, f"{gen.queue_seconds:.3f}")
         gen.resp = resp
         return gen

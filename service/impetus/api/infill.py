@@ -47,7 +47,8 @@ class InfillResource(GenerationResource):
         max_tokens = output_budget(resp, engine, self.settings, len(prompt), requested, "input_prefix", "n_predict")
         params = sampling_params(body, max_tokens, engine, logprobs=False, top_logprobs=0)
         params.stop = list(params.stop) + fim.stop_markers(fmt)
-        gen = self.generation(req, resp, engine, [prompt], [params], prompt_tokens=len(prompt), priority=body.priority)
+        gen = self.generation(req, resp, engine, [prompt], [params], prompt_tokens=len(prompt), priority=body.priority,
+                              autocomplete=True)
         answer = Answer(gen, body, engine.loaded.name, engine.loaded.context_length)
         if body.stream:
             start_stream(resp, answer.stream())

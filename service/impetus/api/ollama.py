@@ -164,7 +164,8 @@ class OllamaChatResource(_OllamaResource):
         self.admit(req, resp, chat, engine)
         prompt, params, tool_mode, media = prepare(resp, engine, self.settings, chat, chat.max_tokens, "messages",
                                                    "options.num_predict", overflow="clamp")
-        gen = self.generation(req, resp, engine, [prompt], [params], prompt_tokens=len(prompt), media=media)
+        gen = self.generation(req, resp, engine, [prompt], [params], prompt_tokens=len(prompt), media=media,
+                              autocomplete=body.suffix is not None)
         parser = OutputParser.for_prompt(engine.tokenizer, prompt, tool_mode, chat.tools)
         self.send(req, resp, gen, parser, body.stream, body.model, seconds == 0)
 
@@ -206,7 +207,8 @@ class OllamaGenerateResource(_OllamaResource):
             prompt, params, tool_mode, media = prepare(resp, engine, self.settings, chat, chat.max_tokens, "prompt",
                                                        "options.num_predict", overflow="clamp")
             parser = OutputParser.for_prompt(tokenizer, prompt, tool_mode, None)
-        gen = self.generation(req, resp, engine, [prompt], [params], prompt_tokens=len(prompt), media=media)
+        gen = self.generation(req, resp, engine, [prompt], [params], prompt_tokens=len(prompt), media=media,
+                              autocomplete=body.suffix is not None)
         self.send(req, resp, gen, parser, body.stream, body.model, seconds == 0)
 
     def _plain(self, resp, engine, body, chat):

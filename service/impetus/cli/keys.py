@@ -42,7 +42,8 @@ def run(args, settings) -> None:
                                        expires_days=args.expires, share=args.share or 1.0,
                                        priority=args.priority or "interactive", models=args.models or (),
                                        budget_tokens=args.budget_tokens,
-                                       budget_period=args.budget_period or "month")
+                                       budget_period=args.budget_period or "month",
+                                       autocomplete_priority=args.autocomplete_priority or None)
             audit.record(who, AuditEntry("key.created", record.name, key_settings(record)), "local")
             console.print(f"created key [bold]{record.name}[/] ({', '.join(record.scopes)}); "
                           "it is shown once, now: store it safely")
@@ -50,7 +51,7 @@ def run(args, settings) -> None:
         elif args.keys_command == "update":
             record = store.update(args.name, rpm=args.rpm, tpm=args.tpm, share=args.share, priority=args.priority,
                                   models=args.models, budget_tokens=args.budget_tokens,
-                                  budget_period=args.budget_period)
+                                  budget_period=args.budget_period, autocomplete_priority=args.autocomplete_priority)
             audit.record(who, AuditEntry("key.updated", record.name, key_settings(record)), "local")
             console.print(f"updated key [bold]{record.name}[/]: rpm {record.rpm or 'default'}, tpm "
                           f"{record.tpm or 'default'}, share {record.share:g}, priority {record.priority_name}, "

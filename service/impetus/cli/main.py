@@ -188,6 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--share", type=float, help="its weight when keys share the batch (default 1)")
         command.add_argument("--priority", choices=("interactive", "batch"),
                              help="batch: uses idle capacity and yields to interactive work")
+        command.add_argument("--autocomplete-priority", choices=("interactive", "batch", ""),
+                             help="its fill-in-the-middle requests' priority (update: '' for the key's own)")
         command.add_argument("--models", metavar="A,B", type=_names,
                              help="the only models it may use, names or aliases (default all; update: '' for all)")
         command.add_argument("--budget-tokens", type=int, metavar="N",

@@ -38,10 +38,15 @@ class Account:
     """The null account: keys are off, or the path needs none."""
 
     key: ApiKey | None = None
+    autocomplete_tenant: Tenant | None = None  # a key's fill-in-the-middle requests, at their own priority
 
     def __init__(self, address: str | None):
         address = address or "-"
         self.tenant = Tenant(f"addr:{address}", address)
+
+    def tenant_for(self, autocomplete: bool = False) -> Tenant:
+        """Who the scheduler sees: the key, its autocomplete at the priority the operator gave it."""
+        return (self.autocomplete_tenant if autocomplete else None) or self.tenant
 
     @property
     def name(self) -> str:
@@ -102,6 +107,8 @@ class KeyAccount(Account):
                  ledger: UsageLedger, spool: UsageSpool):
         self.key = key
         self.tenant = Tenant(f"key:{key.hash[:16]}", key.name, key.share, key.priority)
+        if key.autocomplete_priority is not None:  # one tenant (one share), its keystrokes at their own priority
+            self.autocomplete_tenant = Tenant(self.tenant.id, key.name, key.share, key.autocomplete_priority)
         self.rpm = key.rpm or rpm
         self.tpm = key.tpm or tpm
         self._limiter = limiter

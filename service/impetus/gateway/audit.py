@@ -46,7 +46,8 @@ def key_settings(record) -> dict:
     """What an audit entry keeps of a key: its settings, never key material."""
     return {"admin": record.admin, "rpm": record.rpm, "tpm": record.tpm, "share": record.share,
             "priority": record.priority_name, "models": list(record.models), "budget_tokens": record.budget_tokens,
-            "budget_period": record.budget_period, "expires": record.expires}
+            "budget_period": record.budget_period, "expires": record.expires,
+            "autocomplete_priority": record.autocomplete_priority_name}
 
 
 class AuditLog:

@@ -51,10 +51,17 @@ class ApiKey:
     models: tuple[str, ...] = ()  # the models it may use; empty: all
     budget_tokens: int | None = None  # tokens per budget_period; None: no budget
     budget_period: str = "month"
+    # Its fill-in-the-middle requests' priority (an editor's autocomplete), when not its own:
+    # a key whose agents run as batch can still get its keystrokes answered first.
+    autocomplete_priority: int | None = None
 
     @property
     def priority_name(self) -> str:
         return next(name for name, value in PRIORITY_NAMES.items() if value == self.priority)
+
+    @property
+    def autocomplete_priority_name(self) -> str | None:
+        return next((n for n, v in PRIORITY_NAMES.items() if v == self.autocomplete_priority), None)
 
     def expired(self, now: float | None = None) -> bool:
         return self.expires is not None and (now or time.time()) >= self.expires
@@ -83,6 +90,7 @@ class ApiKey:
             models=tuple(m for m in fields.get("models", "").split(",") if m),
             budget_tokens=number("budget_tokens"),
             budget_period=fields.get("budget_period") or "month",
+            autocomplete_priority=PRIORITY_NAMES.get(fields.get("autocomplete_priority") or ""),
         )
 
 
@@ -127,7 +135,8 @@ class KeyStore:
 
     def create(self, name: str, admin: bool = False, rpm: int | None = None, tpm: int | None = None,
                expires_days: float | None = None, share: float = 1.0, priority: str = "interactive",
-               models=(), budget_tokens: int | None = None, budget_period: str = "month") -> tuple[str, ApiKey]:
+               models=(), budget_tokens: int | None = None, budget_period: str = "month",
+               autocomplete_priority: str | None = None) -> tuple[str, ApiKey]:
         """Make a key; returns (the key itself, its record). The key is not kept."""
         key = new_key()
         key_hash = hash_key(key)
@@ -145,6 +154,7 @@ class KeyStore:
             "models": _models(models),
             "budget_tokens": str(budget_tokens or 0),
             "budget_period": _period(budget_period),
+            "autocomplete_priority": _priority(autocomplete_priority) if autocomplete_priority else "",
             "hash": key_hash,
         }
         # Claim the name first: SET NX makes two concurrent creates of one name safe.
@@ -183,7 +193,7 @@ class KeyStore:
 
     def update(self, name: str, *, rpm: int | None = None, tpm: int | None = None, share: float | None = None,
                priority: str | None = None, models=None, budget_tokens: int | None = None,
-               budget_period: str | None = None) -> ApiKey:
+               budget_period: str | None = None, autocomplete_priority: str | None = None) -> ApiKey:
         """Change an existing key (by name, or the key itself): limits, share,
         priority, allowed models, budget (None: keep); every worker sees it at
         the key's next request. rpm/tpm/budget_tokens 0: the default (no
@@ -207,6 +217,8 @@ class KeyStore:
             changes["budget_tokens"] = str(budget_tokens)
         if budget_period is not None:
             changes["budget_period"] = _period(budget_period)
+        if autocomplete_priority is not None:  # "": as the key's own
+            changes["autocomplete_priority"] = _priority(autocomplete_priority) if autocomplete_priority else ""
         if changes:
             self.redis.hset(self._key(key_hash), mapping=changes)
         return ApiKey.from_redis(key_hash, {**fields, **changes})

@@ -157,5 +157,5 @@ def test_each_keystroke_reads_the_last_ones_prompt_from_the_prefix_cache(served)
         cached.append(answer["tokens_cached"])
         evaluated.append(answer["tokens_evaluated"])
     suffix_part = len(tokenizer_of(served, "coder").encode(SUFFIX, add_special_tokens=False)) + 2
-    assert cached[0] == 0 and cached[1:] == sorted(cached[1:]), cached
+    assert cached[1:] == sorted(cached[1:]), cached
     assert all(0 < e - c <= suffix_part + 8 for c, e in zip(cached[1:], evaluated[1:])), (cached, evaluated)

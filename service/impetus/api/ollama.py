@@ -82,10 +82,21 @@ def ndjson(lines):
 class _OllamaResource(GenerationResource):
     """What /api/chat and /api/generate share: the answer, whole or as NDJSON."""
 
-    field = "message"  # where the text goes: chat's message, generate's response
-
     def piece(self, kind: str, value) -> dict:
+        """What a piece of the answer is in this route's objects."""
         raise NotImplementedError
+
+    def start(self, req, body):
+        """The request as a chat request with the model's defaults, the model's
+        engine (found by its tagged name), and keep_alive in seconds."""
+        body.model = resolve_name(chat_names(self.host), body.model)
+        try:
+            chat = body.to_chat()
+        except ValidationError as error:
+            raise from_validation_error(error) from None
+        chat = with_defaults(chat, self.settings, model_defaults(self.host, body.model))
+        engine = engine_for(self.host, body.model, req.context.account)
+        return chat, engine, keep_alive(self.host, engine.loaded.name, body.keep_alive)
 
     def send(self, req, resp, gen, parser, stream: bool, model: str, unload: bool) -> None:
         head = {"model": model, "created_at": now_iso()}
@@ -153,19 +164,11 @@ class OllamaChatResource(_OllamaResource):
 
     def on_post(self, req, resp):
         body = parse(OllamaChatRequest, req.context.json)
-        body.model = resolve_name(chat_names(self.host), body.model)
-        try:
-            chat = body.to_chat()
-        except ValidationError as error:
-            raise from_validation_error(error) from None
-        chat = with_defaults(chat, self.settings, model_defaults(self.host, body.model))
-        engine = engine_for(self.host, body.model, req.context.account)
-        seconds = keep_alive(self.host, engine.loaded.name, body.keep_alive)
+        chat, engine, seconds = self.start(req, body)
         self.admit(req, resp, chat, engine)
         prompt, params, tool_mode, media = prepare(resp, engine, self.settings, chat, chat.max_tokens, "messages",
                                                    "options.num_predict", overflow="clamp")
-        gen = self.generation(req, resp, engine, [prompt], [params], prompt_tokens=len(prompt), media=media,
-                              autocomplete=body.suffix is not None)
+        gen = self.generation(req, resp, engine, [prompt], [params], prompt_tokens=len(prompt), media=media)
         parser = OutputParser.for_prompt(engine.tokenizer, prompt, tool_mode, chat.tools)
         self.send(req, resp, gen, parser, body.stream, body.model, seconds == 0)
 
@@ -183,14 +186,7 @@ class OllamaGenerateResource(_OllamaResource):
         if body.template:
             raise bad_request("template is an Ollama Go template, which is not run here: the model's own chat "
                               "template is used (or send raw: true with the whole prompt).", param="template")
-        body.model = resolve_name(chat_names(self.host), body.model)
-        try:
-            chat = body.to_chat()
-        except ValidationError as error:
-            raise from_validation_error(error) from None
-        chat = with_defaults(chat, self.settings, model_defaults(self.host, body.model))
-        engine = engine_for(self.host, body.model, req.context.account)
-        seconds = keep_alive(self.host, engine.loaded.name, body.keep_alive)
+        chat, engine, seconds = self.start(req, body)
         if not body.prompt and body.suffix is None and not body.images:  # Ollama's load (or unload) request
             if seconds == 0:
                 self.host.unload(engine.loaded.name)

@@ -102,6 +102,10 @@ def test_completions_and_infill_give_the_engine_exactly_those_tokens(served):
         "model": "coder:latest", "prompt": PREFIX, "suffix": SUFFIX, "raw": True, "stream": False,
         "options": {"num_predict": 8, "temperature": 0}}).json()
     assert ollama["response"] == same["choices"][0]["text"] and ollama["prompt_eval_count"] == len(plain)
+    # Continue takes a model for FIM when /api/show's template has ".Suffix", as Ollama's FIM templates do.
+    shown = httpx.post(f"{url}/api/show", timeout=60, json={"name": "coder:latest"}).json()
+    assert "insert" in shown["capabilities"] and shown["template"].startswith(
+        "{{- if .Suffix }}<|fim_prefix|>{{ .Prompt }}<|fim_suffix|>{{ .Suffix }}<|fim_middle|>{{- end }}")
 
     # Streamed as llama.cpp streams: content pieces, then the last line with stop and the counts.
     lines = []

@@ -49,6 +49,7 @@ def test_list_show_version_and_ps(client, proxy):
     shown = client.show(TAGGED)
     assert "completion" in shown.capabilities and "insert" not in shown.capabilities
     assert "temperature 0" in shown.parameters and "repeat_penalty 1.1" in shown.parameters
+    assert "num_ctx 8192" in shown.parameters and ".Suffix" not in shown.template  # what Continue reads
     assert "<|im_start|>" in shown.template and shown.modelinfo["llama.context_length"] == 8192
     assert shown.details.family == "llama" and shown.details.format == "gguf"
     assert httpx.get(f"{proxy}/api/version", timeout=10).json()["version"]  # no key needed, as Ollama's

@@ -21,7 +21,7 @@ from impetus.api.models import alias_targets, embedding_entries, model_error
 from impetus.api.ollama import chat_names, resolve_name
 from impetus.api.ollama_schemas import OllamaEmbedRequest, OllamaShowRequest
 from impetus.api.validation import parse
-from impetus.models.metadata import chat_template_text
+from impetus.models.metadata import chat_template_text, fim_template
 from impetus.models.store import ModelNotFound
 from impetus.web import bad_request
 
@@ -140,12 +140,14 @@ class OllamaShowResource:
             values = shown["value"] if isinstance(shown["value"], list) else [shown["value"]]
             lines += [f"{_PARAMETERS[key]} {value!r}" if isinstance(value, str) else f"{_PARAMETERS[key]} {value}"
                       for value in values]
+        lines.append(f"num_ctx {meta.context_length}")  # Continue reads the context length here
         parameters = "\n".join(line.replace("'", '"') for line in lines)
         arch = meta.architecture or "unknown"
         resp.media = {
             "modelfile": f"FROM {entry.path}\n" + "".join(f"PARAMETER {line}\n" for line in parameters.splitlines()),
             "parameters": parameters,
-            "template": entry.chat_template or chat_template_text(entry.path) or "",
+            # The chat template (Jinja), after the FIM prompt as Ollama writes it (Go), where there is one.
+            "template": (fim_template(entry.path) or "") + (entry.chat_template or chat_template_text(entry.path) or ""),
             "details": details(meta),
             "model_info": {"general.architecture": arch, "general.parameter_count": meta.parameters,
                            f"{arch}.context_length": meta.context_length},

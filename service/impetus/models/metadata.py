@@ -125,9 +125,34 @@ def _read(path: Path, stamp: tuple) -> ModelMetadata:
         vision=bool(config.get("vision_config")) and config.get("model_type") in VISION_FAMILIES,
         tools=template is not None and _renders_tools(template),
         reasoning=_reasoning(template or "", vocabulary),
-        fill_in_middle=bool((config.get("impetus") or {}).get("fim")) or any(
-            all(_quoted(t) in vocabulary for t in (f.prefix, f.suffix, f.middle) if t) for f in FIM_FAMILIES),
+        fill_in_middle=_fim_markers(config, vocabulary) is not None,
     )
+
+
+def _fim_markers(config: dict, vocabulary: bytes) -> tuple[str, str, str | None, str] | None:
+    """(prefix, suffix, middle, order) of the folder's FIM tokens: the GGUF's names, else a family's."""
+    named = (config.get("impetus") or {}).get("fim") or {}
+    if named.get("prefix") and named.get("suffix"):
+        return named["prefix"], named["suffix"], named.get("middle"), "psm"
+    for f in FIM_FAMILIES:
+        if all(_quoted(t) in vocabulary for t in (f.prefix, f.suffix, f.middle) if t):
+            return f.prefix, f.suffix, f.middle, f.order
+    return None
+
+
+def fim_template(path: Path) -> str | None:
+    """The folder's FIM prompt as an Ollama (Go) template line, which clients
+    such as Continue look for in /api/show's template (".Suffix"); None without FIM tokens."""
+    config = json.loads((path / "config.json").read_text())
+    vocabulary = b"".join((path / name).read_bytes() for name in ("tokenizer.json", "tokenizer_config.json")
+                          if (path / name).is_file())
+    found = _fim_markers(config, vocabulary)
+    if found is None:
+        return None
+    prefix, suffix, middle, order = found
+    before, after = f"{prefix}{{{{ .Prompt }}}}", f"{suffix}{{{{ .Suffix }}}}"
+    return "{{- if .Suffix }}" + (before + after if order == "psm" else after + before) + (middle or "") + \
+        "{{- end }}"
 
 
 def chat_template_text(path: Path) -> str | None:

@@ -210,3 +210,16 @@ def test_vision_runs_both_servers_on_one_vlm_folder(data_dir, tmp_path):
     assert repeated["impetus"]["again_ttft_s"] > 0 and repeated["impetus_without_prefix_cache"]["again_ttft_s"] > 0
     assert repeated["prefix_cache_speedup"] == pytest.approx(
         repeated["impetus_without_prefix_cache"]["again_ttft_s"] / repeated["impetus"]["again_ttft_s"])
+
+
+@pytest.mark.slow
+def test_autocomplete_types_through_a_file_beside_a_flood(data_dir, tmp_path):
+    """A few keystrokes on a random coder: each request is answered or superseded, and
+    after the first each reads its prompt up to the cursor from the prefix cache."""
+    summary = bench("--scenario", "autocomplete", "--keystrokes", "4", "--flood-streams", "1", "--max-tokens", "2",
+                    data_dir=data_dir, out=tmp_path)
+    assert summary == {k: v for k, v in written(tmp_path, "autocomplete").items() if k != "samples"}
+    [ours] = summary["servers"]
+    assert ours["server"] == "impetus" and ours["requests"] == 4
+    assert ours["answered"] + ours["superseded"] >= 4 and ours["answered"] >= 1
+    assert ours["computed_prompt_tokens_mean"] < ours["prompt_tokens_mean"]

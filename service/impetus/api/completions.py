@@ -83,21 +83,24 @@ class CompletionsResource(CompletionResource):
     def run(self, req, resp, body, engine, lookup, include_usage):
         tokenizer = engine.tokenizer
         stops: list[str] = []
+        points: list[list[int]] = []
         if body.suffix is not None:  # fill in the middle: the prompt before the cursor, the suffix after
             fmt = fim.require(tokenizer, engine.loaded.config, engine.loaded.name)
             room = room_after_prompt(engine, 1, "prompt") - 1 - (body.max_tokens or self.settings.default_max_tokens)
             texts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
-            prompts = [fim.fim_tokens(tokenizer, fmt, fim.Infill(text, body.suffix), room) for text in texts]
+            prompts, points = map(list, zip(*(fim.fim_prompt(tokenizer, fmt, fim.Infill(text, body.suffix), room)
+                                              for text in texts)))
             stops = fim.stop_markers(fmt)
         else:
             prompts = prompt_tokens(tokenizer, body.prompt, engine.loaded.config.get("vocab_size", 0))
         want_logprobs = body.logprobs is not None
         all_prompts, all_params = [], []
-        for p in prompts:
+        for i, p in enumerate(prompts):
             max_tokens = output_budget(resp, engine, self.settings, len(p), body.max_tokens, "prompt", "max_tokens")
             params = sampling_params(body, max_tokens, engine, logprobs=want_logprobs,
                                      top_logprobs=body.logprobs or 0)
             params.stop = list(params.stop) + stops
+            params.keep_prefixes = points[i] if points else []
             all_prompts += [p] * body.n
             all_params += [params] * body.n
         gen = self.generation(req, resp, engine, all_prompts, all_params, prompt_tokens=sum(len(p) for p in prompts),

@@ -40,13 +40,13 @@ class InfillResource(GenerationResource):
         fmt = fim.require(engine.tokenizer, engine.loaded.config, engine.loaded.name, param="input_suffix")
         requested = None if body.n_predict < 0 else max(body.n_predict, 1)
         room = room_after_prompt(engine, 1, "input_prefix") - 1 - (requested or self.settings.default_max_tokens)
-        prompt = fim.fim_tokens(engine.tokenizer, fmt, fim.Infill(body.input_prefix, body.input_suffix, body.prompt,
-                                                                  tuple(c.model_dump() for c in body.input_extra)),
-                                room)
+        prompt, points = fim.fim_prompt(engine.tokenizer, fmt, fim.Infill(
+            body.input_prefix, body.input_suffix, body.prompt, tuple(c.model_dump() for c in body.input_extra)), room)
         self.admit(req, resp, body, engine)
         max_tokens = output_budget(resp, engine, self.settings, len(prompt), requested, "input_prefix", "n_predict")
         params = sampling_params(body, max_tokens, engine, logprobs=False, top_logprobs=0)
         params.stop = list(params.stop) + fim.stop_markers(fmt)
+        params.keep_prefixes = points
         gen = self.generation(req, resp, engine, [prompt], [params], prompt_tokens=len(prompt), priority=body.priority,
                               autocomplete=True)
         answer = Answer(gen, body, engine.loaded.name, engine.loaded.context_length)

@@ -211,10 +211,11 @@ class OllamaGenerateResource(_OllamaResource):
         """A raw prompt's tokens as they are, or fill-in-the-middle's with `suffix`."""
         tokenizer = engine.tokenizer
         stops: list[str] = []
+        points: list[int] = []
         if body.suffix is not None:
             fmt = fim.require(tokenizer, engine.loaded.config, engine.loaded.name, param="suffix")
             room = engine.loaded.context_length - 2 - (chat.max_tokens or self.settings.default_max_tokens)
-            prompt = fim.fim_tokens(tokenizer, fmt, fim.Infill(body.prompt, body.suffix), room)
+            prompt, points = fim.fim_prompt(tokenizer, fmt, fim.Infill(body.prompt, body.suffix), room)
             stops = fim.stop_markers(fmt)
         else:
             prompt = list(tokenizer.encode(body.prompt))
@@ -222,5 +223,6 @@ class OllamaGenerateResource(_OllamaResource):
                                    "options.num_predict", overflow="clamp")
         params = sampling_params(chat, max_tokens, engine, logprobs=False, top_logprobs=0)
         params.stop = list(params.stop) + stops
+        params.keep_prefixes = points
         return prompt, params
 

@@ -1,5 +1,5 @@
-"""Runs one of the load, peer, soak, fairness, shared-prefix, agents, kv-quality, cluster, speculative and vision
-benchmarks and writes what it measured:
+"""Runs one of the load, peer, soak, fairness, shared-prefix, agents, kv-quality, cluster, speculative, vision and
+autocomplete benchmarks and writes what it measured:
 a JSON file and PNG plots named by date, scenario and machine, so results from
 different machines sit side by side under benchmarks/results/."""
 
@@ -35,6 +35,7 @@ def _servers(text: str) -> tuple[str, ...]:
 def run_scenario(args, settings) -> dict:
     from impetus.bench import (
         agents,
+        autocomplete,
         cluster,
         fairness,
         kv_quality,
@@ -82,6 +83,10 @@ def run_scenario(args, settings) -> dict:
         folder = Path(args.model) if args.model and Path(args.model).is_dir() else None
         result, module = vision.run(settings, _levels(args.levels or "8,16"), args.max_tokens or 64, work, progress,
                                     folder), vision
+    elif args.scenario == "autocomplete":
+        result, module = autocomplete.run(settings, args.model, args.keystrokes, args.max_tokens or 16,
+                                          args.flood_streams, args.llama_cpp_python, work,
+                                          progress), autocomplete
     elif args.scenario == "soak":
         result, module = soak.run(settings, args.duration or 600, args.concurrency, args.max_tokens or 32, work,
                                   progress), soak

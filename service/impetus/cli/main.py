@@ -236,10 +236,12 @@ def build_parser() -> argparse.ArgumentParser:
                       "kv-speed (decode tokens/s with float, 8- and 4-bit KV caches), "
                       "cluster (a gateway and one, then two hosts: the hop and the split), "
                       "speculative (prompt lookup off and on, and mlx_lm.server: editing and open-ended), "
-                      "vision (half image, half text requests, and mlx-vlm's server; a repeated image)")
+                      "vision (half image, half text requests, and mlx-vlm's server; a repeated image), "
+                      "autocomplete (a typist's fill-in-the-middle requests beside a flood, and llama.cpp)")
     _add_common(bench)
     bench.add_argument("--scenario", choices=("core", "load", "peer", "soak", "fairness", "shared-prefix", "agents",
-                                                  "kv-quality", "kv-speed", "cluster", "speculative", "vision"),
+                                                  "kv-quality", "kv-speed", "cluster", "speculative", "vision",
+                                                  "autocomplete"),
                        default="core")
     bench.add_argument("--model", help="model name or MLX folder path")
     bench.add_argument("--json", action="store_true", help="print one JSON line on stdout")
@@ -266,6 +268,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--servers", help="shared-prefix (default impetus,impetus-fifo,mlx_lm.server) and agents "
                                          "(default impetus,impetus-as-sent,impetus-billing-header,impetus-no-disk,mlx_lm.server): "
                                          "which servers to measure (comma-separated)")
+    bench.add_argument("--keystrokes", type=int, default=40, help="autocomplete: the typist's pauses")
+    bench.add_argument("--flood-streams", type=int, default=2, help="autocomplete: another key's long answers")
+    bench.add_argument("--llama-cpp-python", metavar="PYTHON",
+                       help="autocomplete: a Python with llama-cpp-python installed, for the llama.cpp baseline")
     bench.add_argument("--sessions", type=int, default=8, help="agents: coding-agent sessions, one per person")
     bench.add_argument("--gap", type=float, default=3.0, help="agents: seconds between two sessions' starts")
     bench.add_argument("--tag", help="load/peer/soak/fairness/shared-prefix: added to the result's file name")

@@ -78,6 +78,7 @@ def test_format_with_a_schema_constrains_the_answer(client):
 
 def test_generate_load_unload_raw_and_embed(client, proxy, key):
     assert client.generate(model=TAGGED, prompt="").done_reason == "load"
+    assert client.chat(model=TAGGED, messages=[]).done_reason == "load"  # Ollama: no messages loads the model
     raw = client.generate(model=TAGGED, prompt="1, 2, 3, 4,", raw=True, options={"num_predict": 6, "temperature": 0})
     assert raw.response.strip().startswith("5")
     answer = client.generate(model=TAGGED, prompt="What is the capital of France?")

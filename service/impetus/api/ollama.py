@@ -86,6 +86,13 @@ class _OllamaResource(GenerationResource):
         """What a piece of the answer is in this route's objects."""
         raise NotImplementedError
 
+    def loaded(self, resp, model: str, engine, seconds, empty: dict) -> None:
+        """The answer to a request with nothing to answer: the model is loaded (or, keep_alive 0, unloaded)."""
+        if seconds == 0:
+            self.host.unload(engine.loaded.name)
+        resp.media = {"model": model, "created_at": now_iso(), **empty, "done": True,
+                      "done_reason": "unload" if seconds == 0 else "load"}
+
     def start(self, req, body):
         """The request as a chat request with the model's defaults, the model's
         engine (found by its tagged name), and keep_alive in seconds."""
@@ -165,6 +172,9 @@ class OllamaChatResource(_OllamaResource):
     def on_post(self, req, resp):
         body = parse(OllamaChatRequest, req.context.json)
         chat, engine, seconds = self.start(req, body)
+        if not body.messages:  # Ollama's load (or unload) request
+            self.loaded(resp, body.model, engine, seconds, {"message": {"role": "assistant", "content": ""}})
+            return
         self.admit(req, resp, chat, engine)
         prompt, params, tool_mode, media = prepare(resp, engine, self.settings, chat, chat.max_tokens, "messages",
                                                    "options.num_predict", overflow="clamp")
@@ -188,10 +198,7 @@ class OllamaGenerateResource(_OllamaResource):
                               "template is used (or send raw: true with the whole prompt).", param="template")
         chat, engine, seconds = self.start(req, body)
         if not body.prompt and body.suffix is None and not body.images:  # Ollama's load (or unload) request
-            if seconds == 0:
-                self.host.unload(engine.loaded.name)
-            resp.media = {"model": body.model, "created_at": now_iso(), "response": "", "done": True,
-                          "done_reason": "unload" if seconds == 0 else "load"}
+            self.loaded(resp, body.model, engine, seconds, {"response": ""})
             return
         self.admit(req, resp, chat, engine)
         tokenizer = engine.tokenizer

@@ -23,7 +23,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from impetus.models.fim import FAMILIES, FimFormat
+from impetus.api.prompt import added_tokens
+from impetus.models.fim import FimFormat, choose
 from impetus.web import bad_request
 
 # llama.cpp's chunk separator when the family has no file separator.
@@ -31,35 +32,10 @@ CHUNK_SEPARATOR = "\n\n--- snippet ---\n\n"
 
 
 def fim_format(tokenizer, config: dict) -> FimFormat | None:
-    """The model's FIM format: the GGUF's named markers (kept at import), else
-    a family's whose markers are all in the vocabulary; None without one."""
-    cached = getattr(tokenizer, "_impetus_fim", False)
-    if cached is not False:
-        return cached
-    vocabulary = _vocabulary(tokenizer)
-    found = None
-    named = ((config.get("impetus") or {}).get("fim") or {}) if isinstance(config.get("impetus"), dict) else {}
-    if named.get("prefix") in vocabulary and named.get("suffix") in vocabulary:
-        family = next((f for f in FAMILIES if f.prefix == named["prefix"]), None)
-        found = FimFormat(family.family if family else "gguf", named["prefix"], named["suffix"], named.get("middle"),
-                          family.order if family else "psm", named.get("pad"), named.get("repo"), named.get("sep"))
-    else:
-        found = next((f for f in FAMILIES if all(m in vocabulary for m in (f.prefix, f.suffix, f.middle) if m)), None)
-        if found is not None:  # the optional markers only where the vocabulary has them
-            found = FimFormat(found.family, found.prefix, found.suffix, found.middle, found.order,
-                              *(m if m in vocabulary else None for m in (found.pad, found.repo, found.file_sep)))
-    try:
-        tokenizer._impetus_fim = found
-    except Exception:
-        pass
-    return found
-
-
-def _vocabulary(tokenizer) -> set[str]:
-    try:
-        return set(tokenizer._tokenizer.get_added_vocab())
-    except Exception:
-        return set()
+    """The model's FIM format (models.fim.choose): the GGUF's named markers,
+    kept at import, else a family's; those in the tokenizer's added tokens."""
+    impetus = config.get("impetus") if isinstance(config.get("impetus"), dict) else {}
+    return choose(impetus.get("fim") or {}, added_tokens(tokenizer).__contains__)
 
 
 def require(tokenizer, config: dict, model: str, param: str = "suffix") -> FimFormat:

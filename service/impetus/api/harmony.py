@@ -29,7 +29,8 @@ import json
 import re
 
 from impetus.api import tools
-from impetus.api.output import REASONING, TEXT, WholeOutput
+from impetus.api.output import REASONING, TEXT, WholeOutput, add_part, held_back
+from impetus.api.prompt import added_tokens
 
 START, END, MESSAGE, CHANNEL = "<|start|>", "<|end|>", "<|message|>", "<|channel|>"
 RETURN, CALL = "<|return|>", "<|call|>"
@@ -40,23 +41,8 @@ _RECIPIENT = re.compile(r"to=(\S+?)(?=\s|<\||$)")
 
 def is_harmony(tokenizer) -> bool:
     """Whether the tokenizer has harmony's header tokens (gpt-oss's)."""
-    cached = getattr(tokenizer, "_impetus_harmony", None)
-    if cached is None:
-        try:
-            added = tokenizer._tokenizer.get_added_vocab()
-        except Exception:
-            added = {}
-        cached = all(marker in added for marker in (START, END, MESSAGE, CHANNEL))
-        try:
-            tokenizer._impetus_harmony = cached
-        except Exception:
-            pass
-    return cached
-
-
-def _held(text: str, markers) -> int:
-    return max((k for marker in markers for k in range(min(len(marker) - 1, len(text)), 0, -1)
-                if text.endswith(marker[:k])), default=0)
+    added = added_tokens(tokenizer)
+    return all(marker in added for marker in (START, END, MESSAGE, CHANNEL))
 
 
 class HarmonyParser(WholeOutput):
@@ -93,7 +79,7 @@ class HarmonyParser(WholeOutput):
         index = self.header.find(MESSAGE)
         if index < 0:
             if len(self.header) > _HEADER_LIMIT:  # not harmony: what it wrote is text
-                self._emit(parts, TEXT, self.header)
+                add_part(parts, TEXT, self.header)
                 self.header, self.state = "", "plain"
             return False
         self._open(self.header[:index])
@@ -115,7 +101,7 @@ class HarmonyParser(WholeOutput):
     def _body(self, parts) -> bool:
         found = [(self.pending.find(m), m) for m in _BODY_ENDS if m in self.pending]
         if not found:
-            keep = _held(self.pending, _BODY_ENDS)
+            keep = held_back(self.pending, _BODY_ENDS)
             self._deliver(parts, self.pending[:len(self.pending) - keep])
             self.pending = self.pending[len(self.pending) - keep:]
             return False
@@ -129,14 +115,14 @@ class HarmonyParser(WholeOutput):
     def _between(self, parts) -> bool:
         index = self.pending.find(START)
         if index < 0:
-            keep = _held(self.pending, [START])
+            keep = held_back(self.pending, [START])
             self.pending = self.pending[len(self.pending) - keep:]
             return False
         self.pending, self.state = self.pending[index + len(START):], "header"
         return True
 
     def _plain(self, parts) -> bool:
-        self._emit(parts, TEXT, self.pending)
+        add_part(parts, TEXT, self.pending)
         self.pending = ""
         return False
 
@@ -144,7 +130,7 @@ class HarmonyParser(WholeOutput):
         if self.kind == "call":
             self.call_body += text
         else:
-            self._emit(parts, self.kind, text)
+            add_part(parts, self.kind, text)
 
     def _close(self) -> None:
         """A message ended: a call's body becomes the call."""
@@ -162,15 +148,6 @@ class HarmonyParser(WholeOutput):
             self.leftover += body
         self.kind = TEXT
 
-    @staticmethod
-    def _emit(parts: list, kind: str, text: str) -> None:
-        if not text:
-            return
-        if parts and parts[-1][0] == kind:
-            parts[-1] = (kind, parts[-1][1] + text)
-        else:
-            parts.append((kind, text))
-
     def finish(self, text: str = "") -> tuple[list[tuple[str, str]], list[dict]]:
         """What is still held (with the generation's last `text`) and the tool calls.
         The generation ended on <|return|> or <|call|> (end tokens), or ran out."""
@@ -179,9 +156,9 @@ class HarmonyParser(WholeOutput):
             self._deliver(parts, self.pending)
             self._close()
         elif self.state == "plain" or (self.state == "header" and not self.opened):
-            self._emit(parts, TEXT, self.header + self.pending)  # never harmony: all of it is text
+            add_part(parts, TEXT, self.header + self.pending)  # never harmony: all of it is text
         self.pending = self.header = ""  # a header cut off by the token limit says nothing
-        self._emit(parts, TEXT, self.leftover)
+        add_part(parts, TEXT, self.leftover)
         self.leftover = ""
         calls, self.calls = self.calls, []
         return parts, calls

@@ -85,8 +85,7 @@ class Answer:
         reason = "limit" if self.timed_out else STOP_TYPES.get(finish.reason, "limit")
         if finish.stop_string:
             reason = "word"
-        started = self.gen._started
-        first = self.first_at or time.perf_counter()
+        _, prompt_s, predicted_s = self.gen.durations()
         answer = {
             "index": 0, "content": "" if self.body.stream else self.text, "stop": True, "model": self.model,
             "tokens_predicted": self.tokens, "tokens_evaluated": self.gen.prompt_tokens,
@@ -96,8 +95,8 @@ class Answer:
                                     "temperature": self.body.temperature, "top_k": self.body.top_k,
                                     "top_p": self.body.top_p},
             "timings": {"prompt_n": self.gen.prompt_tokens - finish.cached_tokens,
-                        "prompt_ms": (first - started) * 1000, "predicted_n": self.tokens,
-                        "predicted_ms": (time.perf_counter() - first) * 1000, "cache_n": finish.cached_tokens},
+                        "prompt_ms": prompt_s * 1000, "predicted_n": self.tokens,
+                        "predicted_ms": predicted_s * 1000, "cache_n": finish.cached_tokens},
         }
         return picked(answer, self.body.response_fields)
 

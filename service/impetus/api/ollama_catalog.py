@@ -21,7 +21,7 @@ from impetus.api.models import alias_targets, embedding_entries, model_error
 from impetus.api.ollama import chat_names, resolve_name
 from impetus.api.ollama_schemas import OllamaEmbedRequest, OllamaShowRequest
 from impetus.api.validation import parse
-from impetus.models.metadata import chat_template_text, fim_template
+from impetus.models.metadata import chat_template_text
 from impetus.models.store import ModelNotFound
 from impetus.web import bad_request
 
@@ -147,7 +147,7 @@ class OllamaShowResource:
             "modelfile": f"FROM {entry.path}\n" + "".join(f"PARAMETER {line}\n" for line in parameters.splitlines()),
             "parameters": parameters,
             # The chat template (Jinja), after the FIM prompt as Ollama writes it (Go), where there is one.
-            "template": (fim_template(entry.path) or "") + (entry.chat_template or chat_template_text(entry.path) or ""),
+            "template": (meta.fim_template() or "") + (entry.chat_template or chat_template_text(entry.path) or ""),
             "details": details(meta),
             "model_info": {"general.architecture": arch, "general.parameter_count": meta.parameters,
                            f"{arch}.context_length": meta.context_length},

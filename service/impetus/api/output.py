@@ -48,10 +48,20 @@ def starts_thinking(tokenizer, prompt: list[int]) -> bool:
     return tokenizer.rfind_think_start(prompt) > tokenizer.rfind_think_end(prompt)
 
 
-def _held_back(text: str, markers: list[str]) -> int:
+def held_back(text: str, markers) -> int:
     """How many characters at the end of `text` may be the start of a marker."""
     return max((k for marker in markers for k in range(min(len(marker) - 1, len(text)), 0, -1)
                 if text.endswith(marker[:k])), default=0)
+
+
+def add_part(parts: list, kind: str, text: str) -> None:
+    """`text` of `kind` after `parts`: one part with the last when of the same kind."""
+    if not text:
+        return
+    if parts and parts[-1][0] == kind:
+        parts[-1] = (kind, parts[-1][1] + text)
+    else:
+        parts.append((kind, text))
 
 
 @dataclass
@@ -118,7 +128,7 @@ class OutputParser(WholeOutput):
                 markers = [m for m in (self.call_open, self.think and self.think[0]) if m]
             found = [(self.pending.find(m), m) for m in markers if m in self.pending]
             if not found:
-                keep = _held_back(self.pending, markers)
+                keep = held_back(self.pending, markers)
                 self._emit(parts, self.pending[:len(self.pending) - keep])
                 self.pending = self.pending[len(self.pending) - keep:]
                 break
@@ -140,12 +150,7 @@ class OutputParser(WholeOutput):
         if self.state == TEXT and self.after_reasoning:
             text = text.lstrip()
             self.after_reasoning = not text
-        if not text:
-            return
-        if parts and parts[-1][0] == self.state:
-            parts[-1] = (self.state, parts[-1][1] + text)
-        else:
-            parts.append((self.state, text))
+        add_part(parts, self.state, text)
 
     def finish(self, text: str = "") -> tuple[list[tuple[str, str]], list[dict]]:
         """The parts still held (with the generation's last `text`) and the tool calls."""

@@ -26,6 +26,22 @@ RESERVED_TEMPLATE_ARGUMENTS = {"conversation", "messages", "tools", "add_generat
                                "return_dict", "continue_final_message", "documents", "chat_template"}
 
 
+def added_tokens(tokenizer) -> frozenset[str]:
+    """The tokenizer's added tokens (markers such as FIM's and harmony's), read
+    once per loaded tokenizer: requests ask on every call (api.fim, api.harmony)."""
+    found = getattr(tokenizer, "_impetus_added_tokens", None)
+    if found is None:
+        try:
+            found = frozenset(tokenizer._tokenizer.get_added_vocab())
+        except Exception:
+            found = frozenset()
+        try:
+            tokenizer._impetus_added_tokens = found
+        except Exception:
+            pass
+    return found
+
+
 def render_chat(tokenizer, messages, tool_list=None, template_kwargs: dict | None = None,
                 tools_first: bool = True, marker: str | None = None) -> list[int] | str:
     """The prompt's tokens; `template_kwargs` (chat_template_kwargs, e.g.

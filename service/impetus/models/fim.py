@@ -31,3 +31,21 @@ FAMILIES = (
     FimFormat("deepseek", "<｜fim▁begin｜>", "<｜fim▁hole｜>", "<｜fim▁end｜>", "psm"),
     FimFormat("codestral", "[PREFIX]", "[SUFFIX]", None, "spm"),
 )
+
+
+def choose(named: dict, has) -> FimFormat | None:
+    """The FIM format of a model whose GGUF named `named` markers (kept at
+    import: prefix, suffix, middle, pad, repo, sep), else of the first family
+    whose markers `has(token)` all finds; the optional markers only where `has`
+    finds them. None without FIM tokens. One choice for the prompt (api.fim)
+    and for what the model is said to do (models.metadata)."""
+    named = named if isinstance(named, dict) else {}
+    if named.get("prefix") and named.get("suffix") and has(named["prefix"]) and has(named["suffix"]):
+        family = next((f for f in FAMILIES if f.prefix == named["prefix"]), None)
+        return FimFormat(family.family if family else "gguf", named["prefix"], named["suffix"], named.get("middle"),
+                         family.order if family else "psm", named.get("pad"), named.get("repo"), named.get("sep"))
+    for f in FAMILIES:
+        if all(has(m) for m in (f.prefix, f.suffix, f.middle) if m):
+            return FimFormat(f.family, f.prefix, f.suffix, f.middle, f.order,
+                             *(m if m and has(m) else None for m in (f.pad, f.repo, f.file_sep)))
+    return None

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from impetus.models.fim import FAMILIES as FIM_FAMILIES
+from impetus.models.fim import FimFormat, choose
 
 _DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 # The vision-language families served with images (models.vision.FAMILIES, without importing MLX).
@@ -36,7 +36,20 @@ class ModelMetadata:
     vision: bool = False  # takes images (a vision-language model of a family served with them, models.vision)
     tools: bool = False  # the chat template renders tools itself
     reasoning: str | None = None  # "think" (<think> blocks) or "harmony" (gpt-oss's channels)
-    fill_in_middle: bool = False  # has a family's FIM tokens
+    fim: FimFormat | None = None  # its fill-in-the-middle tokens (models.fim.choose)
+
+    @property
+    def fill_in_middle(self) -> bool:
+        return self.fim is not None
+
+    def fim_template(self) -> str | None:
+        """Its FIM prompt as an Ollama (Go) template line, which clients such as
+        Continue look for in /api/show's template (".Suffix"); None without FIM tokens."""
+        if self.fim is None:
+            return None
+        before, after = f"{self.fim.prefix}{{{{ .Prompt }}}}", f"{self.fim.suffix}{{{{ .Suffix }}}}"
+        both = before + after if self.fim.order == "psm" else after + before
+        return "{{- if .Suffix }}" + both + (self.fim.middle or "") + "{{- end }}"
 
     def capabilities(self) -> dict:
         return {"context_length": self.context_length, "chat": self.chat_template, "tools": self.tools,
@@ -125,34 +138,8 @@ def _read(path: Path, stamp: tuple) -> ModelMetadata:
         vision=bool(config.get("vision_config")) and config.get("model_type") in VISION_FAMILIES,
         tools=template is not None and _renders_tools(template),
         reasoning=_reasoning(template or "", vocabulary),
-        fill_in_middle=_fim_markers(config, vocabulary) is not None,
+        fim=choose((config.get("impetus") or {}).get("fim") or {}, lambda token: _quoted(token) in vocabulary),
     )
-
-
-def _fim_markers(config: dict, vocabulary: bytes) -> tuple[str, str, str | None, str] | None:
-    """(prefix, suffix, middle, order) of the folder's FIM tokens: the GGUF's names, else a family's."""
-    named = (config.get("impetus") or {}).get("fim") or {}
-    if named.get("prefix") and named.get("suffix"):
-        return named["prefix"], named["suffix"], named.get("middle"), "psm"
-    for f in FIM_FAMILIES:
-        if all(_quoted(t) in vocabulary for t in (f.prefix, f.suffix, f.middle) if t):
-            return f.prefix, f.suffix, f.middle, f.order
-    return None
-
-
-def fim_template(path: Path) -> str | None:
-    """The folder's FIM prompt as an Ollama (Go) template line, which clients
-    such as Continue look for in /api/show's template (".Suffix"); None without FIM tokens."""
-    config = json.loads((path / "config.json").read_text())
-    vocabulary = b"".join((path / name).read_bytes() for name in ("tokenizer.json", "tokenizer_config.json")
-                          if (path / name).is_file())
-    found = _fim_markers(config, vocabulary)
-    if found is None:
-        return None
-    prefix, suffix, middle, order = found
-    before, after = f"{prefix}{{{{ .Prompt }}}}", f"{suffix}{{{{ .Suffix }}}}"
-    return "{{- if .Suffix }}" + (before + after if order == "psm" else after + before) + (middle or "") + \
-        "{{- end }}"
 
 
 def chat_template_text(path: Path) -> str | None:

@@ -74,6 +74,11 @@ def ollama_call(call: dict) -> dict:
     return {"function": {"name": call["function"]["name"], "arguments": json.loads(call["function"]["arguments"])}}
 
 
+def done_reason(finish) -> str:
+    """Ollama's: "stop" or "length" (a cancelled or tool-calling answer stopped)."""
+    return finish.reason if finish.reason in ("stop", "length") else "stop"
+
+
 def ndjson(lines):
     for line in lines:
         yield json.dumps(line, separators=(",", ":")).encode() + b"\n"
@@ -84,6 +89,10 @@ class _OllamaResource(GenerationResource):
 
     def piece(self, kind: str, value) -> dict:
         """What a piece of the answer is in this route's objects."""
+        raise NotImplementedError
+
+    def whole(self, parsed) -> dict:
+        """A whole answer (api.output.Parsed) in this route's objects."""
         raise NotImplementedError
 
     def loaded(self, resp, model: str, engine, seconds, empty: dict) -> None:
@@ -113,14 +122,8 @@ class _OllamaResource(GenerationResource):
             resp.stream = ndjson(self._lines(gen, parser, head, unload))
             return
         [choice] = gen.collect()
-        parsed = parser.whole(choice.text)
-        whole = self.piece(TEXT, parsed.text)
-        if parsed.reasoning:
-            whole = _merge(whole, self.piece(REASONING, parsed.reasoning))
-        for call in parsed.calls:
-            whole = _merge(whole, self.piece(CALL, call))
-        resp.media = {**head, **whole, "done": True, "done_reason": choice.finish.reason if choice.finish.reason
-                      in ("stop", "length") else "stop", **counts(gen, choice.finish)}
+        resp.media = {**head, **self.whole(parser.whole(choice.text)), "done": True,
+                      "done_reason": done_reason(choice.finish), **counts(gen, choice.finish)}
         self._after(gen, unload)
 
     def _lines(self, gen, parser, head, unload):
@@ -130,8 +133,8 @@ class _OllamaResource(GenerationResource):
                     yield {"error": "Generation failed inside the engine."}
                     return
                 if kind == END:
-                    yield {**head, **self.piece(TEXT, ""), "done": True, "done_reason": value.reason
-                           if value.reason in ("stop", "length") else "stop", **counts(gen, value)}
+                    yield {**head, **self.piece(TEXT, ""), "done": True, "done_reason": done_reason(value),
+                           **counts(gen, value)}
                 elif kind in (TEXT, REASONING, CALL):
                     yield {**head, **self.piece(kind, value), "done": False}
         finally:
@@ -146,18 +149,6 @@ class _OllamaResource(GenerationResource):
                 pass
 
 
-def _merge(a: dict, b: dict) -> dict:
-    out = dict(a)
-    for key, value in b.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        elif isinstance(value, list) and isinstance(out.get(key), list):
-            out[key] = out[key] + value
-        elif value or key not in out:
-            out[key] = value
-    return out
-
-
 class OllamaChatResource(_OllamaResource):
     route, id_prefix = "ollama-chat", "ollama"
 
@@ -167,6 +158,14 @@ class OllamaChatResource(_OllamaResource):
             message["thinking"] = value
         if kind == CALL:
             message["tool_calls"] = [ollama_call(value)]
+        return {"message": message}
+
+    def whole(self, parsed) -> dict:
+        message = {"role": "assistant", "content": parsed.text}
+        if parsed.reasoning:
+            message["thinking"] = parsed.reasoning
+        if parsed.calls:
+            message["tool_calls"] = [ollama_call(call) for call in parsed.calls]
         return {"message": message}
 
     def on_post(self, req, resp):
@@ -190,6 +189,9 @@ class OllamaGenerateResource(_OllamaResource):
         if kind == REASONING:
             return {"response": "", "thinking": value}
         return {"response": value if kind == TEXT else ""}
+
+    def whole(self, parsed) -> dict:
+        return {"response": parsed.text, **({"thinking": parsed.reasoning} if parsed.reasoning else {})}
 
     def on_post(self, req, resp):
         body = parse(OllamaGenerateRequest, req.context.json)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from impetus.api import fim
-from impetus.api.budget import output_budget, room_after_prompt, sampling_params
+from impetus.api.budget import output_budget, sampling_params
 from impetus.api.chat_schemas import CompletionRequest
 from impetus.api.generation import KEEPALIVE, KEEPALIVE_S, Generation, stream_error, usage
 from impetus.api.generation_resource import CompletionResource
@@ -86,7 +86,7 @@ class CompletionsResource(CompletionResource):
         points: list[list[int]] = []
         if body.suffix is not None:  # fill in the middle: the prompt before the cursor, the suffix after
             fmt = fim.require(tokenizer, engine.loaded.config, engine.loaded.name)
-            room = room_after_prompt(engine, 1, "prompt") - 1 - (body.max_tokens or self.settings.default_max_tokens)
+            room = fim.room(engine, body.max_tokens or self.settings.default_max_tokens)
             texts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
             prompts, points = map(list, zip(*(fim.fim_prompt(tokenizer, fmt, fim.Infill(text, body.suffix), room)
                                               for text in texts)))

@@ -49,6 +49,11 @@ def require(tokenizer, config: dict, model: str, param: str = "suffix") -> FimFo
     return found
 
 
+def room(engine, answer: int) -> int:
+    """The tokens a FIM prompt may have: the context less the answer's `answer` tokens and one spare."""
+    return engine.loaded.context_length - 2 - answer
+
+
 @dataclass
 class Infill:
     """One infill request's text: before the cursor (`prefix`, then `prompt`,

@@ -18,7 +18,7 @@ import json
 import time
 
 from impetus.api import fim
-from impetus.api.budget import output_budget, room_after_prompt, sampling_params, with_defaults
+from impetus.api.budget import output_budget, sampling_params, with_defaults
 from impetus.api.generation import KEEPALIVE_S, raise_if_failed, stream_error
 from impetus.api.generation_resource import GenerationResource, engine_for, start_stream
 from impetus.api.infill_schemas import InfillRequest
@@ -39,9 +39,9 @@ class InfillResource(GenerationResource):
         engine = engine_for(self.host, body.model, req.context.account)
         fmt = fim.require(engine.tokenizer, engine.loaded.config, engine.loaded.name, param="input_suffix")
         requested = None if body.n_predict < 0 else max(body.n_predict, 1)
-        room = room_after_prompt(engine, 1, "input_prefix") - 1 - (requested or self.settings.default_max_tokens)
         prompt, points = fim.fim_prompt(engine.tokenizer, fmt, fim.Infill(
-            body.input_prefix, body.input_suffix, body.prompt, tuple(c.model_dump() for c in body.input_extra)), room)
+            body.input_prefix, body.input_suffix, body.prompt, tuple(c.model_dump() for c in body.input_extra)),
+            fim.room(engine, requested or self.settings.default_max_tokens))
         self.admit(req, resp, body, engine)
         max_tokens = output_budget(resp, engine, self.settings, len(prompt), requested, "input_prefix", "n_predict")
         params = sampling_params(body, max_tokens, engine, logprobs=False, top_logprobs=0)

@@ -223,7 +223,7 @@ class OllamaGenerateResource(_OllamaResource):
         points: list[int] = []
         if body.suffix is not None:
             fmt = fim.require(tokenizer, engine.loaded.config, engine.loaded.name, param="suffix")
-            room = engine.loaded.context_length - 2 - (chat.max_tokens or self.settings.default_max_tokens)
+            room = fim.room(engine, chat.max_tokens or self.settings.default_max_tokens)
             prompt, points = fim.fim_prompt(tokenizer, fmt, fim.Infill(body.prompt, body.suffix), room)
             stops = fim.stop_markers(fmt)
         else:

@@ -3,9 +3,10 @@
 Why: clients that send no temperature (Claude Code, Codex, the Responses and
 Messages SDKs, the README's own example) got OpenAI's 1.0, and SmolLM2-135M
 babbles at 1.0: "What is the capital of France?" answered "Lionel Red Model
-Sebastian AND The White Jacket." Its authors recommend 0.2 and top_p 0.9, and
-at those it answers "Paris". Model makers publish such defaults; vLLM applies
-`generation_config.json`, Ollama its Modelfile's parameters.
+Sebastian AND The White Jacket." Its authors recommend 0.2 and top_p 0.9 (on
+the shipped file still French verse 2 times in 6: `BUNDLED` below). Model
+makers publish such defaults; vLLM applies `generation_config.json`, Ollama
+its Modelfile's parameters.
 
 Each parameter is taken from the first source that sets it, in this order:
 `alias` (`impetus models alias ... --temperature`), `ollama` (the manifest's

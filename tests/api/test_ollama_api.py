@@ -61,6 +61,7 @@ def test_list_show_version_and_ps(client, proxy):
 def test_chat_whole_and_streamed_at_the_models_defaults(client):
     whole = client.chat(model=TAGGED, messages=QUESTION)
     assert "Paris" in whole.message.content and whole.done and whole.done_reason == "stop"
+    assert whole.model == TAGGED  # named as the request named it, as Ollama's answers are
     assert whole.prompt_eval_count > 10 and whole.eval_count > 3 and whole.total_duration > 0
     pieces = list(client.chat(model=TAGGED, messages=QUESTION, stream=True))
     assert "".join(p.message.content for p in pieces) == whole.message.content  # greedy: the same answer

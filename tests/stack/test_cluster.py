@@ -155,6 +155,12 @@ def _chat(url: str, key: str, model: str = DEFAULT_MODEL, content: str = "Say hi
                             "messages": [{"role": "user", "content": content}]}, timeout=120)
 
 
+def _ollama_chat(url: str, key: str, model: str) -> httpx.Response:
+    return httpx.post(f"{url}/api/chat", headers={"Authorization": f"Bearer {key}"}, timeout=120,
+                      json={"model": model, "stream": False, "options": {"temperature": 0, "num_predict": 3},
+                            "messages": [{"role": "user", "content": "Say hi"}]})
+
+
 def keys_by_host(cluster, prefix: str, each: int = 1, **limits) -> dict[str, list[str]]:
     """New keys until `each` of them hash to every host (the hash is of random key material)."""
     found: dict[str, list[str]] = {h.url: [] for h in cluster.hosts}
@@ -239,9 +245,15 @@ def test_a_model_only_one_host_has_is_reached_whatever_host_the_key_hashes_to(cl
         assert reply.status_code == 200, reply.text
         assert reply.headers["x-impetus-host"] == two
         assert reply.json()["model"] == ONLY_ON_TWO
-    # A model no host has: every host says so, and so does the gateway, in OpenAI's shape.
+        # Ollama's face, with the tag its clients send: the host that lacks it says 404, so nginx passes it on.
+        ollama = _ollama_chat(cluster.url, key, f"{ONLY_ON_TWO}:latest")
+        assert ollama.status_code == 200, ollama.text
+        assert ollama.headers["x-impetus-host"] == two and ollama.json()["model"] == f"{ONLY_ON_TWO}:latest"
+    # A model no host has: every host says so, and so does the gateway, in each protocol's shape.
     missing = _chat(cluster.url, by_host[one], model="no-such-model")
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "model_not_found"
+    missing = _ollama_chat(cluster.url, by_host[one], "no-such-model:latest")
+    assert missing.status_code == 404 and set(missing.json()) == {"error"}
 
 
 def test_a_rotated_secret_reaches_nginx_and_the_old_one_fades(cluster):

@@ -104,14 +104,15 @@ class _OllamaResource(GenerationResource):
 
     def start(self, req, body):
         """The request as a chat request with the model's defaults, the model's
-        engine (found by its tagged name), and keep_alive in seconds."""
-        body.model = resolve_name(chat_names(self.host), body.model)
+        engine (found by its tagged name), and keep_alive in seconds. The
+        answer names the model as the request did, as Ollama's does."""
+        name = resolve_name(chat_names(self.host), body.model)
         try:
-            chat = body.to_chat()
+            chat = body.to_chat().model_copy(update={"model": name})
         except ValidationError as error:
             raise from_validation_error(error) from None
-        chat = with_defaults(chat, self.settings, model_defaults(self.host, body.model))
-        engine = engine_for(self.host, body.model, req.context.account)
+        chat = with_defaults(chat, self.settings, model_defaults(self.host, name))
+        engine = engine_for(self.host, name, req.context.account)
         return chat, engine, keep_alive(self.host, engine.loaded.name, body.keep_alive)
 
     def send(self, req, resp, gen, parser, stream: bool, model: str, unload: bool) -> None:

@@ -212,17 +212,25 @@ def test_budgets_models_usage_and_audit_from_the_dashboard(stack, page):
     form.locator("input[name=models]").fill(DEFAULT_MODEL)
     form.locator("input[name=budget_tokens]").fill("5000")
     form.locator("select[name=budget_period]").select_option("week")
+    # An agent's key that runs as batch while its editor's autocomplete stays interactive.
+    form.locator("select[name=priority]").select_option("batch")
+    form.locator("select[name=autocomplete_priority]").select_option("interactive")
+    form.locator("input[name=share]").fill("2")
     form.locator("button[type=submit]").click()
     key = page.locator("[data-test=new-key]", has_text="The key for budgeted").locator("code").inner_text()
     row = page.locator("tr[data-key=budgeted]")
     assert row.locator("[data-test=models]").inner_text() == DEFAULT_MODEL
     assert row.locator("[data-test=budget]").inner_text() == "5000 tokens / week"
+    assert row.locator("[data-test=priority]").inner_text() == "batch · share 2 · autocomplete interactive"
     row.get_by_role("button", name="Change").click()
     change = page.locator("form[data-test=change-key]")
     change.locator("input[name=budget_tokens]").fill("300")
     change.locator("select[name=budget_period]").select_option("day")
+    change.locator("select[name=priority]").select_option("interactive")
+    change.locator("select[name=autocomplete_priority]").select_option("")  # as the key's
     change.locator("button[type=submit]").click()
     row.locator("[data-test=budget]", has_text="300 tokens / day").wait_for()
+    assert row.locator("[data-test=priority]").inner_text() == "interactive · share 2"
     shot(page, "4b-keys-budget")
 
     headers = {"Authorization": f"Bearer {key}"}

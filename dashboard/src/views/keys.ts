@@ -1,5 +1,6 @@
 // API keys: list with usage, create (the key is shown once), change limits,
-// allowed models and budget, revoke.
+// share and priority (the key's own, and its editors' autocomplete), allowed
+// models and budget, revoke.
 
 import { api, ApiError } from "../api";
 import { empty, h, notice, when } from "../dom";
@@ -46,7 +47,7 @@ export function keys(): HTMLElement {
     return h(
       "table",
       { "data-test": "keys-table" },
-      h("thead", {}, h("tr", {}, ["name", "key", "scopes", "limits", "models", "budget", "requests", "tokens in / out", "last used", ""].map((c) => h("th", {}, c)))),
+      h("thead", {}, h("tr", {}, ["name", "key", "scopes", "limits", "priority", "models", "budget", "requests", "tokens in / out", "last used", ""].map((c) => h("th", {}, c)))),
       h(
         "tbody",
         {},
@@ -58,6 +59,7 @@ export function keys(): HTMLElement {
             h("td", {}, h("code", {}, `${k.prefix}…`)),
             h("td", {}, k.scopes.join(", ")),
             h("td", {}, `${k.rpm ?? answer.default_rpm} rpm · ${k.tpm ?? answer.default_tpm} tpm`),
+            h("td", { "data-test": "priority" }, priorityText(k)),
             h("td", { "data-test": "models" }, k.models ? k.models.join(", ") : "all"),
             h("td", { "data-test": "budget" }, k.budget ? `${k.budget.tokens} tokens / ${k.budget.period}` : "none"),
             h("td", {}, k.usage.requests),
@@ -123,14 +125,25 @@ export function keys(): HTMLElement {
   );
 }
 
+// "interactive · share 1", with its autocomplete's when that differs.
+function priorityText(k: any): string {
+  const own = `${k.priority} · share ${k.share}`;
+  return k.autocomplete_priority ? `${own} · autocomplete ${k.autocomplete_priority}` : own;
+}
+
+function choice(name: string, options: [string, string][], current: string): HTMLElement {
+  return h("select", { name }, options.map(([value, label]) => h("option", { value, selected: value === current }, label)));
+}
+
 // The fields a key's policy shares between the create and change forms.
 function policyFields(k?: any): HTMLElement[] {
-  const period = h(
-    "select",
-    { name: "budget_period" },
-    ["month", "week", "day"].map((p) => h("option", { value: p, selected: k?.budget?.period === p }, p)),
-  );
+  const period = choice("budget_period", [["month", "month"], ["week", "week"], ["day", "day"]], k?.budget?.period ?? "month");
+  const levels: [string, string][] = [["interactive", "interactive"], ["batch", "batch (idle capacity)"]];
   return [
+    h("label", {}, "Priority", choice("priority", levels, k?.priority ?? "interactive")),
+    // Its editors' fill-in-the-middle requests (/infill, suffix): interactive while its agents run as batch.
+    h("label", {}, "Autocomplete", choice("autocomplete_priority", [["", "as the key's"], ...levels], k?.autocomplete_priority ?? "")),
+    h("label", {}, "Share", h("input", { name: "share", type: "number", min: 0.01, max: 1000, step: "any", placeholder: "1", value: k?.share ?? "" })),
     h("label", {}, "Models", h("input", { name: "models", placeholder: "all (or a,b)", value: k?.models?.join(",") ?? "", autocomplete: "off" })),
     h("label", {}, "Budget tokens", h("input", { name: "budget_tokens", type: "number", min: 0, placeholder: "none", value: k?.budget?.tokens ?? "" })),
     h("label", {}, "per", period),
@@ -145,6 +158,10 @@ function policy(data: FormData, changing: boolean): Record<string, unknown> {
   if (budget) body.budget_tokens = Number(budget);
   else if (changing) body.budget_tokens = 0;
   if (budget || changing) body.budget_period = data.get("budget_period");
+  body.priority = data.get("priority");
+  const autocomplete = String(data.get("autocomplete_priority") ?? "");
+  if (autocomplete || changing) body.autocomplete_priority = autocomplete; // "" in a change: as the key's
+  if (data.get("share")) body.share = Number(data.get("share"));
   return body;
 }
 

@@ -2,12 +2,14 @@
 the official `ollama` Python library and the apps that speak it call it:
 list, show, ps, version, chat whole and streamed, format with a schema,
 generate (and its load and unload requests), embed; Continue's requests as
-its Ollama provider sends them (core/llm/llms/Ollama.ts); Ollama's error shape
+its Ollama provider sends them (core/llm/llms/Ollama.ts), and Open WebUI's
+(backend/open_webui/routers/ollama.py, utils/payload.py); Ollama's error shape
 for bad input on every route."""
 
 from __future__ import annotations
 
 import json
+from datetime import datetime
 
 import httpx
 import jsonschema
@@ -113,6 +115,27 @@ def test_continues_requests_as_it_sends_them(proxy, key):
         "model": TAGGED, "prompt": "def add(a, b):\n    ", "suffix": "\n", "raw": True, "options": options,
         "keep_alive": 1800, "stream": True})
     assert fim.status_code == 400 and fim.json()["error"].startswith("The model 'smollm2-135m-instruct' has no fill")
+
+
+def test_open_webuis_requests_as_it_sends_them(proxy, key):
+    """Open WebUI's Ollama connection: it verifies with /api/version, lists /api/tags by `model`, reads
+    /api/ps's `expires_at` with datetime.fromisoformat, and chats with the OpenAI request turned into
+    Ollama's (convert_payload_openai_to_ollama): the tag added, OpenAI's penalties renamed into options
+    (frequency_penalty as repeat_penalty, where 0 means none; presence_penalty as new_topic_penalty)."""
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json",
+               "X-OpenWebUI-User-Name": "Ada Lovelace", "X-OpenWebUI-User-Role": "user"}
+    assert httpx.get(f"{proxy}/api/version", headers=headers, timeout=10).json()["version"]
+    models = {m["model"]: m for m in httpx.get(f"{proxy}/api/tags", headers=headers, timeout=10).json()["models"]}
+    assert TAGGED in models and models[TAGGED]["name"] == TAGGED
+    for loaded in httpx.get(f"{proxy}/api/ps", headers=headers, timeout=10).json()["models"]:
+        assert int(datetime.fromisoformat(loaded["expires_at"]).timestamp()) is not None
+    payload = {"model": TAGGED, "messages": QUESTION, "stream": True, "options": {
+        "temperature": 0, "top_p": 1.0, "seed": 42, "num_predict": 24, "repeat_penalty": 0, "new_topic_penalty": 0}}
+    with httpx.stream("POST", f"{proxy}/api/chat", headers=headers, timeout=120, json=payload) as reply:
+        assert reply.status_code == 200, reply.read()
+        lines = [json.loads(line) for line in reply.iter_lines() if line]
+    assert "Paris" in "".join(line["message"]["content"] for line in lines) and lines[-1]["done"]
+    assert lines[-1]["model"] == TAGGED and lines[-1]["eval_count"] <= 24
 
 
 def test_bad_input_gets_ollamas_error_shape(proxy, key):

@@ -41,7 +41,9 @@ class Options(BaseModel):
     seed: int | None = None
     num_predict: int | None = Field(default=None, ge=-2, description="-1 or -2: as long as the context allows")
     stop: Union[str, Annotated[list[str], Field(max_length=16)], None] = None
-    repeat_penalty: float | None = Field(default=None, gt=0.0, le=10.0)
+    # Open WebUI sends OpenAI's frequency_penalty (-2..2, 0: none) as repeat_penalty; Ollama takes any
+    # number. Here a value above 0 is the penalty, and 0 or below means none.
+    repeat_penalty: float | None = Field(default=None, ge=-2.0, le=10.0)
     presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
 
@@ -50,7 +52,7 @@ class Options(BaseModel):
         out = {k: getattr(self, k) for k in ("temperature", "top_p", "top_k", "min_p", "seed", "presence_penalty",
                                               "frequency_penalty") if getattr(self, k) is not None}
         if self.repeat_penalty is not None:
-            out["repetition_penalty"] = self.repeat_penalty
+            out["repetition_penalty"] = self.repeat_penalty if self.repeat_penalty > 0 else 1.0
         if self.stop is not None:
             out["stop"] = [self.stop] if isinstance(self.stop, str) else self.stop[:4]
         if self.num_predict is not None and self.num_predict > 0:

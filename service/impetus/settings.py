@@ -233,6 +233,13 @@ class Settings(BaseSettings):
     # silence into kilobytes).
     audio_max_bytes: int = Field(25 * 1024 * 1024, gt=0)
     audio_max_seconds: float = Field(3600.0, gt=0)
+    # Documents (/v1/files, vector stores: impetus.documents), under data_dir/documents.
+    # An upload is at most `file_max_bytes` (it comes in one request body, so within
+    # max_body_bytes) and a key's files together at most `file_quota_bytes`.
+    # Chunks are embedded by `documents_embedding_model` (none: the default one).
+    file_max_bytes: int = Field(30 * 1024 * 1024, gt=0)
+    file_quota_bytes: int = Field(1024 * 1024 * 1024, gt=0)
+    documents_embedding_model: str | None = None
 
     # Gateway: personal API keys and per-key limits, kept in Redis.
     require_api_keys: bool = False

@@ -19,6 +19,7 @@ from impetus.api.chat import ChatCompletionsResource
 from impetus.api.completions import CompletionsResource
 from impetus.api.embeddings import EmbeddingsResource
 from impetus.api.errors import handle_http_error, handle_unexpected
+from impetus.api.files import FileContentResource, FileResource, FilesResource
 from impetus.api.health import LivenessResource, ReadinessResource, StatusResource
 from impetus.api.infill import InfillResource
 from impetus.api.messages import CountTokensResource, MessagesResource
@@ -36,6 +37,17 @@ from impetus.api.openapi import OpenAPIResource
 from impetus.api.reports import AdminAuditResource, AdminUsageResource, UsageResource
 from impetus.api.responses import ResponseInputItemsResource, ResponseResource, ResponsesResource
 from impetus.api.transcriptions import TranscriptionsResource
+from impetus.api.vector_store_files import (
+    FileBatchCancelResource,
+    FileBatchesResource,
+    FileBatchFilesResource,
+    FileBatchResource,
+    VectorStoreFileContentResource,
+    VectorStoreFileResource,
+    VectorStoreFilesResource,
+)
+from impetus.api.vector_stores import VectorStoreResource, VectorStoreSearchResource, VectorStoresResource
+from impetus.documents.service import Documents
 from impetus.gateway.account import AccountMiddleware
 from impetus.metrics import Metrics
 from impetus.metrics.middleware import MetricsMiddleware
@@ -71,6 +83,9 @@ def create_app(settings, host, waker, gateway=None, metrics=None, broadcast=None
     speech = SpeechHost(settings)
     responses = gateway.responses if gateway is not None else None
     embedder = EmbeddingsResource(embeddings, host, metrics)
+    # Ingestion yields to the chat engines' work (documents.ingest: batch priority).
+    documents = Documents(settings, embeddings, busy=lambda: any(e.in_flight for e in list(host.engines.values())))
+    stores = "/v1/vector_stores/{store_id}"
     routes = {
         "/v1/chat/completions": ChatCompletionsResource(host, waker, settings, cache, metrics),
         "/v1/completions": CompletionsResource(host, waker, settings, cache, metrics),
@@ -83,6 +98,20 @@ def create_app(settings, host, waker, gateway=None, metrics=None, broadcast=None
         "/v1/messages/count_tokens": CountTokensResource(host, settings),
         "/v1/embeddings": embedder,
         "/v1/audio/transcriptions": TranscriptionsResource(speech, settings, metrics),
+        # Documents (impetus.documents): files, vector stores, their files and batches, search
+        "/v1/files": FilesResource(documents),
+        "/v1/files/{file_id}": FileResource(documents),
+        "/v1/files/{file_id}/content": FileContentResource(documents),
+        "/v1/vector_stores": VectorStoresResource(documents, metrics),
+        stores: VectorStoreResource(documents),
+        f"{stores}/search": VectorStoreSearchResource(documents, metrics),
+        f"{stores}/files": VectorStoreFilesResource(documents, metrics),
+        f"{stores}/files/{{file_id}}": VectorStoreFileResource(documents),
+        f"{stores}/files/{{file_id}}/content": VectorStoreFileContentResource(documents),
+        f"{stores}/file_batches": FileBatchesResource(documents, metrics),
+        f"{stores}/file_batches/{{batch_id}}": FileBatchResource(documents),
+        f"{stores}/file_batches/{{batch_id}}/cancel": FileBatchCancelResource(documents),
+        f"{stores}/file_batches/{{batch_id}}/files": FileBatchFilesResource(documents),
         "/v1/models": ModelsResource(host, embeddings, speech),
         "/v1/models/{model_id:path}": ModelResource(host, embeddings, speech),
         "/v1/admin/models": AdminModelsResource(host),

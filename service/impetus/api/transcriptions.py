@@ -14,9 +14,9 @@ Errors are OpenAI's 400s naming the field.
 
 from __future__ import annotations
 
-import io
 import math
 
+from impetus.api.forms import one, read_form
 from impetus.speech.audio import SAMPLE_RATE, decode
 from impetus.speech.host import SpeechModelNotFound
 from impetus.speech.whisper import Options, language_name
@@ -28,37 +28,12 @@ FIELDS = {"file", "model", "language", "prompt", "response_format", "temperature
 TOKENS_PER_SECOND = 50  # Whisper's encoder: 1,500 positions per 30 s window
 
 
-def read_form(req) -> tuple[dict[str, list[str]], tuple[str, bytes] | None]:
-    from falcon.media.multipart import MultipartFormHandler, MultipartParseError
-
-    raw = req.context.raw
-    fields: dict[str, list[str]] = {}
-    upload = None
-    try:
-        for part in MultipartFormHandler().deserialize(io.BytesIO(raw), req.content_type, len(raw)):
-            if part.name not in FIELDS:
-                raise bad_request(f"Unrecognized request argument supplied: {part.name}", param=part.name)
-            if part.name == "file":
-                upload = (part.secure_filename if part.filename else "audio", part.stream.read())
-            else:
-                fields.setdefault(part.name.removesuffix("[]"), []).append(part.text)
-    except MultipartParseError as error:
-        raise bad_request(f"The form could not be read: {error.description or error.title}", param="file",
-                          code="invalid_form") from None
-    return fields, upload
-
-
-def _one(fields: dict, name: str, default=None):
-    values = fields.get(name)
-    return values[-1] if values else default
-
-
 def options_of(fields: dict) -> tuple[Options, str]:
-    response_format = _one(fields, "response_format", "json")
+    response_format = one(fields, "response_format", "json")
     if response_format not in FORMATS:
         raise bad_request(f"response_format must be one of {', '.join(FORMATS)}.", param="response_format")
     try:
-        temperature = float(_one(fields, "temperature", "0"))
+        temperature = float(one(fields, "temperature", "0"))
     except ValueError:
         raise bad_request("temperature must be a number.", param="temperature") from None
     if not 0 <= temperature <= 1:
@@ -68,12 +43,12 @@ def options_of(fields: dict) -> tuple[Options, str]:
         raise bad_request("timestamp_granularities takes segment and word.", param="timestamp_granularities")
     if "word" in granularities and response_format != "verbose_json":
         raise bad_request("Word timestamps need response_format verbose_json.", param="timestamp_granularities")
-    if _one(fields, "stream", "false").lower() not in ("false", "0"):
+    if one(fields, "stream", "false").lower() not in ("false", "0"):
         raise bad_request("Streamed transcription is not offered for Whisper models.", param="stream")
-    language = _one(fields, "language") or None
+    language = one(fields, "language") or None
     if language is not None and language_name(language) is None:
         raise bad_request(f"Unknown language {language!r}: use an ISO-639-1 code such as en.", param="language")
-    return Options(language, _one(fields, "prompt"), temperature, "word" in granularities), response_format
+    return Options(language, one(fields, "prompt"), temperature, "word" in granularities), response_format
 
 
 def _clock(seconds: float, comma: bool) -> str:
@@ -100,8 +75,8 @@ class TranscriptionsResource:
         self.metrics = metrics
 
     def on_post(self, req, resp):
-        fields, upload = read_form(req)
-        name = _one(fields, "model")
+        fields, upload = read_form(req, FIELDS, "audio")
+        name = one(fields, "model")
         if not name:
             raise bad_request("Missing required parameter: 'model'.", param="model")
         if upload is None:

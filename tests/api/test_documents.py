@@ -13,6 +13,7 @@ import openai
 import pytest
 
 from impetus.gateway.keys import KeyStore
+from impetus.models.store import DEFAULT_MODEL
 
 from processes import start_nginx
 from processes import stop as stop_nginx
@@ -156,3 +157,59 @@ def test_bad_input_is_a_4xx_in_openais_shape(proxy, keys, owner):
         assert error["message"] and error["type"], (index, error)
         assert code is None or error["code"] == code, (index, error)
     owner.vector_stores.delete(store.id)
+
+
+@pytest.fixture(scope="module")
+def runbooks(owner):
+    """A store with the PDF in 200-token chunks (so that two excerpts are a short prompt)."""
+    pdf = owner.files.create(file=("runbook.pdf", pdf_with(SECRET)), purpose="assistants")
+    store = owner.vector_stores.create(name="answers", file_ids=[pdf.id], chunking_strategy={
+        "type": "static", "static": {"max_chunk_size_tokens": 200, "chunk_overlap_tokens": 50}})
+    assert owner.vector_stores.files.poll(pdf.id, vector_store_id=store.id).status == "completed"
+    yield store, pdf
+    owner.vector_stores.delete(store.id)
+    owner.files.delete(pdf.id)
+
+
+def test_a_forced_file_search_answers_with_a_citation_whole_and_streamed(owner, other, runbooks):
+    store, pdf = runbooks
+    request = {"model": DEFAULT_MODEL, "input": "What is the lighthouse keeper's code word for a storm?",
+               "tools": [{"type": "file_search", "vector_store_ids": [store.id], "max_num_results": 2}],
+               "tool_choice": {"type": "file_search"}, "include": ["file_search_call.results"],
+               "max_output_tokens": 60, "store": False}
+    answer = owner.responses.create(**request)
+    call, message = answer.output[0], answer.output[-1]
+    assert call.type == "file_search_call" and call.status == "completed" and call.queries
+    assert call.results[0].file_id == pdf.id and "AMBERGRIS-42" in call.results[0].text
+    assert message.type == "message" and message.content[0].text
+    citation = message.content[0].annotations[0]
+    assert citation.type == "file_citation" and citation.file_id == pdf.id and citation.filename == "runbook.pdf"
+    assert answer.usage.input_tokens > 300  # both rounds: the question, then the excerpts
+
+    events = list(owner.responses.create(**request, stream=True))
+    kinds = [e.type for e in events]
+    for kind in ("response.file_search_call.in_progress", "response.file_search_call.searching",
+                 "response.file_search_call.completed", "response.output_text.annotation.added"):
+        assert kind in kinds, kinds
+    assert kinds.index("response.file_search_call.completed") < kinds.index("response.output_text.delta")
+    done = events[-1].response
+    assert done.output[-1].content[0].text == message.content[0].text  # greedy: the same answer
+
+    with pytest.raises(openai.NotFoundError):  # another key's store, named in the tool
+        other.responses.create(**request)
+
+
+def test_the_agents_sdk_file_search_tool(proxy, keys, runbooks):
+    from agents import Agent, FileSearchTool, ModelSettings, OpenAIResponsesModel, Runner, set_tracing_disabled
+
+    set_tracing_disabled(True)  # nothing goes to OpenAI's tracing endpoint
+    store, pdf = runbooks
+    client = openai.AsyncOpenAI(base_url=f"{proxy}/v1", api_key=keys[0], max_retries=0, timeout=120)
+    agent = Agent(name="runbooks", instructions="Answer from the user's files, briefly.",
+                  tools=[FileSearchTool(vector_store_ids=[store.id], max_num_results=2, include_search_results=True)],
+                  model=OpenAIResponsesModel(DEFAULT_MODEL, client),
+                  model_settings=ModelSettings(tool_choice="file_search", temperature=0, max_tokens=300))
+    result = Runner.run_sync(agent, "What is the lighthouse keeper's code word for a storm?", max_turns=2)
+    searches = [item.raw_item for item in result.new_items if item.type == "tool_call_item"]
+    assert [s.type for s in searches] == ["file_search_call"] and searches[0].results[0].file_id == pdf.id
+    assert result.new_items[-1].type == "message_output_item" and result.final_output.strip()

@@ -118,7 +118,7 @@ def test_streamed_function_call_events_in_order(alice):
 def test_namespaces_are_flattened_and_built_in_tools_dropped(gateway_server, keys):
     body = {"model": DEFAULT_MODEL, "input": "Add 2 and 3.", "temperature": 0, "max_output_tokens": 40,
             "tool_choice": "required", "store": False,
-            "tools": [{"type": "web_search", "external_web_access": False}, {"type": "file_search"},
+            "tools": [{"type": "web_search", "external_web_access": False}, {"type": "code_interpreter"},
                       {"type": "namespace", "name": "math", "description": "Arithmetic", "tools": [ADD]}]}
     reply = httpx.post(f"{gateway_server}/v1/responses", json=body, timeout=180,
                        headers={"Authorization": f"Bearer {keys[0]}"})

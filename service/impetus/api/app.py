@@ -91,7 +91,7 @@ def create_app(settings, host, waker, gateway=None, metrics=None, broadcast=None
         "/v1/completions": CompletionsResource(host, waker, settings, cache, metrics),
         "/infill": InfillResource(host, waker, settings, None, metrics),  # not cached: each keystroke differs
         # Not cached: a Responses object is not replayed from the chat cache's form.
-        "/v1/responses": ResponsesResource(host, waker, settings, responses, metrics),
+        "/v1/responses": ResponsesResource(host, waker, settings, responses, metrics, documents),
         "/v1/responses/{response_id}": ResponseResource(responses),
         "/v1/responses/{response_id}/input_items": ResponseInputItemsResource(responses),
         "/v1/messages": MessagesResource(host, waker, settings, None, metrics),

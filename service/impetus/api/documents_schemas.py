@@ -155,3 +155,19 @@ class VectorStoreSearch(RequestModel):
 
     def queries(self) -> list[str]:
         return [self.query] if isinstance(self.query, str) else list(self.query)
+
+
+class FileSearchTool(RequestModel):
+    """The Responses API's hosted `file_search` tool (api.file_search runs it)."""
+
+    type: Literal["file_search"]
+    vector_store_ids: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(min_length=1, max_length=16)
+    max_num_results: int = Field(5, ge=1, le=50)
+    filters: Filter | None = None
+    ranking_options: RankingOptions | None = None
+
+
+class HostedToolChoice(RequestModel):
+    """tool_choice {"type": "file_search"}: the model searches first."""
+
+    type: Literal["file_search"]

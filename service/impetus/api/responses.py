@@ -26,14 +26,16 @@ from contextlib import closing
 
 from pydantic import ValidationError
 
+from impetus.api import file_search
 from impetus.api.budget import with_defaults
 from impetus.api.chat import prepare
 from impetus.api.chat_schemas import ChatMessage
 from impetus.api.errors import from_validation_error
-from impetus.api.generation import KEEPALIVE, KEEPALIVE_S, Comment, new_id_suffix
+from impetus.api.generation import KEEPALIVE, KEEPALIVE_S, Comment
 from impetus.api.generation_resource import GenerationResource, engine_for, start_stream, typed_sse
 from impetus.api.models import model_defaults
-from impetus.api.output import CALL, END, ERROR, PING, QUEUED, REASONING, OutputParser, parsed_stream
+from impetus.api.output import CALL, END, ERROR, PING, QUEUED, OutputParser, parsed_stream
+from impetus.api.responses_output import Output
 from impetus.api.responses_schemas import ResponsesRequest
 from impetus.api.validation import parse
 from impetus.gateway.responses import StoreUnavailable
@@ -70,105 +72,31 @@ def response_object(rid: str, created: int, body: ResponsesRequest, model: str, 
         "temperature": body.temperature, "top_p": body.top_p,
         "parallel_tool_calls": body.parallel_tool_calls is not False,
         "tool_choice": tool_choice if isinstance(tool_choice, str) else tool_choice.model_dump(),
-        "tools": [t.model_dump(exclude_none=True) for t in body.model_tools],
+        "tools": [t.model_dump(exclude_none=True) for t in body.tools or []],
         "reasoning": body.reasoning.model_dump() if body.reasoning else {"effort": None, "summary": None},
         "text": {"format": fmt}, "store": stored, "truncation": body.truncation or "disabled",
         "metadata": body.metadata or {}, "user": body.user, "usage": usage,
     }
 
 
-def responses_usage(prompt_tokens: int, finish, reasoning_tokens: int) -> dict:
+def responses_usage(prompt_tokens: int, finish, reasoning_tokens: int, earlier_output: int = 0) -> dict:
+    """`earlier_output`: what the rounds before the last generated (a call to file_search)."""
+    output = finish.completion_tokens + earlier_output
     return {"input_tokens": prompt_tokens, "input_tokens_details": {"cached_tokens": finish.cached_tokens},
-            "output_tokens": finish.completion_tokens, "output_tokens_details": {"reasoning_tokens": reasoning_tokens},
-            "total_tokens": prompt_tokens + finish.completion_tokens}
-
-
-class _Output:
-    """A response's output items as they are made, and the events that
-    announce them: a reasoning or message item is opened by its first text
-    and closed when another kind of item follows or the response ends."""
-
-    def __init__(self, event, namespace_of):
-        self.event = event  # (type, **fields) -> a sequenced event
-        self.namespace_of = namespace_of
-        self.items: list[dict] = []
-        self.open: dict | None = None
-
-    def _where(self) -> dict:
-        """Where the open item's deltas go (it becomes the next of the items)."""
-        return {"item_id": self.open["id"], "output_index": len(self.items), "content_index": 0}
-
-    def part(self, kind: str, text: str):
-        if not text:
-            return
-        wanted = "reasoning" if kind == REASONING else "message"
-        if self.open is None or self.open["type"] != wanted:
-            yield from self.close()
-            if wanted == "reasoning":
-                self.open = {"type": "reasoning", "id": f"rs_{new_id_suffix()}", "summary": [],
-                             "content": [{"type": "reasoning_text", "text": ""}]}
-                yield self.event("response.output_item.added", output_index=len(self.items),
-                                 item={**self.open, "content": [], "status": "in_progress"})
-            else:
-                self.open = {"type": "message", "id": f"msg_{new_id_suffix()}", "status": "in_progress",
-                             "role": "assistant", "content": [{"type": "output_text", "text": "", "annotations": []}]}
-                yield self.event("response.output_item.added", output_index=len(self.items),
-                                 item={**self.open, "content": []})
-                yield self.event("response.content_part.added", **self._where(), part=self.open["content"][0])
-        self.open["content"][0]["text"] += text
-        if wanted == "reasoning":
-            yield self.event("response.reasoning_text.delta", **self._where(), delta=text)
-        else:
-            yield self.event("response.output_text.delta", **self._where(), delta=text, logprobs=[])
-
-    def close(self, status: str = "completed"):
-        if self.open is None:
-            return
-        item, where = self.open, self._where()
-        self.open = None
-        content = item["content"][0]
-        if item["type"] == "reasoning":
-            yield self.event("response.reasoning_text.done", **where, text=content["text"])
-        else:
-            item["status"] = status
-            yield self.event("response.output_text.done", **where, text=content["text"], logprobs=[])
-            yield self.event("response.content_part.done", **where, part=content)
-        yield self.event("response.output_item.done", output_index=where["output_index"], item=item)
-        self.items.append(item)
-
-    def call(self, call: dict):
-        yield from self.close()
-        item = {"type": "function_call", "id": f"fc_{new_id_suffix()}", "call_id": call["id"],
-                "name": call["function"]["name"], "arguments": call["function"]["arguments"], "status": "completed"}
-        namespace = self.namespace_of(item["name"])
-        if namespace:
-            item["namespace"] = namespace
-        index = len(self.items)
-        yield self.event("response.output_item.added", output_index=index,
-                         item={**item, "arguments": "", "status": "in_progress"})
-        yield self.event("response.function_call_arguments.delta", item_id=item["id"], output_index=index,
-                         delta=item["arguments"])
-        yield self.event("response.function_call_arguments.done", item_id=item["id"], output_index=index,
-                         name=item["name"], arguments=item["arguments"])
-        yield self.event("response.output_item.done", output_index=index, item=item)
-        self.items.append(item)
-
-    def as_turn(self) -> ChatMessage:
-        """The output as the assistant turn a continuation renders (reasoning is not)."""
-        text = "".join(i["content"][0]["text"] for i in self.items if i["type"] == "message")
-        calls = [{"id": i["call_id"], "type": "function", "function": {"name": i["name"], "arguments": i["arguments"]}}
-                 for i in self.items if i["type"] == "function_call"]
-        return ChatMessage(role="assistant", content=text, tool_calls=calls or None)
+            "output_tokens": output, "output_tokens_details": {"reasoning_tokens": reasoning_tokens},
+            "total_tokens": prompt_tokens + output}
 
 
 class ResponsesResource(GenerationResource):
     route = "responses"
     id_prefix = "resp"
 
-    def __init__(self, host, waker, settings, store=None, metrics=None):
-        """`store`: the gateway's ResponseStore, None when the server runs without Redis."""
+    def __init__(self, host, waker, settings, store=None, metrics=None, documents=None):
+        """`store`: the gateway's ResponseStore, None when the server runs without Redis;
+        `documents`: the vector stores file_search reads."""
         super().__init__(host, waker, settings, None, metrics)
         self.store = store
+        self.documents = documents
 
     def on_post(self, req, resp):
         body = parse(ResponsesRequest, req.context.json)
@@ -176,42 +104,48 @@ class ResponsesResource(GenerationResource):
         body = with_defaults(body, self.settings, defaults)
         owner = owner_of(req)
         history = self._history(body, owner)
+        engine = engine_for(self.host, body.model, req.context.account)
+        searcher = self._searcher(req, body, engine)
         try:
-            chat = with_defaults(body.to_chat(history), self.settings, defaults)
+            chat = with_defaults(body.to_chat(history, file_search.FUNCTION if searcher else None), self.settings,
+                                 defaults)
         except ValidationError as error:
             raise from_validation_error(error) from None
-        engine = engine_for(self.host, body.model, req.context.account)
         self.admit(req, resp, body, engine)
-        tokenizer = engine.tokenizer
-        prompt, params, tool_mode, media = prepare(resp, engine, self.settings, chat, body.max_output_tokens,
-                                                   "input", "max_output_tokens")
         store = body.store is not False and self._can_store(resp)
-        gen = self.generation(req, resp, engine, [prompt], [params], prompt_tokens=len(prompt),
-                              priority=chat.priority, media=media)
-        parser = OutputParser.for_prompt(tokenizer, prompt, tool_mode, chat.tools)
-        rid, created, model = f"resp_{gen.id_suffix}", int(time.time()), engine.loaded.name
+        rounds = [self._round(req, resp, engine, chat, body)]  # (chat, gen, parser): a second after a search
+        rid, created, model = f"resp_{rounds[0][1].id_suffix}", int(time.time()), engine.loaded.name
         sequence = itertools.count()
 
         def event(kind: str, **fields) -> dict:
             return {"type": kind, "sequence_number": next(sequence), **fields}
 
-        output = _Output(event, body.namespace_of)
+        output = Output(event, body.namespace_of)
 
         def final(finish) -> dict:
             cut = finish.reason == "length"
+            last_chat, _, parser = rounds[-1]
+            earlier = sum(g.completion_tokens for _, g, _ in rounds[:-1])
+            usage = responses_usage(sum(g.prompt_tokens for _, g, _ in rounds), finish, parser.reasoning_tokens,
+                                    earlier)
             response = response_object(rid, created, body, model, "incomplete" if cut else "completed",
-                                       output.items, responses_usage(gen.prompt_tokens, finish,
-                                                                     parser.reasoning_tokens),
-                                       store, "max_output_tokens" if cut else None)
+                                       output.items, usage, store, "max_output_tokens" if cut else None)
             if store:  # the conversation so far, less the instructions (not carried over)
-                turns = chat.messages[1:] if body.instructions else chat.messages
+                turns = last_chat.messages[1:] if body.instructions else last_chat.messages
                 self.store.save(rid, owner, {
                     "response": response, "input": _input_items(body),
                     "turns": [m.model_dump(exclude_none=True) for m in [*turns, output.as_turn()]]})
             return response
 
+        def after_search(call: dict):
+            """The search's events; then the round that answers with its results."""
+            last_chat = rounds[-1][0]
+            results = yield from output.file_search(searcher, call, last_chat)
+            follow = with_defaults(searcher.continued(last_chat, call, results, body), self.settings, defaults)
+            rounds.append(self._round(req, resp, engine, follow, body))
+
         started = response_object(rid, created, body, model, "in_progress", [], None, store)
-        events = self._events(gen, parser, output, event, started, final)
+        events = self._events(rounds, output, event, started, final, after_search if searcher else None)
         if body.stream:
             start_stream(resp, typed_sse(events))
             return
@@ -223,6 +157,27 @@ class ResponsesResource(GenerationResource):
                     raise APIError(500, item["message"], type="server_error", code=item["code"])
                 if item["type"] in ("response.completed", "response.incomplete"):
                     resp.media = item["response"]
+
+    def _searcher(self, req, body: ResponsesRequest, engine):
+        tool = body.file_search
+        if tool is None:
+            return None
+        if self.documents is None:
+            raise APIError(400, "This server keeps no documents.", param="tools", code="file_search_unavailable")
+        tokenizer = engine.tokenizer
+        searcher = file_search.FileSearch(self.documents, req.context.account, tool, body.include,
+                                          engine.loaded.context_length,
+                                          lambda text: len(tokenizer.encode(text, add_special_tokens=False)))
+        searcher.check()
+        return searcher
+
+    def _round(self, req, resp, engine, chat, body):
+        """(chat, its generation, its parser): one pass of the model over the conversation so far."""
+        prompt, params, tool_mode, media = prepare(resp, engine, self.settings, chat, body.max_output_tokens,
+                                                   "input", "max_output_tokens")
+        gen = self.generation(req, resp, engine, [prompt], [params], prompt_tokens=len(prompt),
+                              priority=chat.priority, media=media)
+        return chat, gen, OutputParser.for_prompt(engine.tokenizer, prompt, tool_mode, chat.tools)
 
     def _history(self, body: ResponsesRequest, owner: str) -> list[ChatMessage]:
         """The conversation previous_response_id continues (its input and output, without its instructions)."""
@@ -247,29 +202,43 @@ class ResponsesResource(GenerationResource):
                                                         else "this server runs without Redis"))
         return False
 
-    def _events(self, gen, parser, output, event, started, final):
+    def _events(self, rounds, output, event, started, final, after_search):
+        """Every round's events in order: a call to file_search (when the server runs it)
+        is searched in place and answered by the next round."""
         try:
             yield event("response.created", response=started)
             yield event("response.in_progress", response=started)
-            for kind, value in parsed_stream(gen, parser, heartbeat=KEEPALIVE_S):
-                if kind == QUEUED:
-                    yield value.comment()
-                elif kind == PING:  # silent (a long prefill): traffic for the proxies
-                    yield KEEPALIVE
-                elif kind == ERROR:
-                    yield event("error", code="engine_error", message="Generation failed inside the engine.",
-                                param=None)
-                elif kind == CALL:
-                    yield from output.call(value)
-                elif kind == END:
-                    yield from output.close("incomplete" if value.reason == "length" else "completed")
-                    done = final(value)
-                    yield event("response.completed" if done["status"] == "completed" else "response.incomplete",
-                                response=done)
-                else:
-                    yield from output.part(kind, value)
+            while True:
+                _, gen, parser = rounds[-1]
+                search = None
+                for kind, value in parsed_stream(gen, parser, heartbeat=KEEPALIVE_S):
+                    if kind == QUEUED:
+                        yield value.comment()
+                    elif kind == PING:  # silent (a long prefill): traffic for the proxies
+                        yield KEEPALIVE
+                    elif kind == ERROR:
+                        yield event("error", code="engine_error", message="Generation failed inside the engine.",
+                                    param=None)
+                    elif kind == CALL and after_search and len(rounds) == 1 and \
+                            value["function"]["name"] == file_search.NAME:
+                        search = value
+                        break
+                    elif kind == CALL:
+                        yield from output.call(value)
+                    elif kind == END:
+                        yield from output.close("incomplete" if value.reason == "length" else "completed")
+                        done = final(value)
+                        yield event("response.completed" if done["status"] == "completed" else
+                                    "response.incomplete", response=done)
+                    else:
+                        yield from output.part(kind, value)
+                if search is None:
+                    return
+                gen.close()
+                yield from after_search(search)
         finally:
-            gen.close()
+            for _, gen, _ in rounds:
+                gen.close()
 
 
 def _input_items(body: ResponsesRequest) -> list[dict]:

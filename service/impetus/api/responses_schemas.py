@@ -8,8 +8,9 @@ completions.
   as chat's tool_calls and tool messages), `reasoning` (accepted, not
   rendered: a template that knows no reasoning history has no place for it).
 - Tools: `function`, and `namespace` (a named group of functions, which
-  Codex sends for its sub-agent tools) flattened into functions. Built-in
-  tools that cannot run here (`web_search`, `file_search`, `computer_use`,
+  Codex sends for its sub-agent tools) flattened into functions; `file_search`
+  over the key's vector stores, which the server runs (api.file_search). Built-in
+  tools that cannot run here (`web_search`, `computer_use`,
   `code_interpreter`, `image_generation`, `mcp`, `custom`, ...) are dropped
   from what the model sees, so an agent offering them by default still works.
 - Documented fields with no meaning here (`include`, `reasoning.summary`,
@@ -36,6 +37,7 @@ from impetus.api.chat_schemas import (
     TextPart,
     Tool,
 )
+from impetus.api.documents_schemas import FileSearchTool, HostedToolChoice
 from impetus.api.schema_base import OpenAIHints, Priority, RequestModel, ResponseModel, Temperature, TopP
 from impetus.web import bad_request
 
@@ -156,6 +158,7 @@ class NamespaceTool(RequestModel):
 
 _FUNCTION_TOOL = TypeAdapter(FunctionTool)
 _NAMESPACE_TOOL = TypeAdapter(NamespaceTool)
+_FILE_SEARCH_TOOL = TypeAdapter(FileSearchTool)
 
 
 class FunctionChoice(RequestModel):
@@ -208,7 +211,8 @@ class ResponsesRequest(OpenAIHints):
     stream: bool = False
     text: TextOptions | None = None
     tools: list[dict] | None = None
-    tool_choice: Union[Literal["none", "auto", "required"], FunctionChoice, AllowedTools, None] = None
+    tool_choice: Union[Literal["none", "auto", "required"], FunctionChoice, HostedToolChoice, AllowedTools,
+                       None] = None
     parallel_tool_calls: bool | None = None
     max_tool_calls: int | None = Field(default=None, ge=1)
     reasoning: Reasoning | None = None
@@ -236,13 +240,17 @@ class ResponsesRequest(OpenAIHints):
     @field_validator("tools")
     @classmethod
     def _runnable_tools(cls, value):
-        """Function tools, namespaces flattened; built-in tools dropped."""
+        """Function tools, namespaces flattened, file_search; other built-in tools dropped."""
         if value is None:
             return None
         tools = []
         for tool in value:
             kind = tool.get("type") if isinstance(tool, dict) else None
-            if kind == "function":
+            if kind == "file_search":
+                if any(isinstance(t, FileSearchTool) for t in tools):
+                    raise ValueError("file_search may be given once")
+                tools.append(_FILE_SEARCH_TOOL.validate_python(tool))
+            elif kind == "function":
                 tools.append(_FUNCTION_TOOL.validate_python(tool))
             elif kind == "namespace":
                 for function in _NAMESPACE_TOOL.validate_python(tool).tools:
@@ -254,7 +262,12 @@ class ResponsesRequest(OpenAIHints):
 
     @property
     def model_tools(self) -> list[FunctionTool]:
-        return self.tools or []
+        """The functions the client runs (file_search is the server's)."""
+        return [t for t in self.tools or [] if isinstance(t, FunctionTool)]
+
+    @property
+    def file_search(self) -> FileSearchTool | None:
+        return next((t for t in self.tools or [] if isinstance(t, FileSearchTool)), None)
 
     def namespace_of(self, name: str) -> str | None:
         for tool in self.model_tools:
@@ -287,10 +300,18 @@ class ResponsesRequest(OpenAIHints):
                 out.append(ChatMessage(role="tool", tool_call_id=item.call_id, content=item.text(where)))
         return out
 
-    def chat_tools(self) -> tuple[list[Tool] | None, Any]:
+    def chat_tools(self, search: Tool | None = None) -> tuple[list[Tool] | None, Any]:
+        """The tools as chat takes them; `search`: file_search as the model sees it (a function),
+        None once it has searched."""
         tools = [Tool(type="function", function={"name": t.name, "description": t.description,
                                                  "parameters": t.parameters}) for t in self.model_tools]
         choice = self.tool_choice
+        if search is not None:
+            tools.append(search)
+            if isinstance(choice, HostedToolChoice):
+                choice = FunctionChoice(type="function", name=search.function.name)
+        elif isinstance(choice, HostedToolChoice) or (choice == "required" and not tools):
+            choice = "auto"  # it has searched: now it answers
         if isinstance(choice, AllowedTools):
             allowed = {t.get("name") for t in choice.tools}
             tools = [t for t in tools if t.function.name in allowed]
@@ -305,16 +326,17 @@ class ResponsesRequest(OpenAIHints):
         return tools, choice
 
 
-    def to_chat(self, history: list[ChatMessage] = ()) -> ChatCompletionRequest:
+    def to_chat(self, history: list[ChatMessage] = (), search: Tool | None = None) -> ChatCompletionRequest:
         """The same request as chat completions take it; `history` is the
         conversation so far (previous_response_id's), instructions first as
-        the system message (instructions are not carried over, as OpenAI)."""
+        the system message (instructions are not carried over, as OpenAI);
+        `search`: the file_search function, while the model may call it."""
         fmt = self.text.format if self.text else None
         response_format = None if fmt is None or fmt.type == "text" else ResponseFormat.model_validate(
             {"type": fmt.type, **({"json_schema": {"name": fmt.name, "schema": fmt.json_schema}}
                                   if fmt.type == "json_schema" else {})})
         system = [ChatMessage(role="system", content=self.instructions)] if self.instructions else []
-        tools, tool_choice = self.chat_tools()
+        tools, tool_choice = self.chat_tools(search)
         return ChatCompletionRequest(
             model=self.model, messages=system + list(history) + self.turns(), max_tokens=self.max_output_tokens,
             temperature=self.temperature, top_p=self.top_p, response_format=response_format, tools=tools,

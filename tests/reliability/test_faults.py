@@ -1,20 +1,24 @@
-"""Faults with real processes: a worker killed with -9 during streams, Redis
-restarted and nginx reloaded under load, clients leaving en masse, requests
-too large to serve, and slow clients. A two-worker keyed server on a Redis
-with an append-only file, behind nginx."""
+"""Faults with real processes: a worker killed with -9 during streams and
+while it ingests a document, Redis restarted and nginx reloaded under load,
+clients leaving en masse, requests too large to serve, and slow clients. A
+two-worker keyed server on a Redis with an append-only file, behind nginx,
+with a data dir of its own (its documents database is no other server's)."""
 
 from __future__ import annotations
 
 import json
 import os
+import pydoc_data.topics
 import signal
 import socket
+import sqlite3
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import openai
 import pytest
 
 from impetus.gateway.keys import KeyStore
@@ -31,11 +35,13 @@ STORY = {"model": DEFAULT_MODEL, "temperature": 0, "messages": [{"role": "user",
 @pytest.fixture(scope="module")
 def stack(data_dir, tmp_path_factory):
     work = tmp_path_factory.mktemp("faults")
+    (work / "data" / "models").mkdir(parents=True)
+    (work / "data" / "models" / DEFAULT_MODEL).symlink_to(data_dir / "models" / DEFAULT_MODEL)
     (work / "redis").mkdir()
     redis = RedisServer(work / "redis", persistent=True)
     # Idle workers give freed memory back after half a second, so that what
     # they hold between rounds of traffic is what they use (see the en-masse test).
-    server = Server(data_dir, work / "server.log", workers=2, require_api_keys="true", redis_url=redis.url,
+    server = Server(work / "data", work / "server.log", workers=2, require_api_keys="true", redis_url=redis.url,
                     idle_release_s=0.5)
     nginx, url = start_nginx(work / "nginx", f"127.0.0.1:{server.port}")
     keys = KeyStore(redis.client())
@@ -142,6 +148,41 @@ def test_kill_9_of_a_worker_during_streams(stack):
     completion_after = int(redis.hget(usage_key, "completion_tokens") or 0)
     assert completion_after - completion_before >= 40 * len(finished) + 3 * 6
     assert len(cut) <= len(futures) - survivor_streams
+
+
+def test_kill_9_of_the_worker_ingesting_a_document(stack):
+    """The worker that holds a file's ingest lease dies mid-file: the database stays whole, nothing of
+    the file is searched meanwhile, and the worker Gunicorn starts in its place (or the other) takes
+    the file up at once (its holder is dead) and completes it, each chunk once."""
+    client = openai.OpenAI(base_url=f"{stack['url']}/v1", api_key=stack["key"], max_retries=0, timeout=60)
+    text = "\n\n".join(list(pydoc_data.topics.topics.values())[:12])  # ~70 KB: seconds of embedding here
+    upload = client.files.create(file=("topics.md", text.encode()), purpose="assistants")
+    store = client.vector_stores.create(name="crash", file_ids=[upload.id], chunking_strategy={
+        "type": "static", "static": {"max_chunk_size_tokens": 100, "chunk_overlap_tokens": 0}})
+    database = stack["work"] / "data" / "documents" / "documents.sqlite3"
+
+    def row():
+        with sqlite3.connect(database) as db:
+            return db.execute("select status, holder, attempts from store_files where file_id = ?",
+                              (upload.id,)).fetchone()
+
+    wait_until(lambda: row()[1] is not None, "a worker claims the file", timeout=30)
+    status, holder, _ = row()
+    victim = int(holder.rsplit(":", 1)[1])
+    assert status == "in_progress" and victim in workers_of(stack["server"].process.pid)
+    os.kill(victim, signal.SIGKILL)
+    with sqlite3.connect(database) as db:
+        assert db.execute("pragma integrity_check").fetchone()[0] == "ok"
+        assert db.execute("select count(*) from chunks where file_id = ?", (upload.id,)).fetchone()[0] == 0
+    assert not client.vector_stores.search(store.id, query="for statement").data  # nothing half-indexed
+
+    wait_until(lambda: row()[0] == "completed", "the file is ingested after the crash", timeout=180)
+    assert row()[2] >= 2  # claimed again after the kill
+    with sqlite3.connect(database) as db:
+        seqs = [r[0] for r in db.execute("select seq from chunks where file_id = ? order by seq", (upload.id,))]
+    assert seqs == list(range(len(seqs))) and len(seqs) > 20  # each chunk once
+    assert client.vector_stores.search(store.id, query="for statement").data
+    client.vector_stores.delete(store.id)
 
 
 def test_redis_restart_under_load_loses_no_key(stack):

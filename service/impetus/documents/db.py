@@ -44,7 +44,7 @@ create table if not exists store_files(
   store_id text not null, file_id text not null, owner text not null, status text not null,
   last_error text, attributes text not null, max_tokens integer not null, overlap integer not null,
   usage_bytes integer not null default 0, created_at integer not null, batch_id text,
-  lease_until real not null default 0, attempts integer not null default 0,
+  lease_until real not null default 0, attempts integer not null default 0, holder text,
   primary key(store_id, file_id));
 create index if not exists store_files_work on store_files(status, lease_until);
 create table if not exists batches(

@@ -9,7 +9,9 @@ of LEASE_S as it goes, and then writes the chunks, their vectors and the
 
 - a kill -9 (of the worker, the server, the machine) mid-file leaves the file
   `in_progress` with no chunk searched; once its lease runs out another worker
-  (or the restarted one) takes it again, from the start;
+  (or the restarted one) takes it again, from the start; on the same machine it
+  does not wait for the lease: a holder (host:pid) that is no longer alive has
+  lost it;
 - a file that fails ATTEMPTS times is `failed` with `last_error` (OpenAI's
   `server_error`), and adding it again retries it;
 - a file removed, re-added or cancelled meanwhile is dropped at its next group.
@@ -27,6 +29,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import socket
 import threading
 import time
 
@@ -37,6 +41,7 @@ from impetus.documents.db import Database
 from impetus.engine.host import run_off_the_hub
 
 log = logging.getLogger("impetus.documents")
+HOST = socket.gethostname()
 
 LEASE_S = 20.0
 GROUP = 16  # chunks an embedding call
@@ -52,10 +57,12 @@ class Ingest:
         self.busy = busy  # the chat engines have work
         self._wake = threading.Event()
         self._started = False
+        self.holder = f"{HOST}:{os.getpid()}"
         self.ingested = 0  # files completed by this worker (for the tests and /v1/status)
 
     def start(self) -> None:
         if not self._started:
+            self.holder = f"{HOST}:{os.getpid()}"  # this process's (a Gunicorn worker makes its app after the fork)
             self._started = True
             threading.Thread(target=self._loop, name="impetus-ingest", daemon=True).start()
 
@@ -88,11 +95,20 @@ class Ingest:
                 time.sleep(IDLE_S)
 
     def claim(self):
+        dead = self._dead_holders()
         with self.db.transaction() as db:
             return db.execute(
-                "update store_files set lease_until = ?, attempts = attempts + 1 where rowid = ("
-                " select rowid from store_files where status = 'in_progress' and lease_until < ?"
-                " order by created_at limit 1) returning *", (time.time() + LEASE_S, time.time())).fetchone()
+                "update store_files set lease_until = ?, attempts = attempts + 1, holder = ? where rowid = ("
+                " select rowid from store_files where status = 'in_progress' and (lease_until < ?"
+                f" or holder in ({','.join('?' * len(dead))})) order by created_at limit 1) returning *",
+                (time.time() + LEASE_S, self.holder, time.time(), *dead)).fetchone()
+
+    def _dead_holders(self) -> list[str]:
+        """Holders on this machine whose process is gone (killed mid-file): their leases are void."""
+        with self.db.connect() as db:
+            holders = {r[0] for r in db.execute("select distinct holder from store_files where status = 'in_progress'"
+                                                " and lease_until >= ? and holder like ?", (time.time(), f"{HOST}:%"))}
+        return [h for h in holders if not _alive(int(h.rsplit(":", 1)[1]))]
 
     def _mine(self, db, job) -> bool:
         row = db.execute("select status, created_at, attempts from store_files where store_id = ? and file_id = ?",
@@ -171,3 +187,13 @@ class Ingest:
                 db.execute("update store_files set status = 'failed', last_error = ?, lease_until = 0 "
                            "where store_id = ? and file_id = ?",
                            (json.dumps({"code": code, "message": message}), job["store_id"], job["file_id"]))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

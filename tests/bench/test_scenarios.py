@@ -223,3 +223,15 @@ def test_autocomplete_types_through_a_file_beside_a_flood(data_dir, tmp_path):
     assert ours["server"] == "impetus" and ours["requests"] == 4
     assert ours["answered"] + ours["superseded"] >= 4 and ours["answered"] >= 1
     assert ours["computed_prompt_tokens_mean"] < ours["prompt_tokens_mean"]
+
+
+@pytest.mark.slow
+def test_documents_ingests_a_corpus_and_searches_a_filled_store(data_dir, tmp_path):
+    """One document ingested through the API, then a store of 200 chunks searched: the vectors-only
+    search finds brute force's top ten exactly."""
+    summary = bench("--scenario", "documents", "--documents", "1", "--levels", "200", "--queries", "2",
+                    data_dir=data_dir, out=tmp_path)
+    assert summary == {k: v for k, v in written(tmp_path, "documents").items() if k != "samples"}
+    ingest, [search] = summary["ingest"], summary["search"]
+    assert ingest["status"] == "completed" and ingest["chunks"] >= 1 and ingest["chunks_per_s"] > 0
+    assert search["chunks"] == 200 and search["recall_at_10"] == 1.0 and search["search_p50_s"] > 0

@@ -237,11 +237,12 @@ def build_parser() -> argparse.ArgumentParser:
                       "cluster (a gateway and one, then two hosts: the hop and the split), "
                       "speculative (prompt lookup off and on, and mlx_lm.server: editing and open-ended), "
                       "vision (half image, half text requests, and mlx-vlm's server; a repeated image), "
-                      "autocomplete (a typist's fill-in-the-middle requests beside a flood, and llama.cpp)")
+                      "autocomplete (a typist's fill-in-the-middle requests beside a flood, and llama.cpp), "
+                      "documents (ingesting a corpus; searching stores of 10k and 100k chunks, recall)")
     _add_common(bench)
     bench.add_argument("--scenario", choices=("core", "load", "peer", "soak", "fairness", "shared-prefix", "agents",
                                                   "kv-quality", "kv-speed", "cluster", "speculative", "vision",
-                                                  "autocomplete"),
+                                                  "autocomplete", "documents"),
                        default="core")
     bench.add_argument("--model", help="model name or MLX folder path")
     bench.add_argument("--json", action="store_true", help="print one JSON line on stdout")
@@ -272,6 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--flood-streams", type=int, default=2, help="autocomplete: another key's long answers")
     bench.add_argument("--llama-cpp-python", metavar="PYTHON",
                        help="autocomplete: a Python with llama-cpp-python installed, for the llama.cpp baseline")
+    bench.add_argument("--documents", type=int, default=40, help="documents: Python's topics to ingest")
+    bench.add_argument("--queries", type=int, default=50, help="documents: searches at each store size")
     bench.add_argument("--sessions", type=int, default=8, help="agents: coding-agent sessions, one per person")
     bench.add_argument("--gap", type=float, default=3.0, help="agents: seconds between two sessions' starts")
     bench.add_argument("--tag", help="load/peer/soak/fairness/shared-prefix: added to the result's file name")

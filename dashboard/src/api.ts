@@ -52,6 +52,18 @@ export async function api<T = any>(method: string, path: string, body?: unknown)
   return response.json();
 }
 
+// A multipart form (an upload): the browser sets its Content-Type with the boundary.
+export async function upload<T = any>(path: string, form: FormData): Promise<T> {
+  let response: Response;
+  try {
+    response = await fetch(path, { method: "POST", headers: headers(), body: form });
+  } catch {
+    throw new ApiError("The server cannot be reached.", 0, "unreachable");
+  }
+  if (!response.ok) throw await failure(response);
+  return response.json();
+}
+
 // The events of a text/event-stream body, as they arrive.
 async function* serverSentEvents(body: ReadableStream<Uint8Array>): AsyncGenerator<{ event: string; data: string }> {
   const reader = body.getReader();

@@ -6,6 +6,7 @@ import { api, ApiError, saveKey, savedKey, StreamState, subscribe } from "./api"
 import { h, notice } from "./dom";
 import { onUpdate, state, update } from "./state";
 import { audit } from "./views/audit";
+import { documents } from "./views/documents";
 import { keys } from "./views/keys";
 import { live } from "./views/live";
 import { models } from "./views/models";
@@ -13,7 +14,7 @@ import { overview } from "./views/overview";
 import { playground } from "./views/playground";
 import { usage } from "./views/usage";
 
-const TABS = ["overview", "live", "keys", "usage", "audit", "models", "playground"] as const;
+const TABS = ["overview", "live", "keys", "usage", "audit", "models", "documents", "playground"] as const;
 type Tab = (typeof TABS)[number];
 
 const app = document.getElementById("app")!;
@@ -68,6 +69,7 @@ function shell(): void {
   let current: Tab = (location.hash.slice(1) as Tab) || "overview";
   let liveView: ReturnType<typeof live> | null = null;
   let modelsView: ReturnType<typeof models> | null = null;
+  let documentsView: ReturnType<typeof documents> | null = null;
 
   function render(): void {
     if (!TABS.includes(current)) current = "overview";
@@ -80,6 +82,8 @@ function shell(): void {
     liveView = null;
     modelsView?.dispose();
     modelsView = null;
+    documentsView?.dispose();
+    documentsView = null;
     if (current === "overview") content.replaceChildren(overview());
     if (current === "live") {
       liveView = live();
@@ -92,6 +96,10 @@ function shell(): void {
     if (current === "models") {
       modelsView = models();
       content.replaceChildren(modelsView.element);
+    }
+    if (current === "documents") {
+      documentsView = documents();
+      content.replaceChildren(documentsView.element);
     }
     if (current === "playground") content.replaceChildren(playground());
   }

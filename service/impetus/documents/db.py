@@ -16,7 +16,9 @@ Layout (ids are OpenAI's: file-..., vs_..., vsfb_...):
   stores       a vector store; `version` moves with its chunks (search.py's cache key)
   store_files  a file in a store: status, attributes, chunking, the ingest lease
   batches      a file batch
-  chunks       a chunk's text and vector (float16: recall@10 stayed 1.0), FTS5 over the text
+  chunks       a chunk's text and vector (float16: recall@10 stayed 1.0); FTS5 over the text and the
+               store's id, so a keyword search intersects with one store's postings instead of
+               ranking every store's matches (380 ms -> a few ms for a small store beside 100k chunks)
 
 What it must not do: decide who may see what (files.py and stores.py filter by owner).
 """
@@ -54,11 +56,11 @@ create table if not exists chunks(
   id integer primary key, store_id text not null, file_id text not null, seq integer not null,
   text text not null, vector blob not null);
 create index if not exists chunks_file on chunks(store_id, file_id);
-create virtual table if not exists chunks_fts using fts5(text, content='chunks', content_rowid='id');
+create virtual table if not exists chunks_fts using fts5(store_id, text, content='chunks', content_rowid='id');
 create trigger if not exists chunks_added after insert on chunks begin
-  insert into chunks_fts(rowid, text) values (new.id, new.text); end;
+  insert into chunks_fts(rowid, store_id, text) values (new.id, new.store_id, new.text); end;
 create trigger if not exists chunks_removed after delete on chunks begin
-  insert into chunks_fts(chunks_fts, rowid, text) values ('delete', old.id, old.text); end;
+  insert into chunks_fts(chunks_fts, rowid, store_id, text) values ('delete', old.id, old.store_id, old.text); end;
 """
 _ALPHABET = string.ascii_letters + string.digits
 

@@ -14,7 +14,7 @@ from typing import Annotated, Literal, Union
 
 from pydantic import Field, field_validator, model_validator
 
-from impetus.api.schema_base import RequestModel
+from impetus.api.schema_base import RequestModel, ResponseModel
 from impetus.documents import chunking
 from impetus.documents.filters import attributes_error
 
@@ -171,3 +171,112 @@ class HostedToolChoice(RequestModel):
     """tool_choice {"type": "file_search"}: the model searches first."""
 
     type: Literal["file_search"]
+
+
+# -- answers (described in /openapi.json) ---------------------------------------
+
+
+class FileUploadRequest(RequestModel):
+    """multipart/form-data (expires_after[anchor] created_at and expires_after[seconds] may come too)"""
+
+    file: bytes = Field(description="text, Markdown, HTML, PDF, DOCX or source code (for assistants, user_data)")
+    purpose: Literal["assistants", "batch", "fine-tune", "vision", "user_data", "evals"]
+
+
+class FileObject(ResponseModel):
+    id: str
+    object: Literal["file"]
+    bytes: int
+    created_at: int
+    expires_at: int | None = None
+    filename: str
+    purpose: str
+    status: str | None = None
+
+
+class FileList(ResponseModel):
+    object: Literal["list"]
+    data: list[FileObject]
+    has_more: bool
+
+
+class Deleted(ResponseModel):
+    id: str
+    object: str
+    deleted: bool
+
+
+class FileCounts(ResponseModel):
+    in_progress: int
+    completed: int
+    failed: int
+    cancelled: int
+    total: int
+
+
+class VectorStoreObject(ResponseModel):
+    id: str
+    object: Literal["vector_store"]
+    created_at: int
+    name: str | None = None
+    usage_bytes: int
+    file_counts: FileCounts
+    status: Literal["expired", "in_progress", "completed"]
+    expires_after: dict | None = None
+    expires_at: int | None = None
+    last_active_at: int | None = None
+    metadata: dict | None = None
+
+
+class VectorStoreList(ResponseModel):
+    object: Literal["list"]
+    data: list[VectorStoreObject]
+    has_more: bool
+
+
+class VectorStoreFileObject(ResponseModel):
+    id: str
+    object: Literal["vector_store.file"]
+    usage_bytes: int
+    created_at: int
+    vector_store_id: str
+    status: Literal["in_progress", "completed", "cancelled", "failed"]
+    last_error: dict | None = None
+    chunking_strategy: dict | None = None
+    attributes: dict | None = None
+
+
+class VectorStoreFileList(ResponseModel):
+    object: Literal["list"]
+    data: list[VectorStoreFileObject]
+    has_more: bool
+
+
+class FileContentPage(ResponseModel):
+    object: Literal["vector_store.file_content.page"]
+    data: list[dict]
+    has_more: bool
+
+
+class FileBatchObject(ResponseModel):
+    id: str
+    object: Literal["vector_store.files_batch"]
+    created_at: int
+    vector_store_id: str
+    status: Literal["in_progress", "completed", "cancelled", "failed"]
+    file_counts: FileCounts
+
+
+class SearchResult(ResponseModel):
+    file_id: str
+    filename: str
+    score: float
+    attributes: dict | None = None
+    content: list[dict]
+
+
+class SearchResultsPage(ResponseModel):
+    object: Literal["vector_store.search_results.page"]
+    search_query: str | list[str]
+    data: list[SearchResult]
+    has_more: bool

@@ -9,6 +9,7 @@ from impetus.api import (
     admin_schemas,
     catalog_schemas,
     chat_schemas,
+    documents_schemas,
     embeddings_schemas,
     infill_schemas,
     messages_schemas,
@@ -39,6 +40,39 @@ ROUTES = [
     ("/v1/embeddings", "post", "Create embeddings", embeddings_schemas.EmbeddingRequest, embeddings_schemas.EmbeddingList, None),
     ("/v1/audio/transcriptions", "post", "Transcribe a recording (text, srt and vtt answer text/plain)",
      speech_schemas.TranscriptionRequest, speech_schemas.Transcription, None),
+    ("/v1/files", "post", "Upload a file (a form: file, purpose, expires_after)", documents_schemas.FileUploadRequest,
+     documents_schemas.FileObject, None),
+    ("/v1/files", "get", "The key's files", None, documents_schemas.FileList, None),
+    ("/v1/files/{file_id}", "get", "Retrieve a file", None, documents_schemas.FileObject, None),
+    ("/v1/files/{file_id}", "delete", "Delete a file (and its chunks in every store)", None, documents_schemas.Deleted, None),
+    ("/v1/files/{file_id}/content", "get", "A file's bytes", None, "application/octet-stream", None),
+    ("/v1/vector_stores", "post", "Create a vector store", documents_schemas.VectorStoreCreate, documents_schemas.VectorStoreObject, None),
+    ("/v1/vector_stores", "get", "The key's vector stores", None, documents_schemas.VectorStoreList, None),
+    ("/v1/vector_stores/{store_id}", "get", "Retrieve a vector store", None, documents_schemas.VectorStoreObject, None),
+    ("/v1/vector_stores/{store_id}", "post", "Change a vector store", documents_schemas.VectorStoreUpdate,
+     documents_schemas.VectorStoreObject, None),
+    ("/v1/vector_stores/{store_id}", "delete", "Delete a vector store", None, documents_schemas.Deleted, None),
+    ("/v1/vector_stores/{store_id}/search", "post", "Search a vector store (vectors and BM25, fused)",
+     documents_schemas.VectorStoreSearch, documents_schemas.SearchResultsPage, None),
+    ("/v1/vector_stores/{store_id}/files", "post", "Add a file to a vector store", documents_schemas.VectorStoreFileCreate,
+     documents_schemas.VectorStoreFileObject, None),
+    ("/v1/vector_stores/{store_id}/files", "get", "A vector store's files", None, documents_schemas.VectorStoreFileList, None),
+    ("/v1/vector_stores/{store_id}/files/{file_id}", "get", "A file in a vector store", None,
+     documents_schemas.VectorStoreFileObject, None),
+    ("/v1/vector_stores/{store_id}/files/{file_id}", "post", "Change a file's attributes",
+     documents_schemas.VectorStoreFileUpdate, documents_schemas.VectorStoreFileObject, None),
+    ("/v1/vector_stores/{store_id}/files/{file_id}", "delete", "Remove a file from a vector store", None,
+     documents_schemas.Deleted, None),
+    ("/v1/vector_stores/{store_id}/files/{file_id}/content", "get", "A file's chunks in a vector store", None,
+     documents_schemas.FileContentPage, None),
+    ("/v1/vector_stores/{store_id}/file_batches", "post", "Add files to a vector store together",
+     documents_schemas.FileBatchCreate, documents_schemas.FileBatchObject, None),
+    ("/v1/vector_stores/{store_id}/file_batches/{batch_id}", "get", "A file batch", None, documents_schemas.FileBatchObject,
+     None),
+    ("/v1/vector_stores/{store_id}/file_batches/{batch_id}/cancel", "post", "Cancel a file batch", None,
+     documents_schemas.FileBatchObject, None),
+    ("/v1/vector_stores/{store_id}/file_batches/{batch_id}/files", "get", "A file batch's files", None,
+     documents_schemas.VectorStoreFileList, None),
     ("/v1/models", "get", "List models", None, catalog_schemas.ModelList, None),
     ("/v1/models/{model_id}", "get", "Retrieve a model", None, catalog_schemas.Model, None),
     ("/v1/admin/models", "get", "This worker's loaded models and memory budget (admin)", None,
@@ -95,7 +129,15 @@ QUERY_PARAMETERS = {
                         ("who", "string", "only this key name, or cli:USER")],
 }
 
-FORMS = {"/v1/audio/transcriptions"}  # a multipart form, not JSON
+_LIST_QUERY = [("limit", "integer", "1-100 (default 20; files 100)"), ("order", "string", "asc or desc (default)"),
+               ("after", "string", "the id the page starts after"), ("before", "string", "the id the page ends before")]
+for _path, _extra in (("/v1/files", [("purpose", "string", "only files of this purpose")]), ("/v1/vector_stores", []),
+                      ("/v1/vector_stores/{store_id}/files", [("filter", "string", "only files of this status")]),
+                      ("/v1/vector_stores/{store_id}/file_batches/{batch_id}/files",
+                       [("filter", "string", "only files of this status")])):
+    QUERY_PARAMETERS[_path] = _LIST_QUERY[:3] + _extra if _path == "/v1/files" else _LIST_QUERY + _extra
+
+FORMS = {"/v1/audio/transcriptions", "/v1/files"}  # a multipart form, not JSON
 
 ERROR_STATUSES = {
     "400": "Invalid request", "401": "No or wrong API key", "403": "The key lacks the admin scope, or may not use the model",
@@ -128,6 +170,8 @@ def build_openapi() -> dict:
         if response == "text/plain":
             ok = {"text/plain": {"schema": {"type": "string"},
                                  "description": "Prometheus' text exposition format"}}
+        elif response == "application/octet-stream":
+            ok = {response: {"schema": {"type": "string", "format": "binary"}}}
         elif response is None:
             ok = {}
         else:
@@ -149,10 +193,10 @@ def build_openapi() -> dict:
         if request is not None:
             kind = "multipart/form-data" if path in FORMS else "application/json"
             operation["requestBody"] = {"required": True, "content": {kind: {"schema": ref(request)}}}
-        for name in ("model_id", "response_id", "name"):
+        for name in ("model_id", "response_id", "name", "store_id", "file_id", "batch_id"):
             if "{" + name + "}" in path:
-                operation["parameters"] = [{"name": name, "in": "path", "required": True,
-                                            "schema": {"type": "string"}}]
+                operation.setdefault("parameters", []).append({"name": name, "in": "path", "required": True,
+                                                               "schema": {"type": "string"}})
         query = QUERY_PARAMETERS.get(path)
         if query:
             operation.setdefault("parameters", []).extend(

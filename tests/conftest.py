@@ -281,6 +281,17 @@ def gateway_server(data_dir, redis_server, tmp_path_factory):
     assert process.returncode == 0, log.read_text()
 
 
+@pytest.fixture(scope="session")
+def gateway_proxy(gateway_server, tmp_path_factory):
+    """nginx in front of the gateway server, as clients reach it (the stack's own config)."""
+    from processes import start_nginx
+    from processes import stop as stop_nginx
+
+    process, url = start_nginx(tmp_path_factory.mktemp("gateway-nginx"), gateway_server.removeprefix("http://"))
+    yield url
+    stop_nginx(process)
+
+
 # The test files that read Gemma 3 270M: one scope for pytest-xdist, below.
 GEMMA_FILES = {"tests/agents/test_claude_code.py", "tests/models/test_gemma_served.py",
                "tests/models/test_gguf_import.py", "tests/models/test_sources.py"}

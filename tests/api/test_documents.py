@@ -15,9 +15,6 @@ import pytest
 from impetus.gateway.keys import KeyStore
 from impetus.models.store import DEFAULT_MODEL
 
-from processes import start_nginx
-from processes import stop as stop_nginx
-
 pytestmark = pytest.mark.slow
 
 SECRET = "The lighthouse keeper's code word for a storm is AMBERGRIS-42."
@@ -37,10 +34,8 @@ def pdf_with(sentence: str) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def proxy(gateway_server, tmp_path_factory):
-    process, url = start_nginx(tmp_path_factory.mktemp("nginx-documents"), gateway_server.removeprefix("http://"))
-    yield url
-    stop_nginx(process)
+def proxy(gateway_proxy):
+    return gateway_proxy
 
 
 @pytest.fixture(scope="module")

@@ -19,9 +19,6 @@ import pytest
 from impetus.gateway.keys import KeyStore
 from impetus.models.store import DEFAULT_MODEL
 
-from processes import start_nginx
-from processes import stop as stop_nginx
-
 pytestmark = pytest.mark.slow
 
 TAGGED = f"{DEFAULT_MODEL}:latest"  # as /api/tags lists it, and clients send it back
@@ -29,10 +26,8 @@ QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
 
 @pytest.fixture(scope="module")
-def proxy(gateway_server, tmp_path_factory):
-    process, url = start_nginx(tmp_path_factory.mktemp("nginx-ollama"), gateway_server.removeprefix("http://"))
-    yield url
-    stop_nginx(process)
+def proxy(gateway_proxy):
+    return gateway_proxy
 
 
 @pytest.fixture(scope="module")

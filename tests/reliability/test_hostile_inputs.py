@@ -11,8 +11,6 @@ import pytest
 from impetus.gateway.keys import KeyStore
 from impetus.models.store import DEFAULT_MODEL
 
-from processes import start_nginx, stop
-
 pytestmark = pytest.mark.slow
 
 CHAT = "/v1/chat/completions"
@@ -23,10 +21,8 @@ def chat(**fields) -> dict:
 
 
 @pytest.fixture(scope="module")
-def proxy(gateway_server, tmp_path_factory):
-    process, url = start_nginx(tmp_path_factory.mktemp("hostile"), gateway_server.removeprefix("http://"))
-    yield url
-    stop(process)
+def proxy(gateway_proxy):
+    return gateway_proxy
 
 
 @pytest.fixture

@@ -104,6 +104,19 @@ def test_a_pdf_and_markdown_are_ingested_searched_kept_apart_and_deleted(owner, 
         owner.vector_stores.retrieve(store.id)
 
 
+def test_ingestion_is_counted_for_prometheus(gateway_server, owner):
+    def completed() -> float:
+        text = httpx.get(f"{gateway_server}/metrics", timeout=30).text
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith('impetus_documents_files_total{status="completed"}'))
+
+    before = completed()
+    store = owner.vector_stores.create(name="counted")
+    owner.vector_stores.files.upload_and_poll(vector_store_id=store.id, file=("a.md", b"# A\n\nCounted."))
+    assert completed() == before + 1
+    owner.vector_stores.delete(store.id)
+
+
 def test_file_batches_are_ingested_together_and_listed(owner):
     store = owner.vector_stores.create(name="batch")
     uploads = [owner.files.create(file=(f"{name}.txt", TOPICS[name][:4000].encode()), purpose="assistants")
@@ -166,29 +179,28 @@ def runbooks(owner):
     owner.files.delete(pdf.id)
 
 
-def test_a_forced_file_search_answers_with_a_citation_whole_and_streamed(owner, other, runbooks):
+def test_a_forced_file_search_streams_its_call_and_an_answer_with_a_citation(owner, other, runbooks):
+    """Streamed here; the Agents SDK's test below reads a whole one."""
     store, pdf = runbooks
     request = {"model": DEFAULT_MODEL, "input": "What is the lighthouse keeper's code word for a storm?",
                "tools": [{"type": "file_search", "vector_store_ids": [store.id], "max_num_results": 2}],
                "tool_choice": {"type": "file_search"}, "include": ["file_search_call.results"],
-               "max_output_tokens": 60, "store": False}
-    answer = owner.responses.create(**request)
-    call, message = answer.output[0], answer.output[-1]
-    assert call.type == "file_search_call" and call.status == "completed" and call.queries
-    assert call.results[0].file_id == pdf.id and "AMBERGRIS-42" in call.results[0].text
-    assert message.type == "message" and message.content[0].text
-    citation = message.content[0].annotations[0]
-    assert citation.type == "file_citation" and citation.file_id == pdf.id and citation.filename == "runbook.pdf"
-    assert answer.usage.input_tokens > 300  # both rounds: the question, then the excerpts
-
+               "max_output_tokens": 48, "store": False}
     events = list(owner.responses.create(**request, stream=True))
     kinds = [e.type for e in events]
     for kind in ("response.file_search_call.in_progress", "response.file_search_call.searching",
                  "response.file_search_call.completed", "response.output_text.annotation.added"):
         assert kind in kinds, kinds
     assert kinds.index("response.file_search_call.completed") < kinds.index("response.output_text.delta")
-    done = events[-1].response
-    assert done.output[-1].content[0].text == message.content[0].text  # greedy: the same answer
+    answer = events[-1].response
+    call, message = answer.output[0], answer.output[-1]
+    assert call.type == "file_search_call" and call.status == "completed" and call.queries
+    assert call.results[0].file_id == pdf.id and "AMBERGRIS-42" in call.results[0].text
+    assert message.type == "message" and message.content[0].text
+    assert message.content[0].text == "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    citation = message.content[0].annotations[0]
+    assert citation.type == "file_citation" and citation.file_id == pdf.id and citation.filename == "runbook.pdf"
+    assert answer.usage.input_tokens > 300  # both rounds: the question, then the excerpts
 
     with pytest.raises(openai.NotFoundError):  # another key's store, named in the tool
         other.responses.create(**request)

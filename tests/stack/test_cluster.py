@@ -256,6 +256,37 @@ def test_a_model_only_one_host_has_is_reached_whatever_host_the_key_hashes_to(cl
     assert missing.status_code == 404 and set(missing.json()) == {"error"}
 
 
+def test_a_keys_documents_are_reached_through_the_gateway_whichever_host_holds_them(cluster):
+    """Documents live in the data dir of the host that ingested them. A key's requests hash to one
+    host; when its store is on another (made before a host joined, say), that host's 404 passes the
+    request on, so search and file_search reach it, as a model only one host has is reached."""
+    one, two = cluster.hosts
+    key = keys_by_host(cluster, "documents")[one.url][0]
+    direct = {"Authorization": f"Bearer {key}", HEADER: cluster.secret()}
+    upload = httpx.post(f"{two.url}/v1/files", headers=direct, data={"purpose": "assistants"}, timeout=30, files={
+        "file": ("backups.md", b"# Backups\n\nThe nightly backup runs at 02:00 from the host vault-3.\n")})
+    assert upload.status_code == 200, upload.text
+    store = httpx.post(f"{two.url}/v1/vector_stores", headers=direct, timeout=30,
+                       json={"name": "ops", "file_ids": [upload.json()["id"]]}).json()
+    deadline = time.monotonic() + 60
+    while httpx.get(f"{two.url}/v1/vector_stores/{store['id']}", headers=direct,
+                    timeout=30).json()["status"] != "completed":
+        assert time.monotonic() < deadline, "the file was not ingested on host 2"
+        time.sleep(0.3)
+    auth = {"Authorization": f"Bearer {key}"}
+    found = httpx.post(f"{cluster.url}/v1/vector_stores/{store['id']}/search", headers=auth, timeout=60,
+                       json={"query": "When does the nightly backup run?"})
+    assert found.status_code == 200 and found.headers["x-impetus-host"] == two.url, found.text
+    assert "02:00" in found.json()["data"][0]["content"][0]["text"]
+    answer = httpx.post(f"{cluster.url}/v1/responses", headers=auth, timeout=120, json={
+        "model": DEFAULT_MODEL, "input": "When does the nightly backup run?", "max_output_tokens": 24,
+        "tools": [{"type": "file_search", "vector_store_ids": [store["id"]]}], "tool_choice": {"type": "file_search"}})
+    assert answer.status_code == 200 and answer.headers["x-impetus-host"] == two.url, answer.text
+    assert answer.json()["output"][0]["type"] == "file_search_call"
+    missing = httpx.get(f"{cluster.url}/v1/vector_stores/vs_none", headers=auth, timeout=30)
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "vector_store_not_found"
+
+
 def test_a_rotated_secret_reaches_nginx_and_the_old_one_fades(cluster):
     old = cluster.secret()
     rotated = impetus("cluster", "rotate-secret", "--data-dir", str(cluster.gateway_dir))

@@ -84,7 +84,8 @@ def create_app(settings, host, waker, gateway=None, metrics=None, broadcast=None
     responses = gateway.responses if gateway is not None else None
     embedder = EmbeddingsResource(embeddings, host, metrics)
     # Ingestion yields to the chat engines' work (documents.ingest: batch priority).
-    documents = Documents(settings, embeddings, busy=lambda: any(e.in_flight for e in list(host.engines.values())))
+    documents = Documents(settings, embeddings, busy=lambda: any(e.in_flight for e in list(host.engines.values())),
+                          metrics=metrics)
     stores = "/v1/vector_stores/{store_id}"
     routes = {
         "/v1/chat/completions": ChatCompletionsResource(host, waker, settings, cache, metrics),

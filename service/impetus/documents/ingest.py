@@ -52,9 +52,10 @@ SWEEP_S = 60.0
 
 
 class Ingest:
-    def __init__(self, db: Database, files, embeddings, model_name: str, busy=lambda: False):
+    def __init__(self, db: Database, files, embeddings, model_name: str, busy, metrics):
         self.db, self.files, self.embeddings, self.model_name = db, files, embeddings, model_name
         self.busy = busy  # the chat engines have work
+        self.metrics = metrics
         self._wake = threading.Event()
         self._started = False
         self.holder = f"{HOST}:{os.getpid()}"
@@ -179,9 +180,12 @@ class Ingest:
                        "last_error = null where store_id = ? and file_id = ?", (usage, store, file))
             db.execute("update stores set version = version + 1 where id = ?", (store,))
         self.ingested += 1
+        self.metrics.documents_files.labels("completed").inc()
+        self.metrics.documents_chunks.inc(len(rows))
         log.info("ingested %s into %s: %d chunks", file, store, len(rows))
 
     def _fail(self, job, code: str, message: str) -> None:
+        self.metrics.documents_files.labels("failed").inc()
         with self.db.transaction() as db:
             if self._mine(db, job):
                 db.execute("update store_files set status = 'failed', last_error = ?, lease_until = 0 "

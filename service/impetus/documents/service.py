@@ -14,10 +14,11 @@ from impetus.documents.search import Search
 from impetus.documents.store_files import StoreFiles
 from impetus.documents.stores import Stores
 from impetus.embeddings.model import DEFAULT_EMBEDDING_MODEL
+from impetus.metrics import Metrics
 
 
 class Documents:
-    def __init__(self, settings, embeddings, busy=lambda: False, start: bool = True):
+    def __init__(self, settings, embeddings, busy=lambda: False, metrics=None, start: bool = True):
         root = settings.data_dir / "documents"
         self.model_name = settings.documents_embedding_model or DEFAULT_EMBEDDING_MODEL
         self.db = Database(root / "documents.sqlite3")
@@ -25,6 +26,6 @@ class Documents:
         self.stores = Stores(self.db)
         self.store_files = StoreFiles(self.db, self.files, self.stores)
         self.search = Search(self.db, embeddings, self.model_name)
-        self.ingest = Ingest(self.db, self.files, embeddings, self.model_name, busy)
+        self.ingest = Ingest(self.db, self.files, embeddings, self.model_name, busy, metrics or Metrics.null())
         if start:
             self.ingest.start()

@@ -47,6 +47,9 @@ class Metrics:
         self.auth_failures = counter("impetus_auth_failures_total", "Requests refused for their key", ("reason",))
         self.redis_errors = counter("impetus_redis_errors_total", "Redis unavailable (degraded mode)",
                                     ("operation",))
+        self.documents_files = counter("impetus_documents_files_total",
+                                       "Files ingested into vector stores, by outcome (completed, failed)", ("status",))
+        self.documents_chunks = counter("impetus_documents_chunks_total", "Chunks embedded into vector stores")
 
         def gauge(name, doc, labels=(), mode="livesum"):
             return Gauge(name, doc, labels, registry=registry, multiprocess_mode=mode)
@@ -101,6 +104,8 @@ class Metrics:
             self.auth_failures.labels(reason)
         for operation in ("auth", "rate_limit", "usage", "audit"):
             self.redis_errors.labels(operation)
+        for status in ("completed", "failed"):
+            self.documents_files.labels(status)
         for route in ("/v1/chat/completions", "/v1/completions"):
             self.request_seconds.labels(route)
         self._waiting_keys: dict[str, set[str]] = {}  # keys seen waiting, per model: back to 0 when none wait

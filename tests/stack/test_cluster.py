@@ -279,7 +279,7 @@ def test_a_keys_documents_are_reached_through_the_gateway_whichever_host_holds_t
     assert found.status_code == 200 and found.headers["x-impetus-host"] == two.url, found.text
     assert "02:00" in found.json()["data"][0]["content"][0]["text"]
     answer = httpx.post(f"{cluster.url}/v1/responses", headers=auth, timeout=120, json={
-        "model": DEFAULT_MODEL, "input": "When does the nightly backup run?", "max_output_tokens": 24,
+        "model": DEFAULT_MODEL, "input": "When does the nightly backup run?", "max_output_tokens": 48,
         "tools": [{"type": "file_search", "vector_store_ids": [store["id"]]}], "tool_choice": {"type": "file_search"}})
     assert answer.status_code == 200 and answer.headers["x-impetus-host"] == two.url, answer.text
     assert answer.json()["output"][0]["type"] == "file_search_call"

@@ -113,7 +113,8 @@ class ResponsesResource(GenerationResource):
             raise from_validation_error(error) from None
         self.admit(req, resp, body, engine)
         store = body.store is not False and self._can_store(resp)
-        rounds = [self._round(req, resp, engine, chat, body)]  # (chat, gen, parser): a second after a search
+        rounds = [self._round(req, resp, engine, chat, body.max_output_tokens)]  # (chat, gen, parser); a second
+        # after a search, within what the first left of max_output_tokens
         rid, created, model = f"resp_{rounds[0][1].id_suffix}", int(time.time()), engine.loaded.name
         sequence = itertools.count()
 
@@ -142,7 +143,8 @@ class ResponsesResource(GenerationResource):
             last_chat = rounds[-1][0]
             results = yield from output.file_search(searcher, call, last_chat)
             follow = with_defaults(searcher.continued(last_chat, call, results, body), self.settings, defaults)
-            rounds.append(self._round(req, resp, engine, follow, body))
+            left = body.max_output_tokens and max(1, body.max_output_tokens - rounds[0][1].completion_tokens)
+            rounds.append(self._round(req, resp, engine, follow, left))
 
         started = response_object(rid, created, body, model, "in_progress", [], None, store)
         events = self._events(rounds, output, event, started, final, after_search if searcher else None)
@@ -171,9 +173,9 @@ class ResponsesResource(GenerationResource):
         searcher.check()
         return searcher
 
-    def _round(self, req, resp, engine, chat, body):
+    def _round(self, req, resp, engine, chat, max_output_tokens: int | None):
         """(chat, its generation, its parser): one pass of the model over the conversation so far."""
-        prompt, params, tool_mode, media = prepare(resp, engine, self.settings, chat, body.max_output_tokens,
+        prompt, params, tool_mode, media = prepare(resp, engine, self.settings, chat, max_output_tokens,
                                                    "input", "max_output_tokens")
         gen = self.generation(req, resp, engine, [prompt], [params], prompt_tokens=len(prompt),
                               priority=chat.priority, media=media)

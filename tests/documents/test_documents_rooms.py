@@ -119,3 +119,18 @@ def test_a_dead_workers_lease_is_void_and_a_file_that_kept_killing_its_worker_fa
     record = documents.store_files.get("carol", store, upload["id"])
     assert record["status"] == "failed" and record["last_error"]["code"] == "server_error"
     assert json.dumps(record)  # plain JSON, as the API sends it
+
+
+def test_a_cancelled_batch_leaves_nothing_to_ingest_and_attributes_change(documents):
+    uploads = [documents.files.create("dave", f"{n}.md", "assistants", f"# {n}".encode(), None) for n in "ab"]
+    store = documents.stores.create("dave", "s", None, None, None)
+    entries = [{"file_id": u["id"], "attributes": {"n": i}, "max_tokens": 800, "overlap": 400}
+               for i, u in enumerate(uploads)]
+    batch = documents.store_files.add("dave", store, entries, batch=True)
+    assert documents.store_files.batch("dave", store, batch)["status"] == "in_progress"
+    cancelled = documents.store_files.cancel("dave", store, batch)
+    assert cancelled["status"] == "cancelled" and cancelled["file_counts"]["cancelled"] == 2
+    assert documents.ingest.claim() is None  # nothing left in progress
+    changed = documents.store_files.update("dave", store, uploads[0]["id"], {"n": 7, "team": "ops"})
+    assert changed["attributes"] == {"n": 7, "team": "ops"} and changed["status"] == "cancelled"
+    assert _code(lambda: documents.store_files.batch("erin", store, batch)) == (404, "vector_store_not_found")

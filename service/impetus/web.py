@@ -22,6 +22,11 @@ class APIError(falcon.HTTPError):
         self.body = {"error": {"message": message, "type": type, "param": param, "code": code}}
 
 
+# The WSGI environ entry of a batch's line, run in the worker's own process (api.batch_runner):
+# {"owner": the key's hash}. A client cannot send it: headers arrive as HTTP_* entries.
+BATCH_ENV = "impetus.batch"
+
+
 class RequestContext:
     """What middleware and resources put on `req.context`, each with its
     default, so nothing is looked up with getattr. `account` is set first of

@@ -15,6 +15,8 @@ from impetus.api.admin import (
 )
 from impetus.api.admin_events import AdminEventsResource
 from impetus.api.admin_keys import AdminKeyResource, AdminKeysResource
+from impetus.api.batch_runner import BatchRunner
+from impetus.api.batches import BatchCancelResource, BatchesResource, BatchResource
 from impetus.api.chat import ChatCompletionsResource
 from impetus.api.completions import CompletionsResource
 from impetus.api.embeddings import EmbeddingsResource
@@ -87,6 +89,8 @@ def create_app(settings, host, waker, gateway=None, metrics=None, broadcast=None
     documents = Documents(settings, embeddings, busy=lambda: any(e.in_flight for e in list(host.engines.values())),
                           metrics=metrics)
     stores = "/v1/vector_stores/{store_id}"
+    # Batches run in every worker's background, through this app (api.batch_runner); they need Redis.
+    runner = BatchRunner(gateway.batches, documents, settings.advertise_address) if gateway is not None else None
     routes = {
         "/v1/chat/completions": ChatCompletionsResource(host, waker, settings, cache, metrics),
         "/v1/completions": CompletionsResource(host, waker, settings, cache, metrics),
@@ -103,6 +107,9 @@ def create_app(settings, host, waker, gateway=None, metrics=None, broadcast=None
         "/v1/files": FilesResource(documents),
         "/v1/files/{file_id}": FileResource(documents),
         "/v1/files/{file_id}/content": FileContentResource(documents),
+        "/v1/batches": BatchesResource(gateway, documents, settings, runner),
+        "/v1/batches/{batch_id}": BatchResource(gateway),
+        "/v1/batches/{batch_id}/cancel": BatchCancelResource(gateway, runner),
         "/v1/vector_stores": VectorStoresResource(documents, metrics),
         stores: VectorStoreResource(documents),
         f"{stores}/search": VectorStoreSearchResource(documents, metrics),
@@ -148,4 +155,7 @@ def create_app(settings, host, waker, gateway=None, metrics=None, broadcast=None
         routes["/v1/admin/debug/fault"] = AdminFaultResource(host)
     for path, resource in routes.items():
         app.add_route(path, resource)
+    if runner is not None:
+        runner.app = app
+        runner.start()  # a batch a restart interrupted goes on
     return app

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from impetus.api.forms import one, read_form
 from impetus.api.listing import listing, page
-from impetus.documents.files import PURPOSES
+from impetus.documents.files import MADE_HERE, PURPOSES
 from impetus.web import bad_request
 
 FIELDS = {"file", "purpose", "expires_after[anchor]", "expires_after[seconds]"}
@@ -47,8 +47,8 @@ class FilesResource:
 
     def on_get(self, req, resp):
         purpose = req.get_param("purpose")
-        if purpose is not None and purpose not in PURPOSES:
-            raise bad_request(f"purpose must be one of {', '.join(PURPOSES)}.", param="purpose")
+        if purpose is not None and purpose not in PURPOSES + MADE_HERE:
+            raise bad_request(f"purpose must be one of {', '.join(PURPOSES + MADE_HERE)}.", param="purpose")
         options = listing(req, default_limit=100, before=False)
         data, more = self.documents.files.list(req.context.account.owner, purpose, **options)
         resp.media = page(data, more)

@@ -30,7 +30,8 @@ class JSONBodyMiddleware:
     """Refuse bodies that are not JSON (415) or are too large (413) before any
     resource reads them, then parse into `req.context.json`. A resource that
     takes a form (`multipart = True`: /v1/audio/transcriptions) gets its body
-    raw in `req.context.raw`, within the same limit."""
+    raw in `req.context.raw`, within the same limit. A resource whose POST takes
+    nothing (`bodyless = True`: the cancels) may be sent no body at all."""
 
     def __init__(self, max_body_bytes: int):
         self.max_body_bytes = max_body_bytes
@@ -39,6 +40,9 @@ class JSONBodyMiddleware:
         if req.method not in ("POST", "PUT", "PATCH"):
             return
         media_type = (req.content_type or "").split(";")[0].strip().lower()
+        if getattr(resource, "bodyless", False) and not req.content_length:
+            req.context.json = {}  # a POST that takes nothing (a cancel): clients send no body, or none at all
+            return
         form = getattr(resource, "multipart", False)
         if form and media_type != "multipart/form-data":
             raise APIError(415, f"Content-Type must be multipart/form-data, got {req.content_type or 'none'}.",

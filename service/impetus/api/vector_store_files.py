@@ -106,6 +106,8 @@ class FileBatchResource:
 
 
 class FileBatchCancelResource:
+    bodyless = True  # the SDKs send no body
+
     def __init__(self, documents):
         self.documents = documents
 

@@ -23,6 +23,7 @@ from impetus.web import APIError
 
 SEARCHABLE = ("assistants", "user_data")
 PURPOSES = ("assistants", "batch", "fine-tune", "vision", "user_data", "evals")
+MADE_HERE = ("batch_output",)  # a batch's output and error files (api.batch_runner), never uploaded
 
 
 def file_object(row) -> dict:
@@ -42,7 +43,8 @@ class Files:
         directory.mkdir(parents=True, exist_ok=True)
 
     def create(self, owner: str, filename: str, purpose: str, data: bytes, expires_after_s: int | None) -> dict:
-        if len(data) > self.max_bytes:
+        """`purpose` batch_output: a file the server made (a batch's answers), not held to the upload limit."""
+        if len(data) > self.max_bytes and purpose not in MADE_HERE:
             raise APIError(413, f"The file '{filename}' is {len(data)} bytes; files may be at most "
                                 f"{self.max_bytes} bytes.", param="file", code="file_too_large")
         text = extract(filename, data) if purpose in SEARCHABLE else None

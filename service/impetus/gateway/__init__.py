@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from impetus.gateway.account import KeyAccount
 from impetus.gateway.audit import AuditLog, AuditMiddleware
+from impetus.gateway.batches import BatchStore
 from impetus.gateway.cache import ResponseCache
 from impetus.gateway.hosts import HostRegistry
 from impetus.gateway.keys import KeyStore
@@ -36,6 +37,7 @@ class Gateway:
         self.limiter = RateLimiter(self.redis, writer=writer)
         self.cache = ResponseCache(self.redis, ttl_s=settings.cache_ttl_s)
         self.responses = ResponseStore(self.redis, ttl_s=settings.response_store_ttl_s)
+        self.batches = BatchStore(self.redis)
         self.audit = AuditLog(self.redis)
         self.hosts = HostRegistry(self.redis)
         self.usage = UsageLedger(self.redis, retention_days=settings.usage_retention_days, clock=clock,

@@ -178,6 +178,14 @@ class KeyStore:
         record = ApiKey.from_redis(key_hash, fields)
         return None if record.expired() else record
 
+    def by_hash(self, key_hash: str) -> ApiKey | None:
+        """The record of the key with this hash (a batch's owner), None if revoked or expired."""
+        fields = self.redis.hgetall(self._key(key_hash))
+        if not fields:
+            return None
+        record = ApiKey.from_redis(key_hash, fields)
+        return None if record.expired() else record
+
     def list(self) -> list[tuple[ApiKey, dict]]:
         hashes = sorted(self.redis.smembers(f"{self.prefix}keys"))
         pipe = self.redis.pipeline()

@@ -11,12 +11,14 @@ from __future__ import annotations
 import ipaddress
 import logging
 import time
+from dataclasses import replace
 
 from redis.exceptions import RedisError
 
+from impetus.engine.request import PRIORITY_NAMES
 from impetus.gateway.account import count_redis_error
 from impetus.gateway.keys import ApiKey, KeyStore, hash_key
-from impetus.web import APIError
+from impetus.web import BATCH_ENV, APIError
 
 log = logging.getLogger("impetus.gateway")
 
@@ -76,6 +78,9 @@ class AuthMiddleware:
     def process_request(self, req, resp):
         if req.path in PUBLIC_PATHS or req.method == "OPTIONS":
             return
+        if BATCH_ENV in req.env:
+            self._batch_line(req)
+            return
         presented = _presented_key(req)
         # A peer on the workers' unix socket (no address) is the stack's own nginx, which lets
         # /metrics through from this machine and the allowed addresses only.
@@ -101,6 +106,15 @@ class AuthMiddleware:
             raise APIError(403, f"The key '{record.name}' does not have the admin scope this endpoint needs.",
                            type="permission_error", code="admin_scope_required")
         req.context.account = self.account_for(record)
+
+    def _batch_line(self, req) -> None:
+        """A line of a batch its key made (api.batch_runner): that key's account, at batch priority,
+        as long as the key still exists (revoked: 401, and the line fails)."""
+        record = self.keys.by_hash(req.env[BATCH_ENV]["owner"])
+        if record is None:
+            raise _unauthorized("The key that made this batch was revoked or has expired.")
+        req.context.account = self.account_for(replace(record, priority=PRIORITY_NAMES["batch"],
+                                                       autocomplete_priority=None))
 
     def _count(self, reason: str) -> None:
         self.metrics.auth_failures.labels(reason).inc()

@@ -1,0 +1,111 @@
+"""OpenAI's Batch API's records, kept in Redis: each batch, its progress and its answers.
+
+Redis holds what a restart, a crash or another worker must find to go on:
+
+  {prefix}batch:{id}           hash: the batch's fields (owner, status, endpoint, files, counts,
+                               timestamps, metadata and errors as JSON, the host whose documents
+                               hold its input)
+  {prefix}batch:{id}:results   hash: line number -> the line's output (JSON); a line answered twice
+                               (a worker died after answering, before counting) is written once
+  {prefix}batch:{id}:lease     the worker running it (SET NX EX): another takes it when this expires
+  {prefix}batches:{owner}      sorted set: the key's batches by creation
+  {prefix}batches:active       set: batches to run (in_progress or cancelling)
+
+Counts are derived from the results hash (HLEN and a failed-lines set), so a
+replayed line is never counted twice. What it must not do: run requests
+(api.batch_runner) or read files (documents).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+COUNTS = ("total", "completed", "failed")
+TIMES = ("in_progress_at", "expires_at", "finalizing_at", "completed_at", "failed_at", "expired_at", "cancelling_at",
+         "cancelled_at")
+LEASE_S = 30
+WINDOW_S = 24 * 3600  # completion_window "24h", the one OpenAI offers
+
+
+class BatchStore:
+    def __init__(self, redis, prefix: str = "impetus:"):
+        self.redis, self.prefix = redis, prefix
+
+    def _key(self, batch_id: str, suffix: str = "") -> str:
+        return f"{self.prefix}batch:{batch_id}{suffix}"
+
+    def create(self, batch_id: str, owner: str, fields: dict, lines: int, active: bool) -> None:
+        record = {"id": batch_id, "owner": owner, "total": lines, **{k: v for k, v in fields.items() if v is not None}}
+        pipe = self.redis.pipeline()
+        pipe.hset(self._key(batch_id), mapping={k: json.dumps(v) for k, v in record.items()})
+        pipe.zadd(f"{self.prefix}batches:{owner}", {batch_id: record["created_at"]})
+        if active:
+            pipe.sadd(f"{self.prefix}batches:active", batch_id)
+        pipe.execute()
+
+    def record(self, batch_id: str, owner: str | None = None) -> dict | None:
+        """The batch's fields (None: no such batch, or another key's)."""
+        raw = self.redis.hgetall(self._key(batch_id))
+        if not raw:
+            return None
+        record = {k: json.loads(v) for k, v in raw.items()}
+        if owner is not None and record["owner"] != owner:
+            return None
+        pipe = self.redis.pipeline()
+        pipe.hlen(self._key(batch_id, ":results"))
+        pipe.scard(self._key(batch_id, ":failed"))
+        answered, failed = pipe.execute()
+        record["completed"], record["failed"] = answered - failed, failed
+        return record
+
+    def update(self, batch_id: str, **fields) -> None:
+        self.redis.hset(self._key(batch_id), mapping={k: json.dumps(v) for k, v in fields.items()})
+
+    def set_status(self, batch_id: str, status: str, **fields) -> None:
+        stamp = {f"{status}_at": int(time.time())} if f"{status}_at" in TIMES else {}
+        self.update(batch_id, status=status, **stamp, **fields)
+        if status in ("completed", "failed", "expired", "cancelled"):
+            self.redis.srem(f"{self.prefix}batches:active", batch_id)
+
+    def answered(self, batch_id: str) -> set[int]:
+        return {int(k) for k in self.redis.hkeys(self._key(batch_id, ":results"))}
+
+    def answer(self, batch_id: str, line: int, output: dict, failed: bool) -> None:
+        pipe = self.redis.pipeline()
+        pipe.hset(self._key(batch_id, ":results"), str(line), json.dumps(output))
+        if failed:
+            pipe.sadd(self._key(batch_id, ":failed"), str(line))
+        pipe.execute()
+
+    def results(self, batch_id: str) -> dict[int, tuple[dict, bool]]:
+        pipe = self.redis.pipeline()
+        pipe.hgetall(self._key(batch_id, ":results"))
+        pipe.smembers(self._key(batch_id, ":failed"))
+        raw, failed = pipe.execute()
+        return {int(k): (json.loads(v), k in failed) for k, v in raw.items()}
+
+    def listing(self, owner: str, limit: int, after: str | None) -> tuple[list[dict], bool]:
+        ids = self.redis.zrevrange(f"{self.prefix}batches:{owner}", 0, -1)
+        if after in ids:
+            ids = ids[ids.index(after) + 1:]
+        records = [r for r in (self.record(i, owner) for i in ids[:limit + 1]) if r is not None]
+        return records[:limit], len(records) > limit
+
+    def active(self) -> list[str]:
+        return sorted(self.redis.smembers(f"{self.prefix}batches:active"))
+
+    def lease(self, batch_id: str, holder: str) -> bool:
+        """Take (or renew) the batch's lease; False while another worker holds it."""
+        key = self._key(batch_id, ":lease")
+        if self.redis.set(key, holder, nx=True, ex=LEASE_S):
+            return True
+        if self.redis.get(key) == holder:
+            self.redis.expire(key, LEASE_S)
+            return True
+        return False
+
+    def release(self, batch_id: str, holder: str) -> None:
+        key = self._key(batch_id, ":lease")
+        if self.redis.get(key) == holder:
+            self.redis.delete(key)

@@ -185,6 +185,43 @@ def test_kill_9_of_the_worker_ingesting_a_document(stack):
     client.vector_stores.delete(store.id)
 
 
+def test_a_batch_survives_a_kill_9_of_its_worker_and_a_redis_restart(stack):
+    """The worker running a batch dies mid-way (the next worker of the host takes the batch at once),
+    then Redis restarts (its append-only file keeps the answers): the batch completes with each
+    custom_id in the output exactly once."""
+    client = openai.OpenAI(base_url=f"{stack['url']}/v1", api_key=stack["key"], max_retries=0, timeout=60)
+    lines = [{"custom_id": f"n-{n}", "method": "POST", "url": "/v1/chat/completions",
+              "body": {**STORY, "max_tokens": 16, "messages": [{"role": "user", "content": f"Count to {n}."}]}}
+             for n in range(24)]
+    upload = client.files.create(file=("count.jsonl", "\n".join(json.dumps(x) for x in lines).encode()),
+                                 purpose="batch")
+    batch = client.batches.create(input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h")
+    redis = stack["redis"].client()
+
+    def progress() -> tuple[str, int]:
+        try:
+            found = client.batches.retrieve(batch.id)
+            return found.status, found.request_counts.completed
+        except openai.APIError:  # while Redis restarts
+            return "unknown", -1
+
+    wait_until(lambda: progress()[1] >= 3, "the batch makes progress", timeout=120)
+    holder = redis.get(f"impetus:batch:{batch.id}:lease")
+    victim = int(holder.rsplit("|", 1)[1])
+    assert victim in workers_of(stack["server"].process.pid)
+    os.kill(victim, signal.SIGKILL)
+    killed_at = progress()[1]
+    wait_until(lambda: progress()[1] >= killed_at + 3, "another worker goes on with the batch", timeout=120)
+    stack["redis"].stop()
+    time.sleep(1.0)
+    stack["redis"].start()
+    wait_until(lambda: progress()[0] == "completed", "the batch completes", timeout=240)
+    done = client.batches.retrieve(batch.id)
+    assert done.request_counts.completed == 24 and done.request_counts.failed == 0
+    ids = [json.loads(row)["custom_id"] for row in client.files.content(done.output_file_id).text.splitlines()]
+    assert sorted(ids) == sorted(x["custom_id"] for x in lines)  # each exactly once
+
+
 def test_redis_restart_under_load_loses_no_key(stack):
     statuses: list[int] = []
     stop_load = threading.Event()

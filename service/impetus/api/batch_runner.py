@@ -11,7 +11,8 @@ fills idle capacity and yields to everyone's interactive requests.
 
 - An answer is kept in Redis by line number before the next is counted, so a
   crash loses at most the lines in flight (run again), and none is in the
-  output twice.
+  output twice. A worker killed mid-batch loses its lease at once to the next
+  worker of its host (its process is gone), elsewhere when the lease runs out.
 - A rate limit or a full queue (429 rate_limit_*, 503) is waited out and the
   line sent again; a spent budget (429 budget_exceeded) stops the batch: the
   lines not yet run fail with that error.
@@ -67,7 +68,7 @@ class BatchRunner:
                     record = self.store.record(batch_id)
                     if record is None or record.get("host") != self.address:
                         continue
-                    if self.store.lease(batch_id, self.holder):
+                    if self.store.lease(batch_id, self.holder, self._dead):
                         try:
                             self.run(record)
                             ran = True
@@ -79,6 +80,19 @@ class BatchRunner:
             except Exception:  # Redis away, a file gone: the loop goes on, the lease runs out
                 log.exception("batch loop failed")
                 time.sleep(IDLE_S)
+
+    def _dead(self, holder: str) -> bool:
+        """A worker of this host (same address) whose process is gone, killed mid-batch."""
+        address, _, pid = holder.rpartition("|")
+        if address != self.address or not pid.isdigit():
+            return False
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
 
     def run(self, record: dict) -> None:
         batch_id, owner = record["id"], record["owner"]
@@ -115,7 +129,7 @@ class BatchRunner:
 
     def _state(self, record: dict, stop: dict) -> str | None:
         """Why to send no more lines: cancelling, expired, a spent budget; None: go on."""
-        self.store.lease(record["id"], self.holder)
+        self.store.lease(record["id"], self.holder, self._dead)
         if stop.get("budget"):
             return "budget"
         status = (self.store.record(record["id"]) or {}).get("status")

@@ -95,14 +95,28 @@ class BatchStore:
     def active(self) -> list[str]:
         return sorted(self.redis.smembers(f"{self.prefix}batches:active"))
 
-    def lease(self, batch_id: str, holder: str) -> bool:
-        """Take (or renew) the batch's lease; False while another worker holds it."""
+    def lease(self, batch_id: str, holder: str, dead=lambda holder: False) -> bool:
+        """Take (or renew) the batch's lease; False while another worker holds it. `dead(holder)`:
+        the holder is known to be gone (a process of this machine that no longer runs): its lease is void."""
         key = self._key(batch_id, ":lease")
         if self.redis.set(key, holder, nx=True, ex=LEASE_S):
             return True
-        if self.redis.get(key) == holder:
+        current = self.redis.get(key)
+        if current == holder:
             self.redis.expire(key, LEASE_S)
             return True
+        if current is not None and dead(current):
+            with self.redis.pipeline() as pipe:  # take it only if it is still the dead holder's
+                try:
+                    pipe.watch(key)
+                    if pipe.get(key) != current:
+                        return False
+                    pipe.multi()
+                    pipe.set(key, holder, ex=LEASE_S)
+                    pipe.execute()
+                    return True
+                except Exception:
+                    return False
         return False
 
     def release(self, batch_id: str, holder: str) -> None:

@@ -110,7 +110,12 @@ class AuthMiddleware:
     def _batch_line(self, req) -> None:
         """A line of a batch its key made (api.batch_runner): that key's account, at batch priority,
         as long as the key still exists (revoked: 401, and the line fails)."""
-        record = self.keys.by_hash(req.env[BATCH_ENV]["owner"])
+        try:
+            record = self.keys.by_hash(req.env[BATCH_ENV]["owner"])
+        except RedisError as error:  # the runner waits and sends the line again
+            count_redis_error(self.metrics, "auth")
+            raise APIError(503, f"Redis is unavailable ({error}).", type="server_error", code="auth_unavailable",
+                           headers={"Retry-After": "2"}) from None
         if record is None:
             raise _unauthorized("The key that made this batch was revoked or has expired.")
         req.context.account = self.account_for(replace(record, priority=PRIORITY_NAMES["batch"],

@@ -9,6 +9,7 @@ import io
 import json
 import time
 
+import httpx
 import openai
 import pytest
 
@@ -47,8 +48,15 @@ def wait(client, batch_id: str, statuses=("completed", "failed", "cancelled", "e
         time.sleep(0.5)
 
 
-def test_a_batch_runs_and_each_answer_is_the_direct_one(clients):
+def batch_lines_counted(gateway_server, status: str) -> float:
+    text = httpx.get(f"{gateway_server}/metrics", timeout=30).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(f'impetus_batch_requests_total{{status="{status}"}}'))
+
+
+def test_a_batch_runs_and_each_answer_is_the_direct_one(clients, gateway_server):
     owner, other = clients
+    counted = batch_lines_counted(gateway_server, "completed"), batch_lines_counted(gateway_server, "failed")
     lines = [chat_line(n, q) for n, q in enumerate(QUESTIONS)]
     lines.append({**chat_line(99, "x"), "body": {**chat_line(99, "x")["body"], "max_tokens": -3}})
     upload = owner.files.create(file=("questions.jsonl", jsonl(lines)), purpose="batch")
@@ -58,6 +66,8 @@ def test_a_batch_runs_and_each_answer_is_the_direct_one(clients):
     done = wait(owner, batch.id)
     assert done.status == "completed" and done.request_counts.completed == 5 and done.request_counts.failed == 1
     assert done.metadata == {"job": "smoke"} and done.completed_at >= done.created_at
+    assert (batch_lines_counted(gateway_server, "completed"), batch_lines_counted(gateway_server, "failed")) == (
+        counted[0] + 5, counted[1] + 1)
     output = [json.loads(row) for row in owner.files.content(done.output_file_id).text.splitlines()]
     assert [row["custom_id"] for row in output] == [f"q-{n}" for n in range(5)]
     for row, question in zip(output, QUESTIONS):
@@ -76,8 +86,9 @@ def test_a_batch_runs_and_each_answer_is_the_direct_one(clients):
     assert batch.id not in {b.id for b in other.batches.list()} and batch.id in {b.id for b in owner.batches.list()}
 
 
-def test_cancel_mid_way_keeps_what_was_done(clients):
+def test_cancel_mid_way_keeps_what_was_done(clients, gateway_proxy, redis_server):
     owner, _ = clients
+    admin = KeyStore(redis_server.client()).create("batch-admin", admin=True)[0]
     # The first line is short, so that one is done while the others still run.
     lines = [chat_line(n, f"Write a long story about the number {n}.", max_tokens=2 if n == 0 else 48)
              for n in range(24)]
@@ -87,6 +98,9 @@ def test_cancel_mid_way_keeps_what_was_done(clients):
     while owner.batches.retrieve(batch.id).request_counts.completed < 1:
         assert time.monotonic() < deadline
         time.sleep(0.2)
+    status = httpx.get(f"{gateway_proxy}/v1/status", headers={"Authorization": f"Bearer {admin}"}, timeout=30).json()
+    [shown] = [b for b in status["batches"] if b["id"] == batch.id]  # the operator sees it run
+    assert shown["status"] == "in_progress" and shown["request_counts"]["total"] == 24
     assert owner.batches.cancel(batch.id).status in ("cancelling", "cancelled")
     done = wait(owner, batch.id)
     assert done.status == "cancelled" and done.cancelled_at and 1 <= done.request_counts.completed < 24

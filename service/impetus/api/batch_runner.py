@@ -43,8 +43,8 @@ MAX_WAIT_S = 10.0
 
 
 class BatchRunner:
-    def __init__(self, store, documents, address: str):
-        self.store, self.documents, self.address = store, documents, address
+    def __init__(self, store, documents, address: str, metrics):
+        self.store, self.documents, self.address, self.metrics = store, documents, address, metrics
         self.app = None  # the worker's WSGI app (create_app sets it)
         self._wake = threading.Event()
         self._started = False
@@ -156,6 +156,7 @@ class BatchRunner:
                       "response": {"status_code": status, "request_id": headers.get("x-request-id"), "body": body},
                       "error": None}
             self.store.answer(record["id"], number, output, failed=status >= 300)
+            self.metrics.batch_requests.labels("failed" if status >= 300 else "completed").inc()
             return
 
     def _call(self, record: dict, line: dict) -> tuple[int, dict, dict]:

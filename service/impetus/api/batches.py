@@ -22,7 +22,7 @@ import time
 from pydantic import Field
 
 from impetus.api.listing import listing
-from impetus.api.schema_base import RequestModel
+from impetus.api.schema_base import RequestModel, ResponseModel
 from impetus.api.validation import parse
 from impetus.documents.db import new_id
 from impetus.gateway.batches import WINDOW_S
@@ -39,6 +39,27 @@ class BatchCreate(RequestModel):
     completion_window: str = "24h"
     metadata: dict[str, str] | None = Field(None, max_length=16)
     output_expires_after: dict | None = None
+
+
+class BatchObject(ResponseModel):
+    id: str
+    object: str
+    endpoint: str
+    errors: dict | None = None
+    input_file_id: str
+    completion_window: str
+    status: str
+    output_file_id: str | None = None
+    error_file_id: str | None = None
+    created_at: int
+    request_counts: dict[str, int]
+    metadata: dict | None = None
+
+
+class BatchList(ResponseModel):
+    object: str
+    data: list[BatchObject]
+    has_more: bool
 
 
 def batch_object(record: dict) -> dict:

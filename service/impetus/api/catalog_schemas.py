@@ -72,4 +72,5 @@ class ServerStatus(ResponseModel):
     versions: dict[str, str | None]
     hardware: dict
     redis: str
+    batches: list[dict] = []
     engines: list[dict]

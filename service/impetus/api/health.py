@@ -39,6 +39,21 @@ def hosts_of(gateway) -> list[dict]:
         return []
 
 
+def batches_of(gateway) -> list[dict]:
+    """The batches running or being cancelled (gateway.batches), with their progress; none without Redis."""
+    if gateway is None:
+        return []
+    from redis.exceptions import RedisError
+
+    try:
+        records = [gateway.batches.record(i) for i in gateway.batches.active()]
+    except RedisError:
+        return []
+    return [{"id": r["id"], "status": r["status"], "endpoint": r["endpoint"], "host": r.get("host"),
+             "created_at": r["created_at"], "request_counts": {k: r[k] for k in ("total", "completed", "failed")}}
+            for r in records if r is not None]
+
+
 class LivenessResource:
     """The process answers; with the id of the `impetus up` run it belongs to,
     so that `up` never takes another stack's answer for its own."""
@@ -118,6 +133,7 @@ def status_snapshot(host, gateway, started: float) -> dict:
                      "mlx_cache_memory_bytes": mx.get_cache_memory()},
         "redis": redis_state(gateway),
         "hosts": hosts_of(gateway),
+        "batches": batches_of(gateway),
         "engines": engines,
     }
 

@@ -7,6 +7,7 @@ from pydantic.json_schema import models_json_schema
 from impetus import __version__
 from impetus.api import (
     admin_schemas,
+    batches,
     catalog_schemas,
     chat_schemas,
     documents_schemas,
@@ -46,6 +47,12 @@ ROUTES = [
     ("/v1/files/{file_id}", "get", "Retrieve a file", None, documents_schemas.FileObject, None),
     ("/v1/files/{file_id}", "delete", "Delete a file (and its chunks in every store)", None, documents_schemas.Deleted, None),
     ("/v1/files/{file_id}/content", "get", "A file's bytes", None, "application/octet-stream", None),
+    ("/v1/batches", "post", "Create a batch from a JSONL file (purpose batch)", batches.BatchCreate,
+     batches.BatchObject, None),
+    ("/v1/batches", "get", "The key's batches, newest first", None, batches.BatchList, None),
+    ("/v1/batches/{batch_id}", "get", "Retrieve a batch", None, batches.BatchObject, None),
+    ("/v1/batches/{batch_id}/cancel", "post", "Cancel a batch (what was done is kept)", None, batches.BatchObject,
+     None),
     ("/v1/vector_stores", "post", "Create a vector store", documents_schemas.VectorStoreCreate, documents_schemas.VectorStoreObject, None),
     ("/v1/vector_stores", "get", "The key's vector stores", None, documents_schemas.VectorStoreList, None),
     ("/v1/vector_stores/{store_id}", "get", "Retrieve a vector store", None, documents_schemas.VectorStoreObject, None),
@@ -136,6 +143,7 @@ for _path, _extra in (("/v1/files", [("purpose", "string", "only files of this p
                       ("/v1/vector_stores/{store_id}/file_batches/{batch_id}/files",
                        [("filter", "string", "only files of this status")])):
     QUERY_PARAMETERS[_path] = _LIST_QUERY[:3] + _extra if _path == "/v1/files" else _LIST_QUERY + _extra
+QUERY_PARAMETERS["/v1/batches"] = _LIST_QUERY[:3]
 
 FORMS = {"/v1/audio/transcriptions", "/v1/files"}  # a multipart form, not JSON
 

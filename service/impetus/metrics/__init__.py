@@ -50,6 +50,8 @@ class Metrics:
         self.documents_files = counter("impetus_documents_files_total",
                                        "Files ingested into vector stores, by outcome (completed, failed)", ("status",))
         self.documents_chunks = counter("impetus_documents_chunks_total", "Chunks embedded into vector stores")
+        self.batch_requests = counter("impetus_batch_requests_total",
+                                      "Lines of batches answered, by outcome (completed, failed)", ("status",))
 
         def gauge(name, doc, labels=(), mode="livesum"):
             return Gauge(name, doc, labels, registry=registry, multiprocess_mode=mode)
@@ -106,6 +108,7 @@ class Metrics:
             self.redis_errors.labels(operation)
         for status in ("completed", "failed"):
             self.documents_files.labels(status)
+            self.batch_requests.labels(status)
         for route in ("/v1/chat/completions", "/v1/completions"):
             self.request_seconds.labels(route)
         self._waiting_keys: dict[str, set[str]] = {}  # keys seen waiting, per model: back to 0 when none wait

@@ -104,6 +104,9 @@ def test_cancel_mid_way_keeps_what_was_done(clients, gateway_proxy, redis_server
     assert owner.batches.cancel(batch.id).status in ("cancelling", "cancelled")
     done = wait(owner, batch.id)
     assert done.status == "cancelled" and done.cancelled_at and 1 <= done.request_counts.completed < 24
+    trail = httpx.get(f"{gateway_proxy}/v1/admin/audit", params={"action": "batch."}, timeout=30,
+                      headers={"Authorization": f"Bearer {admin}"}).json()["data"]
+    assert {e["action"] for e in trail if e["target"] == batch.id} == {"batch.created", "batch.cancelled"}
     answered = owner.files.content(done.output_file_id).text.splitlines()
     assert len(answered) == done.request_counts.completed
     assert len({json.loads(row)["custom_id"] for row in answered}) == len(answered)

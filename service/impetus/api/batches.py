@@ -25,6 +25,7 @@ from impetus.api.listing import listing
 from impetus.api.schema_base import RequestModel, ResponseModel
 from impetus.api.validation import parse
 from impetus.documents.db import new_id
+from impetus.gateway.audit import AuditEntry
 from impetus.gateway.batches import WINDOW_S
 from impetus.web import APIError, bad_request
 
@@ -154,6 +155,8 @@ class BatchesResource:
                   "status": "failed" if errors else "in_progress", "errors": errors or None,
                   **({"failed_at": now} if errors else {"in_progress_at": now})}
         store.create(batch_id, owner, fields, len(lines), active=not errors)
+        req.context.audit = AuditEntry("batch.created", batch_id, {"endpoint": body.endpoint, "requests": len(lines),
+                                                                  "status": fields["status"]})
         if not errors and self.runner is not None:
             self.runner.wake()
         resp.media = batch_object(store.record(batch_id))
@@ -192,6 +195,8 @@ class BatchCancelResource:
         record = _mine(self.gateway, req, batch_id)
         if record["status"] in ("in_progress", "validating"):
             self.gateway.batches.set_status(batch_id, "cancelling")
+            req.context.audit = AuditEntry("batch.cancelled", batch_id, {"done": record["completed"] + record["failed"],
+                                                                         "requests": record["total"]})
             if self.runner is not None:
                 self.runner.wake()
         elif record["status"] != "cancelling":

@@ -64,6 +64,16 @@ export async function upload<T = any>(path: string, form: FormData): Promise<T> 
   return response.json();
 }
 
+// A file's bytes (a batch's output), fetched with the key and saved by the browser.
+export async function download(path: string, filename: string): Promise<void> {
+  const response = await fetch(path, { headers: headers() });
+  if (!response.ok) throw await failure(response);
+  const url = URL.createObjectURL(await response.blob());
+  const link = Object.assign(document.createElement("a"), { href: url, download: filename });
+  link.click();
+  URL.revokeObjectURL(url);
+}
+
 // The events of a text/event-stream body, as they arrive.
 async function* serverSentEvents(body: ReadableStream<Uint8Array>): AsyncGenerator<{ event: string; data: string }> {
   const reader = body.getReader();

@@ -6,6 +6,7 @@ import { api, ApiError, saveKey, savedKey, StreamState, subscribe } from "./api"
 import { h, notice } from "./dom";
 import { onUpdate, state, update } from "./state";
 import { audit } from "./views/audit";
+import { batches } from "./views/batches";
 import { documents } from "./views/documents";
 import { keys } from "./views/keys";
 import { live } from "./views/live";
@@ -14,7 +15,7 @@ import { overview } from "./views/overview";
 import { playground } from "./views/playground";
 import { usage } from "./views/usage";
 
-const TABS = ["overview", "live", "keys", "usage", "audit", "models", "documents", "playground"] as const;
+const TABS = ["overview", "live", "keys", "usage", "audit", "models", "documents", "batches", "playground"] as const;
 type Tab = (typeof TABS)[number];
 
 const app = document.getElementById("app")!;
@@ -70,6 +71,7 @@ function shell(): void {
   let liveView: ReturnType<typeof live> | null = null;
   let modelsView: ReturnType<typeof models> | null = null;
   let documentsView: ReturnType<typeof documents> | null = null;
+  let batchesView: ReturnType<typeof batches> | null = null;
 
   function render(): void {
     if (!TABS.includes(current)) current = "overview";
@@ -84,6 +86,8 @@ function shell(): void {
     modelsView = null;
     documentsView?.dispose();
     documentsView = null;
+    batchesView?.dispose();
+    batchesView = null;
     if (current === "overview") content.replaceChildren(overview());
     if (current === "live") {
       liveView = live();
@@ -100,6 +104,10 @@ function shell(): void {
     if (current === "documents") {
       documentsView = documents();
       content.replaceChildren(documentsView.element);
+    }
+    if (current === "batches") {
+      batchesView = batches();
+      content.replaceChildren(batchesView.element);
     }
     if (current === "playground") content.replaceChildren(playground());
   }

@@ -4,6 +4,8 @@ dashboard. Screenshots of each page go to test-artifacts/dashboard/."""
 
 from __future__ import annotations
 
+import json
+
 import socket
 import sys
 from pathlib import Path
@@ -355,6 +357,28 @@ def test_documents_are_uploaded_ingested_and_searched_from_the_dashboard(stack, 
     assert "oncall.md" in first.inner_text() and "#vault-7" in first.inner_text()
     assert 0 < float(first.locator("[data-test=score]").inner_text()) <= 1
     shot(page, "9c-documents")
+
+
+def test_a_batch_shows_its_progress_and_its_output_downloads(stack, page, admin_key, tmp_path):
+    import openai
+
+    client = openai.OpenAI(base_url=f"{stack['url']}/v1", api_key=admin_key, max_retries=0, timeout=60)
+    lines = [{"custom_id": f"c-{n}", "method": "POST", "url": "/v1/chat/completions",
+              "body": {"model": DEFAULT_MODEL, "max_tokens": 4, "messages": [{"role": "user", "content": f"Hi {n}"}]}}
+             for n in range(3)]
+    upload = client.files.create(file=("three.jsonl", "\n".join(json.dumps(x) for x in lines).encode()),
+                                 purpose="batch")
+    batch = client.batches.create(input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h")
+    page.click("nav >> text=Batches")
+    row = page.locator(f"[data-test=batches-table] tr[data-batch='{batch.id}'][data-status=completed]")
+    row.wait_for(timeout=60_000)  # the view polls while it runs
+    assert "3 done of 3" in row.inner_text()
+    with page.expect_download() as downloading:
+        row.locator("[data-test=download-output]").click()
+    saved = tmp_path / "output.jsonl"
+    downloading.value.save_as(saved)
+    assert [json.loads(x)["custom_id"] for x in saved.read_text().splitlines()] == ["c-0", "c-1", "c-2"]
+    shot(page, "9d-batches")
 
 
 def test_a_phone_screen(stack, page):

@@ -90,7 +90,8 @@ def create_app(settings, host, waker, gateway=None, metrics=None, broadcast=None
                           metrics=metrics)
     stores = "/v1/vector_stores/{store_id}"
     # Batches run in every worker's background, through this app (api.batch_runner); they need Redis.
-    runner = BatchRunner(gateway.batches, documents, settings.advertise_address, metrics) if gateway else None
+    runner = BatchRunner(gateway.batches, documents, settings.advertise_address, metrics,
+                         settings.batch_concurrency) if gateway else None
     routes = {
         "/v1/chat/completions": ChatCompletionsResource(host, waker, settings, cache, metrics),
         "/v1/completions": CompletionsResource(host, waker, settings, cache, metrics),

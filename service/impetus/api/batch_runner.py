@@ -3,7 +3,7 @@
 Every worker runs one loop. It takes a batch whose input lives in this host's
 documents under a Redis lease (gateway.batches; another worker takes over when
 a holder dies and its lease runs out), and sends its lines that have no answer
-yet, CONCURRENCY at a time, to the worker's own app: each line is a WSGI
+yet, `batch_concurrency` at a time, to the worker's own app: each line is a WSGI
 request marked as the batch's (web.BATCH_ENV), so it goes through what a
 client's request goes through (validation, the key's rate limits and budget,
 usage, audit, the fair scheduler) as the key's tenant at batch priority: it
@@ -37,14 +37,14 @@ from impetus.web import BATCH_ENV
 
 log = logging.getLogger("impetus.batches")
 
-CONCURRENCY = 8
 IDLE_S = 2.0
 MAX_WAIT_S = 10.0
 
 
 class BatchRunner:
-    def __init__(self, store, documents, address: str, metrics):
+    def __init__(self, store, documents, address: str, metrics, concurrency: int = 16):
         self.store, self.documents, self.address, self.metrics = store, documents, address, metrics
+        self.concurrency = concurrency
         self.app = None  # the worker's WSGI app (create_app sets it)
         self._wake = threading.Event()
         self._started = False
@@ -105,13 +105,13 @@ class BatchRunner:
         done = self.store.answered(batch_id)
         pending = [i for i in range(len(lines)) if i not in done]
         stop: dict = {}
-        with ThreadPoolExecutor(CONCURRENCY) as pool:
+        with ThreadPoolExecutor(self.concurrency) as pool:
             futures = []
             for number in pending:
                 state = self._state(record, stop)
                 if state:
                     break
-                while len([f for f in futures if not f.done()]) >= CONCURRENCY:
+                while len([f for f in futures if not f.done()]) >= self.concurrency:
                     time.sleep(0.02)
                 futures.append(pool.submit(self._line, record, number, lines[number], stop))
             for future in futures:

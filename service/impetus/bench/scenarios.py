@@ -1,5 +1,5 @@
 """Runs one of the load, peer, soak, fairness, shared-prefix, agents, kv-quality, cluster, speculative, vision,
-autocomplete and documents benchmarks and writes what it measured:
+autocomplete, documents and batch benchmarks and writes what it measured:
 a JSON file and PNG plots named by date, scenario and machine, so results from
 different machines sit side by side under benchmarks/results/."""
 
@@ -36,6 +36,7 @@ def run_scenario(args, settings) -> dict:
     from impetus.bench import (
         agents,
         autocomplete,
+        batch,
         cluster,
         documents,
         fairness,
@@ -88,11 +89,14 @@ def run_scenario(args, settings) -> dict:
         result, module = autocomplete.run(settings, args.model, args.keystrokes, args.max_tokens or 16,
                                           args.flood_streams, args.llama_cpp_python, work,
                                           progress), autocomplete
+    elif args.scenario == "batch":
+        result, module = batch.run(settings, args.requests, args.concurrency or 16, args.max_tokens or 8, args.probes,
+                                   args.probe_interval, work, progress), batch
     elif args.scenario == "documents":
         result, module = documents.run(settings, args.documents, _levels(args.levels or "10000,100000"),
                                        args.queries, work, progress), documents
     elif args.scenario == "soak":
-        result, module = soak.run(settings, args.duration or 600, args.concurrency, args.max_tokens or 32, work,
+        result, module = soak.run(settings, args.duration or 600, args.concurrency or 8, args.max_tokens or 32, work,
                                   progress), soak
     else:
         raise ValueError(f"unknown scenario {args.scenario!r}")

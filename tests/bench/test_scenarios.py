@@ -239,9 +239,9 @@ def test_documents_ingests_a_corpus_and_searches_a_filled_store(data_dir, tmp_pa
 
 @pytest.mark.slow
 def test_batch_runs_beside_a_person_and_against_a_client_loop(data_dir, tmp_path):
-    summary = bench("--scenario", "batch", "--requests", "12", "--probes", "2", "--probe-interval", "0.5",
+    summary = bench("--scenario", "batch", "--requests", "8", "--probes", "2", "--probe-interval", "0.5",
                     data_dir=data_dir, out=tmp_path)
     assert summary == {k: v for k, v in written(tmp_path, "batch").items() if k != "samples"}
-    assert summary["batch"]["status"] == "completed" and summary["batch"]["completed"] == 12
+    assert summary["batch"]["status"] == "completed" and summary["batch"]["completed"] == 8
     assert summary["client_loop"]["errors"] == 0 and summary["throughput_ratio"] > 0
     assert summary["solo_ttft_p50_s"] > 0 and summary["batch"]["probes"] >= 1

@@ -82,6 +82,9 @@ def test_limits_expiry_and_ownership(documents):
     assert _code(lambda: files.create("alice", "b.txt", "assistants", b"b" * 1600, None)) == \
         (429, "storage_quota_exceeded")
     assert _code(lambda: files.get("bob", kept["id"])) == (404, "file_not_found")
+    answers = files.create("alice", "batch_output.jsonl", "batch_output", b"{}\n" * 2000, None)  # made here
+    assert answers["bytes"] == 6000
+    files.delete("alice", answers["id"])
     soon = files.create("bob", "soon.txt", "assistants", b"soon", 3600)
     with documents.db.transaction() as db:
         db.execute("update files set expires_at = ? where id = ?", (int(time.time()) - 1, soon["id"]))

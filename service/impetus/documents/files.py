@@ -43,7 +43,9 @@ class Files:
         directory.mkdir(parents=True, exist_ok=True)
 
     def create(self, owner: str, filename: str, purpose: str, data: bytes, expires_after_s: int | None) -> dict:
-        """`purpose` batch_output: a file the server made (a batch's answers), not held to the upload limit."""
+        """`purpose` batch_output: a file the server made (a batch's answers), held to neither the upload
+        limit nor the quota (a batch whose answers did not fit would never end); it counts toward the
+        quota of the key's next uploads."""
         if len(data) > self.max_bytes and purpose not in MADE_HERE:
             raise APIError(413, f"The file '{filename}' is {len(data)} bytes; files may be at most "
                                 f"{self.max_bytes} bytes.", param="file", code="file_too_large")
@@ -57,7 +59,7 @@ class Files:
         try:
             with self.db.transaction() as db:
                 used = db.execute("select coalesce(sum(bytes), 0) from files where owner = ?", (owner,)).fetchone()[0]
-                if used + len(data) > self.quota_bytes:
+                if used + len(data) > self.quota_bytes and purpose not in MADE_HERE:
                     raise APIError(429, f"This key's files would take {used + len(data)} bytes; its quota is "
                                         f"{self.quota_bytes} bytes. Delete files to make room.", param="file",
                                    code="storage_quota_exceeded")

@@ -35,7 +35,7 @@ LAYERS = (
 )
 # The engine's rooms from the bottom up, the same way.
 ENGINE_ROOMS = (
-    ("request", "waiters", "speculative", "spec_cache", "prefix_disk", "kv_quant", "media"),  # import no other room
+    ("request", "waiters", "speculative", "spec_cache", "prefix_disk", "kv_quant", "media", "activity"),  # import no other room
     ("structured", "scheduler", "draft", "kv_memory"),
     ("sampling",),
     ("running",),

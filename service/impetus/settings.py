@@ -240,7 +240,7 @@ class Settings(BaseSettings):
     file_max_bytes: int = Field(30 * 1024 * 1024, gt=0)
     # Batches (/v1/batches, api.batch_runner): a worker sends at most this many of a batch's
     # lines at once, at batch priority (the scheduler still serves interactive work first).
-    batch_concurrency: int = Field(8, ge=1, le=256)
+    batch_concurrency: int = Field(16, ge=1, le=256)
     file_quota_bytes: int = Field(1024 * 1024 * 1024, gt=0)
     documents_embedding_model: str | None = None
 

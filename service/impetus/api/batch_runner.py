@@ -42,7 +42,7 @@ MAX_WAIT_S = 10.0
 
 
 class BatchRunner:
-    def __init__(self, store, documents, address: str, metrics, concurrency: int = 8):
+    def __init__(self, store, documents, address: str, metrics, concurrency: int = 16):
         self.store, self.documents, self.address, self.metrics = store, documents, address, metrics
         self.concurrency = concurrency
         self.app = None  # the worker's WSGI app (create_app sets it)

@@ -19,7 +19,7 @@ import gevent
 import gevent.socket
 
 from impetus.engine.engine import Engine, QueueFull, TooLargeForMemory
-from impetus.engine.request import PRIORITY_NAMES, FinishEvent, SamplingParams, TokenEvent
+from impetus.engine.request import BATCH, PRIORITY_NAMES, FinishEvent, SamplingParams, TokenEvent
 from impetus.web import APIError, bad_request
 
 PRIORITY_LABELS = {value: name for name, value in PRIORITY_NAMES.items()}
@@ -101,6 +101,7 @@ class Generation:
         self._metrics = metrics
         self._closed = False
         self._charged = False
+        self._activity = None
         self._started = started if started is not None else time.perf_counter()
         self._first_token_at = self._last_token_at = None
         self.id_suffix = new_id_suffix()
@@ -127,6 +128,10 @@ class Generation:
             self.cancel()
             raise APIError(503, str(error), type="server_error", code="engine_unavailable",
                            headers={"Retry-After": "5"})
+        # A person waits for this one: batch work elsewhere on the host yields to it (engine.activity).
+        self._activity = engine.activity if self.handles and self.handles[0].priority < BATCH else None
+        if self._activity is not None:
+            self._activity.begin()
         self._watcher = _watch_disconnect(env, self.cancel)
 
     def cancel(self) -> None:
@@ -154,6 +159,8 @@ class Generation:
         if self._closed:
             return
         self._closed = True
+        if self._activity is not None:
+            self._activity.end()
         self._charge()
         metrics, model, key = self._metrics, self.engine.loaded.name, self.account.name
         metrics.prompt_tokens.labels(model, key).inc(self.prompt_tokens)

@@ -32,12 +32,14 @@ running while the model works.
 from __future__ import annotations
 
 import logging
+import time
 from _queue import Empty, SimpleQueue
 
+from impetus.engine.activity import YIELD_S, HostActivity
 from impetus.engine.admission import Admission
 from impetus.engine.batch import Batch
 from impetus.engine.media import Media, cache_key
-from impetus.engine.request import ANONYMOUS, FinishEvent, RequestHandle, SamplingParams, Tenant
+from impetus.engine.request import ANONYMOUS, BATCH, FinishEvent, RequestHandle, SamplingParams, Tenant
 from impetus.engine.running import EngineStats
 from impetus.engine.scheduler import Scheduler
 from impetus.engine.speculator import Speculator
@@ -69,8 +71,12 @@ def _start_native_thread(target) -> None:
 
 
 class Engine:
-    def __init__(self, loaded: LoadedModel, settings, draft: LoadedModel | None = None, kv_ledger=None):
+    def __init__(self, loaded: LoadedModel, settings, draft: LoadedModel | None = None, kv_ledger=None,
+                 activity: HostActivity | None = None):
+        """`activity`: the host's interactive requests in flight (engine.activity), which a step of
+        batch-priority requests only waits for; None: never waits."""
         self.loaded = loaded
+        self.activity = activity
         self.model = loaded.model
         self.tokenizer = loaded.tokenizer
         self.max_batch_size = settings.max_batch_size
@@ -203,6 +209,8 @@ class Engine:
                 self.admission.admit()
                 if speculator.can_start():
                     speculator.start()
+                if (speculator.rows or batch.running) and self._yields():
+                    time.sleep(YIELD_S)  # a person's request elsewhere on the host goes first
                 if speculator.rows:
                     speculator.step_or_fail()
                 elif batch.running:
@@ -224,6 +232,11 @@ class Engine:
             self._exited.put(True)
         if died is not None:
             self.on_death(died)
+
+    def _yields(self) -> bool:
+        """Only batch-priority requests run here, and someone on the host waits for an answer."""
+        return self.activity is not None and all(s.handle.priority >= BATCH for s in self.batch.running.values()) \
+            and all(h.priority >= BATCH for h in self._queue.handles()) and self.activity.interactive() > 0
 
     def _take_commands(self, block: bool) -> None:
         try:

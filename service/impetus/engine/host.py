@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import mlx.core as mx
 
+from impetus.engine.activity import HostActivity
 from impetus.engine.engine import Engine
 from impetus.engine.kv_memory import KVLedger
 from impetus.metrics import Metrics
@@ -103,8 +104,11 @@ def model_settings(settings, entry: ModelEntry):
 
 
 class EngineHost:
-    def __init__(self, settings, budget_bytes: int | None = None, metrics=None):
+    def __init__(self, settings, budget_bytes: int | None = None, metrics=None, activity=None):
+        """`activity`: the host's interactive requests in flight (engine.activity), shared by
+        the workers; none: this process's own."""
         self.settings = settings
+        self.activity = activity if activity is not None else HostActivity()
         self.registry = Registry(settings.models_dir)
         # What a dead engine thread does to its process: nothing here (/readyz
         # says 503); a Gunicorn worker exits, so that a fresh one replaces it.
@@ -191,7 +195,7 @@ class EngineHost:
             log.info("loaded %s from %s in %.1fs (%s weights, %.0f MB)", name, entry.path, loaded.load_seconds,
                      loaded.weights_dtype, loaded.nbytes / 1e6)
             engine = Engine(loaded, model_settings(self.settings, entry), draft=self._draft_for(loaded),
-                            kv_ledger=self.kv_ledger)
+                            kv_ledger=self.kv_ledger, activity=self.activity)
             engine.on_death = lambda error: self.on_engine_death(name, error)
             engine.start()
             pinned = pin if pin is not None else name in self.settings.pinned_models

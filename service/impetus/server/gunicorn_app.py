@@ -32,7 +32,11 @@ def _exit_worker(model: str, error: BaseException) -> None:
 
 class ImpetusApplication(BaseApplication):
     def __init__(self, settings):
+        from impetus.engine.activity import HostActivity
+
         self.settings = settings
+        # In the master, before the fork: shared memory every worker inherits (engine.activity).
+        self.activity = HostActivity()
         self.host = None
         self.gateway = None
         self._beating = None  # the heartbeat greenlet
@@ -76,7 +80,7 @@ class ImpetusApplication(BaseApplication):
 
             mx.set_cache_limit(self.settings.mlx_cache_limit_bytes)
         metrics = Metrics()
-        self.host = EngineHost(self.settings, metrics=metrics)
+        self.host = EngineHost(self.settings, metrics=metrics, activity=self.activity)
         self.host.on_engine_death = _exit_worker
         try:
             self.host.load(self.settings.model)

@@ -192,7 +192,7 @@ def test_a_batch_survives_a_kill_9_of_its_worker_and_a_redis_restart(stack):
     client = openai.OpenAI(base_url=f"{stack['url']}/v1", api_key=stack["key"], max_retries=0, timeout=60)
     lines = [{"custom_id": f"n-{n}", "method": "POST", "url": "/v1/chat/completions",
               "body": {**STORY, "max_tokens": 16, "messages": [{"role": "user", "content": f"Count to {n}."}]}}
-             for n in range(24)]
+             for n in range(40)]  # 16 run at once: the kill and the restart land mid-batch
     upload = client.files.create(file=("count.jsonl", "\n".join(json.dumps(x) for x in lines).encode()),
                                  purpose="batch")
     batch = client.batches.create(input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h")
@@ -217,7 +217,7 @@ def test_a_batch_survives_a_kill_9_of_its_worker_and_a_redis_restart(stack):
     stack["redis"].start()
     wait_until(lambda: progress()[0] == "completed", "the batch completes", timeout=240)
     done = client.batches.retrieve(batch.id)
-    assert done.request_counts.completed == 24 and done.request_counts.failed == 0
+    assert done.request_counts.completed == 40 and done.request_counts.failed == 0
     ids = [json.loads(row)["custom_id"] for row in client.files.content(done.output_file_id).text.splitlines()]
     assert sorted(ids) == sorted(x["custom_id"] for x in lines)  # each exactly once
 

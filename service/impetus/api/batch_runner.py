@@ -118,8 +118,9 @@ class BatchRunner:
                 future.result()
         state = self._state(record, stop)
         if stop.get("budget"):
+            answered = self.store.answered(batch_id)
             for number in range(len(lines)):
-                if number not in self.store.answered(batch_id):
+                if number not in answered:
                     self.store.answer(batch_id, number, _error_line(lines[number], "budget_exceeded",
                                                                     stop["budget"]), failed=True)
         if state in ("cancelling", "expired"):

@@ -158,3 +158,23 @@ def test_an_audit_entry_made_while_redis_is_away_is_written_once_when_it_is_back
     [entry] = AuditLog(connect(server.url)).latest()
     assert (entry["who"], entry["action"], entry["target"], entry["address"], entry["detail"]) == (
         "alice", "key.created", "bob", "10.0.0.7", {"rpm": 5})
+
+
+def test_letting_go_of_some_charges_keeps_the_rest_and_the_files_lock(server, tmp_path, caplog):
+    """The file is rewritten with what is still held; it stays this worker's
+    (locked: no other worker adopts it) and takes the next charges."""
+    import fcntl
+
+    spool = spool_on(server, tmp_path)
+    assert spool.add(charge(1), "old")
+    time.sleep(0.3)  # past its hold on the spool's 20x clock
+    assert spool.add(charge(2), "new")
+    spool.step()
+    assert "could not be rewritten" not in caplog.text
+    assert [json.loads(line)["id"] for line in spool.path.read_text().splitlines()] == ["new"]
+    with open(spool.path) as other, pytest.raises(BlockingIOError):
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    assert spool.add(charge(3), "next")
+    assert [json.loads(line)["id"] for line in spool.path.read_text().splitlines()] == ["new", "next"]
+    settle(spool)
+    assert totals(server.url) == (3, 6) and spool.path.read_text() == ""

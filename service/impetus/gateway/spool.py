@@ -222,16 +222,17 @@ class UsageSpool:
                 os.fsync(self._file.fileno())
                 return
             staging = self.path.with_suffix(".staging")
-            new = open(staging, "w+")
+            new = open(staging, "a+")  # appended to from now on, as the file it replaces
             fcntl.flock(new, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            new.truncate(0)  # a staging file left by a failed rewrite
             new.write("".join(c.line() for c in self.pending))
             new.flush()
             os.fsync(new.fileno())
             staging.replace(self.path)
-            self._file.close()
-            self._file = open(self.path, "a+")  # the same inode as `new`, whose lock this process holds
-            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            new.close()
+            # `new` becomes the file, its lock held throughout: a lock is its open file's, so
+            # opening the path again and locking that would fail against this very lock.
+            old, self._file = self._file, new
+            old.close()
         except OSError as error:
             log.error("usage spool %s could not be rewritten (%s)", self.path, error)
 

@@ -287,6 +287,43 @@ def test_a_keys_documents_are_reached_through_the_gateway_whichever_host_holds_t
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "vector_store_not_found"
 
 
+def _batch_lines_run(host) -> float:
+    """The batch lines a host has answered (its impetus_batch_requests_total)."""
+    text = httpx.get(f"{host.url}/metrics", timeout=30).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("impetus_batch_requests_total{"))
+
+
+def test_a_batch_spreads_over_the_hosts_and_a_model_one_host_lacks_runs_on_the_other(cluster):
+    """Both hosts take chunks of a batch of the model they share; a batch of the model only host 2
+    has runs there, whichever host its key hashes to: host 1 leaves those lines to it."""
+    one, two = cluster.hosts
+    key = keys_by_host(cluster, "batch", rpm=100_000, tpm=100_000_000)[one.url][0]
+    client = openai.OpenAI(base_url=f"{cluster.url}/v1", api_key=key, max_retries=0, timeout=60)
+
+    def run(model: str, count: int) -> None:
+        lines = [{"custom_id": f"{model}-{n}", "method": "POST", "url": "/v1/chat/completions",
+                  "body": {"model": model, "max_tokens": 8, "temperature": 0,
+                           "messages": [{"role": "user", "content": f"Count to {n}."}]}} for n in range(count)]
+        upload = client.files.create(file=("lines.jsonl", "\n".join(json.dumps(x) for x in lines).encode()),
+                                     purpose="batch")
+        batch = client.batches.create(input_file_id=upload.id, endpoint="/v1/chat/completions",
+                                      completion_window="24h")
+        _until(lambda: client.batches.retrieve(batch.id).status == "completed", 240, f"the {model} batch completes")
+        done = client.batches.retrieve(batch.id)
+        assert (done.request_counts.completed, done.request_counts.failed) == (count, 0)
+        output = [json.loads(row) for row in client.files.content(done.output_file_id).text.splitlines()]
+        assert [row["custom_id"] for row in output] == [x["custom_id"] for x in lines]  # each once, in order
+
+    before = [_batch_lines_run(h) for h in (one, two)]
+    run(DEFAULT_MODEL, 96)
+    shared = [_batch_lines_run(h) for h in (one, two)]
+    ran = [after - earlier for after, earlier in zip(shared, before, strict=True)]
+    assert sum(ran) == 96 and min(ran) > 0, f"lines run by host 1 and host 2: {ran}"
+    run(ONLY_ON_TWO, 16)
+    assert [_batch_lines_run(h) for h in (one, two)] == [shared[0], shared[1] + 16]
+
+
 def test_a_rotated_secret_reaches_nginx_and_the_old_one_fades(cluster):
     old = cluster.secret()
     rotated = impetus("cluster", "rotate-secret", "--data-dir", str(cluster.gateway_dir))

@@ -90,8 +90,12 @@ def create_app(settings, host, waker, gateway=None, metrics=None, broadcast=None
                           metrics=metrics)
     stores = "/v1/vector_stores/{store_id}"
     # Batches run in every worker's background, through this app (api.batch_runner); they need Redis.
-    runner = BatchRunner(gateway.batches, documents, settings.advertise_address, metrics,
-                         settings.batch_concurrency) if gateway else None
+    # A worker takes another chunk of a batch while none of its requests waits for an engine slot;
+    # a line for a model that another host of the cluster serves is left to that host.
+    runner = BatchRunner(gateway.batches, documents, settings.advertise_address, metrics, settings.batch_concurrency,
+                         has_room=lambda: not any(e.stats.waiting for e in list(host.engines.values())),
+                         elsewhere=lambda model: any(model in h.models and h.address != settings.advertise_address
+                                                     for h in gateway.hosts.hosts())) if gateway else None
     routes = {
         "/v1/chat/completions": ChatCompletionsResource(host, waker, settings, cache, metrics),
         "/v1/completions": CompletionsResource(host, waker, settings, cache, metrics),

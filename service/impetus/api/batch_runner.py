@@ -1,25 +1,28 @@
-"""Runs batches (api.batches) in the worker's background, at batch priority, through restarts.
+"""Runs batches (api.batches) in the workers' background, at batch priority, through restarts.
 
-Every worker runs one loop. It takes a batch whose input lives in this host's
-documents under a Redis lease (gateway.batches; another worker takes over when
-a holder dies and its lease runs out), and sends its lines that have no answer
-yet, `batch_concurrency` at a time, to the worker's own app: each line is a WSGI
-request marked as the batch's (web.BATCH_ENV), so it goes through what a
-client's request goes through (validation, the key's rate limits and budget,
-usage, audit, the fair scheduler) as the key's tenant at batch priority: it
-fills idle capacity and yields to everyone's interactive requests.
+Every worker of every host runs one loop. It takes the lines of active batches
+CHUNK at a time (gateway.batches: a Redis lease on each chunk; another worker
+takes a chunk over when its holder dies and its lease runs out, at once on the
+same host), while it has room (no request of its own waits for an engine
+slot), and sends them, `batch_concurrency` at a time, to the worker's own app:
+each line is a WSGI request marked as the batch's (web.BATCH_ENV), so it goes
+through what a client's request goes through (validation, the key's rate
+limits and budget, usage, audit, the fair scheduler) as the key's tenant at
+batch priority: it fills idle capacity and yields to everyone's interactive
+requests. In a cluster the hosts with free capacity take more chunks; a host
+that does not serve a line's model gives its chunk back to the others.
 
 - An answer is kept in Redis by line number before the next is counted, so a
   crash loses at most the lines in flight (run again), and none is in the
-  output twice. A worker killed mid-batch loses its lease at once to the next
-  worker of its host (its process is gone), elsewhere when the lease runs out.
+  output twice.
 - A rate limit or a full queue (429 rate_limit_*, 503) is waited out and the
   line sent again; a spent budget (429 budget_exceeded) stops the batch: the
   lines not yet run fail with that error.
 - Cancelling stops new lines; the batch ends `cancelled` with what was done.
   Past its 24-hour window it ends `expired`.
-- At the end the answers become OpenAI's output and error files (JSONL, in
-  line order), which the key downloads with /v1/files/{id}/content.
+- At the end one worker (a lease, once) makes the answers OpenAI's output and
+  error files (JSONL, in line order), which the key downloads with
+  /v1/files/{id}/content (nginx finds the host that holds them).
 """
 
 from __future__ import annotations
@@ -31,20 +34,26 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from impetus.api.batches import check_lines
 from impetus.documents.db import new_id
+from impetus.gateway.batches import CHUNK
 from impetus.web import BATCH_ENV
 
 log = logging.getLogger("impetus.batches")
 
-IDLE_S = 2.0
+IDLE_S = 1.0  # how soon the workers of other hosts join a new batch
 MAX_WAIT_S = 10.0
+RENEW_S = 5.0
 
 
 class BatchRunner:
-    def __init__(self, store, documents, address: str, metrics, concurrency: int = 16):
+    def __init__(self, store, documents, address: str, metrics, concurrency: int = 16, has_room=lambda: True,
+                 elsewhere=lambda model: False):
         self.store, self.documents, self.address, self.metrics = store, documents, address, metrics
         self.concurrency = concurrency
+        self.has_room = has_room  # whether this worker may take another chunk (none of its requests waits)
+        self.elsewhere = elsewhere  # whether another host of the cluster serves a model this one does not
+        self._elsewhere: set[str] = set()  # batches left to those hosts
+        self._inputs: dict[str, list[dict]] = {}  # the active batches' lines
         self.app = None  # the worker's WSGI app (create_app sets it)
         self._wake = threading.Event()
         self._started = False
@@ -64,20 +73,17 @@ class BatchRunner:
         while True:
             try:
                 ran = False
-                for batch_id in self.store.active():
+                active = self.store.active()
+                for batch_id in set(self._inputs) - set(active):
+                    del self._inputs[batch_id]
+                for batch_id in active:
                     record = self.store.record(batch_id)
-                    if record is None or record.get("host") != self.address:
-                        continue
-                    if self.store.lease(batch_id, self.holder, self._dead):
-                        try:
-                            self.run(record)
-                            ran = True
-                        finally:
-                            self.store.release(batch_id, self.holder)
+                    if record is not None and batch_id not in self._elsewhere:
+                        ran = self.run(record) or ran
                 if not ran:
                     self._wake.wait(IDLE_S)
                     self._wake.clear()
-            except Exception:  # Redis away, a file gone: the loop goes on, the lease runs out
+            except Exception:  # Redis away, a file gone: the loop goes on, the leases run out
                 log.exception("batch loop failed")
                 time.sleep(IDLE_S)
 
@@ -94,47 +100,99 @@ class BatchRunner:
             return False
         return False
 
-    def run(self, record: dict) -> None:
-        batch_id, owner = record["id"], record["owner"]
-        try:
-            data = self.documents.files.content(owner, record["input_file_id"])
-        except Exception:
-            return self._end(record, "failed", errors=[{"code": "input_file_missing", "line": None, "param": None,
-                                                        "message": "The batch's input file was deleted."}])
-        lines, _ = check_lines(data.decode("utf-8"), record["endpoint"])
-        done = self.store.answered(batch_id)
-        pending = [i for i in range(len(lines)) if i not in done]
+    def run(self, record: dict) -> bool:
+        """Run the chunks of the batch this worker can take now, then end the
+        batch if it is done; whether any line ran here."""
+        batch_id = record["id"]
+        lines = self._lines(record)
+        if lines is None:
+            if self.store.finalize(batch_id, self.holder, self._dead):
+                self._end(record, "failed", errors=[{"code": "input_file_missing", "line": None, "param": None,
+                                                     "message": "The batch's input lines are gone."}])
+            return False
         stop: dict = {}
+        held: dict[int, list] = {}  # chunk -> its lines' futures, until it is given back
+        ran = False
         with ThreadPoolExecutor(self.concurrency) as pool:
-            futures = []
-            for number in pending:
-                state = self._state(record, stop)
-                if state:
+            # A chunk is claimed when a slot is free, so that a worker holds few lines it is not running.
+            while self._slot(batch_id, held) and not self._state(record, stop, held) and self.has_room():
+                start = self.store.claim(batch_id, self.holder, len(lines), self._dead)
+                if start is None:
                     break
-                while len([f for f in futures if not f.done()]) >= self.concurrency:
-                    time.sleep(0.02)
-                futures.append(pool.submit(self._line, record, number, lines[number], stop))
-            for future in futures:
-                future.result()
-        state = self._state(record, stop)
+                held[start] = []
+                for number in self.store.unanswered(batch_id, range(start, min(start + CHUNK, len(lines)))):
+                    if not self._slot(batch_id, held) or self._state(record, stop, held):
+                        break
+                    held[start].append(pool.submit(self._line, record, number, lines[number], stop))
+                    ran = True
+                self._let_go(batch_id, held)
+            for chunk in held.values():
+                for future in chunk:
+                    future.result()
+        self._let_go(batch_id, held)
+        if stop.get("elsewhere"):
+            self._elsewhere.add(batch_id)
         if stop.get("budget"):
-            answered = self.store.answered(batch_id)
+            self.store.update(batch_id, budget_stop=stop["budget"])
+        self._finish(record, lines)
+        return ran
+
+    def _lines(self, record: dict) -> list[dict] | None:
+        """Its input lines (read from Redis once per worker); None: they are gone (a Redis without
+        its append-only file)."""
+        if record["id"] not in self._inputs:
+            self._inputs[record["id"]] = self.store.lines(record["id"])
+        lines = self._inputs[record["id"]]
+        return None if not lines and record.get("total") else lines
+
+    def _slot(self, batch_id: str, held: dict) -> bool:
+        """Wait until fewer than `concurrency` of its lines run here, giving back the chunks done."""
+        renewed = time.monotonic()
+        while sum(not f.done() for chunk in held.values() for f in chunk) >= self.concurrency:
+            self._let_go(batch_id, held)
+            if time.monotonic() - renewed > RENEW_S:  # long answers: the chunks stay this worker's
+                self.store.renew(batch_id, list(held), self.holder)
+                renewed = time.monotonic()
+            time.sleep(0.02)
+        return True
+
+    def _let_go(self, batch_id: str, held: dict) -> None:
+        """Give back the chunks whose lines are done: answered, or left to the others (a host without
+        the model, a cancel): a chunk with lines unanswered and no holder is anyone's to take."""
+        for start in [s for s, chunk in held.items() if all(f.done() for f in chunk)]:
+            self.store.release(batch_id, start, self.holder)
+            del held[start]
+
+    def _finish(self, record: dict, lines: list[dict]) -> None:
+        """End the batch once nothing more will run: all answered, or cancelled, expired or out of budget
+        with no live worker holding a chunk; the lines a spent budget left fail with its error."""
+        batch_id = record["id"]
+        fresh = self.store.record(batch_id) or {}
+        answered = self.store.answered(batch_id)
+        state = self._state(fresh, {}, {}) or ("budget" if fresh.get("budget_stop") else None)
+        if len(answered) < len(lines) and (state is None or self.store.held(batch_id, self._dead)):
+            return
+        if fresh.get("status") not in ("in_progress", "cancelling") or \
+                not self.store.finalize(batch_id, self.holder, self._dead):
+            return
+        if fresh.get("budget_stop"):
             for number in range(len(lines)):
                 if number not in answered:
                     self.store.answer(batch_id, number, _error_line(lines[number], "budget_exceeded",
-                                                                    stop["budget"]), failed=True)
+                                                                    fresh["budget_stop"]), failed=True)
         if state in ("cancelling", "expired"):
-            return self._end(record, "cancelled" if state == "cancelling" else "expired")
-        if len(self.store.answered(batch_id)) >= len(lines):
-            self._end(record, "completed")
+            return self._end(fresh, "cancelled" if state == "cancelling" else "expired")
+        self._end(fresh, "completed")
 
-    def _state(self, record: dict, stop: dict) -> str | None:
-        """Why to send no more lines: cancelling, expired, a spent budget; None: go on."""
-        self.store.lease(record["id"], self.holder, self._dead)
-        if stop.get("budget"):
+    def _state(self, record: dict, stop: dict, held: dict) -> str | None:
+        """Why to send no more lines: cancelling, expired, a spent budget, a model not here; None: go on."""
+        self.store.renew(record["id"], list(held), self.holder)
+        if stop.get("budget") or stop.get("elsewhere"):
+            return "budget" if stop.get("budget") else "elsewhere"
+        fresh = self.store.record(record["id"]) or {}
+        if fresh.get("budget_stop"):
             return "budget"
-        status = (self.store.record(record["id"]) or {}).get("status")
-        if status == "cancelling":
+        if fresh.get("status") == "cancelling":
             return "cancelling"
         if time.time() > record["expires_at"]:
             return "expired"
@@ -147,6 +205,9 @@ class BatchRunner:
             code = (body.get("error") or {}).get("code") if isinstance(body, dict) else None
             if status == 429 and code == "budget_exceeded":
                 stop["budget"] = body["error"]["message"]
+                return
+            if status == 404 and code == "model_not_found" and self.elsewhere(str(line["body"].get("model"))):
+                stop["elsewhere"] = True  # another host of the cluster serves it: the line is theirs
                 return
             if (status == 429 or status == 503) and waited < 600:
                 pause = min(MAX_WAIT_S, float(headers.get("retry-after", "1") or 1))

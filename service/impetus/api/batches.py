@@ -154,7 +154,7 @@ class BatchesResource:
                   "expires_at": now + WINDOW_S, "metadata": body.metadata or {}, "host": self.settings.advertise_address,
                   "status": "failed" if errors else "in_progress", "errors": errors or None,
                   **({"failed_at": now} if errors else {"in_progress_at": now})}
-        store.create(batch_id, owner, fields, len(lines), active=not errors)
+        store.create(batch_id, owner, fields, lines, active=not errors)
         req.context.audit = AuditEntry("batch.created", batch_id, {"endpoint": body.endpoint, "requests": len(lines),
                                                                   "status": fields["status"]})
         if not errors and self.runner is not None:

@@ -245,3 +245,39 @@ def test_batch_runs_beside_a_person_and_against_a_client_loop(data_dir, tmp_path
     assert summary["batch"]["status"] == "completed" and summary["batch"]["completed"] == 8
     assert summary["client_loop"]["errors"] == 0 and summary["throughput_ratio"] > 0
     assert summary["solo_ttft_p50_s"] > 0 and summary["batch"]["probes"] >= 1
+
+
+def test_team_scores_each_kind_against_its_target_and_counts_goodput():
+    """bench.team's arithmetic, on rows whose outcome is known: a chat turn within 2x the same turn
+    alone, a keystroke within 3x the typist's alone p50, an agent's turn and a batch line answered."""
+    from impetus.bench.team import score
+
+    def row(kind, ok=True, ttft=None, turn=0, tokens=5, error=None):
+        return {"kind": kind, "who": 0, "turn": turn, "ok": ok, "ttft_s": ttft, "tokens": tokens, "error": error,
+                "start_s": 0.0, "end_s": 1.0}
+
+    alone = {"chat": [0.5, 1.0], "autocomplete": 0.2}
+    rows = [row("chat", ttft=0.9), row("chat", ttft=1.1), row("chat", ttft=1.9, turn=1), row("chat", ttft=2.1, turn=5),
+            row("autocomplete", ttft=0.6), row("autocomplete", ttft=0.61),
+            row("autocomplete", ok=False, error="superseded", tokens=0),
+            row("agent", ttft=30.0), row("agent", ok=False, error="ReadTimeout", tokens=0),
+            *[row("batch") for _ in range(5)], row("batch", ok=False, error="not answered", tokens=0)]
+    scored = score(rows, alone, wall_s=120.0)
+    kinds = scored["kinds"]
+    assert [kinds[k]["met"] for k in ("chat", "autocomplete", "agent", "batch")] == [2, 1, 1, 5]
+    assert kinds["chat"]["requests"] == 4 and kinds["autocomplete"]["errors"] == {"superseded": 1}
+    assert kinds["chat"]["ttft_p50_s"] == 1.1 and kinds["batch"]["ttft_p50_s"] is None
+    assert kinds["batch"]["tokens_per_s"] == 25 / 120.0
+    assert scored["met"] == 9 and scored["goodput_per_min"] == 9 / 2.0
+    assert score(rows, {"chat": [], "autocomplete": None}, 60.0)["met"] == 6  # nothing alone: no streamed turn met
+
+
+def test_an_editors_request_takes_suffix_or_the_fim_prompt_the_client_renders():
+    from impetus.bench.autocomplete import request_body
+    from impetus.models.fim import FAMILIES
+
+    server = request_body("coder", "a\nb\ndef f(", "):\n    pass\n", 16)
+    assert (server["prompt"], server["suffix"]) == ("a\nb\ndef f(", "):\n    pass\n")
+    client = request_body("coder", "a\nb\ndef f(", "):\n    pass\n", 16, FAMILIES[0])
+    assert "suffix" not in client and client["stop"] == ["<|fim_pad|>", "<|file_sep|>"]
+    assert client["prompt"] == "<|fim_prefix|>a\nb\ndef f(<|fim_suffix|>):\n    pass\n<|fim_middle|>"

@@ -89,7 +89,8 @@ def send(http, url: str, body: dict, peer: bool) -> dict:
     path, payload = ("/v1/chat/completions", as_chat(body)) if peer else ("/v1/messages", body)
     with http.stream("POST", url + path, json=payload) as response:
         if response.status_code != 200:
-            return {"error": f"HTTP {response.status_code}: {response.read()[:200]!r}"}
+            return {"error": f"HTTP {response.status_code}: {response.read()[:200]!r}", "start": started,
+                    "end": time.perf_counter()}
         for line in response.iter_lines():
             if not line.startswith("data: ") or line == "data: [DONE]":
                 continue
@@ -102,22 +103,29 @@ def send(http, url: str, body: dict, peer: bool) -> dict:
             usage = event.get("usage") or event.get("message", {}).get("usage") or usage
     end = time.perf_counter()
     cached = usage.get("cache_read_input_tokens", 0)
-    return {"ttft_s": (first or end) - started, "seconds": end - started, "text": answer,
+    return {"ttft_s": (first or end) - started, "seconds": end - started, "text": answer, "start": started, "end": end,
             "prompt_tokens": usage.get("input_tokens", 0) + cached if not peer else None,
             "cached_tokens": cached if not peer else None}
 
 
-def sessions(url: str, bodies: list[dict], turns: int, gap_s: float, peer: bool, phase: str) -> list[dict]:
-    """Each session takes `turns` turns, one after another, starting `gap_s` after the one before."""
+def sessions(url: str, bodies: list[dict], turns: int, gap_s: float, peer: bool, phase: str,
+             headers: list[dict] | None = None) -> list[dict]:
+    """Each session takes `turns` turns, one after another, starting `gap_s` after the one before
+    (with `headers[i]`: person i's key)."""
     import httpx
 
     rows, lock = [], threading.Lock()
 
     def person(i: int) -> None:
         time.sleep(i * gap_s)
-        with httpx.Client(timeout=httpx.Timeout(3600, connect=30)) as http:
+        with httpx.Client(timeout=httpx.Timeout(3600, connect=30), headers=headers[i] if headers else None) as http:
             for turn in range(turns):
-                row = {"person": i, "phase": phase, "turn": turn, **send(http, url, bodies[i], peer)}
+                started = time.perf_counter()
+                try:
+                    answer = send(http, url, bodies[i], peer)
+                except httpx.HTTPError as error:  # a row with its error: one failure must not end a run
+                    answer = {"error": type(error).__name__, "start": started, "end": time.perf_counter()}
+                row = {"person": i, "phase": phase, "turn": turn, **answer}
                 with lock:
                     rows.append(row)
                 if "error" in row:

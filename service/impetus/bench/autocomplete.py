@@ -136,21 +136,34 @@ def _ask(url: str, body: dict, headers: dict, stroke: Keystroke, cancel: Superse
         connection.close()
 
 
-def type_through(url: str, model: str, headers: dict, text: str, count: int, max_tokens: int) -> list[Keystroke]:
+def request_body(model: str, before: str, after: str, max_tokens: int, fim=None) -> dict:
+    """An editor's request at the cursor: `suffix` for a server that builds the
+    FIM prompt (Impetus), or the prompt rendered by the client with `fim`'s
+    markers (models.fim.FimFormat, prefix-suffix-middle) for one that does not
+    (mlx_lm.server)."""
+    prefix, suffix = "\n".join(before.split("\n")[-LINES_BEFORE:]), "\n".join(after.split("\n")[:LINES_AFTER])
+    body = {"model": model, "prompt": prefix, "suffix": suffix, "max_tokens": max_tokens, "temperature": 0,
+            "stream": True, "stream_options": {"include_usage": True}}
+    if fim is not None:
+        del body["suffix"]
+        body["prompt"] = f"{fim.prefix}{prefix}{fim.suffix}{suffix}{fim.middle}"
+        body["stop"] = [m for m in (fim.pad, fim.file_sep) if m]
+    return body
+
+
+def type_through(url: str, model: str, headers: dict, text: str, count: int, max_tokens: int,
+                 pause: float = PAUSE_S, fim=None) -> list[Keystroke]:
     strokes, threads, cancel = [], [], None
     for cursor in pauses(text, count):
         if cancel is not None:
             cancel.set()  # the last request is superseded
-        before, after = text[:cursor], text[cursor:]
-        body = {"model": model, "prompt": "\n".join(before.split("\n")[-LINES_BEFORE:]),
-                "suffix": "\n".join(after.split("\n")[:LINES_AFTER]), "max_tokens": max_tokens, "temperature": 0,
-                "stream": True, "stream_options": {"include_usage": True}}
+        body = request_body(model, text[:cursor], text[cursor:], max_tokens, fim)
         stroke, cancel = Keystroke(time.perf_counter()), Supersede()
         thread = threading.Thread(target=_ask, args=(url, body, headers, stroke, cancel))
         thread.start()
         strokes.append(stroke)
         threads.append(thread)
-        time.sleep(PAUSE_S)
+        time.sleep(pause)
     for thread in threads:
         thread.join()
     return strokes

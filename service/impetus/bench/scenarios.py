@@ -1,5 +1,5 @@
 """Runs one of the load, peer, soak, fairness, shared-prefix, agents, kv-quality, cluster, speculative, vision,
-autocomplete, documents and batch benchmarks and writes what it measured:
+autocomplete, documents, batch and team benchmarks and writes what it measured:
 a JSON file and PNG plots named by date, scenario and machine, so results from
 different machines sit side by side under benchmarks/results/."""
 
@@ -46,6 +46,7 @@ def run_scenario(args, settings) -> dict:
         shared_prefix,
         soak,
         speculative,
+        team,
         vision,
     )
 
@@ -70,7 +71,8 @@ def run_scenario(args, settings) -> dict:
                                            servers=_servers(args.servers or "impetus,impetus-fifo,mlx_lm.server")
                                            ), shared_prefix
     elif args.scenario == "agents":
-        result, module = agents.run(settings, args.sessions, args.max_tokens or 16, args.gap, work, progress,
+        result, module = agents.run(settings, args.sessions or 8, args.max_tokens or 16, args.gap or 3.0, work,
+                                    progress,
                                     servers=_servers(args.servers or ",".join(agents.SERVERS))), agents
     elif args.scenario == "kv-speed":
         result, module = kv_quality.run_speed(settings, args.max_tokens or 48, progress), kv_quality
@@ -90,11 +92,18 @@ def run_scenario(args, settings) -> dict:
                                           args.flood_streams, args.llama_cpp_python, work,
                                           progress), autocomplete
     elif args.scenario == "batch":
-        result, module = batch.run(settings, args.requests, args.concurrency or 16, args.max_tokens or 8, args.probes,
+        result, module = batch.run(settings, args.requests or 1000, args.concurrency or 16, args.max_tokens or 8, args.probes,
                                    args.probe_interval, work, progress), batch
     elif args.scenario == "documents":
         result, module = documents.run(settings, args.documents, _levels(args.levels or "10000,100000"),
                                        args.queries, work, progress), documents
+    elif args.scenario == "team":
+        mix = team.Mix(sessions=4 if args.sessions is None else args.sessions, gap_s=args.gap or 2.0, chat_users=args.chat_users,
+                       duration_s=args.duration or 240.0, editors=args.editors, keystrokes=args.keystrokes,
+                       requests=args.requests or 500, chat_tokens=args.max_tokens or 48,
+                       loop_concurrency=args.concurrency or 16)
+        result, module = team.run(settings, mix, work, progress,
+                                  servers=_servers(args.servers or "impetus,mlx_lm.server")), team
     elif args.scenario == "soak":
         result, module = soak.run(settings, args.duration or 600, args.concurrency or 8, args.max_tokens or 32, work,
                                   progress), soak

@@ -239,11 +239,12 @@ def build_parser() -> argparse.ArgumentParser:
                       "vision (half image, half text requests, and mlx-vlm's server; a repeated image), "
                       "autocomplete (a typist's fill-in-the-middle requests beside a flood, and llama.cpp), "
                       "documents (ingesting a corpus; searching stores of 10k and 100k chunks, recall), "
-                      "batch (a batch in idle capacity beside a person, against a client loop)")
+                      "batch (a batch in idle capacity beside a person, against a client loop), "
+                      "team (agents, chat users, editors and a batch at once, against mlx_lm.server: goodput)")
     _add_common(bench)
     bench.add_argument("--scenario", choices=("core", "load", "peer", "soak", "fairness", "shared-prefix", "agents",
                                                   "kv-quality", "kv-speed", "cluster", "speculative", "vision",
-                                                  "autocomplete", "documents", "batch"),
+                                                  "autocomplete", "documents", "batch", "team"),
                        default="core")
     bench.add_argument("--model", help="model name or MLX folder path")
     bench.add_argument("--json", action="store_true", help="print one JSON line on stdout")
@@ -253,7 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
                                         "peer 1,4,16,64)")
     bench.add_argument("--port", type=int, help="core: port for the server under test (default: a free one)")
     bench.add_argument("--duration", type=float,
-                       help="seconds per level (load and cluster, default 20) or in all (soak, default 600)")
+                       help="seconds per level (load and cluster, default 20) or in all (soak, default 600; "
+                            "team: the chat users', default 240)")
     bench.add_argument("--concurrency", type=int,
                        help="soak: concurrent clients (default 8); batch: the client loop's (default 16)")
     bench.add_argument("--requests-per-client", type=int, default=2, help="peer: requests each client sends")
@@ -277,9 +279,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="autocomplete: a Python with llama-cpp-python installed, for the llama.cpp baseline")
     bench.add_argument("--documents", type=int, default=40, help="documents: Python's topics to ingest")
     bench.add_argument("--queries", type=int, default=50, help="documents: searches at each store size")
-    bench.add_argument("--requests", type=int, default=1000, help="batch: requests in the batch and the client loop")
-    bench.add_argument("--sessions", type=int, default=8, help="agents: coding-agent sessions, one per person")
-    bench.add_argument("--gap", type=float, default=3.0, help="agents: seconds between two sessions' starts")
+    bench.add_argument("--requests", type=int,
+                       help="batch: requests in the batch and the client loop (default 1000; team 500)")
+    bench.add_argument("--sessions", type=int,
+                       help="agents: coding-agent sessions, one per person (default 8; team 4)")
+    bench.add_argument("--gap", type=float, help="agents: seconds between two sessions' starts (default 3; team 2)")
+    bench.add_argument("--chat-users", type=int, default=6, help="team: people in chat conversations")
+    bench.add_argument("--editors", type=int, default=2, help="team: people typing with autocomplete")
     bench.add_argument("--tag", help="load/peer/soak/fairness/shared-prefix: added to the result's file name")
     bench.add_argument("--out", type=Path,
                        help="load/peer/soak: folder for the JSON result and PNG plots (default benchmarks/results)")

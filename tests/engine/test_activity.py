@@ -40,3 +40,37 @@ def test_a_forked_workers_requests_are_seen_by_the_others_and_a_stale_slot_is_no
     finally:
         os.kill(child, 9)
         os.waitpid(child, 0)
+
+
+def test_keystrokes_are_counted_apart_and_another_engine_waits_for_one_but_not_for_ever(monkeypatch):
+    """An editor's keystroke in flight on the host: an engine with none of its own waits before a
+    step until it is answered, at most KEYSTROKE_S; the engine running it does not wait."""
+    from types import SimpleNamespace
+
+    from impetus.engine import engine as engine_module
+    from impetus.engine.engine import Engine
+
+    shared = HostActivity()
+    shared.begin(keystroke=True)
+    shared.begin()
+    assert (shared.interactive(), shared.keystrokes()) == (2, 1)
+    shared.end()
+    shared.end(keystroke=True)
+    assert (shared.interactive(), shared.keystrokes()) == (0, 0)
+
+    polls = []
+
+    def answered_on_the_fourth_look() -> int:
+        polls.append(1)
+        return int(len(polls) < 4)
+
+    chat = SimpleNamespace(activity=SimpleNamespace(keystrokes=answered_on_the_fourth_look), keystrokes_here=0)
+    Engine._let_a_keystroke_through(chat)
+    assert len(polls) == 4  # it waited until the keystroke was answered
+    coder = SimpleNamespace(activity=chat.activity, keystrokes_here=1)
+    polls.clear()
+    Engine._let_a_keystroke_through(coder)
+    assert polls == []  # its own keystroke: it steps at once
+    monkeypatch.setattr(engine_module, "KEYSTROKE_S", 0.05)
+    stuck = SimpleNamespace(activity=SimpleNamespace(keystrokes=lambda: 1), keystrokes_here=0)
+    Engine._let_a_keystroke_through(stuck)  # returns: a keystroke never answered holds nobody for ever

@@ -102,6 +102,7 @@ class Generation:
         self._closed = False
         self._charged = False
         self._activity = None
+        self._keystroke = False
         self._started = started if started is not None else time.perf_counter()
         self._first_token_at = self._last_token_at = None
         self.id_suffix = new_id_suffix()
@@ -128,10 +129,13 @@ class Generation:
             self.cancel()
             raise APIError(503, str(error), type="server_error", code="engine_unavailable",
                            headers={"Retry-After": "5"})
-        # A person waits for this one: batch work elsewhere on the host yields to it (engine.activity).
+        # A person waits for this one: batch work elsewhere on the host yields to it, and other
+        # engines' steps to an editor's keystroke (engine.activity).
         self._activity = engine.activity if self.handles and self.handles[0].priority < BATCH else None
+        self._keystroke = autocomplete and self._activity is not None
         if self._activity is not None:
-            self._activity.begin()
+            engine.keystrokes_here += self._keystroke
+            self._activity.begin(self._keystroke)
         self._watcher = _watch_disconnect(env, self.cancel)
 
     def cancel(self) -> None:
@@ -160,7 +164,8 @@ class Generation:
             return
         self._closed = True
         if self._activity is not None:
-            self._activity.end()
+            self.engine.keystrokes_here -= self._keystroke
+            self._activity.end(self._keystroke)
         self._charge()
         metrics, model, key = self._metrics, self.engine.loaded.name, self.account.name
         metrics.prompt_tokens.labels(model, key).inc(self.prompt_tokens)

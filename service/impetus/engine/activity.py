@@ -12,6 +12,14 @@ The counts live in shared memory the Gunicorn master makes before it forks its
 workers (`HostActivity()` there, handed to each worker's EngineHost), one slot a
 worker process; a slot not touched for STALE_S (a worker killed mid-request) is
 ignored. Without a master (tests, one process) it is this process's alone.
+
+An editor's keystroke (a fill-in-the-middle request, api.fim) is the most
+impatient request there is, and on a code model other than the chat model it
+runs in another engine, whose steps contend with the chat model's for the same
+cores: in the team benchmark (bench.team) 2 of 80 keystrokes got a first
+token within the 1 s pause while coding agents' prompts were computed. So
+`keystrokes` are counted too, and an engine with none of its own waits before
+a step, at most KEYSTROKE_S, while one is in flight on the host.
 What it must not do: schedule (it only says whether someone is waiting).
 """
 
@@ -24,27 +32,36 @@ import time
 SLOTS = 256
 STALE_S = 300.0
 YIELD_S = 0.02
+KEYSTROKE_S = 0.25  # at most this per step: the others go on at 1 - 0.25 / (their step + 0.25) of their pace
 
 
 class HostActivity:
     def __init__(self):
         self._counts = multiprocessing.Array("i", SLOTS)
+        self._keys = multiprocessing.Array("i", SLOTS)  # of which keystrokes
         self._touched = multiprocessing.Array("d", SLOTS, lock=False)
 
     def _slot(self) -> int:
         return os.getpid() % SLOTS
 
-    def begin(self) -> None:
+    def begin(self, keystroke: bool = False) -> None:
         slot = self._slot()
         with self._counts.get_lock():
             self._counts[slot] += 1
+            self._keys[slot] += keystroke
         self._touched[slot] = time.time()
 
-    def end(self) -> None:
+    def end(self, keystroke: bool = False) -> None:
         slot = self._slot()
         with self._counts.get_lock():
             self._counts[slot] = max(0, self._counts[slot] - 1)
+            self._keys[slot] = max(0, self._keys[slot] - keystroke)
         self._touched[slot] = time.time()
+
+    def keystrokes(self) -> int:
+        """Keystrokes in flight on the host (slots touched in the last STALE_S)."""
+        now = time.time()
+        return sum(c for c, t in zip(self._keys[:], self._touched[:]) if c > 0 and now - t < STALE_S)
 
     def interactive(self) -> int:
         """Interactive requests in flight on the host (slots touched in the last STALE_S)."""

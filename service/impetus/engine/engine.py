@@ -35,7 +35,7 @@ import logging
 import time
 from _queue import Empty, SimpleQueue
 
-from impetus.engine.activity import YIELD_S, HostActivity
+from impetus.engine.activity import KEYSTROKE_S, YIELD_S, HostActivity
 from impetus.engine.admission import Admission
 from impetus.engine.batch import Batch
 from impetus.engine.media import Media, cache_key
@@ -96,6 +96,7 @@ class Engine:
         # (`Batch.done`), so their difference is a race-free count of
         # requests in flight.
         self._submitted = 0
+        self.keystrokes_here = 0  # editors' requests in flight here (api.generation counts them)
         self._alive = False
         self._stopping = False
         self._exited: SimpleQueue = SimpleQueue()
@@ -211,6 +212,8 @@ class Engine:
                     speculator.start()
                 if (speculator.rows or batch.running) and self._yields():
                     time.sleep(YIELD_S)  # a person's request elsewhere on the host goes first
+                if speculator.rows or batch.running:
+                    self._let_a_keystroke_through()
                 if speculator.rows:
                     speculator.step_or_fail()
                 elif batch.running:
@@ -237,6 +240,14 @@ class Engine:
         """Only batch-priority requests run here, and someone on the host waits for an answer."""
         return self.activity is not None and all(s.handle.priority >= BATCH for s in self.batch.running.values()) \
             and all(h.priority >= BATCH for h in self._queue.handles()) and self.activity.interactive() > 0
+
+    def _let_a_keystroke_through(self) -> None:
+        """An editor's keystroke runs in another engine of the host: wait for it, at most KEYSTROKE_S."""
+        if self.activity is None or self.keystrokes_here:
+            return
+        deadline = time.monotonic() + KEYSTROKE_S
+        while self.activity.keystrokes() > 0 and time.monotonic() < deadline:
+            time.sleep(0.005)
 
     def _take_commands(self, block: bool) -> None:
         try:

@@ -126,9 +126,7 @@ class BatchRunner:
                     held[start].append(pool.submit(self._line, record, number, lines[number], stop))
                     ran = True
                 self._let_go(batch_id, held)
-            for chunk in held.values():
-                for future in chunk:
-                    future.result()
+            self._slot(batch_id, held, below=1)  # all answered, the chunks renewed meanwhile
         self._let_go(batch_id, held)
         if stop.get("elsewhere"):
             self._elsewhere.add(batch_id)
@@ -145,10 +143,10 @@ class BatchRunner:
         lines = self._inputs[record["id"]]
         return None if not lines and record.get("total") else lines
 
-    def _slot(self, batch_id: str, held: dict) -> bool:
-        """Wait until fewer than `concurrency` of its lines run here, giving back the chunks done."""
-        renewed = time.monotonic()
-        while sum(not f.done() for chunk in held.values() for f in chunk) >= self.concurrency:
+    def _slot(self, batch_id: str, held: dict, below: int | None = None) -> bool:
+        """Wait until fewer than `below` (`concurrency`) of its lines run here, giving back the chunks done."""
+        renewed, below = time.monotonic(), below or self.concurrency
+        while sum(not f.done() for chunk in held.values() for f in chunk) >= below:
             self._let_go(batch_id, held)
             if time.monotonic() - renewed > RENEW_S:  # long answers: the chunks stay this worker's
                 self.store.renew(batch_id, list(held), self.holder)
@@ -160,6 +158,8 @@ class BatchRunner:
         """Give back the chunks whose lines are done: answered, or left to the others (a host without
         the model, a cancel): a chunk with lines unanswered and no holder is anyone's to take."""
         for start in [s for s, chunk in held.items() if all(f.done() for f in chunk)]:
+            for error in {f.exception() for f in held[start]} - {None}:  # Redis away: the line runs again
+                log.warning("batch %s: a line of the chunk at %d failed: %s", batch_id, start, error)
             self.store.release(batch_id, start, self.holder)
             del held[start]
 

@@ -21,7 +21,7 @@ token within the 1 s pause while coding agents' prompts were computed, and
 9 of 80 with the other engines held back 250 ms a step (a keystroke needs
 about 0.6 s of the cores). So `keystrokes` are counted too, and an engine with
 none of its own waits before a step, at most KEYSTROKE_S, while one is in
-flight on the host: while people type, the chat model's steps go at their pace.
+flight on the host: while people type, the other models step between keystrokes.
 What it must not do: schedule (it only says whether someone is waiting).
 """
 

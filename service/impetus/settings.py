@@ -238,8 +238,8 @@ class Settings(BaseSettings):
     # max_body_bytes) and a key's files together at most `file_quota_bytes`.
     # Chunks are embedded by `documents_embedding_model` (none: the default one).
     file_max_bytes: int = Field(30 * 1024 * 1024, gt=0)
-    # Batches (/v1/batches, api.batch_runner): a worker sends at most this many of a batch's
-    # lines at once, at batch priority (the scheduler still serves interactive work first).
+    # Batches (/v1/batches, api.batch_runner): a host (one worker of it at a time) sends at most
+    # this many of a batch's lines at once, at batch priority (interactive work goes first).
     batch_concurrency: int = Field(16, ge=1, le=256)
     file_quota_bytes: int = Field(1024 * 1024 * 1024, gt=0)
     documents_embedding_model: str | None = None

@@ -1,10 +1,13 @@
 """Runs batches (api.batches) in the workers' background, at batch priority, through restarts.
 
-Every worker of every host runs one loop. It takes the lines of active batches
-CHUNK at a time (gateway.batches: a Redis lease on each chunk; another worker
-takes a chunk over when its holder dies and its lease runs out, at once on the
-same host), while it has room (no request of its own waits for an engine
-slot), and sends them, `batch_concurrency` at a time, to the worker's own app:
+Every worker of every host runs one loop. One worker of each host at a time
+(a lease per host: with every worker of a 2-core VM running 16 lines, a
+person's TTFT beside a batch went from 1.2x to 2.7x alone; one worker's batch
+yields to the others') takes the lines of active batches CHUNK at a time
+(gateway.batches: a Redis lease on each chunk; another worker takes a chunk
+over when its holder dies and its lease runs out, at once on the same host),
+while it has room (no request of its own waits for an engine slot), and sends
+them, `batch_concurrency` at a time, to the worker's own app:
 each line is a WSGI request marked as the batch's (web.BATCH_ENV), so it goes
 through what a client's request goes through (validation, the key's rate
 limits and budget, usage, audit, the fair scheduler) as the key's tenant at
@@ -110,6 +113,15 @@ class BatchRunner:
                 self._end(record, "failed", errors=[{"code": "input_file_missing", "line": None, "param": None,
                                                      "message": "The batch's input lines are gone."}])
             return False
+        if not self.store.host_turn(batch_id, self.address, self.holder, self._dead):
+            return False  # another worker of this host runs it
+        try:
+            return self._run_chunks(record, lines)
+        finally:
+            self.store.end_turn(batch_id, self.address, self.holder)
+
+    def _run_chunks(self, record: dict, lines: list[dict]) -> bool:
+        batch_id = record["id"]
         stop: dict = {}
         held: dict[int, list] = {}  # chunk -> its lines' futures, until it is given back
         ran = False
@@ -150,6 +162,7 @@ class BatchRunner:
             self._let_go(batch_id, held)
             if time.monotonic() - renewed > RENEW_S:  # long answers: the chunks stay this worker's
                 self.store.renew(batch_id, list(held), self.holder)
+                self.store.host_turn(batch_id, self.address, self.holder, self._dead)
                 renewed = time.monotonic()
             time.sleep(0.02)
         return True
@@ -187,6 +200,7 @@ class BatchRunner:
     def _state(self, record: dict, stop: dict, held: dict) -> str | None:
         """Why to send no more lines: cancelling, expired, a spent budget, a model not here; None: go on."""
         self.store.renew(record["id"], list(held), self.holder)
+        self.store.host_turn(record["id"], self.address, self.holder, self._dead)
         if stop.get("budget") or stop.get("elsewhere"):
             return "budget" if stop.get("budget") else "elsewhere"
         fresh = self.store.record(record["id"]) or {}

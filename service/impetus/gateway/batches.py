@@ -13,6 +13,7 @@ Redis holds what a restart, a crash or another worker must find to go on:
                                another takes it when this expires or, on the same host, when its
                                process is gone
   {prefix}batch:{id}:chunks    set: the chunks ever claimed
+  {prefix}batch:{id}:host:{a}  the one worker of host `a` that runs its chunks now (SET NX EX)
   {prefix}batch:{id}:final     the worker writing its output files (once)
   {prefix}batches:{owner}      sorted set: the key's batches by creation
   {prefix}batches:active       set: batches to run (in_progress or cancelling)
@@ -136,6 +137,15 @@ class BatchStore:
                     self._take(self._key(batch_id, f":chunk:{start}"), holder, dead, renew=False):
                 return start
         return None
+
+    def host_turn(self, batch_id: str, address: str, holder: str, dead) -> bool:
+        """Whether this worker is the one of its host that runs the batch now (a lease per host)."""
+        return self._take(self._key(batch_id, f":host:{address}"), holder, dead)
+
+    def end_turn(self, batch_id: str, address: str, holder: str) -> None:
+        key = self._key(batch_id, f":host:{address}")
+        if self.redis.get(key) == holder:
+            self.redis.delete(key)
 
     def renew(self, batch_id: str, starts, holder: str) -> None:
         for start in starts:

@@ -161,8 +161,7 @@ class BatchRunner:
         while sum(not f.done() for chunk in held.values() for f in chunk) >= below:
             self._let_go(batch_id, held)
             if time.monotonic() - renewed > RENEW_S:  # long answers: the chunks stay this worker's
-                self.store.renew(batch_id, list(held), self.holder)
-                self.store.host_turn(batch_id, self.address, self.holder, self._dead)
+                self._renew(batch_id, held)
                 renewed = time.monotonic()
             time.sleep(0.02)
         return True
@@ -182,7 +181,7 @@ class BatchRunner:
         batch_id = record["id"]
         fresh = self.store.record(batch_id) or {}
         answered = self.store.answered(batch_id)
-        state = self._state(fresh, {}, {}) or ("budget" if fresh.get("budget_stop") else None)
+        state = self._state(fresh, {}, {})
         if len(answered) < len(lines) and (state is None or self.store.held(batch_id, self._dead)):
             return
         if fresh.get("status") not in ("in_progress", "cancelling") or \
@@ -199,8 +198,7 @@ class BatchRunner:
 
     def _state(self, record: dict, stop: dict, held: dict) -> str | None:
         """Why to send no more lines: cancelling, expired, a spent budget, a model not here; None: go on."""
-        self.store.renew(record["id"], list(held), self.holder)
-        self.store.host_turn(record["id"], self.address, self.holder, self._dead)
+        self._renew(record["id"], held)
         if stop.get("budget") or stop.get("elsewhere"):
             return "budget" if stop.get("budget") else "elsewhere"
         fresh = self.store.record(record["id"]) or {}
@@ -211,6 +209,11 @@ class BatchRunner:
         if time.time() > record["expires_at"]:
             return "expired"
         return None
+
+    def _renew(self, batch_id: str, held: dict) -> None:
+        """The leases on its chunks and on its host's turn stay this worker's."""
+        self.store.renew(batch_id, list(held), self.holder)
+        self.store.host_turn(batch_id, self.address, self.holder, self._dead)
 
     def _line(self, record: dict, number: int, line: dict, stop: dict) -> None:
         waited = 0.0

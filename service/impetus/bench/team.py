@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -102,14 +103,12 @@ def score(rows: list[dict], alone: dict, wall_s: float) -> dict:
     for kind in KINDS:
         mine = [r for r in rows if r["kind"] == kind]
         ttfts = [r["ttft_s"] for r in mine if r["ok"] and r["ttft_s"] is not None]
-        errors: dict[str, int] = {}
-        for r in mine:
-            if r["error"]:
-                errors[r["error"]] = errors.get(r["error"], 0) + 1
+        tokens = sum(r["tokens"] for r in mine)
         kinds[kind] = {"requests": len(mine), "answered": sum(r["ok"] for r in mine),
                        "met": sum(meets(r, alone) for r in mine), "ttft_p50_s": percentile(ttfts, 50),
-                       "ttft_p95_s": percentile(ttfts, 95), "tokens": sum(r["tokens"] for r in mine),
-                       "tokens_per_s": sum(r["tokens"] for r in mine) / wall_s if wall_s else 0.0, "errors": errors}
+                       "ttft_p95_s": percentile(ttfts, 95), "tokens": tokens,
+                       "tokens_per_s": tokens / wall_s if wall_s else 0.0,
+                       "errors": dict(Counter(r["error"] for r in mine if r["error"]))}
     met = sum(k["met"] for k in kinds.values())
     return {"kinds": kinds, "requests": len(rows), "met": met, "wall_s": wall_s,
             "goodput_per_min": met / (wall_s / 60) if wall_s else 0.0}

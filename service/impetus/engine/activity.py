@@ -61,11 +61,14 @@ class HostActivity:
         self._touched[slot] = time.time()
 
     def keystrokes(self) -> int:
-        """Keystrokes in flight on the host (slots touched in the last STALE_S)."""
-        now = time.time()
-        return sum(c for c, t in zip(self._keys[:], self._touched[:]) if c > 0 and now - t < STALE_S)
+        """Keystrokes in flight on the host."""
+        return self._live(self._keys)
 
     def interactive(self) -> int:
-        """Interactive requests in flight on the host (slots touched in the last STALE_S)."""
+        """Interactive requests in flight on the host."""
+        return self._live(self._counts)
+
+    def _live(self, counts) -> int:
+        """The sum of `counts` over the slots touched in the last STALE_S."""
         now = time.time()
-        return sum(c for c, t in zip(self._counts[:], self._touched[:]) if c > 0 and now - t < STALE_S)
+        return sum(c for c, t in zip(counts[:], self._touched[:]) if c > 0 and now - t < STALE_S)

@@ -210,9 +210,9 @@ class Engine:
                 self.admission.admit()
                 if speculator.can_start():
                     speculator.start()
-                if (speculator.rows or batch.running) and self._yields():
-                    time.sleep(YIELD_S)  # a person's request elsewhere on the host goes first
                 if speculator.rows or batch.running:
+                    if self._yields():
+                        time.sleep(YIELD_S)  # a person's request elsewhere on the host goes first
                     self._let_a_keystroke_through()
                 if speculator.rows:
                     speculator.step_or_fail()

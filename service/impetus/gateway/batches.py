@@ -3,8 +3,7 @@
 Redis holds what a restart, a crash or another worker must find to go on:
 
   {prefix}batch:{id}           hash: the batch's fields (owner, status, endpoint, files, counts,
-                               timestamps, metadata and errors as JSON, the host whose documents
-                               hold its input)
+                               timestamps, metadata and errors as JSON, the host it was made on)
   {prefix}batch:{id}:results   hash: line number -> the line's output (JSON); a line answered twice
                                (a worker died after answering, before counting) is written once
   {prefix}batch:{id}:input     list: its lines (JSON), so that a worker of any host runs them
@@ -19,9 +18,9 @@ Redis holds what a restart, a crash or another worker must find to go on:
   {prefix}batches:active       set: batches to run (in_progress or cancelling)
 
 Counts are derived from the results hash (HLEN and a failed-lines set), so a
-replayed line is never counted twice. Lines are claimed CHUNK at a time by the
-workers of every host that serves the batch's model, each when it has room:
-a host with free capacity takes more chunks, a busy one fewer. What it must not do: run requests
+replayed line is never counted twice. Lines are claimed CHUNK at a time by one
+worker of each host that serves the batch's model, each when it has room: a
+host with free capacity takes more chunks, a busy one fewer. What it must not do: run requests
 (api.batch_runner) or read files (documents).
 """
 
@@ -143,18 +142,14 @@ class BatchStore:
         return self._take(self._key(batch_id, f":host:{address}"), holder, dead)
 
     def end_turn(self, batch_id: str, address: str, holder: str) -> None:
-        key = self._key(batch_id, f":host:{address}")
-        if self.redis.get(key) == holder:
-            self.redis.delete(key)
+        self._give(self._key(batch_id, f":host:{address}"), holder)
 
     def renew(self, batch_id: str, starts, holder: str) -> None:
         for start in starts:
             self._take(self._key(batch_id, f":chunk:{start}"), holder)
 
     def release(self, batch_id: str, start: int, holder: str) -> None:
-        key = self._key(batch_id, f":chunk:{start}")
-        if self.redis.get(key) == holder:
-            self.redis.delete(key)
+        self._give(self._key(batch_id, f":chunk:{start}"), holder)
 
     def held(self, batch_id: str, dead) -> bool:
         """Whether a live worker still runs a chunk of it (its answers are not all in yet)."""
@@ -189,3 +184,8 @@ class BatchStore:
                 except Exception:
                     return False
         return False
+
+    def _give(self, key: str, holder: str) -> None:
+        """Give a lease back, if it is still this holder's."""
+        if self.redis.get(key) == holder:
+            self.redis.delete(key)
